@@ -1,0 +1,1 @@
+"""bankflow: declarative CDC pipelines."""

@@ -1,0 +1,203 @@
+"""Semantic checks that need the whole spec (and the dbt project's files), beyond what field types can say."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bankflow.errors import Issue
+
+if TYPE_CHECKING:
+    from bankflow.spec.loader import ResolvedSpec
+
+Positions = dict[tuple[Any, ...], tuple[int, int]]
+
+
+def check_spec(resolved: ResolvedSpec, positions: Positions, *, check_dbt: bool = True) -> list[Issue]:
+    spec = resolved.spec
+    file = str(resolved.path)
+    issues: list[Issue] = []
+
+    def add(path: tuple[Any, ...], field: str, message: str, hint: str = "", severity: str = "error") -> None:
+        probe: tuple[Any, ...] | None = path
+        position = None
+        while position is None and probe is not None:
+            position = positions.get(probe)
+            probe = probe[:-1] if probe else None
+        line, column = position or (None, None)
+        issues.append(Issue(file, line, column, field, message, hint, severity))
+
+    names = [t.name for t in spec.tables]
+    for index, table in enumerate(spec.tables):
+        where = ("tables", index)
+        if names.count(table.name) > 1:
+            add((*where, "name"), f"tables[{index}].name", f"table {table.name!r} is declared twice",
+                "each source table appears once")
+        for col_index, column in enumerate(table.columns):
+            if column.references:
+                ref_table, ref_column = column.references.split(".")
+                target = next((t for t in spec.tables if t.name == ref_table), None)
+                if target is None or ref_column not in [c.name for c in target.columns]:
+                    add((*where, "columns", col_index, "references"),
+                        f"tables[{index}].columns[{col_index}].references",
+                        f"{column.references!r} is not a column of a declared table",
+                        f"declared tables: {', '.join(names)}")
+        for key in table.primary_key:
+            if table.column(key).nullable:
+                add((*where, "primary_key"), f"tables[{index}].primary_key",
+                    f"primary key column {key!r} is nullable", f"set nullable: false on column {key!r}")
+        if table.replica_identity != "full":
+            add((*where, "replica_identity"), f"tables[{index}].replica_identity",
+                f"table {table.name!r} without REPLICA IDENTITY FULL: updates carry no before-image and deletes "
+                "carry only the key", "set replica_identity: full where updates/deletes must be complete",
+                "warning")
+
+    # Topics: unique, and derived from the connector's prefix (Debezium names them so; a mismatch means a
+    # consumer subscribed to a topic nobody writes).
+    topics: dict[str, str] = {}
+    for index, table in enumerate(spec.tables):
+        topic = spec.topic_for(table)
+        if topic in topics:
+            add(("tables", index, "topic"), f"tables[{index}].topic",
+                f"topic {topic!r} is used by tables {topics[topic]!r} and {table.name!r}",
+                "every table needs its own topic")
+        topics[topic] = table.name
+        expected = f"{spec.cdc.topic_prefix}.{spec.source.schema_name}.{table.name}"
+        if table.topic is not None and table.topic != expected:
+            add(("tables", index, "topic"), f"tables[{index}].topic",
+                f"topic {table.topic!r} does not match the connector's naming {expected!r}",
+                "Debezium writes {topic_prefix}.{schema}.{table}: remove 'topic:' or change cdc.topic_prefix")
+
+    raw_names = [t.raw_name for t in spec.tables]
+    for index, table in enumerate(spec.tables):
+        if raw_names.count(table.raw_name) > 1:
+            add(("tables", index, "raw_table"), f"tables[{index}].raw_table",
+                f"raw table {table.raw_name!r} is the target of more than one table", "give each a raw_table")
+
+    if spec.cdc.heartbeat_interval_ms == 0:
+        add(("cdc", "heartbeat_interval_ms"), "cdc.heartbeat_interval_ms",
+            "a replication slot without heartbeats holds WAL while the captured tables are idle",
+            "set heartbeat_interval_ms, e.g. 10000", "warning")
+    if spec.cdc.engine == "debezium" and spec.source.password and "source.password" not in resolved.env_refs:
+        add(("source", "password"), "source.password",
+            "the source password is written in the spec in clear text",
+            "use ${VAR}: Kafka Connect then receives ${env:VAR}, never the password itself", "warning")
+    if spec.warehouse.type == "snowflake" and spec.lake.scheme != "s3":
+        add(("lake", "url"), "lake.url", "Snowflake loads from an external stage: the lake must be on s3://",
+            "set lake.url to s3://bucket/prefix in this environment")
+
+    for index, check in enumerate(spec.verify.checks):
+        for key in ("source_sql", "warehouse_sql"):
+            sql = getattr(check, key).strip().rstrip(";")
+            if ";" in sql or not re.match(r"(?is)^\s*(select|with)\b", sql):
+                add(("verify", "checks", index, key), f"verify.checks[{index}].{key}",
+                    "a verify query must be a single SELECT", "remove statements other than one SELECT")
+
+    if spec.transform is not None and check_dbt:
+        issues.extend(_check_dbt(resolved, add))
+    if spec.generate is not None:
+        workload = resolved.resolve_path(spec.generate.workload)
+        if not workload.is_file():
+            add(("generate", "workload"), "generate.workload", f"workload file {workload} not found",
+                "give a path relative to the spec's directory")
+    return issues
+
+
+# ---------------------------------------------------------------- dbt selectors
+
+def dbt_nodes(project_dir: Path) -> dict[str, set[str]]:
+    """Models, snapshots, seeds and tests of a dbt project, read from its files (dbt itself is never run)."""
+    import yaml
+
+    config_path = project_dir / "dbt_project.yml"
+    config = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+    nodes: dict[str, set[str]] = {"model": set(), "snapshot": set(), "seed": set(), "test": set()}
+    paths = {
+        "model": config.get("model-paths", ["models"]),
+        "snapshot": config.get("snapshot-paths", ["snapshots"]),
+        "seed": config.get("seed-paths", ["seeds"]),
+        "test": config.get("test-paths", ["tests"]),
+    }
+    for kind, dirs in paths.items():
+        for directory in dirs:
+            root = project_dir / directory
+            if not root.is_dir():
+                continue
+            for path in root.rglob("*"):
+                relative = path.relative_to(project_dir).with_suffix("").as_posix()
+                if path.suffix == ".sql":
+                    if kind == "snapshot" or "{% snapshot" in path.read_text(encoding="utf-8"):
+                        for name in re.findall(r"{%-?\s*snapshot\s+(\w+)", path.read_text(encoding="utf-8")):
+                            nodes["snapshot"].add(f"{name}|{relative}")
+                        if kind == "snapshot":
+                            continue
+                    nodes[kind].add(f"{path.stem}|{relative}")
+                elif path.suffix in (".yml", ".yaml") and kind in ("snapshot", "model"):
+                    doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+                    for snap in doc.get("snapshots", []) or []:
+                        if isinstance(snap, dict) and "name" in snap:
+                            nodes["snapshot"].add(f"{snap['name']}|{relative}")
+                elif path.suffix == ".csv" and kind == "seed":
+                    nodes["seed"].add(f"{path.stem}|{relative}")
+    return nodes
+
+
+def selector_matches(selector: str, nodes: dict[str, set[str]], project_name: str) -> bool:
+    """Whether a dbt selector (name, path, folder, resource_type:, +graph ops, tag: is trusted) matches a node."""
+    selector = selector.strip("+").split("@")[-1]
+    if re.match(r"^\d*\+?", selector) and selector[:1].isdigit():
+        selector = re.sub(r"^\d+\+?", "", selector)
+    if "," in selector:
+        return all(selector_matches(part, nodes, project_name) for part in selector.split(","))
+    method, _, value = selector.partition(":") if ":" in selector else ("", "", selector)
+    entries = [entry for group in nodes.values() for entry in group]
+    if method in ("tag", "config", "source", "exposure", "metric", "state", "result", "source_status", "fqn"):
+        return True  # not resolvable from files alone without dbt's parser; dbt itself reports these
+    if method == "resource_type":
+        kind = value.rstrip("s")
+        return bool(nodes.get(kind))
+    if method == "path" or "/" in value or value.endswith(".sql"):
+        value = value.removesuffix(".sql").strip("/")
+        return any(e.split("|")[1] == value or e.split("|")[1].startswith(value + "/") for e in entries)
+    if value == project_name:
+        return bool(entries)
+    pattern = re.compile("^" + re.escape(value).replace(r"\*", ".*") + "$")
+    for entry in entries:
+        name, relative = entry.split("|")
+        folders = relative.split("/")[1:-1]
+        if pattern.match(name) or value in folders or ".".join(folders) == value:
+            return True
+    return False
+
+
+def _check_dbt(resolved: ResolvedSpec, add: Any) -> list[Issue]:
+    import yaml
+
+    transform = resolved.spec.transform
+    assert transform is not None
+    project_dir = resolved.resolve_path(transform.project_dir)
+    if not (project_dir / "dbt_project.yml").is_file():
+        add(("transform", "project_dir"), "transform.project_dir",
+            f"no dbt_project.yml in {project_dir}", "point project_dir at a dbt project, relative to the spec")
+        return []
+    try:
+        nodes = dbt_nodes(project_dir)
+        project_name = (yaml.safe_load((project_dir / "dbt_project.yml").read_text(encoding="utf-8")) or {}).get(
+            "name", "")
+    except (OSError, yaml.YAMLError) as exc:
+        add(("transform", "project_dir"), "transform.project_dir", f"cannot read the dbt project: {exc}")
+        return []
+    for index, step in enumerate(transform.steps):
+        for selector in step.select:
+            if not selector_matches(selector, nodes, project_name):
+                known = sorted({e.split("|")[0] for g in nodes.values() for e in g})
+                folders = sorted({p for g in nodes.values() for e in g for p in e.split("|")[1].split("/")[1:-1]})
+                add(("transform", "steps", index, "select"), f"transform.steps[{index}].select",
+                    f"selector {selector!r} matches no model, snapshot or test in {project_dir.name}",
+                    f"folders: {', '.join(folders) or '-'}; nodes: {', '.join(known[:12])}"
+                    + (" …" if len(known) > 12 else ""))
+        if step.command == "snapshot" and not step.select and not nodes["snapshot"]:
+            add(("transform", "steps", index), f"transform.steps[{index}]",
+                "a snapshot step but the dbt project has no snapshots", "remove the step or add snapshots")
+    return []

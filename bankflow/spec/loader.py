@@ -1,0 +1,345 @@
+"""Load a spec file: YAML with positions → environment overlay → `${VAR}` interpolation → pydantic → checks.
+
+Every error names the file, line and column of the offending key or value, the field path and what to change,
+so `bankflow validate` in CI points straight at the line to fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from bankflow.errors import Issue, SpecError
+from bankflow.spec.models import PipelineSpec
+
+Path_ = tuple[str | int, ...]
+_VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\$")
+
+
+@dataclass
+class Located:
+    """Plain data from YAML plus the (line, column) of every key and value, keyed by path."""
+
+    data: Any
+    positions: dict[Path_, tuple[int, int]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ResolvedSpec:
+    """A validated spec for one environment, with what the renderers need beyond the model itself."""
+
+    spec: PipelineSpec
+    path: Path
+    env: str | None
+    secrets: tuple[str, ...]  # interpolated secret values: redacted from every display
+    env_refs: dict[str, str]  # dotted field path -> the variable it came from (e.g. source.password -> PGPASSWORD)
+    warnings: tuple[Issue, ...] = ()
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    def resolve_path(self, value: str) -> Path:
+        """A path from the spec, relative to the spec's directory."""
+        path = Path(value.removeprefix("file://"))
+        return path if path.is_absolute() else (self.base_dir / path)
+
+    @property
+    def state_dir(self) -> Path:
+        return self.resolve_path(self.spec.state_dir)
+
+    def redact(self, text: str) -> str:
+        for secret in sorted(self.secrets, key=len, reverse=True):
+            if secret:
+                text = text.replace(secret, "****")
+        return text
+
+
+# ---------------------------------------------------------------- YAML with positions
+
+def _compose(text: str, file: str) -> yaml.Node | None:
+    try:
+        return yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, column = (mark.line + 1, mark.column + 1) if mark else (None, None)
+        problem = exc.problem or str(exc)
+        raise SpecError(
+            [Issue(file, line, column, "", f"YAML syntax error: {problem}",
+                   "check indentation, quoting and that every 'key: value' has a space after the colon")]
+        ) from None
+
+
+def _to_python(node: yaml.Node, path: Path_, out: dict[Path_, tuple[int, int]], file: str) -> Any:
+    out[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+    if isinstance(node, yaml.MappingNode):
+        result: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise SpecError([Issue(file, key_node.start_mark.line + 1, key_node.start_mark.column + 1,
+                                       _dotted(path), "mapping keys must be plain strings")])
+            if key in result:
+                raise SpecError([Issue(file, key_node.start_mark.line + 1, key_node.start_mark.column + 1,
+                                       _dotted((*path, key)), f"duplicate key {key!r}",
+                                       "remove one of the two entries")])
+            out[(*path, key, "__key__")] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            result[key] = _to_python(value_node, (*path, key), out, file)
+        return result
+    if isinstance(node, yaml.SequenceNode):
+        return [_to_python(item, (*path, i), out, file) for i, item in enumerate(node.value)]
+    # Scalars: let PyYAML's resolver decide (int, float, bool, null, str).
+    return _scalar(node)
+
+
+def _scalar(node: yaml.Node) -> Any:
+    loader = yaml.SafeLoader("")
+    try:
+        return loader.construct_object(node, deep=True)
+    finally:
+        loader.dispose()
+
+
+def read_located(path: Path) -> Located:
+    file = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError([Issue(file, None, None, "", "spec file not found",
+                               "pass the path of a pipeline YAML, e.g. pipelines/banking.yaml")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError([Issue(file, None, None, "", f"cannot read spec: {exc}")]) from None
+    node = _compose(text, file)
+    if node is None:
+        raise SpecError([Issue(file, 1, 1, "", "spec is empty", "start from pipelines/banking.yaml")])
+    positions: dict[Path_, tuple[int, int]] = {}
+    data = _to_python(node, (), positions, file)
+    if not isinstance(data, dict):
+        raise SpecError([Issue(file, 1, 1, "", "a spec must be a mapping of keys (name, source, tables, …)")])
+    return Located(data, positions)
+
+
+def _dotted(path: Path_) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+# ---------------------------------------------------------------- environments
+
+def _overlay(base: Located, env: str | None, file: str) -> Located:
+    """Merge `environments.<env>` over the spec: mappings merge key by key, everything else is replaced."""
+    data = dict(base.data)
+    environments = data.get("environments") or {}
+    if env is None:
+        return base
+    if not isinstance(environments, dict) or env not in environments:
+        known = ", ".join(sorted(environments)) if isinstance(environments, dict) else ""
+        line = base.positions.get(("environments",), (None, None))[0]
+        raise SpecError([Issue(file, line, 1, "environments", f"no environment named {env!r}",
+                               f"choose one of: {known}" if known else "add an environments: section")])
+    positions = dict(base.positions)
+    overlay_prefix: Path_ = ("environments", env)
+
+    def merge(target: Any, patch: Any, path: Path_) -> Any:
+        retyped = isinstance(target, dict) and isinstance(patch, dict) and "type" in patch and (
+            patch["type"] != target.get("type"))
+        if isinstance(target, dict) and isinstance(patch, dict) and not retyped:
+            merged = dict(target)
+            for key, value in patch.items():
+                merged[key] = merge(target.get(key), value, (*path, key))
+            return merged
+        # Replaced subtree (a new `type` replaces the whole variant): point its positions at the overlay's lines.
+        for pos_path, pos in base.positions.items():
+            if pos_path[: len(overlay_prefix) + len(path)] == (*overlay_prefix, *path):
+                positions[path + pos_path[len(overlay_prefix) + len(path):]] = pos
+        return patch
+
+    overlay = environments[env] or {}
+    if not isinstance(overlay, dict):
+        raise SpecError([Issue(file, *base.positions.get(overlay_prefix, (None, None)), f"environments.{env}",
+                               "an environment overlay must be a mapping")])
+    merged = merge(data, overlay, ())
+    return Located(merged, positions)
+
+
+# ---------------------------------------------------------------- interpolation
+
+def load_dotenv(path: Path) -> dict[str, str]:
+    """Parse a `.env` file (KEY=VALUE, optional quotes, # comments). The real environment wins."""
+    values: dict[str, str] = {}
+    if not path.is_file():
+        return values
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.removeprefix("export ").partition("=")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[key.strip()] = value
+    return values
+
+
+def _interpolate(located: Located, environ: dict[str, str], file: str) -> tuple[Any, dict[str, str], list[Issue]]:
+    issues: list[Issue] = []
+    refs: dict[str, str] = {}
+
+    def walk(value: Any, path: Path_) -> Any:
+        if isinstance(value, dict):
+            return {k: walk(v, (*path, k)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v, (*path, i)) for i, v in enumerate(value)]
+        if not isinstance(value, str) or "$" not in value:
+            return value
+        whole = _VAR_RE.fullmatch(value)
+        if whole and whole.group(1):
+            refs[_dotted(path)] = whole.group(1)
+
+        def substitute(match: re.Match[str]) -> str:
+            if match.group(0) == "$$":
+                return "$"
+            name, default = match.group(1), match.group(2)
+            if name in environ and environ[name] != "":
+                return environ[name]
+            if default is not None:
+                return default
+            line, column = located.positions.get(path, (None, None))
+            issues.append(Issue(file, line, column, _dotted(path), f"environment variable {name} is not set",
+                                f"export {name}=… (or put it in a .env file next to the spec), "
+                                f"or give a default: ${{{name}:-value}}"))
+            return ""
+
+        return _VAR_RE.sub(substitute, value)
+
+    return walk(located.data, ()), refs, issues
+
+
+# ---------------------------------------------------------------- pydantic errors → issues
+
+def _fields_of(model: type[BaseModel], path: tuple[Any, ...]) -> list[str]:
+    """The allowed keys at `path` (for "did you mean"), following nested models and lists."""
+    current: Any = model
+    for part in path:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return []
+        info = next((f for n, f in current.model_fields.items() if (f.alias or n) == part), None)
+        if info is None:
+            return []
+        current = _model_in(info.annotation)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return [f.alias or n for n, f in current.model_fields.items()]
+    return []
+
+
+def _model_in(annotation: Any) -> Any:
+    import typing
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _issues_from_validation(exc: ValidationError, located: Located, file: str) -> list[Issue]:
+    issues = []
+    for error in exc.errors():
+        loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p in ("duckdb", "snowflake")))
+        dotted = _dotted(loc)
+        kind = error["type"]
+        message = str(error["msg"]).removeprefix("Value error, ")
+        hint = ""
+        position = None
+        if kind == "extra_forbidden":
+            key = str(loc[-1])
+            allowed = _fields_of(PipelineSpec, loc[:-1])
+            close = difflib.get_close_matches(key, [a for a in allowed if a != key], n=1)
+            message = f"unknown key {key!r}"
+            hint = (f"did you mean {close[0]!r}? " if close else "") + (
+                f"allowed keys here: {', '.join(allowed)}" if allowed else "")
+            position = located.positions.get((*loc, "__key__"))
+        elif kind == "missing":
+            message = "required field is missing"
+            hint = f"add '{loc[-1]}:' here"
+        elif kind == "literal_error":
+            hint = "use one of the listed values"
+        elif kind.endswith("_type") or kind.endswith("_parsing"):
+            hint = f"got {error.get('input')!r}"
+        elif kind == "union_tag_invalid":
+            hint = "type must be one of the listed values"
+        # The closest located ancestor (a missing field points at its parent mapping).
+        probe = loc
+        while position is None and probe is not None:
+            position = located.positions.get(probe)
+            probe = probe[:-1] if probe else None
+        line, column = position or (None, None)
+        issues.append(Issue(file, line, column, dotted, message, hint))
+    return issues
+
+
+# ---------------------------------------------------------------- entry point
+
+def load_spec(
+    path: str | os.PathLike[str],
+    env: str | None = None,
+    environ: dict[str, str] | None = None,
+    *,
+    check_dbt: bool = True,
+) -> ResolvedSpec:
+    """Load, overlay, interpolate and validate a spec; raise `SpecError` listing every problem found."""
+    from bankflow.spec.checks import check_spec
+
+    spec_path = Path(path)
+    file = str(path)
+    located = read_located(spec_path)
+    if env is None and isinstance(located.data.get("default_env"), str):
+        env = located.data["default_env"]
+    merged = _overlay(located, env, file)
+    variables = {**load_dotenv(spec_path.parent / ".env"), **(environ if environ is not None else os.environ)}
+    environments = merged.data.pop("environments", None) or {}
+    data, refs, issues = _interpolate(merged, variables, file)
+    if issues:
+        raise SpecError(issues)
+    data["environments"] = environments if isinstance(environments, dict) else {}
+    try:
+        spec = PipelineSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(_issues_from_validation(exc, merged, file)) from None
+    secrets = tuple(sorted({s for s in _secret_values(spec) if s}))
+    resolved = ResolvedSpec(spec, spec_path.resolve(), env, secrets, refs)
+    problems = check_spec(resolved, merged.positions, check_dbt=check_dbt)
+    errors = [p for p in problems if p.severity == "error"]
+    if errors:
+        raise SpecError(problems)
+    return ResolvedSpec(spec, spec_path.resolve(), env, secrets, refs, tuple(problems))
+
+
+def _secret_values(model: BaseModel) -> list[str]:
+    """Values of every field marked secret in the schema, anywhere in the spec."""
+    found: list[str] = []
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        if extra.get("secret") and isinstance(value, str):
+            found.append(value)
+        elif isinstance(value, BaseModel):
+            found.extend(_secret_values(value))
+        elif isinstance(value, list):
+            for item in value:
+                if isinstance(item, BaseModel):
+                    found.extend(_secret_values(item))
+    return found

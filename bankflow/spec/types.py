@@ -1,0 +1,148 @@
+"""Postgres column types as the spec declares them, and their exact images in every system downstream.
+
+One table of truth keeps money exact (numeric → decimal128 → NUMBER/DECIMAL, never a float) and timestamps
+exact to the microsecond with their zone (timestamptz → timestamp[us, UTC] → TIMESTAMP_TZ / TIMESTAMPTZ).
+Pure: no pyarrow import here, so `bankflow validate` stays fast; `bankflow.lake.arrow_schema` maps `arrow`
+strings to pyarrow types.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# kind -> (arrow, duckdb, snowflake). Parametrised kinds ({p},{s},{n}) are filled in by `PgType`.
+_KINDS: dict[str, tuple[str, str, str]] = {
+    "smallint": ("int16", "SMALLINT", "NUMBER(5,0)"),
+    "integer": ("int32", "INTEGER", "NUMBER(10,0)"),
+    "bigint": ("int64", "BIGINT", "NUMBER(19,0)"),
+    "numeric": ("decimal128({p},{s})", "DECIMAL({p},{s})", "NUMBER({p},{s})"),
+    "real": ("float32", "REAL", "FLOAT"),
+    "double precision": ("float64", "DOUBLE", "FLOAT"),
+    "boolean": ("bool", "BOOLEAN", "BOOLEAN"),
+    "text": ("string", "VARCHAR", "VARCHAR"),
+    "varchar": ("string", "VARCHAR", "VARCHAR({n})"),
+    "char": ("string", "VARCHAR", "VARCHAR({n})"),
+    "uuid": ("string", "UUID", "VARCHAR(36)"),
+    "json": ("string", "JSON", "VARIANT"),
+    "jsonb": ("string", "JSON", "VARIANT"),
+    "bytea": ("binary", "BLOB", "BINARY"),
+    "date": ("date32", "DATE", "DATE"),
+    "time": ("time64[us]", "TIME", "TIME(6)"),
+    "timestamp": ("timestamp[us]", "TIMESTAMP", "TIMESTAMP_NTZ(6)"),
+    "timestamptz": ("timestamp[us, UTC]", "TIMESTAMPTZ", "TIMESTAMP_TZ(6)"),
+}
+
+_ALIASES = {
+    "int2": "smallint",
+    "int": "integer",
+    "int4": "integer",
+    "int8": "bigint",
+    "decimal": "numeric",
+    "float4": "real",
+    "float8": "double precision",
+    "double": "double precision",
+    "bool": "boolean",
+    "character varying": "varchar",
+    "character": "char",
+    "bpchar": "char",
+    "timestamp without time zone": "timestamp",
+    "timestamp with time zone": "timestamptz",
+    "time without time zone": "time",
+}
+
+_TYPE_RE = re.compile(r"^\s*([a-z][a-z0-9 ]*?)\s*(?:\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\))?\s*$")
+
+SUPPORTED_TYPES = sorted(set(_KINDS) | set(_ALIASES))
+
+
+class PgTypeError(ValueError):
+    """A column type the spec declares that bankflow cannot carry exactly."""
+
+
+@dataclass(frozen=True)
+class PgType:
+    """A parsed Postgres column type: `numeric(18,2)` → kind numeric, precision 18, scale 2."""
+
+    kind: str
+    precision: int | None = None
+    scale: int | None = None
+    length: int | None = None
+
+    @property
+    def sql(self) -> str:
+        """The type in Postgres DDL."""
+        if self.kind == "numeric":
+            return f"numeric({self.precision},{self.scale})"
+        if self.kind in ("varchar", "char") and self.length is not None:
+            return f"{self.kind}({self.length})"
+        return self.kind
+
+    def _fill(self, template: str) -> str:
+        length = self.length if self.length is not None else (1 if self.kind == "char" else None)
+        if length is None:
+            template = template.replace("({n})", "")
+        return template.format(p=self.precision, s=self.scale, n=length)
+
+    @property
+    def arrow(self) -> str:
+        """The Arrow type, as a string `bankflow.lake.arrow_schema` understands."""
+        return self._fill(_KINDS[self.kind][0])
+
+    @property
+    def duckdb(self) -> str:
+        return self._fill(_KINDS[self.kind][1])
+
+    @property
+    def snowflake(self) -> str:
+        return self._fill(_KINDS[self.kind][2])
+
+    @property
+    def is_exact_number(self) -> bool:
+        return self.kind in ("smallint", "integer", "bigint", "numeric")
+
+
+def parse_pg_type(text: str) -> PgType:
+    """Parse a Postgres type name as written in a spec; reject what would lose precision.
+
+    `numeric` needs an explicit precision and scale: an unconstrained numeric has no exact Arrow or
+    Snowflake image, and guessing one is how money turns into floats.
+    """
+    match = _TYPE_RE.match(text.lower())
+    if not match:
+        raise PgTypeError(f"unknown column type {text!r}; use one of: {', '.join(SUPPORTED_TYPES)}")
+    name, first, second = match.group(1).strip(), match.group(2), match.group(3)
+    name = re.sub(r"\s+", " ", name)
+    kind = _ALIASES.get(name, name)
+    if kind not in _KINDS:
+        raise PgTypeError(f"unknown column type {text!r}; use one of: {', '.join(SUPPORTED_TYPES)}")
+    if kind == "numeric":
+        if first is None:
+            raise PgTypeError(
+                f"type {text!r} needs a precision and scale, e.g. numeric(18,2): an unconstrained "
+                "numeric has no exact decimal image downstream"
+            )
+        precision, scale = int(first), int(second or 0)
+        if not 1 <= precision <= 38:
+            raise PgTypeError(f"numeric precision must be 1..38 (got {precision}) to fit decimal128")
+        if scale > precision:
+            raise PgTypeError(f"numeric scale {scale} exceeds precision {precision}")
+        return PgType(kind, precision=precision, scale=scale)
+    if kind in ("varchar", "char"):
+        if second is not None:
+            raise PgTypeError(f"type {text!r} takes one length, e.g. {kind}(3)")
+        return PgType(kind, length=int(first) if first is not None else None)
+    if first is not None:
+        raise PgTypeError(f"type {text!r} takes no parameters")
+    return PgType(kind)
+
+
+# CDC metadata columns every raw table carries after the source columns (name, PgType).
+CDC_COLUMNS: tuple[tuple[str, PgType], ...] = (
+    ("_op", PgType("varchar", length=1)),
+    ("_lsn", PgType("bigint")),
+    ("_tx_id", PgType("bigint")),
+    ("_source_ts", PgType("timestamptz")),
+    ("_file", PgType("text")),
+)
+CDC_COLUMN_NAMES = tuple(name for name, _ in CDC_COLUMNS)
