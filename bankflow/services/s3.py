@@ -1,0 +1,89 @@
+"""A real S3 HTTP endpoint from moto's server, for s3fs, DuckDB and fakesnow in tests and local stack runs."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from bankflow.services._process import ServiceError
+from bankflow.services.ports import free_port, wait_for_port
+
+ACCESS_KEY = "test"
+SECRET_KEY = "test"
+REGION = "us-east-1"
+
+
+class S3Server:
+    """moto's ThreadedMotoServer on 127.0.0.1 (in this process: state is gone when it stops)."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.host = "127.0.0.1"
+        self.port = port
+        self._server: Any = None
+        self.startup_seconds: float | None = None
+
+    @property
+    def endpoint_url(self) -> str:
+        if self.port is None:
+            raise ServiceError("S3 server has no port yet; call start() first")
+        return f"http://{self.host}:{self.port}"
+
+    def is_running(self) -> bool:
+        return self._server is not None
+
+    def start(self, timeout: float = 30.0) -> S3Server:
+        if self._server is not None:
+            return self
+        t0 = time.monotonic()
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one access-log line per request otherwise
+        if self.port is None:
+            self.port = free_port(self.host)
+        server = ThreadedMotoServer(ip_address=self.host, port=self.port, verbose=False)
+        server.start()
+        self._server = server
+        if not wait_for_port(self.host, self.port, timeout):
+            self.stop()
+            raise ServiceError(f"moto S3 server did not listen on {self.host}:{self.port} "
+                               f"within {timeout:.0f}s")
+        self.startup_seconds = time.monotonic() - t0
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+    def storage_options(self) -> dict[str, Any]:
+        """fsspec/s3fs options (also what pandas/pyarrow ``storage_options`` want)."""
+        return {"key": ACCESS_KEY, "secret": SECRET_KEY,
+                "client_kwargs": {"endpoint_url": self.endpoint_url, "region_name": REGION}}
+
+    def filesystem(self, **kwargs: Any) -> Any:
+        """A fresh s3fs.S3FileSystem pointed at this server (not fsspec's shared instance cache)."""
+        import s3fs
+
+        return s3fs.S3FileSystem(**{**self.storage_options(), "skip_instance_cache": True, **kwargs})
+
+    def client(self) -> Any:
+        """A boto3 S3 client for this server."""
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint_url, region_name=REGION,
+                            aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY)
+
+    def create_bucket(self, name: str) -> None:
+        """Create a bucket; an existing one is fine."""
+        client = self.client()
+        try:
+            client.create_bucket(Bucket=name)
+        except client.exceptions.BucketAlreadyOwnedByYou:
+            pass
+
+    def __enter__(self) -> S3Server:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
