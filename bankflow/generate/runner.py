@@ -1,0 +1,80 @@
+"""Load a workload module by file path and run it against a PostgreSQL schema.
+
+Workloads live with the pipelines (``pipelines/workloads/*.py``), not in the library, because they know
+their tables; the runner knows only connections, schemas and counts. psycopg2 is imported lazily so that
+importing bankflow (e.g. for ``bankflow validate``) stays cheap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from bankflow.generate.contract import Progress, WorkloadError, WorkloadOptions, WorkloadResult
+
+
+def load_workload(path: Path) -> ModuleType:
+    """Import the workload module at ``path``; it must define ``run(conn, options, progress)``."""
+    path = Path(path)
+    if not path.is_file():
+        raise WorkloadError(f"workload file not found: {path}")
+    # A stable, unique module name per file: two workloads called banking.py in different folders don't clash.
+    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
+    name = f"bankflow_workload_{path.stem}_{digest}"
+    if name in sys.modules:
+        module = sys.modules[name]
+    else:
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            raise WorkloadError(f"cannot import workload {path}: not a Python module")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses and pickling look the module up by name while it executes
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            del sys.modules[name]
+            raise WorkloadError(f"cannot import workload {path}: {type(exc).__name__}: {exc}") from exc
+    if not callable(getattr(module, "run", None)):
+        raise WorkloadError(f"workload {path} has no run(conn, options, progress) function")
+    return module
+
+
+def run_workload(
+    path: Path,
+    connect_kwargs: Mapping[str, Any],
+    schema: str,
+    options: WorkloadOptions,
+    progress: Progress | None = None,
+) -> WorkloadResult:
+    """Connect, point ``search_path`` at ``schema``, run the workload and return what it committed."""
+    module = load_workload(path)
+    import psycopg2
+    from psycopg2 import sql
+
+    kwargs = {"application_name": "bankflow-generate", **dict(connect_kwargs)}
+    conn = psycopg2.connect(**kwargs)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("select 1 from pg_namespace where nspname = %s", [schema])
+            if cur.fetchone() is None:
+                raise WorkloadError(
+                    f"schema {schema!r} does not exist in the source database; create the source tables first"
+                )
+            cur.execute(sql.SQL("set search_path to {}").format(sql.Identifier(schema)))
+        conn.commit()
+        started = time.perf_counter()
+        result = WorkloadResult.coerce(module.run(conn, options, progress))
+        result.seconds = time.perf_counter() - started
+        return result
+    except BaseException:
+        if not conn.closed:
+            conn.rollback()
+        raise
+    finally:
+        conn.close()

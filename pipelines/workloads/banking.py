@@ -1,0 +1,586 @@
+"""Banking workload: a Faker bank whose books always balance, for the banking pipeline's source tables.
+
+Why it exists: the seed projects' generators only ever inserted, wrote one-row transfers and let balances
+drift from their transactions, so CDC updates/deletes, SCD2 history and reconciliation tests had nothing to
+check. This workload opens and closes accounts, moves money (transfers as two legs in one database
+transaction), renames customers and deletes prospects, and after every commit, for every account:
+
+    balance = opening_balance + Σ(DEPOSIT, TRANSFER_IN) - Σ(WITHDRAWAL, TRANSFER_OUT)
+
+Money is ``Decimal`` with two places, never float; balances never go negative (they are kept in memory,
+loaded from the database at start so a run can resume on an existing database). Everything is batched:
+ids are reserved from the identity sequences, rows go in with COPY, balances with one UPDATE per batch,
+one commit per batch. With a ``seed`` a run on a fresh database produces identical rows except the
+timestamps, which are wall-clock (microseconds, UTC) so that they line up with commit times downstream.
+
+Loaded by path through ``bankflow.generate.load_workload``; the runner sets ``search_path`` to the schema.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from decimal import ROUND_DOWN, Decimal
+from typing import Any
+
+from bankflow.generate import Progress, WorkloadError, WorkloadOptions, WorkloadResult
+from bankflow.generate.pgcopy import copy_lines, copy_rows
+
+TABLES = ("customers", "accounts", "transactions")
+CURRENCIES = ("USD", "EUR", "GBP")
+CURRENCY_WEIGHTS = (60, 25, 15)
+ACCOUNT_TYPES = ("CHECKING", "SAVINGS", "CREDIT")
+ACCOUNT_TYPE_WEIGHTS = (55, 35, 10)
+CENT = Decimal("0.01")
+ZERO = Decimal("0.00")
+
+# Business-transaction mix (a transfer is one business transaction and two rows).
+P_TRANSFER = 0.20
+P_WITHDRAWAL = 0.38
+# Share of new customers who stay prospects (no account) for now; prospects are the ones that get deleted.
+PROSPECT_SHARE = 0.25
+# Per business transaction, how often the other kinds of change happen in paced and bulk modes.
+PER_TXN = {"customers": 1 / 15, "accounts": 1 / 10, "updates": 1 / 30, "closes": 1 / 150, "deletes": 1 / 150}
+TICK_SECONDS = 1.0
+DEFAULT_RATE = 50.0
+# Never close the last accounts: transactions need somewhere to go.
+MIN_OPEN_ACCOUNTS = 10
+ADVISORY_LOCK_KEY = "bankflow.workloads.banking"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one iteration does; ``events`` are business transactions, ``max_rows`` caps transaction rows."""
+
+    customers: int = 0
+    accounts: int = 0
+    events: int = 0
+    updates: int = 0
+    closes: int = 0
+    deletes: int = 0
+    max_rows: int | None = None
+
+
+ONCE = Plan(customers=20, accounts=30, events=300, updates=10, closes=2, deletes=2)
+
+
+@dataclass
+class Account:
+    """An open account as the generator knows it (closed accounts are forgotten: nothing touches them)."""
+
+    id: int
+    customer_id: int
+    currency: str
+    balance: Decimal
+
+
+class Pool:
+    """A set with O(1) add, remove and uniform random choice, iterated in a reproducible order."""
+
+    __slots__ = ("items", "pos")
+
+    def __init__(self, items: Iterable[int] = ()) -> None:
+        self.items: list[int] = []
+        self.pos: dict[int, int] = {}
+        for item in items:
+            self.add(item)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __contains__(self, item: int) -> bool:
+        return item in self.pos
+
+    def add(self, item: int) -> None:
+        if item not in self.pos:
+            self.pos[item] = len(self.items)
+            self.items.append(item)
+
+    def remove(self, item: int) -> None:
+        i = self.pos.pop(item, None)
+        if i is None:
+            return
+        last = self.items.pop()
+        if i < len(self.items):
+            self.items[i] = last
+            self.pos[last] = i
+
+    def choice(self, rng: random.Random) -> int:
+        return self.items[int(rng.random() * len(self.items))]
+
+    def sample(self, rng: random.Random, k: int) -> list[int]:
+        return rng.sample(self.items, min(k, len(self.items)))
+
+
+class Clock:
+    """Wall-clock UTC timestamps, strictly increasing so that row order and time order agree."""
+
+    def __init__(self) -> None:
+        self.last = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+    def now(self) -> datetime:
+        t = datetime.now(timezone.utc)
+        if t <= self.last:
+            t = self.last + timedelta(microseconds=1)
+        self.last = t
+        return t
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^a-z]", "", name.lower()) or "x"
+
+
+def _email(first: str, last: str, customer_id: int, domain: str, version: int | None = None) -> str:
+    """Unique by construction: names are letters only, so the numeric tail names exactly one customer."""
+    tail = f".{customer_id}" if version is None else f".{customer_id}.{version}"
+    return f"{_slug(first)}.{_slug(last)}{tail}@{domain}"
+
+
+def _amount(rng: random.Random) -> Decimal:
+    """A positive amount with two places, drawn from integers (no float ever becomes money)."""
+    r = rng.random()
+    if r < 0.70:
+        cents = rng.randint(100, 20_000)
+    elif r < 0.95:
+        cents = rng.randint(20_000, 200_000)
+    else:
+        cents = rng.randint(200_000, 2_000_000)
+    return Decimal(cents).scaleb(-2)
+
+
+def _at_most(rng: random.Random, balance: Decimal) -> Decimal:
+    """An amount in (0, balance]: what a withdrawal or transfer may take without overdrawing."""
+    amount = _amount(rng)
+    if amount <= balance:
+        return amount
+    part = (balance * rng.randint(10, 90) / 100).quantize(CENT, rounding=ROUND_DOWN)
+    return part if part > ZERO else balance
+
+
+def _stochastic_round(rng: random.Random, x: float) -> int:
+    """Round so that the expectation is x: low rates still close accounts and delete prospects, sometimes."""
+    n = math.floor(x)
+    return n + (1 if rng.random() < x - n else 0)
+
+
+class Bank:
+    """The generator's in-memory view of the source, and the batched writes that keep it true."""
+
+    def __init__(self, conn: Any, seed: int) -> None:
+        from faker import Faker
+
+        self.conn = conn
+        self.rng = random.Random(seed)
+        self.fake = Faker("en_US")
+        self.fake.seed_instance(seed)
+        self.clock = Clock()
+        self.customers: dict[int, tuple[str, str, str]] = {}
+        self.n_accounts: dict[int, int] = {}
+        self.customer_pool = Pool()
+        self.prospects = Pool()
+        self.accounts: dict[int, Account] = {}
+        self.open_accounts = Pool()
+        self.open_by_currency = {c: Pool() for c in CURRENCIES}
+        self.email_versions = 0
+
+    # -- state ---------------------------------------------------------------------------------------------
+    def load(self) -> None:
+        """Read the current customers and open accounts, so that a run resumes on an existing database."""
+        with self.conn.cursor() as cur:
+            cur.execute("select t, to_regclass(t) is not null from unnest(%s::text[]) as t", [list(TABLES)])
+            missing = [t for t, present in cur.fetchall() if not present]
+            if missing:
+                cur.execute("select current_schemas(false)")
+                (schemas,) = cur.fetchone()
+                raise WorkloadError(
+                    f"banking workload: table(s) {', '.join(missing)} not found in schema(s) {schemas}; "
+                    "create the source tables first (the pipeline's source stage does)"
+                )
+            cur.execute("select pg_try_advisory_lock(hashtext(current_schema() || %s))", [ADVISORY_LOCK_KEY])
+            if not cur.fetchone()[0]:
+                raise WorkloadError(
+                    "banking workload: another banking workload is writing to this schema; its in-memory "
+                    "balances would go stale, so run one at a time"
+                )
+            cur.execute("select id, first_name, last_name, email from customers order by id")
+            for cid, first, last, email in cur:
+                self._add_customer(cid, first, last, email)
+            cur.execute(
+                "select customer_id, count(*) from accounts group by customer_id order by customer_id"
+            )
+            for cid, n in cur:
+                self.n_accounts[cid] = n
+                self.prospects.remove(cid)
+            cur.execute(
+                "select id, customer_id, currency, balance from accounts where status = 'OPEN' order by id"
+            )
+            for aid, cid, currency, balance in cur:
+                self._add_account(Account(aid, cid, currency.strip(), balance))
+        self.conn.commit()
+
+    def _add_customer(self, cid: int, first: str, last: str, email: str) -> None:
+        self.customers[cid] = (first, last, email)
+        self.customer_pool.add(cid)
+        self.prospects.add(cid)
+
+    def _add_account(self, account: Account) -> None:
+        self.accounts[account.id] = account
+        self.open_accounts.add(account.id)
+        self.open_by_currency.setdefault(account.currency, Pool()).add(account.id)
+
+    def _drop_account(self, account: Account) -> None:
+        del self.accounts[account.id]
+        self.open_accounts.remove(account.id)
+        self.open_by_currency[account.currency].remove(account.id)
+
+    @staticmethod
+    def _reserve_ids(cur: Any, table: str, n: int) -> list[int]:
+        """Take ids from the identity sequence up front: emails carry them, transactions reference them."""
+        if n <= 0:
+            return []
+        cur.execute(
+            "select nextval(pg_get_serial_sequence(%s, 'id')) from generate_series(1, %s)", [table, n]
+        )
+        return sorted(r[0] for r in cur.fetchall())
+
+    # -- one batch = one database transaction ---------------------------------------------------------------
+    def batch(self, plan: Plan) -> WorkloadResult:
+        """Apply ``plan`` in one database transaction and return what it changed (counted after commit)."""
+        done = WorkloadResult()
+        try:
+            with self.conn.cursor() as cur:
+                new_customers = self._new_customers(cur, plan.customers, done)
+                new_accounts = self._open_accounts(cur, plan.accounts, new_customers, done)
+                self._transactions(cur, plan, new_accounts, done)
+                self._update_customers(cur, plan.updates, done)
+                self._delete_prospects(cur, plan.deletes, {cid for cid, _ in new_customers}, done)
+            self.conn.commit()
+        except BaseException:
+            self.conn.rollback()
+            raise
+        done.db_transactions = 1
+        return done
+
+    def _new_customers(self, cur: Any, n: int, done: WorkloadResult) -> list[tuple[int, bool]]:
+        """Insert n customers; returns (id, wants_account) so that some stay prospects."""
+        ids = self._reserve_ids(cur, "customers", n)
+        rows = []
+        out = []
+        for cid in ids:
+            first, last = self.fake.first_name(), self.fake.last_name()
+            email = _email(first, last, cid, self.fake.free_email_domain())
+            ts = self.clock.now()
+            rows.append((cid, first, last, email, ts, ts))
+            self._add_customer(cid, first, last, email)
+            out.append((cid, self.rng.random() >= PROSPECT_SHARE))
+        copy_rows(
+            cur, "customers", ("id", "first_name", "last_name", "email", "created_at", "updated_at"), rows
+        )
+        done.insert("customers", len(rows))
+        return out
+
+    def _open_accounts(
+        self, cur: Any, n: int, new_customers: list[tuple[int, bool]], done: WorkloadResult
+    ) -> set[int]:
+        """Open n accounts, each with an opening deposit: first for new customers, then for existing ones."""
+        if n <= 0 or not self.customer_pool:
+            return set()
+        owners = [cid for cid, wants in new_customers if wants][:n]
+        while len(owners) < n:
+            # Existing customers open more accounts; now and then a prospect converts.
+            pool = self.prospects if self.prospects and self.rng.random() < 0.2 else self.customer_pool
+            owners.append(pool.choice(self.rng))
+        ids = self._reserve_ids(cur, "accounts", n)
+        rows = []
+        for aid, cid in zip(ids, owners, strict=True):
+            currency = self.rng.choices(CURRENCIES, CURRENCY_WEIGHTS)[0]
+            kind = self.rng.choices(ACCOUNT_TYPES, ACCOUNT_TYPE_WEIGHTS)[0]
+            opening = _amount(self.rng)
+            ts = self.clock.now()
+            rows.append((aid, cid, kind, currency, opening, opening, "OPEN", ts, ts, None))
+            self._add_account(Account(aid, cid, currency, opening))
+            self.n_accounts[cid] = self.n_accounts.get(cid, 0) + 1
+            self.prospects.remove(cid)
+        copy_rows(
+            cur,
+            "accounts",
+            (
+                "id",
+                "customer_id",
+                "account_type",
+                "currency",
+                "opening_balance",
+                "balance",
+                "status",
+                "created_at",
+                "updated_at",
+                "closed_at",
+            ),
+            rows,
+        )
+        done.insert("accounts", len(rows))
+        return set(ids)
+
+    def _transactions(self, cur: Any, plan: Plan, new_accounts: set[int], done: WorkloadResult) -> None:
+        """Closes, then deposits/withdrawals/transfers; rows by COPY, balances by one UPDATE … FROM VALUES."""
+        rng, clock, accounts = self.rng, self.clock, self.accounts
+        max_rows = plan.max_rows if plan.max_rows is not None else 1 << 62
+        lines: list[str] = []
+        delta: dict[int, Decimal] = {}
+        closed: dict[int, datetime] = {}
+
+        # Closing: withdraw what is left (one WITHDRAWAL row), then status CLOSED. Accounts opened in this
+        # batch are left alone so every account lives through at least one commit as OPEN.
+        candidates = [a for a in self.open_accounts.sample(rng, plan.closes * 3) if a not in new_accounts]
+        room = max(0, len(self.open_accounts) - MIN_OPEN_ACCOUNTS)
+        for aid in candidates[: min(plan.closes, room, max_rows)]:
+            account = accounts[aid]
+            ts = clock.now()
+            if account.balance > ZERO:
+                lines.append(f"{aid}\tWITHDRAWAL\t{account.balance}\t\\N\tCOMPLETED\t{ts.isoformat()}\n")
+                delta[aid] = delta.get(aid, ZERO) - account.balance
+                account.balance = ZERO
+            closed[aid] = ts
+            self._drop_account(account)
+
+        events = 0
+        open_ids = self.open_accounts.items
+        by_currency = self.open_by_currency
+        while events < plan.events and len(lines) < max_rows and open_ids:
+            events += 1
+            r = rng.random()
+            src = accounts[open_ids[int(rng.random() * len(open_ids))]]
+            ts = clock.now().isoformat()
+            if r < P_TRANSFER and len(lines) + 2 <= max_rows and src.balance > ZERO:
+                peers = by_currency[src.currency].items
+                if len(peers) > 1:
+                    dst = src
+                    while dst is src:
+                        dst = accounts[peers[int(rng.random() * len(peers))]]
+                    amount = _at_most(rng, src.balance)
+                    src.balance -= amount
+                    dst.balance += amount
+                    delta[src.id] = delta.get(src.id, ZERO) - amount
+                    delta[dst.id] = delta.get(dst.id, ZERO) + amount
+                    lines.append(f"{src.id}\tTRANSFER_OUT\t{amount}\t{dst.id}\tCOMPLETED\t{ts}\n")
+                    lines.append(f"{dst.id}\tTRANSFER_IN\t{amount}\t{src.id}\tCOMPLETED\t{ts}\n")
+                    continue
+            if r < P_TRANSFER + P_WITHDRAWAL and src.balance > ZERO:
+                amount = _at_most(rng, src.balance)
+                src.balance -= amount
+                delta[src.id] = delta.get(src.id, ZERO) - amount
+                lines.append(f"{src.id}\tWITHDRAWAL\t{amount}\t\\N\tCOMPLETED\t{ts}\n")
+            else:  # deposits, and what an empty account or a lone currency cannot do
+                amount = _amount(rng)
+                src.balance += amount
+                delta[src.id] = delta.get(src.id, ZERO) + amount
+                lines.append(f"{src.id}\tDEPOSIT\t{amount}\t\\N\tCOMPLETED\t{ts}\n")
+
+        if lines:
+            copy_lines(
+                cur,
+                "transactions",
+                ("account_id", "txn_type", "amount", "related_account_id", "status", "created_at"),
+                lines,
+            )
+            done.insert("transactions", len(lines))
+        if delta or closed:
+            from psycopg2.extras import execute_values
+
+            ts = clock.now()
+            values = [(aid, d, "OPEN", None, ts) for aid, d in delta.items() if aid not in closed]
+            values += [(aid, delta.get(aid, ZERO), "CLOSED", at, ts) for aid, at in closed.items()]
+            # Relative update (balance + delta): the invariant holds even if our view were stale.
+            execute_values(
+                cur,
+                "update accounts as a set balance = a.balance + v.delta, status = v.status, "
+                "closed_at = coalesce(v.closed_at, a.closed_at), updated_at = v.ts "
+                "from (values %s) as v(id, delta, status, closed_at, ts) where a.id = v.id",
+                values,
+                template="(%s::bigint, %s::numeric(18,2), %s::text, %s::timestamptz, %s::timestamptz)",
+                page_size=len(values),
+            )
+            done.update("accounts", len(values))
+
+    def _update_customers(self, cur: Any, n: int, done: WorkloadResult) -> None:
+        """Customers change email and/or name: the updates that make SCD2 history worth having."""
+        if n <= 0 or not self.customer_pool:
+            return
+        rng, fake = self.rng, self.fake
+        ts = self.clock.now()
+        values = []
+        for cid in sorted(self.customer_pool.sample(rng, n)):
+            first, last, email = self.customers[cid]
+            r = rng.random()
+            if r < 0.6:  # name change (marriage, mostly the last name), sometimes with a new address
+                if rng.random() < 0.75:
+                    last = fake.last_name()
+                else:
+                    first = fake.first_name()
+            if r < 0.25 or r >= 0.6:  # a new email address
+                old = email
+                while email == old:
+                    email = _email(first, last, cid, fake.free_email_domain(), rng.randint(1000, 9999))
+            self.customers[cid] = (first, last, email)
+            values.append((cid, first, last, email, ts))
+        from psycopg2.extras import execute_values
+
+        execute_values(
+            cur,
+            "update customers as c set first_name = v.first_name, last_name = v.last_name, email = v.email, "
+            "updated_at = v.ts from (values %s) as v(id, first_name, last_name, email, ts) where c.id = v.id",
+            values,
+            template="(%s::bigint, %s::text, %s::text, %s::text, %s::timestamptz)",
+            page_size=len(values),
+        )
+        done.update("customers", len(values))
+
+    def _delete_prospects(self, cur: Any, n: int, new: set[int], done: WorkloadResult) -> None:
+        """Delete customers that never had an account (only they can go: accounts reference customers).
+
+        Customers created in this same batch are spared, so every deleted row was once committed.
+        """
+        if n <= 0 or not self.prospects:
+            return
+        ids = sorted(c for c in self.prospects.sample(self.rng, n + len(new)) if c not in new)[:n]
+        if not ids:
+            return
+        cur.execute("delete from customers where id = any(%s)", [ids])
+        for cid in ids:
+            del self.customers[cid]
+            self.customer_pool.remove(cid)
+            self.prospects.remove(cid)
+        done.delete("customers", len(ids))
+
+
+def _scaled(rng: random.Random, events: float) -> Plan:
+    """A plan whose other changes are proportional to its business transactions."""
+    return Plan(
+        customers=_stochastic_round(rng, events * PER_TXN["customers"]),
+        accounts=_stochastic_round(rng, events * PER_TXN["accounts"]),
+        events=int(events),
+        updates=_stochastic_round(rng, events * PER_TXN["updates"]),
+        closes=_stochastic_round(rng, events * PER_TXN["closes"]),
+        deletes=_stochastic_round(rng, events * PER_TXN["deletes"]),
+    )
+
+
+def _bootstrap(bank: Bank, accounts: int) -> Plan | None:
+    """Enough open accounts for transactions to spread over (a fresh database has none)."""
+    missing = accounts - len(bank.open_accounts)
+    if missing <= 0:
+        return None
+    return Plan(customers=math.ceil(missing / (1 - PROSPECT_SHARE) * 0.8), accounts=missing)
+
+
+def run(conn: Any, options: WorkloadOptions, progress: Progress | None = None) -> WorkloadResult:
+    """Run the banking workload on ``conn`` (search_path already set) and return the committed counts."""
+    seed = options.seed if options.seed is not None else random.SystemRandom().randrange(2**31)
+    started = time.perf_counter()
+    bank = Bank(conn, seed)
+    bank.load()
+    total = WorkloadResult(seed=seed)
+
+    def commit(plan: Plan) -> WorkloadResult:
+        done = bank.batch(plan)
+        total.merge(done)
+        total.seconds = time.perf_counter() - started
+        if progress is not None:
+            progress(total.as_dict())
+        return done
+
+    try:
+        mode = options.mode
+        if mode == "once":
+            _iteration(commit, ONCE, options.batch_size)
+            total.iterations = 1
+        elif mode == "bulk":
+            _bulk(bank, options.transactions or 0, options.batch_size, commit, total)
+        else:
+            _paced(bank, options, commit, total, started)
+    except KeyboardInterrupt:
+        pass  # the open batch was rolled back; what committed is counted
+    total.seconds = time.perf_counter() - started
+    return total
+
+
+Commit = Callable[[Plan], WorkloadResult]
+
+
+def _iteration(commit: Commit, plan: Plan, batch_size: int) -> None:
+    """One iteration as several commits, like a day at a bank: onboarding, business, then housekeeping.
+
+    Housekeeping (updates, closes, deletes) commits last so it can touch accounts and prospects created
+    earlier in the same iteration, which keeps --once on a fresh database exercising every kind of change.
+    """
+    if plan.customers or plan.accounts:
+        commit(Plan(customers=plan.customers, accounts=plan.accounts))
+    left = plan.events
+    while left > 0:
+        n = min(left, batch_size)
+        commit(Plan(events=n))
+        left -= n
+    if plan.updates or plan.closes or plan.deletes:
+        commit(Plan(updates=plan.updates, closes=plan.closes, deletes=plan.deletes))
+
+
+def _bulk(bank: Bank, target: int, batch_size: int, commit: Commit, total: WorkloadResult) -> None:
+    """Exactly ``target`` transaction rows as fast as possible, other changes mixed in proportionally.
+
+    Two commits per batch: onboarding + housekeeping (whose closing withdrawals count against the batch's
+    rows), then the COPY of the business transactions.
+    """
+    boot = _bootstrap(bank, max(100, min(2000, target // 1000)))
+    if boot is not None:
+        commit(boot)
+    written = 0
+    while written < target:
+        rows = min(batch_size, target - written)
+        plan = _scaled(bank.rng, rows / 1.2)
+        housekeeping = Plan(
+            customers=plan.customers,
+            accounts=plan.accounts,
+            updates=plan.updates,
+            closes=plan.closes,
+            deletes=plan.deletes,
+            max_rows=rows,
+        )
+        got = commit(housekeeping).inserted.get("transactions", 0)
+        if got < rows:
+            got += commit(Plan(events=1 << 62, max_rows=rows - got)).inserted.get("transactions", 0)
+        if got == 0:
+            raise WorkloadError("banking workload: no open accounts left to write transactions to")
+        written += got
+        total.iterations += 1
+
+
+def _paced(
+    bank: Bank, options: WorkloadOptions, commit: Commit, total: WorkloadResult, started: float
+) -> None:
+    """One iteration per tick at ``rate`` business transactions per second, until duration or the row cap."""
+    rate = options.rate or DEFAULT_RATE
+    boot = _bootstrap(bank, MIN_OPEN_ACCOUNTS * 2)
+    if boot is not None:
+        commit(boot)
+    carry = 0.0
+    tick = 0
+    while True:
+        if options.duration is not None and time.perf_counter() - started >= options.duration:
+            return
+        if options.transactions is not None and total.inserted.get("transactions", 0) >= options.transactions:
+            return
+        carry += rate * TICK_SECONDS
+        events = math.floor(carry)
+        carry -= events
+        _iteration(commit, _scaled(bank.rng, events), options.batch_size)
+        total.iterations += 1
+        tick += 1
+        wake = started + tick * TICK_SECONDS
+        if options.duration is not None:
+            wake = min(wake, started + options.duration)
+        time.sleep(max(0.0, wake - time.perf_counter()))
