@@ -1,0 +1,101 @@
+{#-
+  Helpers over bankflow's raw change log (one row per change event; _op, _lsn, _tx_id, _source_ts, _file).
+  Plain ANSI SQL: window functions in subqueries, no QUALIFY, no adapter-specific functions.
+-#}
+
+{#- The latest version of every key by WAL position (deletes included, flagged is_deleted). -#}
+{% macro latest_version(relation, key, columns, money_columns=[]) %}
+select
+    {%- for col in columns %}
+    {% if col in money_columns %}{{ money(col) }} as {{ col }}{% else %}{{ col }}{% endif %},
+    {%- endfor %}
+    _op,
+    case when _op = 'd' then true else false end as is_deleted,
+    _lsn,
+    _tx_id,
+    _source_ts,
+    _file
+from (
+    select
+        change_log.*,
+        -- an event loaded twice has the same (key, _lsn): either copy is the same version
+        row_number() over (partition by {{ key }} order by _lsn desc, _file desc) as _version_rank
+    from {{ relation }} as change_log
+) as ranked
+where _version_rank = 1
+{% endmacro %}
+
+
+{#-
+  The exact SCD2 of a table from its change log: one row per committed version.
+    1. exact duplicates of an event (same key and _lsn) count once;
+    2. several changes of one key in one source transaction are one committed version: the last one (by _lsn);
+       nobody outside the transaction ever saw the intermediate states;
+    3. a snapshot read ('r') identical to the version before it (or a change identical to the snapshot read
+       before it: the snapshot/stream overlap) is a duplicate, not a version;
+    4. valid_from = commit time (_source_ts), valid_to = commit time of the next version (null for the current);
+    5. a delete is a version of its own (the before-image, is_deleted = true, valid_to null while it is the
+       current state), so "exactly one current row per key" holds for deleted keys too.
+-#}
+{% macro change_log_history(relation, key, columns, money_columns=[]) %}
+with events as (
+    select
+        {%- for col in columns %}
+        {% if col in money_columns %}{{ money(col) }} as {{ col }}{% else %}{{ col }}{% endif %},
+        {%- endfor %}
+        _op,
+        _lsn,
+        _tx_id,
+        _source_ts,
+        row_number() over (partition by {{ key }}, _lsn order by _file) as _event_rank
+    from {{ relation }}
+),
+
+committed as (
+    select
+        events.*,
+        row_number() over (partition by {{ key }}, _tx_id, _source_ts order by _lsn desc) as _tx_rank
+    from events
+    where _event_rank = 1
+),
+
+compared as (
+    select
+        committed.*,
+        lag(_op) over (partition by {{ key }} order by _lsn) as _prev_op
+        {%- for col in columns if col != key %},
+        lag({{ col }}) over (partition by {{ key }} order by _lsn) as _prev_{{ col }}
+        {%- endfor %}
+    from committed
+    where _tx_rank = 1
+),
+
+versions as (
+    select *
+    from compared
+    where not (
+        _prev_op is not null
+        and (_op = 'r' or _prev_op = 'r')
+        and _op <> 'd'
+        and _prev_op <> 'd'
+        {%- for col in columns if col != key %}
+        and {{ null_safe_equal(col, '_prev_' ~ col) }}
+        {%- endfor %}
+    )
+)
+
+select
+    {%- for col in columns %}
+    {{ col }},
+    {%- endfor %}
+    _op,
+    _lsn,
+    _tx_id,
+    _source_ts,
+    row_number() over (partition by {{ key }} order by _lsn) as version_number,
+    _source_ts as valid_from,
+    lead(_source_ts) over (partition by {{ key }} order by _lsn) as valid_to,
+    case when lead(_lsn) over (partition by {{ key }} order by _lsn) is null then true else false end as is_current,
+    case when _op = 'd' then true else false end as is_deleted
+from versions
+{% endmacro %}
