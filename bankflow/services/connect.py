@@ -357,8 +357,13 @@ class KafkaConnectWorker:
     def put_connector(self, name: str, config: dict[str, str]) -> Any:
         return self.request("PUT", f"/connectors/{name}/config", config)
 
-    def delete_connector(self, name: str) -> None:
-        self.request("DELETE", f"/connectors/{name}")
+    def delete_connector(self, name: str, missing_ok: bool = True) -> None:
+        """Delete a connector; its task stops and closes its replication connection (the slot stays)."""
+        try:
+            self.request("DELETE", f"/connectors/{name}")
+        except ServiceError as exc:
+            if not (missing_ok and "HTTP 404" in str(exc)):
+                raise
 
     def connector_status(self, name: str) -> Any:
         return self.request("GET", f"/connectors/{name}/status")
