@@ -1,0 +1,3 @@
+from bankflow.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,97 @@
+"""`plan`: render every artifact, write them, and show what changed against the last plan or applied state."""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bankflow.render import render_all
+from bankflow.spec.loader import ResolvedSpec
+
+APPLIED_DIR = "applied"
+
+
+@dataclass
+class PlanResult:
+    files: dict[str, str]
+    compared_with: Path | None = None
+    changed: dict[str, str] = field(default_factory=dict)  # file -> unified diff ("" for new/removed)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def differs(self) -> bool:
+        return bool(self.changed)
+
+
+def _diff(name: str, old: str | None, new: str | None) -> str:
+    return "".join(difflib.unified_diff(
+        (old or "").splitlines(keepends=True), (new or "").splitlines(keepends=True),
+        fromfile=f"a/{name}", tofile=f"b/{name}"))
+
+
+def compare(files: dict[str, str], directory: Path) -> dict[str, str]:
+    changed = {}
+    previous = {p.relative_to(directory).as_posix(): p for p in directory.rglob("*") if p.is_file()}
+    for name, text in files.items():
+        old = previous[name].read_text(encoding="utf-8") if name in previous else None
+        if old != text:
+            changed[name] = _diff(name, old, text)
+    for name in sorted(set(previous) - set(files)):
+        changed[name] = _diff(name, previous[name].read_text(encoding="utf-8"), None)
+    return changed
+
+
+def live_connector_diff(resolved: ResolvedSpec, timeout: float = 3.0) -> tuple[str | None, str]:
+    """Compare the connector config live on Kafka Connect with the rendered one: (diff or None, note)."""
+    from bankflow.cdc.connect_client import ConnectClient, ConnectUnreachable
+    from bankflow.render.debezium import connector_config
+
+    spec = resolved.spec
+    client = ConnectClient(spec.cdc.connect_url, timeout=timeout)
+    try:
+        live = client.connector_config(spec.cdc.connector)
+    except ConnectUnreachable as exc:
+        return None, f"Kafka Connect at {spec.cdc.connect_url} is unreachable ({exc}); rendered offline"
+    if live is None:
+        return None, f"connector {spec.cdc.connector!r} does not exist on Kafka Connect yet: apply will create it"
+    rendered = connector_config(resolved, reveal=False)
+    live.pop("name", None)
+    live_text = json.dumps(dict(sorted(live.items())), indent=2) + "\n"
+    rendered_text = json.dumps(dict(sorted(rendered.items())), indent=2) + "\n"
+    if live_text == rendered_text:
+        return None, f"connector {spec.cdc.connector!r} on Kafka Connect matches the rendered config"
+    return resolved.redact(_diff("connector (live → rendered)", live_text, rendered_text)), (
+        f"connector {spec.cdc.connector!r} on Kafka Connect differs from the rendered config")
+
+
+def plan(resolved: ResolvedSpec, out: Path | None = None, *, pending_files: dict[str, list[str]] | None = None,
+         check_live: bool = True) -> PlanResult:
+    """Render everything; compare with `out` (an earlier plan) or else the last applied state; then write."""
+    files = dict(render_all(resolved).files)
+    if pending_files is not None:
+        from bankflow.render.warehouse import render_load_sql
+
+        files[f"warehouse/{resolved.spec.warehouse.type}/load.sql"] = render_load_sql(resolved, pending_files)
+    result = PlanResult(files)
+    for candidate in ([out] if out else []) + [resolved.state_dir / APPLIED_DIR]:
+        if candidate is not None and candidate.is_dir() and any(candidate.rglob("*")):
+            result.compared_with = candidate
+            result.changed = compare(files, candidate)
+            break
+    if check_live and resolved.spec.cdc.engine == "debezium":
+        diff, note = live_connector_diff(resolved)
+        result.notes.append(note)
+        if diff:
+            result.changed["connector (live)"] = diff
+    if out is not None:
+        write_files(files, out)
+    return result
+
+
+def write_files(files: dict[str, str], directory: Path) -> None:
+    for name, text in files.items():
+        path = directory / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
