@@ -1,0 +1,215 @@
+"""`Pipeline`: the library API behind `apply`, `generate`, `verify`, `status`, `down` and `consume`."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import signal
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from bankflow.errors import BankflowError, StageError
+from bankflow.spec.loader import ResolvedSpec
+from bankflow.stages.base import STAGE_ORDER, Progress, RunContext, StageResult
+
+RUNS_DIR = "runs"
+LAST_RUN = "last_run.json"
+
+
+@dataclass
+class RunReport:
+    run_id: str
+    pipeline: str
+    env: str | None
+    started_at: str
+    stages: list[StageResult] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return all(s.ok for s in self.stages)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "pipeline": self.pipeline, "env": self.env, "started_at": self.started_at,
+                "ok": self.ok, "seconds": round(self.seconds, 3), "stages": [s.to_dict() for s in self.stages]}
+
+
+class Pipeline:
+    """One spec in one environment. Every method is safe to re-run."""
+
+    def __init__(self, resolved: ResolvedSpec):
+        self.resolved = resolved
+        self.spec = resolved.spec
+
+    # ------------------------------------------------------------ apply
+
+    def apply(self, stages: list[str] | None = None, *, follow: bool = False, progress: bool = True) -> RunReport:
+        """Run the stages in order; stop at the first failure. `follow` streams until SIGINT/SIGTERM."""
+        from bankflow.stages import cdc, load, source, transform
+
+        selected = list(stages or STAGE_ORDER)
+        unknown = [s for s in selected if s not in STAGE_ORDER]
+        if unknown:
+            raise BankflowError(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGE_ORDER)}")
+        runners = {"source": source.run, "cdc": cdc.run, "load": load.run, "transform": transform.run}
+        ctx = RunContext(self.resolved, Progress(progress), follow=follow)
+        report = RunReport(uuid.uuid4().hex[:12], self.spec.name, self.resolved.env,
+                           dt.datetime.now(dt.timezone.utc).isoformat())
+        started = time.monotonic()
+        restore = self._install_signal_handlers(ctx.stop)
+        try:
+            for name in STAGE_ORDER:
+                if name not in selected:
+                    continue
+                stage_started = time.monotonic()
+                try:
+                    result = runners[name](ctx)
+                except BankflowError as exc:
+                    result = StageResult(name, ok=False, seconds=time.monotonic() - stage_started,
+                                         error=self.resolved.redact(str(exc)))
+                report.stages.append(result)
+                ctx.progress.done(result)
+                if not result.ok:
+                    break
+                if follow and name == "cdc":
+                    break  # a follow run ends when interrupted; the next apply loads and transforms
+        finally:
+            restore()
+            report.seconds = time.monotonic() - started
+            self._save_report(report)
+            if report.ok:
+                self._save_applied()
+        return report
+
+    @staticmethod
+    def _install_signal_handlers(stop: threading.Event) -> Any:
+        """SIGINT/SIGTERM set the stop flag: the cdc stage flushes its batches, acks and returns."""
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+        def handler(signum: int, frame: Any) -> None:
+            if stop.is_set():  # a second interrupt: give up immediately
+                signal.signal(signum, previous[signum])
+                raise KeyboardInterrupt
+            stop.set()
+
+        for sig in previous:
+            signal.signal(sig, handler)
+
+        def restore() -> None:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+        return restore
+
+    def _save_report(self, report: RunReport) -> None:
+        directory = self.resolved.state_dir / RUNS_DIR
+        directory.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(report.to_dict(), indent=2, default=str)
+        stamp = report.started_at.replace(":", "").replace("-", "")[:15]
+        (directory / f"{stamp}-{report.run_id}.json").write_text(text, encoding="utf-8")
+        (self.resolved.state_dir / LAST_RUN).write_text(text, encoding="utf-8")
+
+    def _save_applied(self) -> None:
+        """What `plan` compares with next time: the artifacts of the last successful apply."""
+        import shutil
+
+        from bankflow.plan import APPLIED_DIR, write_files
+        from bankflow.render import render_all
+
+        directory = self.resolved.state_dir / APPLIED_DIR
+        shutil.rmtree(directory, ignore_errors=True)
+        files = dict(render_all(self.resolved).files)
+        files.pop(f"warehouse/{self.spec.warehouse.type}/load.sql", None)  # file lists change every run
+        write_files(files, directory)
+
+    # ------------------------------------------------------------ generate
+
+    def generate(self, *, seed: int | None = None, rate: float | None = None, duration: float | None = None,
+                 transactions: int | None = None, progress: bool = True) -> dict[str, Any]:
+        """Run the spec's workload against the source (the source tables are created first)."""
+        from bankflow.generate.contract import WorkloadError, WorkloadOptions
+        from bankflow.generate.runner import run_workload
+        from bankflow.stages import source
+
+        if self.spec.generate is None:
+            raise BankflowError("the spec has no generate: section naming a workload")
+        ctx = RunContext(self.resolved, Progress(progress))
+        source.run(ctx)
+        once = rate is None and transactions is None
+        display = ctx.progress
+
+        def report(info: dict[str, Any]) -> None:
+            display.update("generate", ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}"
+                                                 for k, v in info.items() if not isinstance(v, dict)))
+
+        try:
+            options = WorkloadOptions(seed=seed, once=once, rate=rate, duration=duration, transactions=transactions)
+            result = run_workload(self.resolved.resolve_path(self.spec.generate.workload),
+                                  ctx.source_connect_kwargs(), self.spec.source.schema_name, options, report)
+        except WorkloadError as exc:
+            raise StageError(str(exc)) from None
+        summary = result.as_dict()
+        if progress:
+            display.done(StageResult("generate", seconds=result.seconds, rows=result.rows))
+        return summary
+
+    # ------------------------------------------------------------ verify, status, down, consume
+
+    def verify(self) -> Any:
+        from bankflow.stages.source import source_connect_kwargs
+        from bankflow.verify import verify
+        from bankflow.warehouse import connect_warehouse
+
+        kwargs = source_connect_kwargs(self.resolved, start=True)
+        adapter = connect_warehouse(self.resolved)
+        try:
+            return verify(self.resolved, kwargs, adapter)
+        finally:
+            adapter.close()
+
+    def status(self) -> dict[str, Any]:
+        from bankflow.status import collect_status
+
+        return collect_status(self.resolved)
+
+    def down(self, *, drop_slot: bool = False) -> list[str]:
+        lines = []
+        if drop_slot:
+            from bankflow.cdc.builtin import drop_slot as drop
+            from bankflow.stages.source import source_connect_kwargs
+
+            try:
+                drop(self.resolved, source_connect_kwargs(self.resolved, start=False))
+                lines.append(f"dropped replication slot {self.spec.cdc.slot}")
+            except Exception as exc:
+                lines.append(f"slot {self.spec.cdc.slot} not dropped: {exc}")
+        if self.spec.source.embedded:
+            from bankflow.stages.source import embedded_server
+
+            server = embedded_server(self.resolved)
+            if server.is_running():
+                server.stop()
+                lines.append("stopped the embedded PostgreSQL")
+            else:
+                lines.append("the embedded PostgreSQL was not running")
+        else:
+            lines.append("nothing to stop: this environment uses external services")
+        return lines
+
+    def consume(self, *, workers: int = 1, follow: bool = False, progress: bool = True) -> dict[str, Any]:
+        from bankflow.consume.kafka import run_workers
+
+        if self.spec.cdc.engine != "debezium":
+            raise BankflowError("consume reads Kafka topics: use an environment with cdc.engine: debezium")
+        return run_workers(self.resolved, workers=workers, follow=follow, progress=progress)
+
+
+def format_status(status: dict[str, Any]) -> str:
+    from bankflow.status import format_status as fmt
+
+    return fmt(status)

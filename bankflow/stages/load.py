@@ -1,0 +1,90 @@
+"""Stage `load`: lake files → warehouse raw tables, each file exactly once.
+
+bankflow keeps its own ledger of loaded files in the warehouse (never Snowflake's 64-day load metadata alone):
+the files to load are those in the lake minus those in the ledger, listed explicitly in each statement.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from bankflow.stages.base import RunContext, StageResult
+
+if TYPE_CHECKING:
+    from bankflow.spec.loader import ResolvedSpec
+    from bankflow.spec.models import Table
+    from bankflow.warehouse.base import WarehouseAdapter
+
+
+def lake_files(resolved: ResolvedSpec, table: Table) -> list[str]:
+    """Parquet keys (relative to the lake root) under the table's part of the layout, sorted by position."""
+    from bankflow.lake.filesystem import lake_filesystem
+
+    fs, root = lake_filesystem(resolved)
+    spec = resolved.spec
+    prefix = spec.lake.layout.split("{", 1)[0]
+    placeholders = {"table": table.name, "schema": spec.source.schema_name, "topic": spec.topic_for(table)}
+    # The fixed part of the layout up to the first unknown placeholder (e.g. "{table}/date={date}" → "customers/").
+    fixed = spec.lake.layout
+    for name, value in placeholders.items():
+        fixed = fixed.replace("{" + name + "}", value)
+    prefix = fixed.split("{", 1)[0].rsplit("/", 1)[0] if "{" in fixed else fixed
+    base = f"{root.rstrip('/')}/{prefix}".rstrip("/")
+    if not fs.exists(base):
+        return []
+    keys = []
+    for path in fs.find(base):
+        if path.endswith(".parquet") and "/_" not in path[len(root):] and "/." not in path[len(root):]:
+            keys.append(path[len(root.rstrip("/")) + 1:] if path.startswith(root.rstrip("/")) else path)
+    return sorted(keys, key=lambda k: k.rsplit("/", 1)[-1])
+
+
+def pending_files(resolved: ResolvedSpec, adapter: WarehouseAdapter | None = None) -> dict[str, list[str]]:
+    """Per table: lake files not yet in the ledger."""
+    from bankflow.warehouse import connect_warehouse
+
+    own = adapter is None
+    adapter = adapter or connect_warehouse(resolved)
+    try:
+        result = {}
+        for table in resolved.spec.tables:
+            try:
+                loaded = adapter.ledger_keys(table)
+            except Exception:
+                loaded = set()
+            result[table.name] = [k for k in lake_files(resolved, table) if k not in loaded]
+        return result
+    finally:
+        if own:
+            adapter.close()
+
+
+def run(ctx: RunContext) -> StageResult:
+    from bankflow.warehouse import connect_warehouse
+
+    started = time.monotonic()
+    resolved = ctx.resolved
+    adapter = connect_warehouse(resolved)
+    result = StageResult("load")
+    try:
+        ctx.progress.update("load", "creating raw tables", force=True)
+        setup = adapter.setup()
+        pending = pending_files(resolved, adapter)
+        per_table: dict[str, dict[str, int]] = {}
+        for table in resolved.spec.tables:
+            files = pending[table.name]
+            ctx.progress.update("load", f"{table.raw_name}: loading {len(files)} file(s)", force=True)
+            outcome = adapter.load_files(table, files) if files else None
+            per_table[table.raw_name] = {"files": outcome.files if outcome else 0,
+                                         "rows": outcome.rows if outcome else 0}
+            if outcome:
+                result.files += outcome.files
+                result.rows += outcome.rows
+                if outcome.results:
+                    result.details.setdefault("copy_results", []).extend(outcome.results)
+        result.details.update({"tables": per_table, "setup_statements": len(setup)})
+    finally:
+        adapter.close()
+    result.seconds = time.monotonic() - started
+    return result
