@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bankflow.services._process import ServiceError, log_tail, rss_bytes, spawn, terminate
-from bankflow.services.ports import free_port
+from bankflow.services.ports import free_port, port_open
 
 POSTGRES_CONNECTOR_CLASS = "io.debezium.connector.postgresql.PostgresConnector"
 JETTY12_PACKAGE = "libjetty12-java"
@@ -308,6 +308,8 @@ class KafkaConnectWorker:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         if self.port is None:
             self.port = free_port()
+        elif port_open(self.host, self.port):  # else GET / might be answered by whatever holds the port
+            raise ServiceError(f"port {self.port} on {self.host} is in use; cannot start Kafka Connect there")
         cp = build_classpath_dir(self.work_dir / "classpath")
         props_path = self.work_dir / "worker.properties"
         props_path.write_text("".join(f"{k}={v}\n" for k, v in self.worker_properties().items()))

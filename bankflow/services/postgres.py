@@ -134,12 +134,26 @@ class EmbeddedPostgres:
         root = self.data_dir
         if self.run_as is not None and not self._usable_by_run_user(["test", "-x", str(self.data_dir)]):
             root = SHARED_ROOT / f"bankflow-pgdata-{_digest(str(self.data_dir))}"
+            self._discard_orphan(root / "pgdata", root)
         socket_dir = root / "run"
         if len(str(socket_dir)) + len("/.s.PGSQL.65535") > _SOCKET_PATH_MAX:
             socket_dir = Path(tempfile.gettempdir()) / f"bankflow-pgsock-{_digest(str(self.data_dir))}"
+            self._discard_orphan(None, socket_dir)
         state.update({"cluster_dir": str(root / "pgdata"), "socket_dir": str(socket_dir)})
         self._save_state(state)
         return state
+
+    def _discard_orphan(self, cluster: Path | None, directory: Path) -> None:
+        """Remove what an earlier data_dir at this same path left behind (its state file is gone).
+
+        Paths like pytest's tmp dirs come back across sessions; a session that crashed before cleaning up
+        would otherwise hand the next one a stale (maybe still running) cluster.
+        """
+        if not directory.exists():
+            return
+        if cluster is not None and (cluster / "postmaster.pid").is_file():
+            self._run([str(self.bin_dir() / "pg_ctl"), "-D", str(cluster), "-m", "immediate", "-w", "stop"])
+        shutil.rmtree(directory, ignore_errors=True)
 
     # --- running binaries as the right user -------------------------------------------------------------
 

@@ -7,6 +7,7 @@ Storage is memory only in this build: topics vanish when the broker stops.
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import subprocess
 import tempfile
 import time
@@ -34,6 +35,7 @@ class TansuBroker:
     def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
         self.host = "127.0.0.1"
         self.port = port
+        self._own_log_dir = log_path is None  # a temp dir we made is removed again by stop()
         self.log_path = log_path or Path(tempfile.mkdtemp(prefix="bankflow-tansu-")) / "tansu.log"
         self._proc: subprocess.Popen[bytes] | None = None
         self.startup_seconds: float | None = None
@@ -93,6 +95,8 @@ class TansuBroker:
     def stop(self) -> None:
         terminate(self._proc)
         self._proc = None
+        if self._own_log_dir:
+            shutil.rmtree(self.log_path.parent, ignore_errors=True)
 
     def create_topic(self, name: str, partitions: int = 1, timeout: float = 10.0) -> None:
         """Create a topic (replication factor 1); an existing topic is fine."""

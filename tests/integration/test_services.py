@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
 import time
 import uuid
@@ -135,6 +136,24 @@ def test_postgres_stop_start_keeps_data_and_port(tmp_path: Path) -> None:
     assert not pg.cluster_dir.exists()
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root runs PostgreSQL as another user")
+def test_postgres_as_root_relocates_cluster_nobody_cannot_reach(tmp_path: Path) -> None:
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    pg = EmbeddedPostgres(private / "pg")
+    try:
+        pg.start()
+        assert pg.relocated
+        assert not pg.cluster_dir.is_relative_to(private)
+        assert pg.cluster_dir.stat().st_uid == 65534  # PostgreSQL runs as nobody, never as root
+        assert (private / "pg" / "bankflow-postgres.json").is_file()  # the pointer stop/reuse follow
+        assert EmbeddedPostgres(private / "pg").is_running()
+        assert pg.execute("SELECT current_setting('data_directory')") == [(str(pg.cluster_dir),)]
+    finally:
+        pg.destroy()
+    assert not pg.cluster_dir.exists()
+
+
 def test_postgres_start_failure_explains(tmp_path: Path, pg_server: EmbeddedPostgres) -> None:
     from bankflow.services import ServiceError
 
@@ -161,7 +180,7 @@ def _consumer(broker: TansuBroker, group: str) -> Any:
     })
 
 
-def _drain(consumer: Any, want: int, timeout: float = 60.0, idle: float = 2.0) -> list[Any]:
+def _drain(consumer: Any, want: int, timeout: float = 60.0, idle: float = 1.0) -> list[Any]:
     """Read until `want` messages arrived, then keep polling `idle` seconds to catch any extra."""
     got: list[Any] = []
     deadline = time.monotonic() + timeout
