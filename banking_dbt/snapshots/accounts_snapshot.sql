@@ -2,15 +2,14 @@
 {% snapshot accounts_snapshot %}
 {{ config(
     unique_key='id',
-    strategy='check',
-    check_cols=['customer_id', 'account_type', 'currency', 'opening_balance', 'balance', 'status',
-                'created_at', 'updated_at', 'closed_at'],
+    strategy='timestamp',
     updated_at='_source_ts',
     hard_deletes='new_record'
 ) }}
 select
     id, customer_id, account_type, currency, opening_balance, balance, status,
     created_at, updated_at, closed_at, _lsn, _source_ts
-from {{ ref('stg_accounts') }}
-where not is_deleted
+from {{ ref('account_history') }}
+where is_current
+  and not is_deleted
 {% endsnapshot %}
