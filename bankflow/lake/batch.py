@@ -1,0 +1,468 @@
+"""Per-table column batches: the one code path every event source feeds before Parquet.
+
+Two ways in, one way out:
+
+- `append_debezium(event, position)`: a Debezium 3.6 change event as a dict (JsonConverter, schemas disabled,
+  ``decimal.handling.mode=string``, ``time.precision.mode=adaptive_time_microseconds``). The Kafka consumer and
+  the built-in reader's `iter_events()` produce these.
+- the text fast path (`text_sink`, `begin_text_tx`, `append_text_row`): the built-in pgoutput reader appends the
+  raw text of each column straight into per-column lists, no per-row dicts.
+
+Values stay in Python lists until `to_arrow`, where each column converts in bulk with Arrow casts (numeric
+text → decimal128 exactly, never through float). A bulk cast that fails falls back to value-by-value
+conversion to find the culprits; their events go to the dead-letter list with the position and the reason
+and the rest of the batch carries on.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+from bisect import bisect_right
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from bankflow.lake.arrow_schema import arrow_type, table_arrow_schema
+from bankflow.lake.positions import LsnPosition
+from bankflow.spec.models import Flush, Table
+from bankflow.spec.types import PgType
+
+_INT_KINDS = ("smallint", "integer", "bigint")
+_STRING_KINDS = ("text", "varchar", "char", "uuid", "json", "jsonb")
+_TS_UTC = pa.timestamp("us", tz="UTC")
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """An event that could not be converted: kept whole, with where it came from and why."""
+
+    table: str
+    position: Any
+    reason: str
+    event: Any
+
+
+class _Conversion(Exception):
+    """One value failed to convert; the message is the reason recorded in the dead-letter store."""
+
+
+# ---------------------------------------------------------------- column converters
+
+Converter = Callable[[list[Any]], pa.Array]
+
+
+def _text_bool(values: list[Any]) -> pa.Array:
+    arr = pa.array(values, pa.string())
+    ok = pc.is_in(arr, value_set=pa.array(["t", "f"]))
+    if not pc.all(pc.or_kleene(ok, pc.is_null(arr))).as_py():
+        raise pa.ArrowInvalid("boolean text must be 't' or 'f'")
+    return pc.equal(arr, "t")
+
+
+def _text_time(values: list[Any]) -> pa.Array:
+    arr = pa.array(values, pa.string())
+    stamped = pc.binary_join_element_wise("1970-01-01 ", arr, "").cast(pa.timestamp("us"))
+    return stamped.cast(pa.int64()).cast(pa.time64("us"))
+
+
+def _text_bytea(values: list[Any]) -> pa.Array:
+    out = []
+    for value in values:
+        if value is None:
+            out.append(None)
+            continue
+        text = value.decode() if isinstance(value, (bytes, bytearray)) else value
+        if not text.startswith("\\x"):
+            raise pa.ArrowInvalid("bytea text must be in hex format (\\x…); set bytea_output=hex")
+        try:
+            out.append(bytes.fromhex(text[2:]))
+        except ValueError as exc:
+            raise pa.ArrowInvalid(f"bad bytea hex: {exc}") from None
+    return pa.array(out, pa.binary())
+
+
+def _json_bytea(values: list[Any]) -> pa.Array:
+    out = []
+    for value in values:
+        if value is None:
+            out.append(None)
+            continue
+        if not isinstance(value, str):
+            raise pa.ArrowInvalid(f"bytea must be a base64 string, got {type(value).__name__}")
+        try:
+            out.append(base64.b64decode(value, validate=True))
+        except binascii.Error as exc:
+            raise pa.ArrowInvalid(f"bad base64: {exc}") from None
+    return pa.array(out, pa.binary())
+
+
+def text_converter(pg: PgType) -> Converter:
+    """Postgres text output (as pgoutput and COPY send it, session TimeZone=UTC, DateStyle=ISO) → Arrow."""
+    target = arrow_type(pg)
+    kind = pg.kind
+    if kind in _STRING_KINDS:
+        return lambda v: pa.array(v, pa.string())
+    if kind == "boolean":
+        return _text_bool
+    if kind == "bytea":
+        return _text_bytea
+    if kind == "time":
+        return _text_time
+    # ints, numeric (exact decimal parse), floats, date, timestamp, timestamptz ('+00' suffix is accepted)
+    return lambda v: pa.array(v, pa.string()).cast(target)
+
+
+def json_converter(pg: PgType) -> Converter:
+    """Debezium JSON values (string decimals, ISO timestamptz, epoch-based ints for date/time/timestamp) → Arrow."""
+    target = arrow_type(pg)
+    kind = pg.kind
+    if kind in _INT_KINDS or kind in ("real", "double precision", "boolean"):
+        return lambda v: pa.array(v, target)
+    if kind in _STRING_KINDS:
+        return lambda v: pa.array(v, pa.string())
+    if kind == "numeric":
+        return lambda v: pa.array(v, pa.string()).cast(target)
+    if kind == "bytea":
+        return _json_bytea
+    if kind == "date":
+        return lambda v: pa.array(v, pa.int32()).cast(target)
+    if kind in ("time", "timestamp"):
+        return lambda v: pa.array(v, pa.int64()).cast(target)
+    if kind == "timestamptz":
+        return lambda v: pa.array(v, pa.string()).cast(_TS_UTC)
+    raise ValueError(f"no Debezium converter for {pg.sql}")
+
+
+def _convert_column(convert: Converter, values: list[Any], name: str, nullable: bool,
+                    bad: dict[int, str]) -> pa.Array:
+    """Bulk convert; on failure find the bad values one by one, null them, record the rows, convert again."""
+    try:
+        arr = convert(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError, TypeError,
+            ValueError):
+        values = list(values)
+        for i, value in enumerate(values):
+            if value is None:
+                continue
+            try:
+                convert([value])
+            except Exception as exc:
+                shown = value.decode(errors="replace") if isinstance(value, bytes) else value
+                bad.setdefault(i, f"column {name!r}: cannot convert {shown!r}: {exc}")
+                values[i] = None
+        arr = convert(values)
+    if not nullable and arr.null_count:
+        for i in pc.indices_nonzero(arr.is_null()).to_pylist():
+            bad.setdefault(i, f"column {name!r} is NOT NULL but the event has no value for it")
+    return arr
+
+
+# ---------------------------------------------------------------- pending rows (one input mode at a time)
+
+class _Chunk:
+    """Converted rows: the source-column arrays and _op, _lsn, _tx_id, _source_ts."""
+
+    def __init__(self, arrays: list[pa.Array]) -> None:
+        self.arrays = arrays
+
+    def __len__(self) -> int:
+        return len(self.arrays[0]) if self.arrays else 0
+
+
+class TableBatch:
+    """Rows for one table, accumulated until the flush policy (or a replay cut) turns them into a file.
+
+    `stream` names the sequence of files this batch belongs to in the file key (the built-in reader uses the
+    table name, the Kafka consumer the topic); `schema` and `topic` fill the lake layout placeholders.
+    """
+
+    def __init__(self, table: Table, *, stream: str | None = None, schema: str = "public",
+                 topic: str | None = None) -> None:
+        self.table = table
+        self.stream = stream or table.name
+        self.schema_name = schema
+        self.topic = topic or table.name
+        self.arrow_schema = table_arrow_schema(table)
+        self.names = [c.name for c in table.columns]
+        self._index = {name: i for i, name in enumerate(self.names)}
+        self._nullable = [f.nullable for f in self.arrow_schema][: len(self.names)]
+        self._text_conv = [text_converter(c.pg_type) for c in table.columns]
+        self._json_conv = [json_converter(c.pg_type) for c in table.columns]
+        self._reset()
+
+    # ---- state
+
+    def _reset(self) -> None:
+        self._mode: str | None = None
+        self._chunks: list[_Chunk] = []
+        self._chunk_rows = 0
+        self.dead_letters: list[DeadLetter] = []
+        self.approx_bytes = 0
+        self._other_events = 0  # converted rows and events dead-lettered on arrival
+        self._started: float | None = None
+        self._first: Any = None
+        self._last_other: Any = None  # last position not in the pending rows
+        self._first_ts: int | None = None
+        self._clear_pending()
+
+    def _clear_pending(self) -> None:
+        n = len(self.names)
+        self.cols: list[list[Any]] = [[] for _ in range(n)]
+        self.ops: list[str] = []
+        self.lsns: list[int] = []
+        # text mode: runs of rows sharing a transaction:
+        # (first row, xid, commit ts µs, commit lsn, _lsn override for snapshot rows or None)
+        self.tx_runs: list[tuple[int, int | None, int | None, int, int | None]] = []
+        self._run_starts: list[int] = []
+        # json mode: per-row metadata, positions and the original events (for dead letters)
+        self.tx_ids: list[int | None] = []
+        self.ts_us: list[int | None] = []
+        self.positions: list[Any] = []
+        self.raw_events: list[dict[str, Any]] = []
+
+    @property
+    def rows(self) -> int:
+        """Rows in the batch (dead-lettered events are not rows)."""
+        return self._chunk_rows + len(self.ops)
+
+    def __len__(self) -> int:
+        return self.rows
+
+    @property
+    def events(self) -> int:
+        """Events in the batch, including dead-lettered ones (they count for the position range)."""
+        return self._other_events + len(self.ops)
+
+    @property
+    def empty(self) -> bool:
+        return self._first is None
+
+    @property
+    def first_position(self) -> Any:
+        return self._first
+
+    @property
+    def last_position(self) -> Any:
+        last = self._last_other
+        if self.ops:
+            row_last = self.positions[-1] if self._mode == "json" else LsnPosition(self.tx_runs[-1][3], self.lsns[-1])
+            if last is None or row_last > last:
+                last = row_last
+        return last
+
+    @property
+    def first_source_ts_us(self) -> int | None:
+        """Commit time of the first event: fills `{date}` in the layout (deterministic, unlike wall-clock)."""
+        return self._first_ts
+
+    @property
+    def age_seconds(self) -> float:
+        return 0.0 if self._started is None else time.monotonic() - self._started
+
+    def should_flush(self, flush: Flush) -> bool:
+        if self.events == 0:
+            return False
+        return (self.rows >= flush.max_rows or self.approx_bytes >= flush.max_bytes
+                or self.age_seconds >= flush.max_seconds)
+
+    def _touch(self, position: Any, ts_us: int | None) -> None:
+        if self._first is None:
+            self._started = time.monotonic()
+            self._first = position
+            self._first_ts = ts_us
+
+    def _note_other(self, position: Any) -> None:
+        self._other_events += 1
+        if self._last_other is None or position > self._last_other:
+            self._last_other = position
+
+    def _switch(self, mode: str) -> None:
+        if self._mode != mode:
+            if self._mode is not None and self.ops:
+                self._flush_pending()
+            self._mode = mode
+
+    # ---- Debezium events
+
+    def append_debezium(self, event: dict[str, Any], position: Any) -> bool:
+        """Append one Debezium change event; False if it went to the dead-letter list instead."""
+        self._switch("json")
+        source = event.get("source") or {}
+        ts_us = source.get("ts_us")
+        if ts_us is None and source.get("ts_ms") is not None:
+            ts_us = int(source["ts_ms"]) * 1000
+        self._touch(position, ts_us)
+        dead = self._dead_on_arrival
+        op = event.get("op")
+        if op not in ("c", "u", "d", "r"):
+            dead(position, f"unknown op {op!r} (expected c, u, d or r)", event)
+            return False
+        row = event.get("before") if op == "d" else event.get("after")
+        if not isinstance(row, dict):
+            image = "before" if op == "d" else "after"
+            dead(position, f"op {op!r} event without a '{image}' row image", event)
+            return False
+        index = self._index
+        unknown = [k for k in row if k not in index]
+        if unknown:
+            dead(position, f"unknown column(s) {unknown} for table {self.table.name!r}", event)
+            return False
+        lsn = source.get("lsn")
+        if lsn is None:
+            dead(position, "event has no source.lsn", event)
+            return False
+        get = row.get
+        for name, col in zip(self.names, self.cols, strict=True):
+            col.append(get(name))
+        self.ops.append(op)
+        self.lsns.append(lsn)
+        self.tx_ids.append(source.get("txId"))
+        self.ts_us.append(ts_us)
+        self.positions.append(position)
+        self.raw_events.append(event)
+        self.approx_bytes += 16 * len(row) + sum(len(v) for v in row.values() if isinstance(v, str))
+        return True
+
+    # ---- pgoutput text fast path
+
+    def text_sink(self) -> tuple[list[list[Any]], list[str], list[int]]:
+        """The column lists, op list and LSN list the built-in reader appends to directly.
+
+        Contract per row: one value (bytes text or None) appended to every column list, the op to `ops`, the
+        change LSN to `lsns`, `approx_bytes` increased; `begin_text_tx` before the first row of each
+        transaction in this batch. Positions, event counts and CDC columns all derive from these lists.
+        """
+        self._switch("text")
+        return self.cols, self.ops, self.lsns
+
+    def begin_text_tx(self, commit_lsn: int, xid: int | None, commit_ts_us: int | None, first_lsn: int,
+                      lsn_override: int | None = None) -> None:
+        """Start a run of rows from one transaction (xid and commit time are per transaction in pgoutput).
+
+        Snapshot rows pass their row number as the "LSN" (it orders them in the file key) and the slot's
+        consistent point as `lsn_override`, the `_lsn` every snapshot row carries.
+        """
+        self._switch("text")
+        start = len(self.ops)
+        if self.tx_runs and self.tx_runs[-1][0] == start:
+            self.tx_runs.pop()
+            self._run_starts.pop()
+        self.tx_runs.append((start, xid, commit_ts_us, commit_lsn, lsn_override))
+        self._run_starts.append(start)
+        self._touch(LsnPosition(commit_lsn, first_lsn), commit_ts_us)
+
+    def append_text_row(self, op: str, values: list[Any], position: LsnPosition, xid: int | None,
+                        commit_ts_us: int | None) -> None:
+        """The fast path for one row (values in spec column order, bytes text or None)."""
+        cols, ops, lsns = self.text_sink()
+        if not self.tx_runs or self.tx_runs[-1][3] != position.commit or self.tx_runs[-1][1] != xid:
+            self.begin_text_tx(position.commit, xid, commit_ts_us, position.lsn)
+        for col, value in zip(cols, values, strict=True):
+            col.append(value)
+        ops.append(op)
+        lsns.append(position.lsn)
+        self.approx_bytes += sum(len(v) for v in values if v is not None) + 8 * len(values)
+
+    def dead_letter(self, position: Any, reason: str, event: Any, ts_us: int | None = None) -> None:
+        """Record an event that cannot become a row (it still counts for the batch's position range)."""
+        self._touch(position, ts_us)
+        self._note_other(position)
+        self._dead(position, reason, event)
+
+    def _dead_on_arrival(self, position: Any, reason: str, event: Any) -> None:
+        self._note_other(position)
+        self._dead(position, reason, event)
+
+    def _dead(self, position: Any, reason: str, event: Any) -> None:
+        self.dead_letters.append(DeadLetter(self.table.name, position, reason, event))
+
+    # ---- conversion
+
+    def _text_row_event(self, i: int) -> dict[str, Any]:
+        run = self.tx_runs[bisect_right(self._run_starts, i) - 1]
+        op = self.ops[i]
+        lsn = self.lsns[i] if run[4] is None else run[4]
+        values = {n: (c[i].decode(errors="replace") if isinstance(c[i], bytes) else c[i])
+                  for n, c in zip(self.names, self.cols, strict=True)}
+        return {"op": op, "before" if op == "d" else "after": values,
+                "source": {"table": self.table.name, "lsn": lsn, "txId": run[1], "ts_us": run[2],
+                           "commit_lsn": run[3]}}
+
+    def _row_position(self, i: int) -> Any:
+        if self._mode == "json":
+            return self.positions[i]
+        run = self.tx_runs[bisect_right(self._run_starts, i) - 1]
+        return LsnPosition(run[3], self.lsns[i])
+
+    def _convert_pending(self) -> _Chunk:
+        n = len(self.ops)
+        convs = self._text_conv if self._mode == "text" else self._json_conv
+        bad: dict[int, str] = {}
+        arrays = [_convert_column(conv, col, name, nullable, bad)
+                  for conv, col, name, nullable in zip(convs, self.cols, self.names, self._nullable, strict=True)]
+        lsns: list[int] = self.lsns
+        if self._mode == "text":
+            xids: list[Any] = []
+            tss: list[Any] = []
+            bounds = [*self._run_starts[1:], n]
+            overridden = False
+            for (start, xid, ts, _commit, override), end in zip(self.tx_runs, bounds, strict=True):
+                xids.extend([xid] * (end - start))
+                tss.extend([ts] * (end - start))
+                overridden = overridden or override is not None
+            if overridden:
+                lsns = []
+                for (start, _x, _t, _c, override), end in zip(self.tx_runs, bounds, strict=True):
+                    lsns.extend([override] * (end - start) if override is not None else self.lsns[start:end])
+        else:
+            xids, tss = self.tx_ids, self.ts_us
+        arrays += [
+            pa.array(self.ops, pa.string()),
+            pa.array(lsns, pa.int64()),
+            pa.array(xids, pa.int64()),
+            pa.array(tss, pa.int64()).cast(_TS_UTC),
+        ]
+        if bad:
+            for i in sorted(bad):
+                event = self.raw_events[i] if self._mode == "json" else self._text_row_event(i)
+                self._dead(self._row_position(i), bad[i], event)
+            keep = pa.array([i not in bad for i in range(n)])
+            arrays = [pc.filter(a, keep) for a in arrays]
+        return _Chunk(arrays)
+
+    def _flush_pending(self) -> None:
+        """Convert the pending rows into an Arrow chunk (keeping their position range and event count)."""
+        if not self.ops:
+            return
+        last = self.last_position
+        n = len(self.ops)
+        self._chunks.append(self._convert_pending())
+        self._chunk_rows = sum(len(c) for c in self._chunks)
+        self._other_events += n
+        self._last_other = last
+        self._clear_pending()
+
+    def to_arrow(self, file_key: str) -> pa.Table:
+        """Every row as an Arrow table in `table_arrow_schema` order; `_file` = the key the rows go to.
+
+        Conversion failures found here move their events to `dead_letters` (check it after calling).
+        """
+        self._flush_pending()
+        chunks = self._chunks
+        schema = self.arrow_schema
+        if not chunks:
+            return schema.empty_table()
+        columns = [pa.chunked_array([c.arrays[i] for c in chunks], type=schema.field(i).type)
+                   for i in range(len(chunks[0].arrays))]
+        rows = sum(len(c) for c in chunks)
+        columns.append(pa.chunked_array([pa.repeat(pa.scalar(file_key, pa.string()), rows)]))
+        return pa.Table.from_arrays(columns, schema=schema)
+
+    def clear(self) -> None:
+        """Forget everything (after the file and its dead letters are durable)."""
+        self._reset()

@@ -1,0 +1,59 @@
+"""Dead-letter store: events that could not become rows, kept whole with their position and the reason.
+
+JSON lines under ``<lake>/<lake.dead_letter>/<table>/<stream>-<span>.jsonl``, one file per flushed batch and
+keyed by the batch's position range like the Parquet file next to it, so a replay after a crash rewrites the
+same file instead of recording the same bad event twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+
+from bankflow.lake.batch import DeadLetter
+from bankflow.lake.positions import format_span, position_json
+from bankflow.lake.writer import put_atomic
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", errors="replace")
+    return str(value)
+
+
+def dead_letter_line(record: DeadLetter) -> bytes:
+    return orjson.dumps(
+        {"table": record.table, "position": position_json(record.position), "reason": record.reason,
+         "event": record.event},
+        default=_default, option=orjson.OPT_NON_STR_KEYS,
+    ) + b"\n"
+
+
+class DeadLetterStore:
+    def __init__(self, fs: Any, root: str, dead_letter: str = "_dead_letter") -> None:
+        self.fs = fs
+        self.base = f"{root.rstrip('/')}/{dead_letter.strip('/')}"
+
+    def key_for(self, table: str, stream: str, first: Any, last: Any) -> str:
+        return f"{self.base}/{table}/{stream}-{format_span(first, last)}.jsonl"
+
+    def write(self, table: str, stream: str, first: Any, last: Any, records: Iterable[DeadLetter]) -> int:
+        """Write the records of one batch (idempotent per position range); returns how many were written."""
+        lines = [dead_letter_line(r) for r in sorted(records, key=lambda r: r.position)]
+        if not lines:
+            return 0
+        put_atomic(self.fs, self.key_for(table, stream, first, last), b"".join(lines))
+        return len(lines)
+
+    def read_all(self) -> list[dict[str, Any]]:
+        """Every record in the store (tests, `bankflow status`)."""
+        out: list[dict[str, Any]] = []
+        if not self.fs.exists(self.base):
+            return out
+        for path in sorted(self.fs.find(self.base)):
+            if path.endswith(".jsonl"):
+                with self.fs.open(path, "rb") as handle:
+                    out.extend(orjson.loads(line) for line in handle.read().splitlines() if line.strip())
+        return out

@@ -1,0 +1,96 @@
+"""Source positions and how they appear in lake file keys.
+
+A file key carries the position range of the events in the file, fixed width so keys sort in stream order
+and a retry of the same range produces the same key (exactly-once into the lake). Two position kinds:
+
+- `LsnPosition(commit, lsn)` for the built-in reader: the commit LSN of the event's transaction, then the
+  event's own change LSN. Change LSNs alone are not monotonic in stream order (pgoutput sends whole
+  transactions in commit order, and a transaction that began earlier has lower change LSNs), so the commit
+  LSN comes first; within a transaction change LSNs increase. Snapshot rows use (consistent point, row number).
+  Rendered as ``<commit:016X>.<lsn:016X>``.
+- `KafkaPosition(partition, offset)` for the Kafka consumer: ``p<partition:05d>-<offset:020d>``; a file holds
+  one partition, so a span is ``p00003-<start:020d>-<end:020d>``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, NamedTuple
+
+
+class LsnPosition(NamedTuple):
+    commit: int
+    lsn: int
+
+
+class KafkaPosition(NamedTuple):
+    partition: int
+    offset: int
+
+
+def lsn_text(lsn: int) -> str:
+    """Postgres' own spelling of an LSN, e.g. ``0/16B3A28``."""
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
+
+
+def parse_lsn(text: str) -> int:
+    hi, lo = text.split("/")
+    return (int(hi, 16) << 32) | int(lo, 16)
+
+
+def format_span(first: Any, last: Any) -> str:
+    """The fixed-width, sortable text of a position range, as used in file keys."""
+    if isinstance(first, LsnPosition) and isinstance(last, LsnPosition):
+        return f"{first.commit:016X}.{first.lsn:016X}-{last.commit:016X}.{last.lsn:016X}"
+    if isinstance(first, KafkaPosition) and isinstance(last, KafkaPosition):
+        if first.partition != last.partition:
+            raise ValueError(f"a lake file holds one Kafka partition, got {first} .. {last}")
+        return f"p{first.partition:05d}-{first.offset:020d}-{last.offset:020d}"
+    if isinstance(first, int) and isinstance(last, int):
+        return f"{first:016X}-{last:016X}"
+    raise TypeError(f"unsupported position types {type(first).__name__}, {type(last).__name__}")
+
+
+_SPAN_PATTERNS: tuple[tuple[re.Pattern[str], Any], ...] = (
+    (re.compile(r"([0-9A-F]{16})\.([0-9A-F]{16})-([0-9A-F]{16})\.([0-9A-F]{16})"),
+     lambda m: (LsnPosition(int(m[1], 16), int(m[2], 16)), LsnPosition(int(m[3], 16), int(m[4], 16)))),
+    (re.compile(r"p(\d{5})-(\d{20})-(\d{20})"),
+     lambda m: (KafkaPosition(int(m[1]), int(m[2])), KafkaPosition(int(m[1]), int(m[3])))),
+    (re.compile(r"([0-9A-F]{16})-([0-9A-F]{16})"), lambda m: (int(m[1], 16), int(m[2], 16))),
+)
+SPAN_RE = "|".join("(?:" + p.pattern.replace("(", "(?:") + ")" for p, _ in _SPAN_PATTERNS)
+
+
+def parse_span(text: str) -> tuple[Any, Any] | None:
+    """Inverse of `format_span`; None if the text is not a span."""
+    for pattern, build in _SPAN_PATTERNS:
+        match = pattern.fullmatch(text)
+        if match:
+            return build(match)  # type: ignore[no-any-return]
+    return None
+
+
+_NAME_RE = re.compile(r"^(?P<stream>.+?)-(?P<span>" + SPAN_RE + r")\.(?P<ext>parquet|jsonl)$")
+
+
+def parse_file_name(name: str) -> tuple[str, Any, Any] | None:
+    """``<stream>-<span>.parquet`` → (stream, first, last); None for anything else (temp files, other data)."""
+    match = _NAME_RE.match(name)
+    if not match:
+        return None
+    span = parse_span(match["span"])
+    if span is None:
+        return None
+    return match["stream"], span[0], span[1]
+
+
+def position_json(position: Any) -> Any:
+    """A JSON-friendly rendering of a position for dead-letter records and progress reports."""
+    if isinstance(position, LsnPosition):
+        return {"commit_lsn": lsn_text(position.commit), "lsn": lsn_text(position.lsn),
+                "commit_lsn_int": position.commit, "lsn_int": position.lsn}
+    if isinstance(position, KafkaPosition):
+        return {"partition": position.partition, "offset": position.offset}
+    if isinstance(position, int):
+        return {"lsn": lsn_text(position), "lsn_int": position}
+    return position
