@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+import types
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -21,7 +23,7 @@ def render_all(resolved: ResolvedSpec) -> Artifacts:
     from bankflow.render.dbt_profile import render_profile
     from bankflow.render.debezium import render_connector_json
     from bankflow.render.topology import render_topology_json
-    from bankflow.render.warehouse import render_setup_sql, render_load_sql
+    from bankflow.render.warehouse import render_load_sql, render_setup_sql
 
     files = {
         "debezium/connector.json": render_connector_json(resolved, reveal=False),
@@ -31,3 +33,14 @@ def render_all(resolved: ResolvedSpec) -> Artifacts:
         f"warehouse/{resolved.spec.warehouse.type}/load.sql": render_load_sql(resolved, None),
     }
     return Artifacts(files)
+
+
+class _CallableRenderModule(types.ModuleType):
+    """`bankflow.render(spec)` is the API, but importing this package rebinds `bankflow.render` to the package
+    itself (Python sets a submodule as an attribute of its parent): so the package is callable, and both work."""
+
+    def __call__(self, resolved: ResolvedSpec) -> Artifacts:
+        return render_all(resolved)
+
+
+sys.modules[__name__].__class__ = _CallableRenderModule

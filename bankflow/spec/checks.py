@@ -14,9 +14,11 @@ if TYPE_CHECKING:
 Positions = dict[tuple[Any, ...], tuple[int, int]]
 
 
-def check_spec(resolved: ResolvedSpec, positions: Positions, *, check_dbt: bool = True) -> list[Issue]:
+def check_spec(resolved: ResolvedSpec, positions: Positions, *, check_dbt: bool = True,
+               file: str | None = None) -> list[Issue]:
+    """`file`: the spec's path as the user gave it (issues name it the same way the loader's do)."""
     spec = resolved.spec
-    file = str(resolved.path)
+    file = file or str(resolved.path)
     issues: list[Issue] = []
 
     def add(path: tuple[Any, ...], field: str, message: str, hint: str = "", severity: str = "error") -> None:
@@ -29,11 +31,12 @@ def check_spec(resolved: ResolvedSpec, positions: Positions, *, check_dbt: bool 
         issues.append(Issue(file, line, column, field, message, hint, severity))
 
     names = [t.name for t in spec.tables]
+    duplicated = {n for n in names if names.count(n) > 1}
     for index, table in enumerate(spec.tables):
         where = ("tables", index)
-        if names.count(table.name) > 1:
+        if table.name in names[:index]:
             add((*where, "name"), f"tables[{index}].name", f"table {table.name!r} is declared twice",
-                "each source table appears once")
+                "each source table appears once: remove or rename this entry")
         for col_index, column in enumerate(table.columns):
             if column.references:
                 ref_table, ref_column = column.references.split(".")
@@ -57,6 +60,8 @@ def check_spec(resolved: ResolvedSpec, positions: Positions, *, check_dbt: bool 
     # consumer subscribed to a topic nobody writes).
     topics: dict[str, str] = {}
     for index, table in enumerate(spec.tables):
+        if table.name in duplicated:
+            continue  # reported above; its topic and raw table collide for the same reason
         topic = spec.topic_for(table)
         if topic in topics:
             add(("tables", index, "topic"), f"tables[{index}].topic",
@@ -69,11 +74,15 @@ def check_spec(resolved: ResolvedSpec, positions: Positions, *, check_dbt: bool 
                 f"topic {table.topic!r} does not match the connector's naming {expected!r}",
                 "Debezium writes {topic_prefix}.{schema}.{table}: remove 'topic:' or change cdc.topic_prefix")
 
-    raw_names = [t.raw_name for t in spec.tables]
+    raw_targets: dict[str, str] = {}
     for index, table in enumerate(spec.tables):
-        if raw_names.count(table.raw_name) > 1:
+        if table.name in duplicated:
+            continue
+        if table.raw_name in raw_targets:
             add(("tables", index, "raw_table"), f"tables[{index}].raw_table",
-                f"raw table {table.raw_name!r} is the target of more than one table", "give each a raw_table")
+                f"raw table {table.raw_name!r} is the target of tables {raw_targets[table.raw_name]!r} and "
+                f"{table.name!r}", "give each table its own raw_table")
+        raw_targets.setdefault(table.raw_name, table.name)
 
     if spec.cdc.heartbeat_interval_ms == 0:
         add(("cdc", "heartbeat_interval_ms"), "cdc.heartbeat_interval_ms",

@@ -143,8 +143,8 @@ def _overlay(base: Located, env: str | None, file: str) -> Located:
         return base
     if not isinstance(environments, dict) or env not in environments:
         known = ", ".join(sorted(environments)) if isinstance(environments, dict) else ""
-        line = base.positions.get(("environments",), (None, None))[0]
-        raise SpecError([Issue(file, line, 1, "environments", f"no environment named {env!r}",
+        line, column = base.positions.get(("environments", "__key__"), (None, None))
+        raise SpecError([Issue(file, line, column, "environments", f"no environment named {env!r}",
                                f"choose one of: {known}" if known else "add an environments: section")])
     positions = dict(base.positions)
     overlay_prefix: Path_ = ("environments", env)
@@ -259,11 +259,16 @@ def _issues_from_validation(exc: ValidationError, located: Located, file: str) -
     issues = []
     for error in exc.errors():
         loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p in ("duckdb", "snowflake")))
-        dotted = _dotted(loc)
         kind = error["type"]
         message = str(error["msg"]).removeprefix("Value error, ")
         hint = ""
         position = None
+        if kind == "value_error":
+            # Our validators raise errors carrying a hint, and model-level ones the sub-path they are about.
+            cause = (error.get("ctx") or {}).get("error")
+            hint = getattr(cause, "hint", "") or ""
+            loc = (*loc, *getattr(cause, "at", ()))
+        dotted = _dotted(loc)
         if kind == "extra_forbidden":
             key = str(loc[-1])
             allowed = _fields_of(PipelineSpec, loc[:-1])
@@ -275,12 +280,16 @@ def _issues_from_validation(exc: ValidationError, located: Located, file: str) -
         elif kind == "missing":
             message = "required field is missing"
             hint = f"add '{loc[-1]}:' here"
+            # At the key of the mapping it is missing from (`lake:`), not at that mapping's first entry.
+            position = located.positions.get((*loc[:-1], "__key__"))
         elif kind == "literal_error":
             hint = "use one of the listed values"
         elif kind.endswith("_type") or kind.endswith("_parsing"):
             hint = f"got {error.get('input')!r}"
         elif kind == "union_tag_invalid":
             hint = "type must be one of the listed values"
+        if not hint and isinstance(error.get("input"), (str, int, float, bool)):
+            hint = f"got {error['input']!r}"
         # The closest located ancestor (a missing field points at its parent mapping).
         probe = loc
         while position is None and probe is not None:
@@ -321,7 +330,7 @@ def load_spec(
         raise SpecError(_issues_from_validation(exc, merged, file)) from None
     secrets = tuple(sorted({s for s in _secret_values(spec) if s}))
     resolved = ResolvedSpec(spec, spec_path.resolve(), env, secrets, refs)
-    problems = check_spec(resolved, merged.positions, check_dbt=check_dbt)
+    problems = check_spec(resolved, merged.positions, check_dbt=check_dbt, file=file)
     errors = [p for p in problems if p.severity == "error"]
     if errors:
         raise SpecError(problems)

@@ -23,10 +23,19 @@ SLOT_RE = re.compile(r"^[a-z0-9_]{1,63}$")
 LAKE_PLACEHOLDERS = ("table", "schema", "topic", "date", "partition")
 
 
+class SpecValueError(ValueError):
+    """A validation failure with a hint; `at` locates it below the validated model (e.g. ("primary_key",))."""
+
+    def __init__(self, message: str, hint: str = "", at: tuple[str | int, ...] = ()):
+        super().__init__(message)
+        self.hint = hint
+        self.at = at
+
+
 def check_identifier(value: str, what: str = "identifier") -> str:
     """Reject anything that is not a plain SQL identifier; quoting happens again where SQL is rendered."""
     if not IDENTIFIER_RE.match(value):
-        raise ValueError(f"{what} {value!r} is not a valid identifier: {IDENTIFIER_HINT}")
+        raise SpecValueError(f"{what} {value!r} is not a valid identifier", IDENTIFIER_HINT)
     return value
 
 
@@ -81,7 +90,8 @@ class Column(StrictModel):
     def _ident(cls, value: str) -> str:
         check_identifier(value, "column name")
         if value in CDC_COLUMN_NAMES:
-            raise ValueError(f"column name {value!r} is reserved for CDC metadata ({', '.join(CDC_COLUMN_NAMES)})")
+            raise SpecValueError(f"column name {value!r} is reserved for CDC metadata",
+                                 f"rename the column: bankflow adds {', '.join(CDC_COLUMN_NAMES)} to every raw table")
         return value
 
     @field_validator("type")
@@ -96,7 +106,7 @@ class Column(StrictModel):
             return value
         parts = value.split(".")
         if len(parts) != 2:
-            raise ValueError(f"references {value!r} must be table.column")
+            raise SpecValueError(f"references {value!r} must be table.column", "e.g. references: parent_table.id")
         for part in parts:
             check_identifier(part)
         return value
@@ -125,20 +135,22 @@ class Table(StrictModel):
     @classmethod
     def _topic(cls, value: str | None) -> str | None:
         if value is not None and not TOPIC_RE.match(value):
-            raise ValueError(f"topic {value!r} is not a valid Kafka topic name ([A-Za-z0-9._-], max 249)")
+            raise SpecValueError(f"topic {value!r} is not a valid Kafka topic name",
+                                 "use letters, digits, '.', '_' and '-' (max 249)")
         return value
 
     @model_validator(mode="after")
     def _keys_exist(self) -> Table:
         names = [c.name for c in self.columns]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"table {self.name!r} declares column(s) {duplicates} more than once")
-        for key in self.primary_key:
+        for index, name in enumerate(names):
+            if name in names[:index]:
+                raise SpecValueError(f"table {self.name!r} declares column {name!r} more than once",
+                                     "remove or rename one of the two columns", at=("columns", index, "name"))
+        for index, key in enumerate(self.primary_key):
             if key not in names:
-                raise ValueError(
-                    f"primary key column {key!r} is not a column of table {self.name!r} "
-                    f"(columns: {', '.join(names)})"
+                raise SpecValueError(
+                    f"primary key column {key!r} is not a column of table {self.name!r}",
+                    f"use one of the table's columns: {', '.join(names)}", at=("primary_key", index),
                 )
         return self
 
@@ -170,14 +182,15 @@ class Cdc(StrictModel):
     @classmethod
     def _topicish(cls, value: str) -> str:
         if not TOPIC_RE.match(value):
-            raise ValueError(f"{value!r} may use only letters, digits, '.', '_' and '-'")
+            raise SpecValueError(f"{value!r} is not a valid name", "use only letters, digits, '.', '_' and '-'")
         return value
 
     @field_validator("slot", "publication")
     @classmethod
     def _slot(cls, value: str) -> str:
         if not SLOT_RE.match(value):
-            raise ValueError(f"{value!r} must be lower-case letters, digits and underscores (max 63)")
+            raise SpecValueError(f"{value!r} is not a valid replication slot or publication name",
+                                 "use lower-case letters, digits and underscores (max 63)")
         return value
 
 
@@ -218,7 +231,8 @@ class Lake(StrictModel):
     @classmethod
     def _url(cls, value: str) -> str:
         if not (value.startswith("file://") or value.startswith("s3://")):
-            raise ValueError(f"lake url {value!r} must start with file:// or s3://")
+            raise SpecValueError(f"lake url {value!r} must start with file:// or s3://",
+                                 "use file://path (relative to the spec) or s3://bucket/prefix")
         return value.rstrip("/")
 
     @field_validator("layout")
@@ -226,14 +240,16 @@ class Lake(StrictModel):
     def _layout(cls, value: str) -> str:
         for name in re.findall(r"\{([^}]*)\}", value):
             if name not in LAKE_PLACEHOLDERS:
-                raise ValueError(
-                    f"unknown placeholder {{{name}}} in layout; known: "
-                    + ", ".join("{" + p + "}" for p in LAKE_PLACEHOLDERS)
+                raise SpecValueError(
+                    f"unknown placeholder {{{name}}} in layout",
+                    "known placeholders: " + ", ".join("{" + p + "}" for p in LAKE_PLACEHOLDERS),
                 )
         if "{table}" not in value and "{topic}" not in value:
-            raise ValueError("layout must contain {table} or {topic} so tables never share a directory")
+            raise SpecValueError("layout must contain {table} or {topic} so tables never share a directory",
+                                 'e.g. layout: "{table}/date={date}"')
         if value.startswith("/") or ".." in value.split("/"):
-            raise ValueError("layout must be a relative path without '..'")
+            raise SpecValueError("layout must be a relative path without '..'",
+                                 "the layout is a path under lake.url, e.g. {table}/date={date}")
         return value.strip("/")
 
     @property
@@ -284,9 +300,13 @@ class SnowflakeWarehouse(StrictModel):
     @model_validator(mode="after")
     def _auth(self) -> SnowflakeWarehouse:
         if self.authenticator == "key_pair" and not self.private_key_path:
-            raise ValueError("authenticator key_pair needs private_key_path")
+            raise SpecValueError("authenticator key_pair needs private_key_path",
+                                 "set private_key_path to the PEM key file (or use authenticator: password)",
+                                 at=("private_key_path",))
         if self.stage_credentials == "integration" and not self.storage_integration:
-            raise ValueError("stage_credentials integration needs storage_integration (or use keys)")
+            raise SpecValueError("stage_credentials integration needs storage_integration",
+                                 "set storage_integration, or stage_credentials: keys",
+                                 at=("storage_integration",))
         return self
 
 

@@ -57,7 +57,11 @@ SUPPORTED_TYPES = sorted(set(_KINDS) | set(_ALIASES))
 
 
 class PgTypeError(ValueError):
-    """A column type the spec declares that bankflow cannot carry exactly."""
+    """A column type the spec declares that bankflow cannot carry exactly (`hint`: what to write instead)."""
+
+    def __init__(self, message: str, hint: str = ""):
+        super().__init__(message)
+        self.hint = hint
 
 
 @dataclass(frozen=True)
@@ -110,30 +114,32 @@ def parse_pg_type(text: str) -> PgType:
     """
     match = _TYPE_RE.match(text.lower())
     if not match:
-        raise PgTypeError(f"unknown column type {text!r}; use one of: {', '.join(SUPPORTED_TYPES)}")
+        raise PgTypeError(f"unknown column type {text!r}", f"use one of: {', '.join(SUPPORTED_TYPES)}")
     name, first, second = match.group(1).strip(), match.group(2), match.group(3)
     name = re.sub(r"\s+", " ", name)
     kind = _ALIASES.get(name, name)
     if kind not in _KINDS:
-        raise PgTypeError(f"unknown column type {text!r}; use one of: {', '.join(SUPPORTED_TYPES)}")
+        raise PgTypeError(f"unknown column type {text!r}", f"use one of: {', '.join(SUPPORTED_TYPES)}")
     if kind == "numeric":
         if first is None:
             raise PgTypeError(
-                f"type {text!r} needs a precision and scale, e.g. numeric(18,2): an unconstrained "
-                "numeric has no exact decimal image downstream"
+                f"type {text!r} needs a precision and scale: an unconstrained numeric has no exact decimal "
+                "image downstream", "write numeric(precision,scale), e.g. numeric(18,2)"
             )
         precision, scale = int(first), int(second or 0)
         if not 1 <= precision <= 38:
-            raise PgTypeError(f"numeric precision must be 1..38 (got {precision}) to fit decimal128")
+            raise PgTypeError(f"numeric precision must be 1..38 (got {precision}) to fit decimal128",
+                              "use a precision of at most 38, e.g. numeric(38,10)")
         if scale > precision:
-            raise PgTypeError(f"numeric scale {scale} exceeds precision {precision}")
+            raise PgTypeError(f"numeric scale {scale} exceeds precision {precision}",
+                              "the scale counts digits after the point and cannot exceed the precision")
         return PgType(kind, precision=precision, scale=scale)
     if kind in ("varchar", "char"):
         if second is not None:
-            raise PgTypeError(f"type {text!r} takes one length, e.g. {kind}(3)")
+            raise PgTypeError(f"type {text!r} takes one length", f"e.g. {kind}(3)")
         return PgType(kind, length=int(first) if first is not None else None)
     if first is not None:
-        raise PgTypeError(f"type {text!r} takes no parameters")
+        raise PgTypeError(f"type {text!r} takes no parameters", f"write {kind} without (…)")
     return PgType(kind)
 
 
