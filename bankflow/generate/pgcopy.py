@@ -37,10 +37,19 @@ def copy_line(values: Sequence[Any]) -> str:
     return "\t".join(map(copy_value, values)) + "\n"
 
 
-def copy_lines(cursor: Any, table: str, columns: Sequence[str], lines: Iterable[str]) -> None:
-    """COPY pre-rendered lines (each ending in a newline) into ``table``; the caller owns the transaction."""
+def copy_data(cursor: Any, table: str, columns: Sequence[str], data: bytes) -> None:
+    """COPY an encoded text-format payload into ``table``; the caller owns the transaction.
+
+    Sent as one chunk: psycopg2 takes the GIL back for every chunk it reads, which stalls a writer
+    thread behind a busy producer thread.
+    """
     statement = f"COPY {quote_ident(table)} ({', '.join(map(quote_ident, columns))}) FROM STDIN"
-    cursor.copy_expert(statement, io.StringIO("".join(lines)), size=1 << 18)
+    cursor.copy_expert(statement, io.BytesIO(data), size=max(len(data), 8192))
+
+
+def copy_lines(cursor: Any, table: str, columns: Sequence[str], lines: Iterable[str]) -> None:
+    """COPY pre-rendered lines (each ending in a newline) into ``table``."""
+    copy_data(cursor, table, columns, "".join(lines).encode())
 
 
 def copy_rows(cursor: Any, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> int:

@@ -13,6 +13,10 @@ ids are reserved from the identity sequences, rows go in with COPY, balances wit
 one commit per batch. With a ``seed`` a run on a fresh database produces identical rows except the
 timestamps, which are wall-clock (microseconds, UTC) so that they line up with commit times downstream.
 
+A batch is *prepared* in Python (all decisions, all SQL text) and then *executed* in one database
+transaction. In bulk mode execution runs on a writer thread, so PostgreSQL ingests batch k while Python
+prepares batch k+1 (psycopg2 releases the GIL while it waits on the server).
+
 Loaded by path through ``bankflow.generate.load_workload``; the runner sets ``search_path`` to the schema.
 """
 
@@ -23,13 +27,13 @@ import random
 import re
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, Decimal
 from typing import Any
 
 from bankflow.generate import Progress, WorkloadError, WorkloadOptions, WorkloadResult
-from bankflow.generate.pgcopy import copy_lines, copy_rows
+from bankflow.generate.pgcopy import copy_data, copy_line
 
 TABLES = ("customers", "accounts", "transactions")
 CURRENCIES = ("USD", "EUR", "GBP")
@@ -39,23 +43,49 @@ ACCOUNT_TYPE_WEIGHTS = (55, 35, 10)
 CENT = Decimal("0.01")
 ZERO = Decimal("0.00")
 
+CUSTOMER_COLUMNS = ("id", "first_name", "last_name", "email", "created_at", "updated_at")
+ACCOUNT_COLUMNS = (
+    "id",
+    "customer_id",
+    "account_type",
+    "currency",
+    "opening_balance",
+    "balance",
+    "status",
+    "created_at",
+    "updated_at",
+    "closed_at",
+)
+TRANSACTION_COLUMNS = ("account_id", "txn_type", "amount", "related_account_id", "status", "created_at")
+
 # Business-transaction mix (a transfer is one business transaction and two rows).
 P_TRANSFER = 0.20
 P_WITHDRAWAL = 0.38
 # Share of new customers who stay prospects (no account) for now; prospects are the ones that get deleted.
 PROSPECT_SHARE = 0.25
-# Per business transaction, how often the other kinds of change happen in paced and bulk modes.
+# Per business transaction, how often the other kinds of change happen in paced mode.
 PER_TXN = {"customers": 1 / 15, "accounts": 1 / 10, "updates": 1 / 30, "closes": 1 / 150, "deletes": 1 / 150}
+# Bulk mode is for throughput: a stable population of accounts, changes other than transactions kept rare.
+PER_TXN_BULK = {
+    "customers": 1 / 2000,
+    "accounts": 1 / 2000,
+    "updates": 1 / 500,
+    "closes": 1 / 5000,
+    "deletes": 1 / 5000,
+}
+BULK_ACCOUNTS = (100, 1000)  # bounds of the bulk population: one account per 1000 transactions in between
+BULK_ID_BLOCK = 256  # ids reserved per round trip in bulk mode (gaps at the end of a run are harmless)
 TICK_SECONDS = 1.0
 DEFAULT_RATE = 50.0
 # Never close the last accounts: transactions need somewhere to go.
 MIN_OPEN_ACCOUNTS = 10
-ADVISORY_LOCK_KEY = "bankflow.workloads.banking"
+ADVISORY_LOCK_KEY = ".bankflow.workloads.banking"
+UNLIMITED = 1 << 62
 
 
 @dataclass(frozen=True)
 class Plan:
-    """What one iteration does; ``events`` are business transactions, ``max_rows`` caps transaction rows."""
+    """What one batch does; ``events`` are business transactions, ``max_rows`` caps transaction rows."""
 
     customers: int = 0
     accounts: int = 0
@@ -63,7 +93,7 @@ class Plan:
     updates: int = 0
     closes: int = 0
     deletes: int = 0
-    max_rows: int | None = None
+    max_rows: int = UNLIMITED
 
 
 ONCE = Plan(customers=20, accounts=30, events=300, updates=10, closes=2, deletes=2)
@@ -77,6 +107,17 @@ class Account:
     customer_id: int
     currency: str
     balance: Decimal
+
+
+Op = Callable[[Any, WorkloadResult], None]
+
+
+@dataclass
+class Prepared:
+    """One batch ready to execute: statements to run on one cursor, then commit."""
+
+    ops: list[Op] = field(default_factory=list)
+    transaction_rows: int = 0
 
 
 class Pool:
@@ -118,17 +159,27 @@ class Pool:
 
 
 class Clock:
-    """Wall-clock UTC timestamps, strictly increasing so that row order and time order agree."""
+    """Wall-clock UTC timestamps as PostgreSQL text, strictly increasing, microseconds, cheap to make.
+
+    Formatting a datetime per row costs more than the rest of a row; the date-time prefix changes once
+    a second, so it is cached and only the microseconds are formatted.
+    """
 
     def __init__(self) -> None:
-        self.last = datetime(1970, 1, 1, tzinfo=timezone.utc)
+        self.last_us = 0
+        self._second = -1
+        self._prefix = ""
 
-    def now(self) -> datetime:
-        t = datetime.now(timezone.utc)
-        if t <= self.last:
-            t = self.last + timedelta(microseconds=1)
-        self.last = t
-        return t
+    def now(self) -> str:
+        us = time.time_ns() // 1000
+        if us <= self.last_us:
+            us = self.last_us + 1
+        self.last_us = us
+        second, micro = divmod(us, 1_000_000)
+        if second != self._second:
+            self._second = second
+            self._prefix = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second))
+        return f"{self._prefix}.{micro:06d}+00"
 
 
 def _slug(name: str) -> str:
@@ -142,14 +193,14 @@ def _email(first: str, last: str, customer_id: int, domain: str, version: int | 
 
 
 def _amount(rng: random.Random) -> Decimal:
-    """A positive amount with two places, drawn from integers (no float ever becomes money)."""
+    """A positive amount with two places, drawn as integer cents (no float ever becomes money)."""
     r = rng.random()
     if r < 0.70:
-        cents = rng.randint(100, 20_000)
+        cents = 100 + int(rng.random() * 19_900)  # 1.00 to 199.99
     elif r < 0.95:
-        cents = rng.randint(20_000, 200_000)
+        cents = 20_000 + int(rng.random() * 180_000)  # 200.00 to 1 999.99
     else:
-        cents = rng.randint(200_000, 2_000_000)
+        cents = 200_000 + int(rng.random() * 1_800_000)  # 2 000.00 to 19 999.99
     return Decimal(cents).scaleb(-2)
 
 
@@ -158,7 +209,7 @@ def _at_most(rng: random.Random, balance: Decimal) -> Decimal:
     amount = _amount(rng)
     if amount <= balance:
         return amount
-    part = (balance * rng.randint(10, 90) / 100).quantize(CENT, rounding=ROUND_DOWN)
+    part = (balance * (10 + int(rng.random() * 80)) / 100).quantize(CENT, rounding=ROUND_DOWN)
     return part if part > ZERO else balance
 
 
@@ -168,10 +219,55 @@ def _stochastic_round(rng: random.Random, x: float) -> int:
     return n + (1 if rng.random() < x - n else 0)
 
 
-class Bank:
-    """The generator's in-memory view of the source, and the batched writes that keep it true."""
+class Writer:
+    """Executes prepared batches, one database transaction each, and reports each commit.
 
-    def __init__(self, conn: Any, seed: int) -> None:
+    With ``overlap`` a batch runs on a single writer thread while the caller prepares the next one; at
+    most one batch is in flight and commits stay in submission order. Results are reported on the
+    caller's thread (in ``submit``/``drain``), so progress callbacks never run on the writer thread.
+    """
+
+    def __init__(self, conn: Any, on_commit: Callable[[WorkloadResult], None], overlap: bool) -> None:
+        self.conn = conn
+        self.on_commit = on_commit
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="bankflow-writer") if overlap else None
+        self._pending: Future[WorkloadResult] | None = None
+
+    def _execute(self, prepared: Prepared) -> WorkloadResult:
+        done = WorkloadResult(db_transactions=1)
+        try:
+            with self.conn.cursor() as cur:
+                for op in prepared.ops:
+                    op(cur, done)
+            self.conn.commit()
+        except BaseException:
+            self.conn.rollback()
+            raise
+        return done
+
+    def submit(self, prepared: Prepared) -> None:
+        if self._pool is None:
+            self.on_commit(self._execute(prepared))
+            return
+        self.drain()
+        self._pending = self._pool.submit(self._execute, prepared)
+
+    def drain(self) -> None:
+        """Wait for the batch in flight (if any) and report it; needed before using the connection."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            self.on_commit(pending.result())
+
+    def close(self) -> None:
+        """Let the batch in flight finish (commit or roll back) so the connection is idle on return."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+
+class Bank:
+    """The generator's in-memory view of the source, and the batches that keep it true."""
+
+    def __init__(self, conn: Any, seed: int, id_block: int = 1) -> None:
         from faker import Faker
 
         self.conn = conn
@@ -179,14 +275,15 @@ class Bank:
         self.fake = Faker("en_US")
         self.fake.seed_instance(seed)
         self.clock = Clock()
+        self.id_block = id_block
+        self.spare_ids: dict[str, list[int]] = {"customers": [], "accounts": []}
+        self.before_sql: Callable[[], None] = lambda: None
         self.customers: dict[int, tuple[str, str, str]] = {}
-        self.n_accounts: dict[int, int] = {}
         self.customer_pool = Pool()
         self.prospects = Pool()
         self.accounts: dict[int, Account] = {}
         self.open_accounts = Pool()
         self.open_by_currency = {c: Pool() for c in CURRENCIES}
-        self.email_versions = 0
 
     # -- state ---------------------------------------------------------------------------------------------
     def load(self) -> None:
@@ -210,11 +307,8 @@ class Bank:
             cur.execute("select id, first_name, last_name, email from customers order by id")
             for cid, first, last, email in cur:
                 self._add_customer(cid, first, last, email)
-            cur.execute(
-                "select customer_id, count(*) from accounts group by customer_id order by customer_id"
-            )
-            for cid, n in cur:
-                self.n_accounts[cid] = n
+            cur.execute("select distinct customer_id from accounts order by customer_id")
+            for (cid,) in cur:
                 self.prospects.remove(cid)
             cur.execute(
                 "select id, customer_id, currency, balance from accounts where status = 'OPEN' order by id"
@@ -238,55 +332,48 @@ class Bank:
         self.open_accounts.remove(account.id)
         self.open_by_currency[account.currency].remove(account.id)
 
-    @staticmethod
-    def _reserve_ids(cur: Any, table: str, n: int) -> list[int]:
-        """Take ids from the identity sequence up front: emails carry them, transactions reference them."""
-        if n <= 0:
-            return []
-        cur.execute(
-            "select nextval(pg_get_serial_sequence(%s, 'id')) from generate_series(1, %s)", [table, n]
-        )
-        return sorted(r[0] for r in cur.fetchall())
+    def _reserve_ids(self, table: str, n: int) -> list[int]:
+        """Ids from the identity sequence up front: emails carry them, transactions reference them."""
+        spare = self.spare_ids[table]
+        if len(spare) < n:
+            self.before_sql()  # the connection must be idle: wait for the batch in flight
+            with self.conn.cursor() as cur:
+                cur.execute(
+                    "select nextval(pg_get_serial_sequence(%s, 'id')) from generate_series(1, %s)",
+                    [table, max(n - len(spare), self.id_block)],
+                )
+                spare.extend(sorted(r[0] for r in cur.fetchall()))
+        taken, self.spare_ids[table] = spare[:n], spare[n:]
+        return taken
 
     # -- one batch = one database transaction ---------------------------------------------------------------
-    def batch(self, plan: Plan) -> WorkloadResult:
-        """Apply ``plan`` in one database transaction and return what it changed (counted after commit)."""
-        done = WorkloadResult()
-        try:
-            with self.conn.cursor() as cur:
-                new_customers = self._new_customers(cur, plan.customers, done)
-                new_accounts = self._open_accounts(cur, plan.accounts, new_customers, done)
-                self._transactions(cur, plan, new_accounts, done)
-                self._update_customers(cur, plan.updates, done)
-                self._delete_prospects(cur, plan.deletes, {cid for cid, _ in new_customers}, done)
-            self.conn.commit()
-        except BaseException:
-            self.conn.rollback()
-            raise
-        done.db_transactions = 1
-        return done
+    def prepare(self, plan: Plan) -> Prepared:
+        """Decide everything ``plan`` does and render its SQL; the in-memory state moves on at once."""
+        batch = Prepared()
+        new_customers = self._new_customers(batch, plan.customers)
+        new_accounts = self._open_accounts(batch, plan.accounts, new_customers)
+        self._transactions(batch, plan, new_accounts)
+        self._update_customers(batch, plan.updates)
+        self._delete_prospects(batch, plan.deletes, {cid for cid, _ in new_customers})
+        return batch
 
-    def _new_customers(self, cur: Any, n: int, done: WorkloadResult) -> list[tuple[int, bool]]:
+    def _new_customers(self, batch: Prepared, n: int) -> list[tuple[int, bool]]:
         """Insert n customers; returns (id, wants_account) so that some stay prospects."""
-        ids = self._reserve_ids(cur, "customers", n)
-        rows = []
+        if n <= 0:
+            return []
+        lines = []
         out = []
-        for cid in ids:
+        for cid in self._reserve_ids("customers", n):
             first, last = self.fake.first_name(), self.fake.last_name()
             email = _email(first, last, cid, self.fake.free_email_domain())
             ts = self.clock.now()
-            rows.append((cid, first, last, email, ts, ts))
+            lines.append(copy_line((cid, first, last, email, ts, ts)))
             self._add_customer(cid, first, last, email)
             out.append((cid, self.rng.random() >= PROSPECT_SHARE))
-        copy_rows(
-            cur, "customers", ("id", "first_name", "last_name", "email", "created_at", "updated_at"), rows
-        )
-        done.insert("customers", len(rows))
+        batch.ops.append(_copy_op("customers", CUSTOMER_COLUMNS, lines))
         return out
 
-    def _open_accounts(
-        self, cur: Any, n: int, new_customers: list[tuple[int, bool]], done: WorkloadResult
-    ) -> set[int]:
+    def _open_accounts(self, batch: Prepared, n: int, new_customers: list[tuple[int, bool]]) -> set[int]:
         """Open n accounts, each with an opening deposit: first for new customers, then for existing ones."""
         if n <= 0 or not self.customer_pool:
             return set()
@@ -295,44 +382,26 @@ class Bank:
             # Existing customers open more accounts; now and then a prospect converts.
             pool = self.prospects if self.prospects and self.rng.random() < 0.2 else self.customer_pool
             owners.append(pool.choice(self.rng))
-        ids = self._reserve_ids(cur, "accounts", n)
-        rows = []
+        ids = self._reserve_ids("accounts", n)
+        lines = []
         for aid, cid in zip(ids, owners, strict=True):
             currency = self.rng.choices(CURRENCIES, CURRENCY_WEIGHTS)[0]
             kind = self.rng.choices(ACCOUNT_TYPES, ACCOUNT_TYPE_WEIGHTS)[0]
             opening = _amount(self.rng)
             ts = self.clock.now()
-            rows.append((aid, cid, kind, currency, opening, opening, "OPEN", ts, ts, None))
+            lines.append(copy_line((aid, cid, kind, currency, opening, opening, "OPEN", ts, ts, None)))
             self._add_account(Account(aid, cid, currency, opening))
-            self.n_accounts[cid] = self.n_accounts.get(cid, 0) + 1
             self.prospects.remove(cid)
-        copy_rows(
-            cur,
-            "accounts",
-            (
-                "id",
-                "customer_id",
-                "account_type",
-                "currency",
-                "opening_balance",
-                "balance",
-                "status",
-                "created_at",
-                "updated_at",
-                "closed_at",
-            ),
-            rows,
-        )
-        done.insert("accounts", len(rows))
+        batch.ops.append(_copy_op("accounts", ACCOUNT_COLUMNS, lines))
         return set(ids)
 
-    def _transactions(self, cur: Any, plan: Plan, new_accounts: set[int], done: WorkloadResult) -> None:
+    def _transactions(self, batch: Prepared, plan: Plan, new_accounts: set[int]) -> None:
         """Closes, then deposits/withdrawals/transfers; rows by COPY, balances by one UPDATE … FROM VALUES."""
-        rng, clock, accounts = self.rng, self.clock, self.accounts
-        max_rows = plan.max_rows if plan.max_rows is not None else 1 << 62
+        rng, now, accounts = self.rng, self.clock.now, self.accounts
+        max_rows = plan.max_rows
         lines: list[str] = []
         delta: dict[int, Decimal] = {}
-        closed: dict[int, datetime] = {}
+        closed: dict[int, str] = {}
 
         # Closing: withdraw what is left (one WITHDRAWAL row), then status CLOSED. Accounts opened in this
         # batch are left alone so every account lives through at least one commit as OPEN.
@@ -340,74 +409,63 @@ class Bank:
         room = max(0, len(self.open_accounts) - MIN_OPEN_ACCOUNTS)
         for aid in candidates[: min(plan.closes, room, max_rows)]:
             account = accounts[aid]
-            ts = clock.now()
+            ts = now()
             if account.balance > ZERO:
-                lines.append(f"{aid}\tWITHDRAWAL\t{account.balance}\t\\N\tCOMPLETED\t{ts.isoformat()}\n")
+                lines.append(f"{aid}\tWITHDRAWAL\t{account.balance!s}\t\\N\tCOMPLETED\t{ts}\n")
                 delta[aid] = delta.get(aid, ZERO) - account.balance
                 account.balance = ZERO
             closed[aid] = ts
             self._drop_account(account)
 
         events = 0
+        random_ = rng.random
         open_ids = self.open_accounts.items
         by_currency = self.open_by_currency
         while events < plan.events and len(lines) < max_rows and open_ids:
             events += 1
-            r = rng.random()
-            src = accounts[open_ids[int(rng.random() * len(open_ids))]]
-            ts = clock.now().isoformat()
-            if r < P_TRANSFER and len(lines) + 2 <= max_rows and src.balance > ZERO:
+            r = random_()
+            src = accounts[open_ids[int(random_() * len(open_ids))]]
+            ts = now()
+            if r < P_TRANSFER and src.balance > ZERO and len(lines) + 2 <= max_rows:
                 peers = by_currency[src.currency].items
                 if len(peers) > 1:
                     dst = src
                     while dst is src:
-                        dst = accounts[peers[int(rng.random() * len(peers))]]
+                        dst = accounts[peers[int(random_() * len(peers))]]
                     amount = _at_most(rng, src.balance)
                     src.balance -= amount
                     dst.balance += amount
                     delta[src.id] = delta.get(src.id, ZERO) - amount
                     delta[dst.id] = delta.get(dst.id, ZERO) + amount
-                    lines.append(f"{src.id}\tTRANSFER_OUT\t{amount}\t{dst.id}\tCOMPLETED\t{ts}\n")
-                    lines.append(f"{dst.id}\tTRANSFER_IN\t{amount}\t{src.id}\tCOMPLETED\t{ts}\n")
+                    text = str(amount)
+                    lines.append(f"{src.id}\tTRANSFER_OUT\t{text}\t{dst.id}\tCOMPLETED\t{ts}\n")
+                    lines.append(f"{dst.id}\tTRANSFER_IN\t{text}\t{src.id}\tCOMPLETED\t{ts}\n")
                     continue
             if r < P_TRANSFER + P_WITHDRAWAL and src.balance > ZERO:
                 amount = _at_most(rng, src.balance)
                 src.balance -= amount
                 delta[src.id] = delta.get(src.id, ZERO) - amount
-                lines.append(f"{src.id}\tWITHDRAWAL\t{amount}\t\\N\tCOMPLETED\t{ts}\n")
+                lines.append(f"{src.id}\tWITHDRAWAL\t{amount!s}\t\\N\tCOMPLETED\t{ts}\n")
             else:  # deposits, and what an empty account or a lone currency cannot do
                 amount = _amount(rng)
                 src.balance += amount
                 delta[src.id] = delta.get(src.id, ZERO) + amount
-                lines.append(f"{src.id}\tDEPOSIT\t{amount}\t\\N\tCOMPLETED\t{ts}\n")
+                lines.append(f"{src.id}\tDEPOSIT\t{amount!s}\t\\N\tCOMPLETED\t{ts}\n")
 
-        if lines:
-            copy_lines(
-                cur,
-                "transactions",
-                ("account_id", "txn_type", "amount", "related_account_id", "status", "created_at"),
-                lines,
-            )
-            done.insert("transactions", len(lines))
         if delta or closed:
-            from psycopg2.extras import execute_values
+            ts = now()
+            # Every value is an int, a Decimal, a fixed word or our own timestamp text: safe to inline,
+            # and far cheaper than quoting thousands of parameters.
+            values = [f"({aid},{d!s},'OPEN',null,'{ts}')" for aid, d in delta.items() if aid not in closed]
+            values += [
+                f"({aid},{delta.get(aid, ZERO)!s},'CLOSED','{at}','{ts}')" for aid, at in closed.items()
+            ]
+            batch.ops.append(_balance_op(values))
+        if lines:
+            batch.ops.append(_copy_op("transactions", TRANSACTION_COLUMNS, lines))
+            batch.transaction_rows += len(lines)
 
-            ts = clock.now()
-            values = [(aid, d, "OPEN", None, ts) for aid, d in delta.items() if aid not in closed]
-            values += [(aid, delta.get(aid, ZERO), "CLOSED", at, ts) for aid, at in closed.items()]
-            # Relative update (balance + delta): the invariant holds even if our view were stale.
-            execute_values(
-                cur,
-                "update accounts as a set balance = a.balance + v.delta, status = v.status, "
-                "closed_at = coalesce(v.closed_at, a.closed_at), updated_at = v.ts "
-                "from (values %s) as v(id, delta, status, closed_at, ts) where a.id = v.id",
-                values,
-                template="(%s::bigint, %s::numeric(18,2), %s::text, %s::timestamptz, %s::timestamptz)",
-                page_size=len(values),
-            )
-            done.update("accounts", len(values))
-
-    def _update_customers(self, cur: Any, n: int, done: WorkloadResult) -> None:
+    def _update_customers(self, batch: Prepared, n: int) -> None:
         """Customers change email and/or name: the updates that make SCD2 history worth having."""
         if n <= 0 or not self.customer_pool:
             return
@@ -417,7 +475,7 @@ class Bank:
         for cid in sorted(self.customer_pool.sample(rng, n)):
             first, last, email = self.customers[cid]
             r = rng.random()
-            if r < 0.6:  # name change (marriage, mostly the last name), sometimes with a new address
+            if r < 0.6:  # a name change (marriage: mostly the last name), sometimes with a new address
                 if rng.random() < 0.75:
                     last = fake.last_name()
                 else:
@@ -425,22 +483,29 @@ class Bank:
             if r < 0.25 or r >= 0.6:  # a new email address
                 old = email
                 while email == old:
-                    email = _email(first, last, cid, fake.free_email_domain(), rng.randint(1000, 9999))
+                    email = _email(
+                        first, last, cid, fake.free_email_domain(), 1000 + int(rng.random() * 9000)
+                    )
             self.customers[cid] = (first, last, email)
             values.append((cid, first, last, email, ts))
-        from psycopg2.extras import execute_values
 
-        execute_values(
-            cur,
-            "update customers as c set first_name = v.first_name, last_name = v.last_name, email = v.email, "
-            "updated_at = v.ts from (values %s) as v(id, first_name, last_name, email, ts) where c.id = v.id",
-            values,
-            template="(%s::bigint, %s::text, %s::text, %s::text, %s::timestamptz)",
-            page_size=len(values),
-        )
-        done.update("customers", len(values))
+        def op(cur: Any, done: WorkloadResult) -> None:
+            from psycopg2.extras import execute_values
 
-    def _delete_prospects(self, cur: Any, n: int, new: set[int], done: WorkloadResult) -> None:
+            execute_values(
+                cur,
+                "update customers as c set first_name = v.first_name, last_name = v.last_name, "
+                "email = v.email, updated_at = v.ts "
+                "from (values %s) as v(id, first_name, last_name, email, ts) where c.id = v.id",
+                values,
+                template="(%s::bigint, %s::text, %s::text, %s::text, %s::timestamptz)",
+                page_size=len(values),
+            )
+            done.update("customers", cur.rowcount)
+
+        batch.ops.append(op)
+
+    def _delete_prospects(self, batch: Prepared, n: int, new: set[int]) -> None:
         """Delete customers that never had an account (only they can go: accounts reference customers).
 
         Customers created in this same batch are spared, so every deleted row was once committed.
@@ -450,23 +515,53 @@ class Bank:
         ids = sorted(c for c in self.prospects.sample(self.rng, n + len(new)) if c not in new)[:n]
         if not ids:
             return
-        cur.execute("delete from customers where id = any(%s)", [ids])
         for cid in ids:
             del self.customers[cid]
             self.customer_pool.remove(cid)
             self.prospects.remove(cid)
-        done.delete("customers", len(ids))
+
+        def op(cur: Any, done: WorkloadResult) -> None:
+            cur.execute("delete from customers where id = any(%s)", [ids])
+            done.delete("customers", cur.rowcount)
+
+        batch.ops.append(op)
 
 
-def _scaled(rng: random.Random, events: float) -> Plan:
+def _copy_op(table: str, columns: tuple[str, ...], lines: list[str]) -> Op:
+    data = "".join(lines).encode()  # encoded here, on the preparing thread, not on the writer thread
+    n = len(lines)
+
+    def op(cur: Any, done: WorkloadResult) -> None:
+        copy_data(cur, table, columns, data)
+        done.insert(table, n)
+
+    return op
+
+
+def _balance_op(values: list[str]) -> Op:
+    # Relative update (balance + delta): the invariant holds even if our view of a balance were stale.
+    statement = (
+        "update accounts as a set balance = a.balance + v.delta, status = v.status, "
+        "closed_at = coalesce(v.closed_at::timestamptz, a.closed_at), updated_at = v.ts::timestamptz "
+        "from (values " + ",".join(values) + ") as v(id, delta, status, closed_at, ts) where a.id = v.id"
+    )
+
+    def op(cur: Any, done: WorkloadResult) -> None:
+        cur.execute(statement)
+        done.update("accounts", cur.rowcount)
+
+    return op
+
+
+def _scaled(rng: random.Random, events: float, per_txn: dict[str, float] = PER_TXN) -> Plan:
     """A plan whose other changes are proportional to its business transactions."""
     return Plan(
-        customers=_stochastic_round(rng, events * PER_TXN["customers"]),
-        accounts=_stochastic_round(rng, events * PER_TXN["accounts"]),
+        customers=_stochastic_round(rng, events * per_txn["customers"]),
+        accounts=_stochastic_round(rng, events * per_txn["accounts"]),
         events=int(events),
-        updates=_stochastic_round(rng, events * PER_TXN["updates"]),
-        closes=_stochastic_round(rng, events * PER_TXN["closes"]),
-        deletes=_stochastic_round(rng, events * PER_TXN["deletes"]),
+        updates=_stochastic_round(rng, events * per_txn["updates"]),
+        closes=_stochastic_round(rng, events * per_txn["closes"]),
+        deletes=_stochastic_round(rng, events * per_txn["deletes"]),
     )
 
 
@@ -482,20 +577,26 @@ def run(conn: Any, options: WorkloadOptions, progress: Progress | None = None) -
     """Run the banking workload on ``conn`` (search_path already set) and return the committed counts."""
     seed = options.seed if options.seed is not None else random.SystemRandom().randrange(2**31)
     started = time.perf_counter()
-    bank = Bank(conn, seed)
+    mode = options.mode
+    bank = Bank(conn, seed, id_block=BULK_ID_BLOCK if mode == "bulk" else 1)
     bank.load()
     total = WorkloadResult(seed=seed)
 
-    def commit(plan: Plan) -> WorkloadResult:
-        done = bank.batch(plan)
+    def on_commit(done: WorkloadResult) -> None:
         total.merge(done)
         total.seconds = time.perf_counter() - started
         if progress is not None:
             progress(total.as_dict())
-        return done
+
+    writer = Writer(conn, on_commit, overlap=mode == "bulk")
+    bank.before_sql = writer.drain
+
+    def commit(plan: Plan) -> int:
+        batch = bank.prepare(plan)
+        writer.submit(batch)
+        return batch.transaction_rows
 
     try:
-        mode = options.mode
         if mode == "once":
             _iteration(commit, ONCE, options.batch_size)
             total.iterations = 1
@@ -503,13 +604,20 @@ def run(conn: Any, options: WorkloadOptions, progress: Progress | None = None) -
             _bulk(bank, options.transactions or 0, options.batch_size, commit, total)
         else:
             _paced(bank, options, commit, total, started)
+        writer.drain()
     except KeyboardInterrupt:
-        pass  # the open batch was rolled back; what committed is counted
+        pass  # the batch being prepared is dropped; what committed is counted
+    finally:
+        writer.close()
+        try:
+            writer.drain()
+        except KeyboardInterrupt:
+            pass
     total.seconds = time.perf_counter() - started
     return total
 
 
-Commit = Callable[[Plan], WorkloadResult]
+Commit = Callable[[Plan], int]
 
 
 def _iteration(commit: Commit, plan: Plan, batch_size: int) -> None:
@@ -532,27 +640,28 @@ def _iteration(commit: Commit, plan: Plan, batch_size: int) -> None:
 def _bulk(bank: Bank, target: int, batch_size: int, commit: Commit, total: WorkloadResult) -> None:
     """Exactly ``target`` transaction rows as fast as possible, other changes mixed in proportionally.
 
-    Two commits per batch: onboarding + housekeeping (whose closing withdrawals count against the batch's
-    rows), then the COPY of the business transactions.
+    One commit per batch of ``batch_size`` transaction rows (closing withdrawals included), with the
+    batch's share of new customers, new accounts, updates, closes and deletes.
     """
-    boot = _bootstrap(bank, max(100, min(2000, target // 1000)))
+    low, high = BULK_ACCOUNTS
+    boot = _bootstrap(bank, max(low, min(high, target // 1000)))
     if boot is not None:
         commit(boot)
     written = 0
     while written < target:
         rows = min(batch_size, target - written)
-        plan = _scaled(bank.rng, rows / 1.2)
-        housekeeping = Plan(
-            customers=plan.customers,
-            accounts=plan.accounts,
-            updates=plan.updates,
-            closes=plan.closes,
-            deletes=plan.deletes,
-            max_rows=rows,
+        plan = _scaled(bank.rng, rows / 1.2, PER_TXN_BULK)
+        got = commit(
+            Plan(
+                customers=plan.customers,
+                accounts=plan.accounts,
+                events=UNLIMITED,
+                updates=plan.updates,
+                closes=plan.closes,
+                deletes=plan.deletes,
+                max_rows=rows,
+            )
         )
-        got = commit(housekeeping).inserted.get("transactions", 0)
-        if got < rows:
-            got += commit(Plan(events=1 << 62, max_rows=rows - got)).inserted.get("transactions", 0)
         if got == 0:
             raise WorkloadError("banking workload: no open accounts left to write transactions to")
         written += got
