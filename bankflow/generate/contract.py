@@ -116,9 +116,7 @@ class WorkloadResult:
             for key in ("inserted", "updated", "deleted"):
                 known[key] = {str(t): int(n) for t, n in dict(known.get(key) or {}).items()}
             return cls(**known)
-        raise WorkloadError(
-            f"a workload's run() must return a WorkloadResult or a mapping, got {type(value).__name__}"
-        )
+        raise WorkloadError(f"a workload's run() must return a WorkloadResult or a mapping, got {type(value).__name__}")
 
 
 Progress = Callable[[dict[str, Any]], None]

@@ -310,9 +310,7 @@ class Bank:
             cur.execute("select distinct customer_id from accounts order by customer_id")
             for (cid,) in cur:
                 self.prospects.remove(cid)
-            cur.execute(
-                "select id, customer_id, currency, balance from accounts where status = 'OPEN' order by id"
-            )
+            cur.execute("select id, customer_id, currency, balance from accounts where status = 'OPEN' order by id")
             for aid, cid, currency, balance in cur:
                 self._add_account(Account(aid, cid, currency.strip(), balance))
         self.conn.commit()
@@ -457,9 +455,7 @@ class Bank:
             # Every value is an int, a Decimal, a fixed word or our own timestamp text: safe to inline,
             # and far cheaper than quoting thousands of parameters.
             values = [f"({aid},{d!s},'OPEN',null,'{ts}')" for aid, d in delta.items() if aid not in closed]
-            values += [
-                f"({aid},{delta.get(aid, ZERO)!s},'CLOSED','{at}','{ts}')" for aid, at in closed.items()
-            ]
+            values += [f"({aid},{delta.get(aid, ZERO)!s},'CLOSED','{at}','{ts}')" for aid, at in closed.items()]
             batch.ops.append(_balance_op(values))
         if lines:
             batch.ops.append(_copy_op("transactions", TRANSACTION_COLUMNS, lines))
@@ -483,9 +479,7 @@ class Bank:
             if r < 0.25 or r >= 0.6:  # a new email address
                 old = email
                 while email == old:
-                    email = _email(
-                        first, last, cid, fake.free_email_domain(), 1000 + int(rng.random() * 9000)
-                    )
+                    email = _email(first, last, cid, fake.free_email_domain(), 1000 + int(rng.random() * 9000))
             self.customers[cid] = (first, last, email)
             values.append((cid, first, last, email, ts))
 
@@ -668,9 +662,7 @@ def _bulk(bank: Bank, target: int, batch_size: int, commit: Commit, total: Workl
         total.iterations += 1
 
 
-def _paced(
-    bank: Bank, options: WorkloadOptions, commit: Commit, total: WorkloadResult, started: float
-) -> None:
+def _paced(bank: Bank, options: WorkloadOptions, commit: Commit, total: WorkloadResult, started: float) -> None:
     """One iteration per tick at ``rate`` business transactions per second, until duration or the row cap."""
     rate = options.rate or DEFAULT_RATE
     boot = _bootstrap(bank, MIN_OPEN_ACCOUNTS * 2)
