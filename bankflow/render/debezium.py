@@ -35,7 +35,7 @@ def connector_config(resolved: ResolvedSpec, *, reveal: bool = False) -> dict[st
         "connector.class": CONNECTOR_CLASS,
         "tasks.max": "1",
         "plugin.name": "pgoutput",
-        "database.hostname": source.host,
+        "database.hostname": cdc.connect_database_host or source.host,
         "database.port": str(source.port),
         "database.user": source.user,
         "database.dbname": source.database,

@@ -175,6 +175,9 @@ class Cdc(StrictModel):
     snapshot_mode: Literal["initial", "no_data", "always", "never", "when_needed", "initial_only"] = "initial"
     heartbeat_interval_ms: int = Field(10000, ge=0, description="0 disables heartbeats")
     connect_url: str = "http://127.0.0.1:8083"
+    connect_database_host: str | None = Field(
+        None, description="the source host as Kafka Connect reaches it (e.g. a compose service name); "
+        "default source.host")
     max_batch_size: int = Field(8192, ge=1)
     poll_interval_ms: int = Field(10, ge=1)
 
