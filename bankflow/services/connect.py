@@ -177,6 +177,8 @@ def _download_jetty12_security_jar(cache: Path) -> Path:
         "-o", "Debug::NoLocking=1",
         "-q",
     ]
+    if os.geteuid() == 0:  # the _apt sandbox user could not write into a cache under /root
+        opts += ["-o", "APT::Sandbox::User=root"]
     _run(["apt-get", *opts, "update"])
     debs = cache / "debs"
     shutil.rmtree(debs, ignore_errors=True)

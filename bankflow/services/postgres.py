@@ -86,6 +86,7 @@ class EmbeddedPostgres:
         as_root = os.geteuid() == 0
         self.run_as: tuple[int, int] | None = NOBODY if as_root else None
         self._bin_dir: Path | None = None
+        self._state_cache: dict[str, Any] = {}
 
     # --- layout ---------------------------------------------------------------------------------------
 
@@ -94,17 +95,20 @@ class EmbeddedPostgres:
         return self.data_dir / STATE_FILE
 
     def _load_state(self) -> dict[str, Any]:
+        """The state file, or what this handle last knew if the file vanished (e.g. pytest pruned the
+        tmp dir of a session still running), so stop()/destroy() still find a relocated cluster."""
         try:
-            state: dict[str, Any] = json.loads(self.state_path.read_text())
-            return state
+            self._state_cache = dict(json.loads(self.state_path.read_text()))
         except (OSError, ValueError):
-            return {}
+            pass
+        return dict(self._state_cache)
 
     def _save_state(self, state: dict[str, Any]) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.state_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
         tmp.replace(self.state_path)
+        self._state_cache = dict(state)
 
     @property
     def cluster_dir(self) -> Path:
@@ -247,7 +251,7 @@ class EmbeddedPostgres:
 
     def is_running(self) -> bool:
         """pg_ctl status on the recorded cluster (postmaster.pid names a live postmaster)."""
-        if not self.state_path.is_file() or not (self.cluster_dir / "PG_VERSION").is_file():
+        if not self._load_state() or not (self.cluster_dir / "PG_VERSION").is_file():
             return False
         if not (self.cluster_dir / "postmaster.pid").is_file():
             return False
@@ -359,8 +363,10 @@ class EmbeddedPostgres:
             targets.append(Path(state["socket_dir"]))
         for target in targets:
             shutil.rmtree(target, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            self.state_path.unlink()
+        for leftover in (self.state_path, self.data_dir / LOCK_FILE):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+        self._state_cache = {}
         self._port = self._requested_port
 
     # --- clients --------------------------------------------------------------------------------------
