@@ -1,0 +1,500 @@
+"""Debezium topics → Parquet in the lake, exactly once per (topic, partition, offset).
+
+One confluent-kafka consumer in the spec's group, manual commits. Messages are routed by topic to a
+`TableBatch` per (topic, partition); a batch becomes one Parquet file whose key carries the partition and the
+offset range (`KafkaPosition`), and the offset is committed only after that file (and its dead letters) is
+durable. So a crash between "file written" and "offset committed" leaves an *orphan*: a file beyond the
+committed offset. When a partition is (re)assigned, its orphans are listed and the replay cuts its batches at
+exactly their end offsets, rewriting the same keys instead of writing overlapping files.
+
+Rules that keep it exactly once:
+
+- flush + synchronous commit before a partition is given up (`on_revoke`) and at shutdown;
+- while a partition is replaying orphans, no policy flush and no partial flush: on revoke/shutdown the
+  partial batch is dropped uncommitted, and the next owner replays the same range;
+- tombstones (value None) are skipped and counted; their offsets are committed with the next flush.
+
+Catch-up mode (`follow=False`) stops when every assigned partition reached its high watermark *and* a poll came
+back empty (Tansu reports watermarks slightly low, so the watermark alone would stop early).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from bankflow.lake.batch import TableBatch
+from bankflow.lake.filesystem import lake_filesystem
+from bankflow.lake.positions import KafkaPosition, parse_file_name
+from bankflow.lake.writer import LakeWriter
+from bankflow.spec.loader import ResolvedSpec
+from bankflow.spec.models import Table
+
+log = logging.getLogger(__name__)
+
+BATCH_MESSAGES = 10_000  # consume() batch size: large enough to amortise the call, small enough to stay responsive
+POLL_TIMEOUT = 0.1  # seconds; also the idle latency of follow mode
+PROGRESS_EVERY = 1.0  # seconds between progress callbacks
+
+
+@dataclass
+class ConsumeResult:
+    """What one consumer run did; `files` are the lake keys written (rewrites of orphans included)."""
+
+    events: int = 0
+    tombstones: int = 0
+    dead_letters: int = 0
+    rows: int = 0
+    bytes: int = 0
+    files: list[str] = field(default_factory=list)
+    dead_letter_files: int = 0
+    commits: int = 0
+    orphans_replayed: int = 0
+    dropped_partial: int = 0
+    committed: dict[str, dict[int, int]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "events": self.events, "tombstones": self.tombstones, "dead_letters": self.dead_letters,
+            "rows": self.rows, "bytes": self.bytes, "files": list(self.files),
+            "dead_letter_files": self.dead_letter_files, "commits": self.commits,
+            "orphans_replayed": self.orphans_replayed, "dropped_partial": self.dropped_partial,
+            "committed": {t: dict(p) for t, p in self.committed.items()}, "seconds": round(self.seconds, 3),
+        }
+
+
+class _Partition:
+    """Per-(topic, partition) state: the open batch, the consumed position and the orphan cut points."""
+
+    __slots__ = ("batch", "committed", "count", "cuts", "next_offset", "partition", "table", "topic")
+
+    def __init__(self, topic: str, partition: int, table: Table, batch: TableBatch, start: int,
+                 cuts: list[int]) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.table = table
+        self.batch = batch
+        self.next_offset = start  # offset after the last message consumed (tombstones included)
+        self.committed = start
+        self.cuts = cuts  # end offsets of orphan files still to rewrite, ascending
+        self.count = 0  # events (rows + dead letters) in the open batch
+
+
+def consumer_config(resolved: ResolvedSpec) -> dict[str, Any]:
+    """librdkafka settings: manual commits, earliest, short fetch wait (Tansu's long-poll never returns early)."""
+    kafka = resolved.spec.kafka
+    config: dict[str, Any] = {
+        "bootstrap.servers": kafka.bootstrap_servers,
+        "group.id": kafka.group,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "fetch.wait.max.ms": 10,
+        "session.timeout.ms": 6000,
+        "heartbeat.interval.ms": 1000,
+        "max.partition.fetch.bytes": 8 * 1024 * 1024,
+        "queued.max.messages.kbytes": 256 * 1024,
+        "security.protocol": kafka.security_protocol,
+    }
+    if kafka.sasl_mechanism:
+        config["sasl.mechanism"] = kafka.sasl_mechanism
+    if kafka.sasl_username is not None:
+        config["sasl.username"] = kafka.sasl_username
+    if kafka.sasl_password is not None:
+        config["sasl.password"] = kafka.sasl_password
+    return config
+
+
+def _dead_letter(batch: TableBatch, position: KafkaPosition, reason: str, event: Any) -> None:
+    """Record an undecodable message in the batch, so it is keyed (and replayed) with the batch's range."""
+    record = getattr(batch, "dead_letter", None)
+    if record is not None:
+        record(position, reason, event)
+    else:  # pragma: no cover - older TableBatch without the public method
+        batch._touch(position, None)
+        batch._dead(position, reason, event)
+
+
+class _Consumer:
+    """One consumer's run; split from the function so callbacks and the loop share state without globals."""
+
+    def __init__(self, resolved: ResolvedSpec, progress: Callable[[dict[str, Any]], None] | None) -> None:
+        from confluent_kafka import Consumer
+
+        self.resolved = resolved
+        spec = resolved.spec
+        self.schema = spec.source.schema_name
+        self.tables = dict(spec.tables_by_topic)
+        self.flush = spec.lake.flush
+        fs, root = lake_filesystem(resolved)
+        self.writer = LakeWriter(fs, root, spec.lake)
+        self.result = ConsumeResult()
+        self.states: dict[tuple[str, int], _Partition] = {}
+        self.assigned_once = False
+        self.progress = progress
+        self._last_progress = 0.0
+        self.consumer = Consumer(consumer_config(resolved), logger=log)
+
+    # ---- orphans
+
+    def _orphan_ends(self, topic: str, table: Table) -> dict[int, list[tuple[int, int]]]:
+        """(first, last) offsets of every lake file (Parquet or dead-letter) of a topic, per partition."""
+        spans: dict[int, set[tuple[int, int]]] = {}
+        files = [(f.first, f.last) for f in self.writer.list_files(
+            stream=topic, table=table.name, schema=self.schema, topic=topic)]
+        store = self.writer.dead_letters
+        pattern = f"{store.base}/{table.name}/{topic}-*.jsonl"
+        fs = self.writer.fs
+        for path in fs.glob(pattern):
+            parsed = parse_file_name(path.rsplit("/", 1)[-1])
+            if parsed and parsed[0] == topic:
+                files.append((parsed[1], parsed[2]))
+        for first, last in files:
+            if isinstance(first, KafkaPosition) and isinstance(last, KafkaPosition):
+                spans.setdefault(first.partition, set()).add((first.offset, last.offset))
+        return {p: sorted(s) for p, s in spans.items()}
+
+    # ---- rebalance callbacks
+
+    def on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+        self.assigned_once = True
+        if not partitions:
+            return
+        committed = consumer.committed(partitions, timeout=30)
+        listings: dict[str, dict[int, list[tuple[int, int]]]] = {}
+        starts: list[Any] = []
+        for tp in committed:
+            topic, partition = tp.topic, tp.partition
+            table = self.tables[topic]
+            start = tp.offset
+            if start < 0:  # nothing committed: the earliest retained offset
+                low, _high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
+                start = max(low, 0)
+                starts.append(TopicPartition(topic, partition, OFFSET_BEGINNING))
+            else:
+                starts.append(TopicPartition(topic, partition, start))
+            if topic not in listings:
+                listings[topic] = self._orphan_ends(topic, table)
+            spans = listings[topic].get(partition, [])
+            cuts = sorted({last for first, last in spans if last >= start})
+            overlapping = [(f, la) for f, la in spans if f < start <= la]
+            if overlapping:
+                log.warning("%s[%d]: lake files %s straddle the committed offset %d", topic, partition,
+                            overlapping, start)
+            if cuts:
+                log.info("%s[%d]: %d orphan file(s) beyond committed offset %d: replaying to the same keys",
+                         topic, partition, len(cuts), start)
+                self.result.orphans_replayed += len(cuts)
+            batch = TableBatch(table, stream=topic, schema=self.schema, topic=topic)
+            self.states[(topic, partition)] = _Partition(topic, partition, table, batch, start, cuts)
+        consumer.assign(starts)
+
+    def on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
+        """Give partitions up cleanly: their batches become files and their offsets are committed first."""
+        for tp in partitions:
+            state = self.states.pop((tp.topic, tp.partition), None)
+            if state is not None:
+                self._finish(state)
+        consumer.unassign()
+
+    # ---- flushing and committing
+
+    def _flush(self, state: _Partition) -> None:
+        batch = state.batch
+        if state.count:
+            written = self.writer.write_batch(batch)
+            if written.key is not None:
+                self.result.files.append(written.key)
+            self.result.rows += written.rows
+            self.result.bytes += written.bytes
+            self.result.dead_letters += written.dead_letters
+            if written.dead_letters:
+                self.result.dead_letter_files += 1
+            if state.cuts and isinstance(written.last, KafkaPosition) and written.last.offset == state.cuts[0]:
+                state.cuts.pop(0)
+            state.count = 0
+        self._commit(state)
+
+    def _commit(self, state: _Partition) -> None:
+        from confluent_kafka import TopicPartition
+
+        if state.next_offset <= state.committed:
+            return
+        self.consumer.commit(offsets=[TopicPartition(state.topic, state.partition, state.next_offset)],
+                             asynchronous=False)
+        state.committed = state.next_offset
+        self.result.commits += 1
+        self.result.committed.setdefault(state.topic, {})[state.partition] = state.next_offset
+
+    def _finish(self, state: _Partition) -> None:
+        """Flush and commit, unless the partition is mid-replay: then drop the partial batch uncommitted."""
+        if state.cuts and state.count:
+            self.result.dropped_partial += state.count
+            state.batch.clear()
+            state.count = 0
+            return
+        self._flush(state)
+
+    # ---- the loop
+
+    def _emit_progress(self, force: bool = False) -> None:
+        if self.progress is None:
+            return
+        now = time.monotonic()
+        if force or now - self._last_progress >= PROGRESS_EVERY:
+            self._last_progress = now
+            self.progress({"events": self.result.events, "files": len(self.result.files),
+                           "dead_letters": self.result.dead_letters, "tombstones": self.result.tombstones})
+
+    def _handle(self, messages: list[Any]) -> None:
+        from confluent_kafka import KafkaError
+
+        states = self.states
+        max_rows = self.flush.max_rows
+        loads = orjson.loads
+        decode_error = orjson.JSONDecodeError
+        result = self.result
+        events = tombstones = 0
+        for msg in messages:
+            err = msg.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consumer error: %s", err)
+                continue
+            state = states.get((msg.topic(), msg.partition()))
+            if state is None:  # a partition we no longer own
+                continue
+            offset = msg.offset()
+            value = msg.value()
+            state.next_offset = offset + 1
+            if value is None:
+                tombstones += 1
+                continue
+            events += 1
+            batch = state.batch
+            cuts = state.cuts
+            if cuts and offset > cuts[0]:  # replay drifted past an orphan's end: cut here, keep order
+                log.warning("%s[%d]: orphan end %d not met by replay", state.topic, state.partition, cuts[0])
+                while cuts and offset > cuts[0]:
+                    cuts.pop(0)
+            position = KafkaPosition(state.partition, offset)
+            try:
+                event = loads(value)
+            except decode_error as exc:
+                _dead_letter(batch, position, f"malformed JSON: {exc}", value.decode("utf-8", "replace"))
+            else:
+                if type(event) is dict and "op" not in event and type(event.get("payload")) is dict:
+                    event = event["payload"]  # JsonConverter with schemas.enable=true
+                if type(event) is not dict:
+                    _dead_letter(batch, position, f"not a JSON object: {type(event).__name__}", event)
+                else:
+                    try:
+                        batch.append_debezium(event, position)
+                    except Exception as exc:
+                        _dead_letter(batch, position, f"cannot convert: {exc!r}", event)
+            state.count += 1
+            if cuts:
+                if offset == cuts[0]:
+                    self._flush(state)
+            elif state.count >= max_rows:
+                self._flush(state)
+        result.events += events
+        result.tombstones += tombstones
+
+    def _policy_flush(self) -> None:
+        flush = self.flush
+        for state in list(self.states.values()):
+            batch = state.batch
+            if state.cuts:
+                continue
+            if state.count and (batch.approx_bytes >= flush.max_bytes or batch.age_seconds >= flush.max_seconds):
+                self._flush(state)
+
+    def _caught_up(self) -> bool:
+        from confluent_kafka import TopicPartition
+
+        if not self.assigned_once:
+            return False
+        for state in self.states.values():
+            _low, high = self.consumer.get_watermark_offsets(
+                TopicPartition(state.topic, state.partition), timeout=10, cached=False)
+            if state.next_offset < high:
+                return False
+        return True
+
+    def run(self, follow: bool, stop: threading.Event | None) -> ConsumeResult:
+        started = time.monotonic()
+        consumer = self.consumer
+        consumer.subscribe(sorted(self.tables), on_assign=self.on_assign, on_revoke=self.on_revoke,
+                           on_lost=self.on_lost)
+        try:
+            while not (stop is not None and stop.is_set()):
+                messages = consumer.consume(num_messages=BATCH_MESSAGES, timeout=POLL_TIMEOUT)
+                if messages:
+                    self._handle(messages)
+                self._policy_flush()
+                self._emit_progress()
+                if not messages and not follow and self._caught_up():
+                    break
+            for state in list(self.states.values()):
+                self._finish(state)
+        finally:
+            consumer.close()
+        self.result.seconds = time.monotonic() - started
+        self._emit_progress(force=True)
+        return self.result
+
+    def on_lost(self, consumer: Any, partitions: list[Any]) -> None:
+        """Partitions lost (session expired): someone else may own them already, so write and commit nothing."""
+        for tp in partitions:
+            state = self.states.pop((tp.topic, tp.partition), None)
+            if state is not None and state.count:
+                self.result.dropped_partial += state.count
+        consumer.unassign()
+
+
+def consume_to_lake(resolved: ResolvedSpec, *, follow: bool = False, stop: threading.Event | None = None,
+                    progress: Callable[[dict[str, Any]], None] | None = None) -> ConsumeResult:
+    """Consume the spec's topics into the lake; catch up and return, or (`follow`) run until `stop` is set."""
+    return _Consumer(resolved, progress).run(follow, stop)
+
+
+# ---------------------------------------------------------------- several workers
+
+
+def _worker_main(index: int, resolved: ResolvedSpec, follow: bool, stop: Any, queue: Any, progress: bool) -> None:
+    """Child process body: SIGTERM/SIGINT stop the loop cleanly (flush + commit), the result goes to `queue`."""
+    local_stop = threading.Event()
+
+    def on_signal(_signo: int, _frame: Any) -> None:
+        local_stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    def watch() -> None:
+        stop.wait()
+        local_stop.set()
+
+    threading.Thread(target=watch, daemon=True).start()
+
+    def report(info: dict[str, Any]) -> None:
+        queue.put(("progress", index, os.getpid(), info))
+
+    result = consume_to_lake(resolved, follow=follow, stop=local_stop, progress=report if progress else None)
+    queue.put(("result", index, os.getpid(), result.to_dict()))
+
+
+def run_workers(resolved: ResolvedSpec, *, workers: int, follow: bool, progress: bool,
+                max_restarts: int | None = None, stop: threading.Event | None = None) -> dict[str, Any]:
+    """N consumer processes in one group; a worker that dies is replaced so its partitions still get consumed.
+
+    Exactly-once across rebalances and crashes comes from the consumer itself (revoke → flush + commit, orphan
+    replay on assignment); this only supervises and sums up.
+    """
+    import multiprocessing as mp
+    import queue as queue_mod
+
+    if workers < 1:
+        raise ValueError("workers must be >= 1")
+    ctx = mp.get_context("spawn")
+    shared_stop = ctx.Event()
+    results: list[dict[str, Any]] = []
+    progress_by_worker: dict[int, dict[str, Any]] = {}
+    restarts = 0
+    limit = 3 * workers if max_restarts is None else max_restarts
+    failures: list[str] = []
+    queue: Any = ctx.Queue()
+    procs: dict[int, Any] = {}
+    started = time.monotonic()
+    reported: set[int] = set()
+
+    def spawn(index: int) -> None:
+        proc = ctx.Process(target=_worker_main, args=(index, resolved, follow, shared_stop, queue, progress),
+                           name=f"bankflow-consume-{index}", daemon=False)
+        proc.start()
+        procs[index] = proc
+
+    def drain(timeout: float) -> None:
+        try:
+            kind, index, pid, payload = queue.get(timeout=timeout)
+        except queue_mod.Empty:
+            return
+        if kind == "result":
+            results.append({"worker": index, "pid": pid, **payload})
+            reported.add(pid)
+        else:
+            progress_by_worker[index] = payload
+            if progress:
+                total = sum(int(p.get("events", 0)) for p in progress_by_worker.values())
+                files = sum(int(p.get("files", 0)) for p in progress_by_worker.values())
+                rate = total / max(time.monotonic() - started, 1e-6)
+                print(f"consume: {len(procs)} workers, {total:,} events ({rate:,.0f}/s), {files} files",
+                      file=sys.stderr, flush=True)
+
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    in_main = threading.current_thread() is threading.main_thread()
+
+    def on_signal(_signo: int, _frame: Any) -> None:
+        shared_stop.set()
+
+    if in_main:
+        for sig in previous:
+            signal.signal(sig, on_signal)
+    try:
+        for i in range(workers):
+            spawn(i)
+        while procs:
+            if stop is not None and stop.is_set():
+                shared_stop.set()
+            drain(0.2)
+            for index, proc in list(procs.items()):
+                if proc.is_alive():
+                    continue
+                proc.join()
+                while proc.pid not in reported and proc.exitcode == 0:
+                    before = len(reported)
+                    drain(1.0)
+                    if len(reported) == before:
+                        break
+                del procs[index]
+                if proc.exitcode != 0 or proc.pid not in reported:
+                    failures.append(f"worker {index} (pid {proc.pid}) exited with {proc.exitcode}")
+                    if not shared_stop.is_set() and restarts < limit:
+                        restarts += 1
+                        spawn(index)
+        while True:  # results that arrived after the last process ended
+            before = len(results)
+            drain(0.05)
+            if len(results) == before:
+                break
+    finally:
+        shared_stop.set()
+        for proc in procs.values():
+            proc.join(timeout=30)
+        if in_main:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    total: dict[str, Any] = {"workers": workers, "restarts": restarts, "failures": failures,
+                             "events": 0, "tombstones": 0, "dead_letters": 0, "rows": 0, "bytes": 0,
+                             "files": [], "commits": 0, "orphans_replayed": 0, "dropped_partial": 0,
+                             "seconds": round(time.monotonic() - started, 3), "per_worker": results}
+    for r in results:
+        for key in ("events", "tombstones", "dead_letters", "rows", "bytes", "commits", "orphans_replayed",
+                    "dropped_partial"):
+            total[key] += int(r.get(key, 0))
+        total["files"].extend(r.get("files", []))
+    total["files"] = sorted(set(total["files"]))
+    return total
