@@ -57,6 +57,8 @@ def connector_config(resolved: ResolvedSpec, *, reveal: bool = False) -> dict[st
         "value.converter": "org.apache.kafka.connect.json.JsonConverter",
         "value.converter.schemas.enable": "false",
         "max.batch.size": str(cdc.max_batch_size),
+        # Debezium rejects a queue that is not larger than the batch (both default to 8192).
+        "max.queue.size": str(cdc.max_batch_size * 4),
         "poll.interval.ms": str(cdc.poll_interval_ms),
         "producer.override.batch.size": "1048576",
         "producer.override.linger.ms": "20",
