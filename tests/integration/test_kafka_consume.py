@@ -1,0 +1,297 @@
+"""Kafka → lake on the real harness (Tansu broker, moto S3): exactly once through crashes and rebalances."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow.parquet as pq
+import pytest
+
+from bankflow.lake.deadletter import DeadLetterStore
+from bankflow.lake.filesystem import lake_filesystem
+from bankflow.services.s3 import S3Server
+from bankflow.services.tansu import TansuBroker
+from bankflow.spec.loader import ResolvedSpec, load_spec
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+TABLES = ("accounts", "transfers")
+
+
+def write_spec(tmp_path: Path, broker: TansuBroker, s3: S3Server, *, max_rows: int = 1000,
+               partitions: int = 1) -> tuple[Path, str]:
+    """A debezium-engine spec on the broker and a fresh moto bucket; returns (path, topic prefix)."""
+    tag = uuid.uuid4().hex[:8]
+    bucket = f"lake-{tag}"
+    s3.create_bucket(bucket)
+    prefix = f"t{tag}"
+    path = tmp_path / "spec.yaml"
+    path.write_text(textwrap.dedent(f"""\
+        version: 1
+        name: consume_test
+        state_dir: state
+        source: {{type: postgres, database: bank, schema: bank}}
+        tables:
+          - name: accounts
+            primary_key: [id]
+            replica_identity: full
+            columns:
+              - {{name: id, type: bigint, nullable: false}}
+              - {{name: owner, type: text, nullable: false}}
+              - {{name: balance, type: "numeric(18,2)", nullable: false}}
+              - {{name: updated_at, type: timestamptz, nullable: false}}
+              - {{name: closed_at, type: timestamptz}}
+          - name: transfers
+            primary_key: [id]
+            replica_identity: full
+            columns:
+              - {{name: id, type: bigint, nullable: false}}
+              - {{name: account_id, type: bigint, nullable: false}}
+              - {{name: amount, type: "numeric(18,2)", nullable: false}}
+              - {{name: created_at, type: timestamptz, nullable: false}}
+        cdc: {{engine: debezium, topic_prefix: {prefix}}}
+        kafka: {{bootstrap_servers: "{broker.bootstrap_servers}", group: g{tag}, partitions: {partitions}}}
+        lake:
+          url: s3://{bucket}/lake
+          s3_endpoint: {s3.endpoint_url}
+          s3_key: test
+          s3_secret: test
+          flush: {{max_rows: {max_rows}, max_bytes: 67108864, max_seconds: 600}}
+        warehouse: {{type: duckdb, path: wh.duckdb}}
+        """))
+    return path, prefix
+
+
+def _ts(us: int) -> str:
+    """Debezium's timestamptz rendering: ISO with microseconds and Z."""
+    seconds, micros = divmod(us, 1_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{micros:06d}Z"
+
+
+def make_events(n: int, seed: int = 7) -> list[tuple[str, dict[str, Any]]]:
+    """(table, Debezium event) pairs: snapshot reads, inserts, updates, deletes; LSNs strictly increasing."""
+    rng = random.Random(seed)
+    out: list[tuple[str, dict[str, Any]]] = []
+    base_us = 1_767_225_600_000_000  # 2026-01-01
+    live: dict[int, dict[str, Any]] = {}
+    for i in range(n):
+        lsn = 1_000_000 + 16 * i
+        ts = base_us + 1_000 * i + 7
+        source = {"lsn": lsn, "txId": 500 + i // 3, "ts_us": ts, "ts_ms": ts // 1000}
+        if i % 4 == 3:
+            row = {"id": i, "account_id": rng.randint(1, 50), "amount": f"{rng.randint(-10**6, 10**6) / 100:.2f}",
+                   "created_at": _ts(ts)}
+            out.append(("transfers", {"before": None, "after": row, "op": "c", "source": source}))
+            continue
+        choice = rng.random()
+        if i < 20 or not live or choice < 0.4:
+            row = {"id": i, "owner": f"owner-{i}", "balance": f"{rng.randint(0, 10**8) / 100:.2f}",
+                   "updated_at": _ts(ts), "closed_at": None}
+            live[i] = row
+            out.append(("accounts", {"before": None, "after": row, "op": "r" if i < 20 else "c", "source": source}))
+        elif choice < 0.85:
+            key = rng.choice(list(live))
+            before = live[key]
+            row = {**before, "balance": f"{rng.randint(0, 10**8) / 100:.2f}", "updated_at": _ts(ts)}
+            live[key] = row
+            out.append(("accounts", {"before": before, "after": row, "op": "u", "source": source}))
+        else:
+            key = rng.choice(list(live))
+            before = live.pop(key)
+            before = {**before, "closed_at": _ts(ts)}
+            out.append(("accounts", {"before": before, "after": None, "op": "d", "source": source}))
+    return out
+
+
+def produce(broker: TansuBroker, prefix: str, events: list[tuple[str, dict[str, Any]]],
+            partitions: int = 1, extra: list[tuple[str, bytes | None]] = ()) -> None:  # type: ignore[assignment]
+    """Batching producer; keyed by id so a row's history stays in one partition."""
+    from confluent_kafka import Producer
+
+    for table in TABLES:
+        broker.create_topic(f"{prefix}.bank.{table}", partitions=partitions)
+    producer = Producer({"bootstrap.servers": broker.bootstrap_servers, "linger.ms": 20,
+                         "batch.size": 1 << 20, "acks": "all", "enable.idempotence": True})
+    for table, event in events:
+        row = event["after"] or event["before"]
+        producer.produce(f"{prefix}.bank.{table}", key=str(row["id"]).encode(), value=orjson.dumps(event))
+        producer.poll(0)
+    for table, value in extra:
+        producer.produce(f"{prefix}.bank.{table}", key=b"1", value=value)
+    assert producer.flush(30) == 0
+
+
+def lake_rows(resolved: ResolvedSpec) -> list[dict[str, Any]]:
+    fs, root = lake_filesystem(resolved)
+    fs.invalidate_cache()
+    rows: list[dict[str, Any]] = []
+    for path in sorted(fs.find(root)):
+        if path.endswith(".parquet"):
+            with fs.open(path, "rb") as handle:
+                rows.extend(pq.read_table(handle).to_pylist())
+    return rows
+
+
+def expected_row(event: dict[str, Any]) -> tuple[Any, ...]:
+    image = event["before"] if event["op"] == "d" else event["after"]
+    return (image["id"], event["op"], event["source"]["lsn"])
+
+
+def committed(resolved: ResolvedSpec, prefix: str, partitions: int = 1) -> dict[tuple[str, int], int]:
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": resolved.spec.kafka.bootstrap_servers,
+                         "group.id": resolved.spec.kafka.group, "enable.auto.commit": False})
+    try:
+        tps = [TopicPartition(f"{prefix}.bank.{t}", p) for t in TABLES for p in range(partitions)]
+        return {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(tps, timeout=10)}
+    finally:
+        consumer.close()
+
+
+def assert_exactly_once(resolved: ResolvedSpec, events: list[tuple[str, dict[str, Any]]]) -> list[dict]:
+    rows = lake_rows(resolved)
+    seen = [(r["id"], r["_op"], r["_lsn"]) for r in rows]
+    assert len(seen) == len(set(seen)), "duplicate rows in the lake"
+    assert sorted(seen) == sorted(expected_row(e) for _, e in events)
+    return rows
+
+
+# ---------------------------------------------------------------- catch-up run
+
+
+def test_consume_to_lake_exactly_once(tmp_path: Path, tansu_broker: TansuBroker, s3_server: S3Server) -> None:
+    from bankflow.consume.kafka import consume_to_lake
+
+    path, prefix = write_spec(tmp_path, tansu_broker, s3_server, max_rows=700)
+    events = make_events(3000)
+    produce(tansu_broker, prefix, events[:2000])
+    produce(tansu_broker, prefix, events[2000:], extra=[("accounts", None), ("accounts", b"{not json")])
+    resolved = load_spec(path)
+    reports: list[dict[str, Any]] = []
+    result = consume_to_lake(resolved, progress=reports.append).to_dict()
+
+    assert result["events"] == 3001 and result["tombstones"] == 1 and result["dead_letters"] == 1
+    assert len(result["files"]) == len(set(result["files"])) >= 5
+    assert reports and reports[-1]["events"] == 3001
+    rows = assert_exactly_once(resolved, events)
+
+    # values survive exactly: decimals, timestamptz microseconds, nulls, the image a delete carries
+    by_key = {(r["id"], r["_op"], r["_lsn"]): r for r in rows}
+    for table, event in events[::97]:
+        image = event["before"] if event["op"] == "d" else event["after"]
+        row = by_key[expected_row(event)]
+        amount = "amount" if table == "transfers" else "balance"
+        assert row[amount] == Decimal(image[amount])
+        stamp = image["created_at" if table == "transfers" else "updated_at"]
+        assert row["created_at" if table == "transfers" else "updated_at"].strftime(
+            "%Y-%m-%dT%H:%M:%S.%fZ") == stamp
+        assert row["_tx_id"] == event["source"]["txId"]
+        assert row["_file"].endswith(".parquet")
+
+    fs, root = lake_filesystem(resolved)
+    dead = DeadLetterStore(fs, root, resolved.spec.lake.dead_letter).read_all()
+    assert len(dead) == 1
+    n_accounts = sum(1 for t, _ in events if t == "accounts")
+    assert dead[0]["position"] == {"partition": 0, "offset": n_accounts + 1}
+    assert dead[0]["table"] == "accounts" and "malformed JSON" in dead[0]["reason"]
+    assert dead[0]["event"] == "{not json"
+
+    ends = {(f"{prefix}.bank.accounts", 0): n_accounts + 2,
+            (f"{prefix}.bank.transfers", 0): len(events) - n_accounts}
+    assert committed(resolved, prefix) == ends
+
+    again = consume_to_lake(resolved).to_dict()
+    assert again["events"] == 0 and again["files"] == []
+    assert committed(resolved, prefix) == ends
+
+
+# ---------------------------------------------------------------- crashes
+
+_CHILD = """
+import sys
+from bankflow.spec.loader import load_spec
+from bankflow.consume.kafka import consume_to_lake
+consume_to_lake(load_spec(sys.argv[1]))
+"""
+
+
+def test_kill_9_mid_stream_replays_exactly_once(tmp_path: Path, tansu_broker: TansuBroker,
+                                                s3_server: S3Server) -> None:
+    path, prefix = write_spec(tmp_path, tansu_broker, s3_server, max_rows=150, partitions=2)
+    events = make_events(6000, seed=11)
+    for start in range(0, len(events), 500):
+        produce(tansu_broker, prefix, events[start:start + 500], partitions=2)
+    resolved = load_spec(path)
+    rng = random.Random(3)
+    fs, root = lake_filesystem(resolved)
+
+    def files() -> int:
+        fs.invalidate_cache()
+        return sum(1 for p in fs.find(root) if p.endswith(".parquet")) if fs.exists(root) else 0
+
+    kills = 0
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for _attempt in range(12):
+        proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(path)], env=env, cwd=ROOT)
+        if kills < 3:
+            target = files() + rng.randint(1, 6)
+            deadline = time.monotonic() + 60
+            while proc.poll() is None and files() < target and time.monotonic() < deadline:
+                time.sleep(0.02)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                kills += 1
+                continue
+        assert proc.wait(timeout=120) == 0
+        break
+    assert kills >= 1
+    assert_exactly_once(resolved, events)
+
+
+def test_two_workers_one_killed_exactly_once(tmp_path: Path, tansu_broker: TansuBroker,
+                                             s3_server: S3Server) -> None:
+    import multiprocessing
+
+    from bankflow.consume.kafka import run_workers
+
+    path, prefix = write_spec(tmp_path, tansu_broker, s3_server, max_rows=100, partitions=2)
+    events = make_events(6000, seed=5)
+    for start in range(0, len(events), 1000):
+        produce(tansu_broker, prefix, events[start:start + 1000], partitions=2)
+    resolved = load_spec(path)
+    fs, root = lake_filesystem(resolved)
+    out: dict[str, Any] = {}
+    runner = threading.Thread(target=lambda: out.update(run_workers(resolved, workers=2, follow=False,
+                                                                     progress=False)))
+    runner.start()
+    killed = None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and runner.is_alive():
+        fs.invalidate_cache()
+        if fs.exists(root) and sum(1 for p in fs.find(root) if p.endswith(".parquet")) >= 4:
+            children = multiprocessing.active_children()
+            if children:
+                killed = children[0].pid
+                os.kill(killed, signal.SIGKILL)
+                break
+        time.sleep(0.02)
+    runner.join(timeout=240)
+    assert not runner.is_alive()
+    assert killed is not None, "the workers finished before one could be killed"
+    assert out["restarts"] >= 1
+    assert_exactly_once(resolved, events)
