@@ -305,11 +305,11 @@ class SnowflakeWarehouse(StrictModel):
         if self.authenticator == "key_pair" and not self.private_key_path:
             raise SpecValueError("authenticator key_pair needs private_key_path",
                                  "set private_key_path to the PEM key file (or use authenticator: password)",
-                                 at=("private_key_path",))
+                                 at=("authenticator",))
         if self.stage_credentials == "integration" and not self.storage_integration:
             raise SpecValueError("stage_credentials integration needs storage_integration",
                                  "set storage_integration, or stage_credentials: keys",
-                                 at=("storage_integration",))
+                                 at=("stage_credentials",))
         return self
 
 

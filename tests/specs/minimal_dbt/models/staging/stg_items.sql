@@ -1,0 +1,1 @@
+select id, label, price from {{ source('raw', 'items') }}

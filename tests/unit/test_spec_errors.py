@@ -1,0 +1,238 @@
+"""Bad specs: each is tests/specs/minimal.yaml with one text edit, and must fail with exit 1, no traceback, and
+an issue naming file:line (the exact line), the field path and a hint.
+
+The line numbers below are those of the edited file; tests/specs/minimal.yaml is:
+
+     1 # comment                        16   topic_prefix: mini
+     2 version: 1                       17   heartbeat_interval_ms: 5000
+     3 name: mini                       18 lake:
+     4 source:                          19   url: file://lake
+     5   type: postgres                 20   layout: "{table}/date={date}"
+     6   database: shop                 21 warehouse:
+     7   schema: shop                   22   type: duckdb
+     8 tables:                          23   path: wh.duckdb
+     9   - name: items                  24 transform:
+    10     primary_key: [id]            25   project_dir: minimal_dbt
+    11     columns:                     26   steps:
+    12       - {name: id, …}            27     - {command: run, select: [staging]}
+    13       - {name: label, …}         28 environments:
+    14       - {name: price, …}         29   stack: …
+    15 cdc:
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from bankflow.cli import main
+from tests.specs.support import MINIMAL, REPO, SPECS
+
+INJECTION = "'x\"; drop table y; --'"
+OTHER_TABLE = ("  - name: other\n{extra}    primary_key: [id]\n    columns:\n"
+               "      - {{name: id, type: bigint, nullable: false}}\n")
+SNOWFLAKE = ("warehouse:\n  type: snowflake\n  account: acc\n  user: usr\n  warehouse: wh\n  database: db\n"
+             "  stage_credentials: keys\n")
+DUCKDB = "warehouse:\n  type: duckdb\n  path: wh.duckdb\n"
+
+
+@dataclass(frozen=True)
+class Bad:
+    id: str
+    old: str  # text in minimal.yaml ...
+    new: str  # ... replaced by this
+    line: int | None  # expected line of the issue
+    field: str  # expected field path ("" when there is none, e.g. YAML syntax)
+    message: str  # a substring of the message
+    hint: str  # a substring of the hint
+    args: tuple[str, ...] = ()
+
+
+BAD = [
+    Bad("yaml-syntax", "  database: shop\n", "  database: [shop\n", 7, "", "YAML syntax error",
+        "check indentation"),
+    Bad("unknown-top-level-key", "\ncdc:\n", "\ntabels: []\ncdc:\n", 15, "tabels", "unknown key 'tabels'",
+        "did you mean 'tables'?"),
+    Bad("unknown-nested-key", '  layout: "{table}/date={date}"\n',
+        '  layout: "{table}/date={date}"\n  flsh: {max_rows: 10}\n', 21, "lake.flsh", "unknown key 'flsh'",
+        "did you mean 'flush'?"),
+    Bad("wrong-type-port", "  database: shop\n", "  database: shop\n  port: abc\n", 7, "source.port",
+        "valid integer", "got 'abc'"),
+    Bad("bad-enum-engine", "  heartbeat_interval_ms: 5000\n", "  heartbeat_interval_ms: 5000\n  engine: kafka\n",
+        18, "cdc.engine", "'builtin' or 'debezium'", "listed values"),
+    Bad("missing-required-lake-url", "  url: file://lake\n", "", 18, "lake.url", "required field is missing",
+        "add 'url:'"),
+    Bad("missing-env-variable", "  database: shop\n", "  database: shop\n  password: ${BANKFLOW_TEST_UNSET_VAR}\n",
+        7, "source.password", "environment variable BANKFLOW_TEST_UNSET_VAR is not set",
+        "export BANKFLOW_TEST_UNSET_VAR="),
+    Bad("identifier-with-dash", "  - name: items\n", "  - name: my-items\n", 9, "tables[0].name",
+        "'my-items' is not a valid identifier", "lower-case letters, digits and underscores"),
+    Bad("sql-injection-table", "  - name: items\n", f"  - name: {INJECTION}\n", 9, "tables[0].name",
+        "is not a valid identifier", "lower-case letters"),
+    Bad("sql-injection-column", "{name: label,", f"{{name: {INJECTION},", 13, "tables[0].columns[1].name",
+        "is not a valid identifier", "lower-case letters"),
+    Bad("sql-injection-schema", "  schema: shop\n", f"  schema: {INJECTION}\n", 7, "source.schema",
+        "is not a valid identifier", "lower-case letters"),
+    Bad("reserved-cdc-column", "{name: label,", "{name: _op,", 13, "tables[0].columns[1].name",
+        "'_op' is reserved for CDC metadata", "rename the column"),
+    Bad("primary-key-not-a-column", "primary_key: [id]", "primary_key: [idx]", 10, "tables[0].primary_key[0]",
+        "'idx' is not a column of table 'items'", "id, label, price"),
+    Bad("nullable-primary-key", "{name: id, type: bigint, nullable: false}", "{name: id, type: bigint}", 10,
+        "tables[0].primary_key", "primary key column 'id' is nullable", "nullable: false"),
+    Bad("duplicate-column", "      - {name: label, type: text}\n",
+        "      - {name: label, type: text}\n      - {name: label, type: text}\n", 14,
+        "tables[0].columns[2].name", "declares column 'label' more than once", "remove or rename"),
+    Bad("duplicate-table", "\ncdc:\n", "\n" + OTHER_TABLE.format(extra="").replace("other", "items") + "cdc:\n", 15,
+        "tables[1].name", "table 'items' is declared twice", "remove or rename"),
+    Bad("duplicate-topic", "\ncdc:\n", "\n" + OTHER_TABLE.format(extra="    topic: mini.shop.items\n") + "cdc:\n", 16,
+        "tables[1].topic", "topic 'mini.shop.items' is used by tables 'items' and 'other'",
+        "its own topic"),
+    Bad("topic-not-matching-prefix", "    primary_key: [id]\n", "    primary_key: [id]\n    topic: wrong.shop.items\n",
+        11, "tables[0].topic", "does not match the connector's naming 'mini.shop.items'", "{topic_prefix}"),
+    Bad("raw-table-collision", "\ncdc:\n", "\n" + OTHER_TABLE.format(extra="    raw_table: items\n") + "cdc:\n", 16,
+        "tables[1].raw_table", "raw table 'items' is the target of tables 'items' and 'other'",
+        "its own raw_table"),
+    Bad("numeric-without-precision", '"numeric(12,2)"', "numeric", 14, "tables[0].columns[2].type",
+        "needs a precision and scale", "numeric(18,2)"),
+    Bad("unknown-column-type", "{name: label, type: text}", "{name: label, type: money}", 13,
+        "tables[0].columns[1].type", "unknown column type 'money'", "use one of:"),
+    Bad("numeric-precision-over-38", '"numeric(12,2)"', '"numeric(39,2)"', 14, "tables[0].columns[2].type",
+        "precision must be 1..38 (got 39)", "at most 38"),
+    Bad("dbt-selector-matches-nothing", "select: [staging]", "select: [no_such_model]", 27,
+        "transform.steps[0].select", "selector 'no_such_model' matches no model", "folders: staging"),
+    Bad("dbt-project-dir-missing", "project_dir: minimal_dbt", "project_dir: no_such_dbt", 25,
+        "transform.project_dir", "no dbt_project.yml", "point project_dir at a dbt project"),
+    Bad("unknown-layout-placeholder", 'layout: "{table}/date={date}"', 'layout: "{table}/{month}"', 20,
+        "lake.layout", "unknown placeholder {month}", "{table}, {schema}, {topic}, {date}, {partition}"),
+    Bad("layout-with-dotdot", 'layout: "{table}/date={date}"', 'layout: "../{table}"', 20, "lake.layout",
+        "without '..'", "under lake.url"),
+    Bad("lake-url-ftp", "url: file://lake", "url: ftp://lake", 19, "lake.url",
+        "'ftp://lake' must start with file:// or s3://", "s3://bucket/prefix"),
+    Bad("snowflake-with-file-lake", DUCKDB, SNOWFLAKE, 19, "lake.url", "the lake must be on s3://",
+        "set lake.url to s3://"),
+    Bad("key-pair-without-private-key-path", DUCKDB, SNOWFLAKE + "  authenticator: key_pair\n", 28,
+        "warehouse.authenticator", "key_pair needs private_key_path", "set private_key_path"),
+    Bad("unknown-environment", "version: 1\n", "version: 1\n", 28, "environments", "no environment named 'nope'",
+        "choose one of: stack", ("--env", "nope")),
+    Bad("verify-check-two-statements", "environments:\n",
+        "verify:\n  checks:\n    - name: two\n      source_sql: select 1; drop table items\n"
+        "      warehouse_sql: select 1\nenvironments:\n", 31, "verify.checks[0].source_sql",
+        "must be a single SELECT", "one SELECT"),
+    Bad("reference-to-missing-column", "{name: label, type: text}",
+        "{name: label, type: text, references: items.nope}", 13, "tables[0].columns[1].references",
+        "'items.nope' is not a column of a declared table", "declared tables: items"),
+    Bad("duplicate-yaml-key", "  topic_prefix: mini\n", "  topic_prefix: mini\n  topic_prefix: again\n", 17,
+        "cdc.topic_prefix", "duplicate key 'topic_prefix'", "remove one"),
+    Bad("typo-in-environment-overlay", "      engine: debezium\n", "      engine: debezium\n      enigne: x\n", 32,
+        "cdc.enigne", "unknown key 'enigne'", "did you mean 'engine'?", ("--env", "stack")),
+]
+assert len(BAD) >= 25
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A directory with the minimal spec's dbt project; the test runs there so paths are relative."""
+    shutil.copytree(SPECS / "minimal_dbt", tmp_path / "minimal_dbt")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("BANKFLOW_TEST_UNSET_VAR", raising=False)
+    return tmp_path
+
+
+def write_bad(directory: Path, bad: Bad) -> Path:
+    text = MINIMAL.read_text(encoding="utf-8")
+    assert text.count(bad.old) == 1, f"{bad.id}: edit target must occur once in minimal.yaml"
+    path = directory / "spec.yaml"
+    path.write_text(text.replace(bad.old, bad.new), encoding="utf-8")
+    return path
+
+
+def issue_pattern(bad: Bad, file: str = "spec.yaml") -> re.Pattern[str]:
+    """`file:LINE:COL: error: FIELD: …message…` then `hint: …` on the next line."""
+    field = re.escape(bad.field) + ": " if bad.field else ""
+    return re.compile(
+        rf"^{re.escape(file)}:{bad.line}:\d+: error: {field}[^\n]*{re.escape(bad.message)}[^\n]*\n"
+        rf"    hint: [^\n]*{re.escape(bad.hint)}",
+        re.MULTILINE,
+    )
+
+
+def test_minimal_spec_is_valid(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    shutil.copy(MINIMAL, workdir / "spec.yaml")
+    assert main(["validate", "spec.yaml"]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip() == "spec.yaml: valid"
+    assert err == ""
+
+
+@pytest.mark.parametrize("bad", BAD, ids=[b.id for b in BAD])
+def test_bad_spec(bad: Bad, workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_bad(workdir, bad)
+    assert main(["validate", "spec.yaml", *bad.args]) == 1
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    assert "valid" not in out
+    assert issue_pattern(bad).search(err), f"expected spec.yaml:{bad.line}: {bad.field}: … in:\n{err}"
+    # Every issue printed names a location, and every error carries a hint.
+    for line in err.splitlines():
+        if not line.startswith("    hint:"):
+            assert re.match(r"^spec\.yaml:\d+:\d+: (error|warning): ", line), line
+    assert err.count(": error: ") == err.count("    hint: "), err
+
+
+@pytest.mark.parametrize("bad", [b for b in BAD if b.id in (
+    "yaml-syntax", "sql-injection-table", "missing-env-variable", "dbt-selector-matches-nothing")],
+    ids=lambda b: b.id)
+def test_bad_spec_in_a_subprocess(bad: Bad, workdir: Path) -> None:
+    """The real command: exit status 1, the issue on stderr, no traceback."""
+    write_bad(workdir, bad)
+    result = subprocess.run([sys.executable, "-m", "bankflow", "validate", "spec.yaml", *bad.args],
+                            capture_output=True, text=True, cwd=workdir, timeout=60,
+                            env={k: v for k, v in __import__("os").environ.items()
+                                 if k != "BANKFLOW_TEST_UNSET_VAR"} | {"PYTHONPATH": str(REPO)})
+    assert result.returncode == 1, result
+    assert "Traceback" not in result.stdout + result.stderr
+    assert issue_pattern(bad).search(result.stderr), result.stderr
+
+
+def test_several_issues_are_reported_together(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Validation does not stop at the first problem: a typo and a bad type in one run."""
+    text = MINIMAL.read_text(encoding="utf-8").replace("  url: file://lake", "  ulr: file://lake").replace(
+        "type: text}", "type: money}")
+    (workdir / "spec.yaml").write_text(text, encoding="utf-8")
+    assert main(["validate", "spec.yaml"]) == 1
+    err = capsys.readouterr().err
+    assert "spec.yaml:13:" in err and "unknown column type 'money'" in err
+    assert "spec.yaml:19:3: error: lake.ulr: unknown key 'ulr'" in err
+    assert "did you mean 'url'?" in err
+    assert "spec.yaml:18:1: error: lake.url: required field is missing" in err
+
+
+@pytest.mark.parametrize(("old", "new", "line", "field", "message"), [
+    ("    primary_key: [id]\n", "    primary_key: [id]\n    replica_identity: default\n", 11,
+     "tables[0].replica_identity", "without REPLICA IDENTITY FULL"),
+    ("heartbeat_interval_ms: 5000", "heartbeat_interval_ms: 0", 17, "cdc.heartbeat_interval_ms",
+     "without heartbeats holds WAL"),
+], ids=["replica-identity-default", "heartbeat-zero"])
+def test_warnings_do_not_fail(old: str, new: str, line: int, field: str, message: str, workdir: Path,
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    (workdir / "spec.yaml").write_text(MINIMAL.read_text(encoding="utf-8").replace(old, new), encoding="utf-8")
+    assert main(["validate", "spec.yaml"]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip() == "spec.yaml: valid (1 warning(s))"
+    assert re.search(rf"^spec\.yaml:{line}:\d+: warning: {re.escape(field)}: .*{re.escape(message)}", err,
+                     re.MULTILINE), err
+    assert "    hint: " in err
+    assert ": error: " not in err
+
+
+def test_missing_spec_file(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", "nope.yaml"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("nope.yaml: error: spec file not found")
+    assert "hint: pass the path of a pipeline YAML" in err
