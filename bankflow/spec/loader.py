@@ -47,9 +47,9 @@ class ResolvedSpec:
         return self.path.parent
 
     def resolve_path(self, value: str) -> Path:
-        """A path from the spec, relative to the spec's directory."""
+        """A path from the spec, relative to the spec's directory (normalised: no `..` in what is shown)."""
         path = Path(value.removeprefix("file://"))
-        return path if path.is_absolute() else (self.base_dir / path)
+        return Path(os.path.normpath(path if path.is_absolute() else (self.base_dir / path)))
 
     @property
     def state_dir(self) -> Path:
