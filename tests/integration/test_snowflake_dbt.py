@@ -220,3 +220,40 @@ def test_first_pass_loads_raw_and_runs_all_dbt_steps(pipeline: Pipeline, first_p
     _assert_balances(pipeline)
     n, distinct = pipeline.query("select count(*), count(distinct id) from analytics.fact_transactions")[0]
     assert n == distinct == len(pipeline.log.rows["transactions"])
+
+
+@pytest.fixture(scope="module")
+def second_pass(pipeline: Pipeline, first_pass: dict[str, Any]) -> dict[str, Any]:
+    facts_before = pipeline.query("select count(*) from analytics.fact_transactions")[0][0]
+    changes = raw_banking.build_more(pipeline.log)
+    written = write_raw_to_lake(pipeline.log, pipeline.resolved, pipeline.s3, 2)
+    loaded = load_stage.run(pipeline.ctx())
+    transformed = transform_stage.run(pipeline.ctx())
+    return {**changes, "written": written, "load": loaded, "transform": transformed, "facts_before": facts_before}
+
+
+def test_second_pass_loads_only_new_files_and_merges(pipeline: Pipeline, second_pass: dict[str, Any]) -> None:
+    """Incremental fact merge and a second snapshot (needs the test-only macro overrides on fakesnow)."""
+    load, transform, log = second_pass["load"], second_pass["transform"], pipeline.log
+    assert load.files == sum(1 for n in second_pass["written"].values() if n)
+    assert load.rows == sum(second_pass["written"].values())
+    steps = {s["step"]: s for s in transform.details["steps"]}
+    assert all(s["success"] and not s["failures"] for s in steps.values()), steps
+    for table, events in log.written.items():
+        assert pipeline.query(f"select count(*) from raw.{table}") == [(len(events),)]
+
+    # incremental fact: every transaction once, the new ones included
+    ids = [i for (i,) in pipeline.query("select id from analytics.fact_transactions")]
+    assert len(ids) == len(set(ids)) == len(log.rows["transactions"]) > second_pass["facts_before"]
+    assert set(second_pass["new_transactions"]) <= set(ids)
+    _assert_balances(pipeline)
+
+    # second snapshot: the updated customer has a closed old version and a current new one
+    updated = second_pass["updated"]
+    snap = pipeline.query(f"select last_name, dbt_valid_to is null from analytics.customers_snapshot "
+                          f"where id = {updated} order by dbt_valid_from")
+    assert len(snap) >= 2 and snap[-1] == ("Changed-Name", True) and snap[-2][1] is False
+    deleted = second_pass["deleted"]
+    dim = pipeline.query(f"select is_current, is_deleted from analytics.dim_customers "
+                         f"where customer_id = {deleted} order by valid_from")
+    assert dim[-1] == (True, True)
