@@ -31,6 +31,9 @@ class WorkloadOptions:
     duration: float | None = None
     transactions: int | None = None
     batch_size: int = 5000
+    # Set by run_workload: opens another connection like the workload's own (same database, same search_path),
+    # for workloads that write in parallel. None when a workload is called directly: it must cope with one.
+    connect: Callable[[], Any] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name in ("rate", "duration"):

@@ -7,6 +7,7 @@ importing bankflow (e.g. for ``bankflow validate``) stays cheap.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import sys
@@ -58,6 +59,16 @@ def run_workload(
     from psycopg2 import sql
 
     kwargs = {"application_name": "bankflow-generate", **dict(connect_kwargs)}
+    set_search_path = sql.SQL("set search_path to {}").format(sql.Identifier(schema))
+
+    def connect() -> Any:
+        """Another connection like the first; the workload that asks for it closes it."""
+        extra = psycopg2.connect(**kwargs)
+        with extra.cursor() as cur:
+            cur.execute(set_search_path)
+        extra.commit()
+        return extra
+
     conn = psycopg2.connect(**kwargs)
     try:
         with conn.cursor() as cur:
@@ -66,9 +77,10 @@ def run_workload(
                 raise WorkloadError(
                     f"schema {schema!r} does not exist in the source database; create the source tables first"
                 )
-            cur.execute(sql.SQL("set search_path to {}").format(sql.Identifier(schema)))
+            cur.execute(set_search_path)
         conn.commit()
         started = time.perf_counter()
+        options = dataclasses.replace(options, connect=connect)
         result = WorkloadResult.coerce(module.run(conn, options, progress))
         result.seconds = time.perf_counter() - started
         return result

@@ -14,18 +14,24 @@ one commit per batch. With a ``seed`` a run on a fresh database produces identic
 timestamps, which are wall-clock (microseconds, UTC) so that they line up with commit times downstream.
 
 A batch is *prepared* in Python (all decisions, all SQL text) and then *executed* in one database
-transaction. In bulk mode execution runs on a writer thread, so PostgreSQL ingests batch k while Python
-prepares batch k+1 (psycopg2 releases the GIL while it waits on the server).
+transaction. In bulk mode batches execute on writer threads with two connections, so PostgreSQL ingests
+batches k and k+1 at once while Python prepares k+2 (psycopg2 releases the GIL while it waits on the
+server). The COPYs overlap; the balance UPDATEs and commits run strictly in preparation order, so no
+commit ever shows a balance that relies on a later one. Rows created in batch k are only referenced from
+batch k+2 on, when batch k has certainly committed (foreign keys cannot see another transaction's rows).
 
 Loaded by path through ``bankflow.generate.load_workload``; the runner sets ``search_path`` to the schema.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import re
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -73,8 +79,9 @@ PER_TXN_BULK = {
     "closes": 1 / 5000,
     "deletes": 1 / 5000,
 }
-BULK_ACCOUNTS = (100, 1000)  # bounds of the bulk population: one account per 1000 transactions in between
+BULK_ACCOUNTS = (100, 500)  # bounds of the bulk population: one account per 1000 transactions in between
 BULK_ID_BLOCK = 256  # ids reserved per round trip in bulk mode (gaps at the end of a run are harmless)
+BULK_WRITERS = 2  # connections writing at once in bulk mode: the FK checks of COPY are PostgreSQL's bottleneck
 TICK_SECONDS = 1.0
 DEFAULT_RATE = 50.0
 # Never close the last accounts: transactions need somewhere to go.
@@ -114,9 +121,14 @@ Op = Callable[[Any, WorkloadResult], None]
 
 @dataclass
 class Prepared:
-    """One batch ready to execute: statements to run on one cursor, then commit."""
+    """One batch ready to execute on one cursor: inserts (may overlap other batches), then ordered changes.
+
+    ``ops`` only insert new rows; ``final_ops`` change existing ones (balances, renames, deletes) and run,
+    with the commit, after the previous batch has committed.
+    """
 
     ops: list[Op] = field(default_factory=list)
+    final_ops: list[Op] = field(default_factory=list)
     transaction_rows: int = 0
 
 
@@ -219,47 +231,83 @@ def _stochastic_round(rng: random.Random, x: float) -> int:
     return n + (1 if rng.random() < x - n else 0)
 
 
-class Writer:
-    """Executes prepared batches, one database transaction each, and reports each commit.
+class _Link:
+    """The commit of one batch, which the next batch waits for before it changes rows and commits."""
 
-    With ``overlap`` a batch runs on a single writer thread while the caller prepares the next one; at
-    most one batch is in flight and commits stay in submission order. Results are reported on the
-    caller's thread (in ``submit``/``drain``), so progress callbacks never run on the writer thread.
+    __slots__ = ("committed", "done")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.committed = False
+
+
+class Writer:
+    """Executes prepared batches, one database transaction each, and reports each commit in order.
+
+    Without threads a batch runs at once on the first connection. With threads, up to one batch per
+    connection is in flight: their inserts overlap, their final changes and commits are chained in
+    submission order, and a failed batch fails every later one. Results are reported on the caller's
+    thread (in ``submit``/``drain``), so progress callbacks never run on a writer thread.
     """
 
-    def __init__(self, conn: Any, on_commit: Callable[[WorkloadResult], None], overlap: bool) -> None:
-        self.conn = conn
+    def __init__(self, conns: list[Any], on_commit: Callable[[WorkloadResult], None], threaded: bool) -> None:
+        self.conns = conns
         self.on_commit = on_commit
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="bankflow-writer") if overlap else None
-        self._pending: Future[WorkloadResult] | None = None
+        self._pool = ThreadPoolExecutor(len(conns), thread_name_prefix="bankflow-writer") if threaded else None
+        self._inflight: deque[Future[WorkloadResult]] = deque()
+        self._last: _Link | None = None
+        self._submitted = 0
 
-    def _execute(self, prepared: Prepared) -> WorkloadResult:
+    @property
+    def depth(self) -> int:
+        """How many consecutive batches may be uncommitted at once."""
+        return len(self.conns) if self._pool is not None else 1
+
+    @staticmethod
+    def _execute(conn: Any, prepared: Prepared, after: _Link | None, link: _Link) -> WorkloadResult:
         done = WorkloadResult(db_transactions=1)
         try:
-            with self.conn.cursor() as cur:
+            with conn.cursor() as cur:
                 for op in prepared.ops:
                     op(cur, done)
-            self.conn.commit()
+                if after is not None:
+                    after.done.wait()
+                    if not after.committed:
+                        raise WorkloadError("banking workload: an earlier batch failed, so this one rolled back")
+                for op in prepared.final_ops:
+                    op(cur, done)
+            conn.commit()
+            link.committed = True
         except BaseException:
-            self.conn.rollback()
+            with contextlib.suppress(Exception):
+                conn.rollback()
             raise
+        finally:
+            link.done.set()
         return done
 
     def submit(self, prepared: Prepared) -> None:
         if self._pool is None:
-            self.on_commit(self._execute(prepared))
+            self.on_commit(self._execute(self.conns[0], prepared, None, _Link()))
             return
-        self.drain()
-        self._pending = self._pool.submit(self._execute, prepared)
+        while len(self._inflight) >= len(self.conns):
+            self._collect()  # the oldest batch in flight is the one using the connection we need next
+        conn = self.conns[self._submitted % len(self.conns)]
+        link = _Link()
+        self._inflight.append(self._pool.submit(self._execute, conn, prepared, self._last, link))
+        self._last = link
+        self._submitted += 1
+
+    def _collect(self) -> None:
+        self.on_commit(self._inflight.popleft().result())
 
     def drain(self) -> None:
-        """Wait for the batch in flight (if any) and report it; needed before using the connection."""
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            self.on_commit(pending.result())
+        """Wait for every batch in flight and report them; afterwards all connections are idle."""
+        while self._inflight:
+            self._collect()
 
     def close(self) -> None:
-        """Let the batch in flight finish (commit or roll back) so the connection is idle on return."""
+        """Let batches in flight finish (commit or roll back) so no connection is busy on return."""
         if self._pool is not None:
             self._pool.shutdown(wait=True)
 
@@ -267,7 +315,7 @@ class Writer:
 class Bank:
     """The generator's in-memory view of the source, and the batches that keep it true."""
 
-    def __init__(self, conn: Any, seed: int, id_block: int = 1) -> None:
+    def __init__(self, conn: Any, seed: int, id_block: int = 1, depth: int = 1) -> None:
         from faker import Faker
 
         self.conn = conn
@@ -279,8 +327,14 @@ class Bank:
         self.spare_ids: dict[str, list[int]] = {"customers": [], "accounts": []}
         self.before_sql: Callable[[], None] = lambda: None
         self.customers: dict[int, tuple[str, str, str]] = {}
+        self.account_holders: set[int] = set()
         self.customer_pool = Pool()
         self.prospects = Pool()
+        # New rows wait here until no batch that could run alongside theirs is left (see the module doc).
+        self.depth = depth
+        self.batch_no = 0
+        self.preparing = False
+        self.quarantine: deque[tuple[int, list[int], list[int]]] = deque()
         self.accounts: dict[int, Account] = {}
         self.open_accounts = Pool()
         self.open_by_currency = {c: Pool() for c in CURRENCIES}
@@ -304,26 +358,57 @@ class Bank:
                     "banking workload: another banking workload is writing to this schema; its in-memory "
                     "balances would go stale, so run one at a time"
                 )
+            cur.execute("select distinct customer_id from accounts order by customer_id")
+            self.account_holders.update(cid for (cid,) in cur)
             cur.execute("select id, first_name, last_name, email from customers order by id")
             for cid, first, last, email in cur:
                 self._add_customer(cid, first, last, email)
-            cur.execute("select distinct customer_id from accounts order by customer_id")
-            for (cid,) in cur:
-                self.prospects.remove(cid)
             cur.execute("select id, customer_id, currency, balance from accounts where status = 'OPEN' order by id")
             for aid, cid, currency, balance in cur:
                 self._add_account(Account(aid, cid, currency.strip(), balance))
         self.conn.commit()
 
-    def _add_customer(self, cid: int, first: str, last: str, email: str) -> None:
+    def _add_customer(self, cid: int, first: str, last: str, email: str, fresh: bool = False) -> None:
         self.customers[cid] = (first, last, email)
-        self.customer_pool.add(cid)
-        self.prospects.add(cid)
+        if fresh and self.depth > 1:
+            self.quarantine[-1][1].append(cid)
+        else:
+            self._release_customer(cid)
 
-    def _add_account(self, account: Account) -> None:
+    def _release_customer(self, cid: int) -> None:
+        if cid in self.customers:
+            self.customer_pool.add(cid)
+            if cid not in self.account_holders:
+                self.prospects.add(cid)
+
+    def _add_account(self, account: Account, fresh: bool = False) -> None:
         self.accounts[account.id] = account
-        self.open_accounts.add(account.id)
-        self.open_by_currency.setdefault(account.currency, Pool()).add(account.id)
+        self.account_holders.add(account.customer_id)
+        self.prospects.remove(account.customer_id)
+        if fresh and self.depth > 1:
+            self.quarantine[-1][2].append(account.id)
+        else:
+            self._release_account(account.id)
+
+    def _release_account(self, aid: int) -> None:
+        account = self.accounts[aid]
+        self.open_accounts.add(aid)
+        self.open_by_currency.setdefault(account.currency, Pool()).add(aid)
+
+    def _release(self, up_to: int) -> None:
+        """Make rows of batches numbered <= up_to usable: those batches have committed."""
+        while self.quarantine and self.quarantine[0][0] <= up_to:
+            _, customers, accounts = self.quarantine.popleft()
+            for cid in customers:
+                self._release_customer(cid)
+            for aid in accounts:
+                self._release_account(aid)
+
+    def barrier(self) -> None:
+        """Wait until everything submitted has committed; then every row is usable (except the batch being
+        prepared: its rows are usable within it, and by others once it commits)."""
+        self.before_sql()
+        self._release(self.batch_no - 1 if self.preparing else self.batch_no)
 
     def _drop_account(self, account: Account) -> None:
         del self.accounts[account.id]
@@ -334,7 +419,7 @@ class Bank:
         """Ids from the identity sequence up front: emails carry them, transactions reference them."""
         spare = self.spare_ids[table]
         if len(spare) < n:
-            self.before_sql()  # the connection must be idle: wait for the batch in flight
+            self.barrier()  # the connection must be idle: wait for the batches in flight
             with self.conn.cursor() as cur:
                 cur.execute(
                     "select nextval(pg_get_serial_sequence(%s, 'id')) from generate_series(1, %s)",
@@ -347,12 +432,19 @@ class Bank:
     # -- one batch = one database transaction ---------------------------------------------------------------
     def prepare(self, plan: Plan) -> Prepared:
         """Decide everything ``plan`` does and render its SQL; the in-memory state moves on at once."""
-        batch = Prepared()
-        new_customers = self._new_customers(batch, plan.customers)
-        new_accounts = self._open_accounts(batch, plan.accounts, new_customers)
-        self._transactions(batch, plan, new_accounts)
-        self._update_customers(batch, plan.updates)
-        self._delete_prospects(batch, plan.deletes, {cid for cid, _ in new_customers})
+        self.batch_no += 1
+        self._release(self.batch_no - self.depth)
+        self.quarantine.append((self.batch_no, [], []))
+        self.preparing = True
+        try:
+            batch = Prepared()
+            new_customers = self._new_customers(batch, plan.customers)
+            new_accounts = self._open_accounts(batch, plan.accounts, new_customers)
+            self._transactions(batch, plan, new_accounts)
+            self._update_customers(batch, plan.updates)
+            self._delete_prospects(batch, plan.deletes, {cid for cid, _ in new_customers})
+        finally:
+            self.preparing = False
         return batch
 
     def _new_customers(self, batch: Prepared, n: int) -> list[tuple[int, bool]]:
@@ -366,21 +458,23 @@ class Bank:
             email = _email(first, last, cid, self.fake.free_email_domain())
             ts = self.clock.now()
             lines.append(copy_line((cid, first, last, email, ts, ts)))
-            self._add_customer(cid, first, last, email)
+            self._add_customer(cid, first, last, email, fresh=True)
             out.append((cid, self.rng.random() >= PROSPECT_SHARE))
         batch.ops.append(_copy_op("customers", CUSTOMER_COLUMNS, lines))
         return out
 
     def _open_accounts(self, batch: Prepared, n: int, new_customers: list[tuple[int, bool]]) -> set[int]:
         """Open n accounts, each with an opening deposit: first for new customers, then for existing ones."""
-        if n <= 0 or not self.customer_pool:
-            return set()
         owners = [cid for cid, wants in new_customers if wants][:n]
-        while len(owners) < n:
+        while len(owners) < n and self.customer_pool:
             # Existing customers open more accounts; now and then a prospect converts.
             pool = self.prospects if self.prospects and self.rng.random() < 0.2 else self.customer_pool
             owners.append(pool.choice(self.rng))
-        ids = self._reserve_ids("accounts", n)
+        while len(owners) < n and owners:  # nobody else is usable yet: this batch's customers open a second one
+            owners.append(owners[int(self.rng.random() * len(owners))])
+        if not owners:
+            return set()
+        ids = self._reserve_ids("accounts", len(owners))
         lines = []
         for aid, cid in zip(ids, owners, strict=True):
             currency = self.rng.choices(CURRENCIES, CURRENCY_WEIGHTS)[0]
@@ -388,8 +482,7 @@ class Bank:
             opening = _amount(self.rng)
             ts = self.clock.now()
             lines.append(copy_line((aid, cid, kind, currency, opening, opening, "OPEN", ts, ts, None)))
-            self._add_account(Account(aid, cid, currency, opening))
-            self.prospects.remove(cid)
+            self._add_account(Account(aid, cid, currency, opening), fresh=True)
         batch.ops.append(_copy_op("accounts", ACCOUNT_COLUMNS, lines))
         return set(ids)
 
@@ -456,7 +549,7 @@ class Bank:
             # and far cheaper than quoting thousands of parameters.
             values = [f"({aid},{d!s},'OPEN',null,'{ts}')" for aid, d in delta.items() if aid not in closed]
             values += [f"({aid},{delta.get(aid, ZERO)!s},'CLOSED','{at}','{ts}')" for aid, at in closed.items()]
-            batch.ops.append(_balance_op(values))
+            batch.final_ops.append(_balance_op(values))
         if lines:
             batch.ops.append(_copy_op("transactions", TRANSACTION_COLUMNS, lines))
             batch.transaction_rows += len(lines)
@@ -497,7 +590,7 @@ class Bank:
             )
             done.update("customers", cur.rowcount)
 
-        batch.ops.append(op)
+        batch.final_ops.append(op)
 
     def _delete_prospects(self, batch: Prepared, n: int, new: set[int]) -> None:
         """Delete customers that never had an account (only they can go: accounts reference customers).
@@ -518,7 +611,7 @@ class Bank:
             cur.execute("delete from customers where id = any(%s)", [ids])
             done.delete("customers", cur.rowcount)
 
-        batch.ops.append(op)
+        batch.final_ops.append(op)
 
 
 def _copy_op(table: str, columns: tuple[str, ...], lines: list[str]) -> Op:
@@ -582,31 +675,37 @@ def run(conn: Any, options: WorkloadOptions, progress: Progress | None = None) -
         if progress is not None:
             progress(total.as_dict())
 
-    writer = Writer(conn, on_commit, overlap=mode == "bulk")
-    bank.before_sql = writer.drain
-
-    def commit(plan: Plan) -> int:
-        batch = bank.prepare(plan)
-        writer.submit(batch)
-        return batch.transaction_rows
-
+    extra: list[Any] = []
     try:
-        if mode == "once":
-            _iteration(commit, ONCE, options.batch_size)
-            total.iterations = 1
-        elif mode == "bulk":
-            _bulk(bank, options.transactions or 0, options.batch_size, commit, total)
-        else:
-            _paced(bank, options, commit, total, started)
-        writer.drain()
-    except KeyboardInterrupt:
-        pass  # the batch being prepared is dropped; what committed is counted
-    finally:
-        writer.close()
+        if mode == "bulk" and options.connect is not None:
+            extra = [options.connect() for _ in range(BULK_WRITERS - 1)]
+        writer = Writer([conn, *extra], on_commit, threaded=mode == "bulk")
+        bank.depth = writer.depth
+        bank.before_sql = writer.drain
+
+        def commit(plan: Plan) -> int:
+            batch = bank.prepare(plan)
+            writer.submit(batch)
+            return batch.transaction_rows
+
         try:
+            if mode == "once":
+                _iteration(commit, ONCE, options.batch_size)
+                total.iterations = 1
+            elif mode == "bulk":
+                _bulk(bank, options.transactions or 0, options.batch_size, commit, total)
+            else:
+                _paced(bank, options, commit, total, started)
             writer.drain()
         except KeyboardInterrupt:
-            pass
+            pass  # the batch being prepared is dropped; what committed is counted
+        finally:
+            writer.close()
+            with contextlib.suppress(KeyboardInterrupt):
+                writer.drain()
+    finally:
+        for other in extra:
+            other.close()
     total.seconds = time.perf_counter() - started
     return total
 
@@ -641,6 +740,7 @@ def _bulk(bank: Bank, target: int, batch_size: int, commit: Commit, total: Workl
     boot = _bootstrap(bank, max(low, min(high, target // 1000)))
     if boot is not None:
         commit(boot)
+        bank.barrier()  # the population must be committed before transactions can reference it
     written = 0
     while written < target:
         rows = min(batch_size, target - written)
