@@ -9,11 +9,23 @@ from bankflow.spec.types import CDC_COLUMNS
 
 if TYPE_CHECKING:
     from bankflow.spec.loader import ResolvedSpec
+    from bankflow.spec.models import Table
 
 FILE_KEY_SCHEMES = {
     "builtin": "{layout}/lsn-{start_lsn:016X}-{end_lsn:016X}.parquet  (LSN range of the file's events)",
     "debezium": "{layout}/p{partition}-{start_offset:020d}-{end_offset:020d}.parquet  (Kafka offset range)",
 }
+
+
+# CDC columns every lake row carries; `_tx_id` and `_source_ts` may be unknown (as `bankflow.lake` writes them).
+CDC_ALWAYS_SET = ("_op", "_lsn", "_file")
+
+
+def lake_nullable(table: Table, column: str) -> bool:
+    """Nullability in the lake: with REPLICA IDENTITY DEFAULT a delete carries only the key, so every non-key
+    column may be null there even when it is NOT NULL in the source."""
+    key_only_deletes = table.replica_identity == "default" and column not in table.primary_key
+    return table.column(column).nullable or key_only_deletes
 
 
 def topology(resolved: ResolvedSpec) -> dict[str, Any]:
@@ -28,8 +40,9 @@ def topology(resolved: ResolvedSpec) -> dict[str, Any]:
             "raw_table": f"{spec.warehouse.raw_schema}.{table.raw_name}",
             "primary_key": list(table.primary_key),
             "arrow_schema": [
-                {"name": c.name, "type": c.pg_type.arrow, "nullable": c.nullable} for c in table.columns
-            ] + [{"name": n, "type": t.arrow, "nullable": n not in ("_op", "_lsn")} for n, t in CDC_COLUMNS],
+                {"name": c.name, "type": c.pg_type.arrow, "nullable": lake_nullable(table, c.name)}
+                for c in table.columns
+            ] + [{"name": n, "type": t.arrow, "nullable": n not in CDC_ALWAYS_SET} for n, t in CDC_COLUMNS],
             "lake_path": f"{lake.url}/{lake.layout}",
             "file_key": FILE_KEY_SCHEMES[spec.cdc.engine],
         })
