@@ -48,6 +48,8 @@ def connect_kwargs(warehouse: SnowflakeWarehouse) -> dict[str, Any]:
         "paramstyle": "qmark",
         "application": "bankflow",
         "session_parameters": {"TIMEZONE": "UTC", "QUERY_TAG": "bankflow"},
+        # Bounded: `plan` asks for the ledger and must fall back to a placeholder, not hang, when offline.
+        "login_timeout": 15,
     }
     if warehouse.role:
         kwargs["role"] = warehouse.role
