@@ -62,7 +62,7 @@ ACCOUNT_COLUMNS = (
     "updated_at",
     "closed_at",
 )
-TRANSACTION_COLUMNS = ("account_id", "txn_type", "amount", "related_account_id", "status", "created_at")
+TRANSACTION_COLUMNS = ("id", "account_id", "txn_type", "amount", "related_account_id", "status", "created_at")
 
 # Business-transaction mix (a transfer is one business transaction and two rows).
 P_TRANSFER = 0.20
@@ -299,12 +299,30 @@ class Writer:
         self._submitted += 1
 
     def _collect(self) -> None:
-        self.on_commit(self._inflight.popleft().result())
+        """Report the oldest batch in flight; an interrupted wait leaves it queued to be counted later."""
+        future = self._inflight[0]
+        try:
+            done = future.result()
+        except KeyboardInterrupt:
+            raise
+        except BaseException:
+            self._inflight.popleft()
+            raise
+        self._inflight.popleft()
+        self.on_commit(done)
 
-    def drain(self) -> None:
-        """Wait for every batch in flight and report them; afterwards all connections are idle."""
+    def drain(self, quiet: bool = False) -> None:
+        """Wait for every batch in flight and report them; afterwards all connections are idle.
+
+        ``quiet`` (while already failing or interrupted) counts what committed and drops later failures,
+        which only repeat the first one.
+        """
         while self._inflight:
-            self._collect()
+            try:
+                self._collect()
+            except Exception:
+                if not quiet:
+                    raise
 
     def close(self) -> None:
         """Let batches in flight finish (commit or roll back) so no connection is busy on return."""
@@ -336,6 +354,9 @@ class Bank:
         self.preparing = False
         self.quarantine: deque[tuple[int, list[int], list[int]]] = deque()
         self.accounts: dict[int, Account] = {}
+        # Transaction ids are ours, not the identity's: two writers' COPYs would interleave the identity's
+        # values, and a seed must give the same ids. The sequence is moved past them in every batch.
+        self.next_transaction_id = 1
         self.open_accounts = Pool()
         self.open_by_currency = {c: Pool() for c in CURRENCIES}
 
@@ -366,6 +387,11 @@ class Bank:
             cur.execute("select id, customer_id, currency, balance from accounts where status = 'OPEN' order by id")
             for aid, cid, currency, balance in cur:
                 self._add_account(Account(aid, cid, currency.strip(), balance))
+            cur.execute(
+                "select greatest((select max(id) from transactions), "
+                "pg_sequence_last_value(pg_get_serial_sequence('transactions', 'id')::regclass))"
+            )
+            self.next_transaction_id = (cur.fetchone()[0] or 0) + 1
         self.conn.commit()
 
     def _add_customer(self, cid: int, first: str, last: str, email: str, fresh: bool = False) -> None:
@@ -490,6 +516,7 @@ class Bank:
         """Closes, then deposits/withdrawals/transfers; rows by COPY, balances by one UPDATE … FROM VALUES."""
         rng, now, accounts = self.rng, self.clock.now, self.accounts
         max_rows = plan.max_rows
+        base = self.next_transaction_id
         lines: list[str] = []
         delta: dict[int, Decimal] = {}
         closed: dict[int, str] = {}
@@ -502,7 +529,7 @@ class Bank:
             account = accounts[aid]
             ts = now()
             if account.balance > ZERO:
-                lines.append(f"{aid}\tWITHDRAWAL\t{account.balance!s}\t\\N\tCOMPLETED\t{ts}\n")
+                lines.append(f"{base + len(lines)}\t{aid}\tWITHDRAWAL\t{account.balance!s}\t\\N\tCOMPLETED\t{ts}\n")
                 delta[aid] = delta.get(aid, ZERO) - account.balance
                 account.balance = ZERO
             closed[aid] = ts
@@ -529,19 +556,20 @@ class Bank:
                     delta[src.id] = delta.get(src.id, ZERO) - amount
                     delta[dst.id] = delta.get(dst.id, ZERO) + amount
                     text = str(amount)
-                    lines.append(f"{src.id}\tTRANSFER_OUT\t{text}\t{dst.id}\tCOMPLETED\t{ts}\n")
-                    lines.append(f"{dst.id}\tTRANSFER_IN\t{text}\t{src.id}\tCOMPLETED\t{ts}\n")
+                    tid = base + len(lines)
+                    lines.append(f"{tid}\t{src.id}\tTRANSFER_OUT\t{text}\t{dst.id}\tCOMPLETED\t{ts}\n")
+                    lines.append(f"{tid + 1}\t{dst.id}\tTRANSFER_IN\t{text}\t{src.id}\tCOMPLETED\t{ts}\n")
                     continue
             if r < P_TRANSFER + P_WITHDRAWAL and src.balance > ZERO:
                 amount = _at_most(rng, src.balance)
                 src.balance -= amount
                 delta[src.id] = delta.get(src.id, ZERO) - amount
-                lines.append(f"{src.id}\tWITHDRAWAL\t{amount!s}\t\\N\tCOMPLETED\t{ts}\n")
+                lines.append(f"{base + len(lines)}\t{src.id}\tWITHDRAWAL\t{amount!s}\t\\N\tCOMPLETED\t{ts}\n")
             else:  # deposits, and what an empty account or a lone currency cannot do
                 amount = _amount(rng)
                 src.balance += amount
                 delta[src.id] = delta.get(src.id, ZERO) + amount
-                lines.append(f"{src.id}\tDEPOSIT\t{amount!s}\t\\N\tCOMPLETED\t{ts}\n")
+                lines.append(f"{base + len(lines)}\t{src.id}\tDEPOSIT\t{amount!s}\t\\N\tCOMPLETED\t{ts}\n")
 
         if delta or closed:
             ts = now()
@@ -553,6 +581,8 @@ class Bank:
         if lines:
             batch.ops.append(_copy_op("transactions", TRANSACTION_COLUMNS, lines))
             batch.transaction_rows += len(lines)
+            self.next_transaction_id = base + len(lines)
+            batch.final_ops.append(_sequence_op("transactions", self.next_transaction_id - 1))
 
     def _update_customers(self, batch: Prepared, n: int) -> None:
         """Customers change email and/or name: the updates that make SCD2 history worth having."""
@@ -640,6 +670,15 @@ def _balance_op(values: list[str]) -> Op:
     return op
 
 
+def _sequence_op(table: str, last_id: int) -> Op:
+    """Keep the identity ahead of the ids we chose, so other inserters (and the next run) never collide."""
+
+    def op(cur: Any, done: WorkloadResult) -> None:
+        cur.execute("select setval(pg_get_serial_sequence(%s, 'id'), %s)", [table, last_id])
+
+    return op
+
+
 def _scaled(rng: random.Random, events: float, per_txn: dict[str, float] = PER_TXN) -> Plan:
     """A plan whose other changes are proportional to its business transactions."""
     return Plan(
@@ -702,7 +741,7 @@ def run(conn: Any, options: WorkloadOptions, progress: Progress | None = None) -
         finally:
             writer.close()
             with contextlib.suppress(KeyboardInterrupt):
-                writer.drain()
+                writer.drain(quiet=True)
     finally:
         for other in extra:
             other.close()

@@ -181,6 +181,13 @@ def test_once_changes_rows_in_every_way_and_books_balance(pg: Any, conn: Any) ->
 
     _assert_books_balance(conn, schema)
     assert _assert_transfers_are_two_legs(conn, schema) > 0
+    # The workload chooses ids itself but leaves every identity ahead of them for other inserters.
+    for table in ("customers", "accounts", "transactions"):
+        ahead = _rows(
+            conn,
+            f"select nextval(pg_get_serial_sequence('{schema}.{table}', 'id')) > max(id) from {schema}.{table}",
+        )
+        assert ahead == [(True,)], table
 
     # Timestamps: microseconds, in id order, equal only between the two legs of a transfer.
     order = _rows(
@@ -214,14 +221,66 @@ def test_paced_run_keeps_books_balanced_and_resumes(pg: Any, conn: Any) -> None:
 
 
 def test_bulk_mode_writes_exactly_n_transaction_rows(pg: Any, conn: Any) -> None:
-    schema = _fresh_schema(conn)
+    schema, twin = _fresh_schema(conn), _fresh_schema(conn)
     result = _run(pg, schema, seed=5, transactions=20_000, batch_size=3_000)
     assert result.inserted["transactions"] == 20_000
     assert _rows(conn, f"select count(*) from {schema}.transactions") == [(20_000,)]
-    # Seven full batches and a partial one, plus the bootstrap of the account population.
+    # Six full batches and a partial one, plus the bootstrap of the account population.
     assert result.iterations == 7 and result.db_transactions == 8
+    assert result.inserted["accounts"] > 100  # accounts opened mid-run were used only once committed
     _assert_books_balance(conn, schema)
     _assert_transfers_are_two_legs(conn, schema)
+    # Parallel writers do not cost reproducibility, and a second bulk run resumes on the first.
+    _run(pg, twin, seed=5, transactions=20_000, batch_size=3_000)
+    assert _snapshot(conn, twin) == _snapshot(conn, schema)
+    _run(pg, schema, seed=6, transactions=5_000, batch_size=2_000)
+    assert _rows(conn, f"select count(*) from {schema}.transactions") == [(25_000,)]
+    _assert_books_balance(conn, schema)
+
+
+def test_parallel_writer_commits_in_order_and_a_failure_stops_the_rest(pg: Any, conn: Any) -> None:
+    """The bulk writer's contract: inserts may overlap, final changes and commits follow submission order."""
+    workload = load_workload(WORKLOAD)
+    schema = _fresh_schema(conn)
+    with conn.cursor() as cur:
+        cur.execute(f"create table {schema}.log(batch int, phase text, at timestamptz default clock_timestamp())")
+    conns = [pg.connect(DATABASE), pg.connect(DATABASE)]
+    committed: list[WorkloadResult] = []
+
+    def op(batch: int, phase: str, fail: bool = False) -> Any:
+        def run(cur: Any, done: WorkloadResult) -> None:
+            if batch == 0 and phase == "insert":
+                cur.execute("select pg_sleep(0.3)")  # the second batch's insert overtakes the first one
+            if fail:
+                raise RuntimeError(f"batch {batch} fails")
+            cur.execute(f"insert into {schema}.log(batch, phase) values (%s, %s)", [batch, phase])
+            done.insert("log")
+
+        return run
+
+    try:
+        writer = workload.Writer(conns, committed.append, threaded=True)
+        for batch in range(4):
+            writer.submit(workload.Prepared(ops=[op(batch, "insert")], final_ops=[op(batch, "final")]))
+        writer.drain()
+        assert [r.inserted["log"] for r in committed] == [2, 2, 2, 2]
+        finals = _rows(conn, f"select batch from {schema}.log where phase = 'final' order by at")
+        assert finals == [(0,), (1,), (2,), (3,)]
+        inserts = _rows(conn, f"select batch from {schema}.log where phase = 'insert' order by at")
+        assert inserts[0] == (1,)
+
+        committed.clear()
+        writer.submit(workload.Prepared(ops=[op(10, "insert")], final_ops=[op(10, "final", fail=True)]))
+        writer.submit(workload.Prepared(ops=[op(11, "insert")], final_ops=[op(11, "final")]))
+        with pytest.raises(RuntimeError, match="batch 10 fails"):
+            writer.drain()
+        writer.drain(quiet=True)
+        writer.close()
+        assert committed == []
+        assert _rows(conn, f"select count(*) from {schema}.log where batch >= 10") == [(0,)]
+    finally:
+        for c in conns:
+            c.close()
 
 
 def test_a_second_concurrent_workload_is_refused(pg: Any, conn: Any) -> None:
