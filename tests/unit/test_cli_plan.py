@@ -1,0 +1,140 @@
+"""`bankflow plan`: writes every artifact, says "no changes" when nothing changed, exits 3 with a diff when the
+spec changed, and renders offline when Kafka Connect is unreachable."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+import bankflow.cli
+from bankflow.cli import main
+from bankflow.plan import APPLIED_DIR, write_files
+from bankflow.render import render_all
+from bankflow.render.warehouse import FILES_PLACEHOLDER
+from bankflow.spec.loader import load_spec
+from tests.specs.support import BANKING, BANKING_STACK_ENV, INVENTORY, SECRETS, copy_spec, set_env
+
+DUCKDB_FILES = ["dbt/profiles.yml", "debezium/connector.json", "topology.json", "warehouse/duckdb/load.sql",
+                "warehouse/duckdb/setup.sql"]
+
+
+@pytest.fixture
+def inventory(tmp_path: Path) -> Path:
+    return copy_spec(INVENTORY, tmp_path)
+
+
+def written(directory: Path) -> dict[str, str]:
+    return {p.relative_to(directory).as_posix(): p.read_text(encoding="utf-8")
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_plan_writes_then_no_changes_then_differs(inventory: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "plan"
+    argv = ["plan", str(inventory), "--out", str(out), "--offline"]
+
+    assert main(argv) == 0
+    first = capsys.readouterr().out
+    assert first.startswith("plan for inventory (environment: local)\n")
+    assert "wrote 5 artifact(s)" in first
+    assert "change(s)" not in first
+    files = written(out)
+    assert sorted(files) == DUCKDB_FILES
+    assert files == render_all(load_spec(inventory, environ={})).files
+
+    assert main(argv) == 0
+    second = capsys.readouterr().out
+    assert f"no changes against {out}" in second
+    assert "~ " not in second
+
+    # Add a column: the raw DDL and the topology change; the connector and profile do not.
+    text = inventory.read_text(encoding="utf-8")
+    anchor = "      - {name: updated_at, type: timestamp without time zone, nullable: false}\n"
+    inventory.write_text(text.replace(anchor, anchor + "      - {name: colour, type: varchar(12)}\n"),
+                         encoding="utf-8")
+    assert main(argv) == 3
+    third = capsys.readouterr().out
+    assert f"2 change(s) against {out}:" in third
+    assert "  ~ warehouse/duckdb/setup.sql" in third and "  ~ topology.json" in third
+    assert "    debezium/connector.json" in third and "    dbt/profiles.yml" in third
+    assert "+++ b/warehouse/duckdb/setup.sql" in third
+    assert '+  "colour" VARCHAR,' in third
+    assert '+          "name": "colour",' in third
+    # The new plan was written: running again is clean.
+    assert '"colour" VARCHAR' in (out / "warehouse/duckdb/setup.sql").read_text(encoding="utf-8")
+    assert main(argv) == 0
+    assert "no changes" in capsys.readouterr().out
+
+
+def test_plan_json(inventory: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "plan"
+    assert main(["plan", str(inventory), "--out", str(out), "--offline", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["files"] == DUCKDB_FILES
+    assert report["changed"] == [] and report["compared_with"] is None and report["env"] == "local"
+    inventory.write_text(inventory.read_text(encoding="utf-8").replace("partitions: 3", "partitions: 6"),
+                         encoding="utf-8")
+    assert main(["plan", str(inventory), "--out", str(out), "--offline", "--json"]) == 3
+    report = json.loads(capsys.readouterr().out)
+    assert report["changed"] == ["debezium/connector.json"]
+    assert report["compared_with"] == str(out)
+
+
+def test_plan_without_out_compares_with_the_applied_state(inventory: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    resolved = load_spec(inventory, environ={})
+    assert main(["plan", str(inventory), "--offline"]) == 0  # nothing applied yet: nothing to compare
+    assert "change(s)" not in capsys.readouterr().out
+    applied = resolved.state_dir / APPLIED_DIR
+    write_files(render_all(resolved).files, applied)
+    assert main(["plan", str(inventory), "--offline"]) == 0
+    assert f"no changes against {applied}" in capsys.readouterr().out
+    (applied / "topology.json").write_text("{}\n", encoding="utf-8")
+    assert main(["plan", str(inventory), "--offline"]) == 3
+    assert "~ topology.json" in capsys.readouterr().out
+    assert (applied / "topology.json").read_text(encoding="utf-8") == "{}\n"  # plan never writes applied state
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_plan_stack_with_connect_unreachable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    spec = copy_spec(BANKING, tmp_path)
+    port = closed_port()
+    set_env(monkeypatch, {**BANKING_STACK_ENV, "CONNECT_URL": f"http://127.0.0.1:{port}"})
+    # The lake/warehouse lookup for pending files is not what this test is about (it needs S3 and Snowflake);
+    # without it plan shows the placeholder, as it does whenever the lake cannot be listed.
+    monkeypatch.setattr(bankflow.cli, "_pending_files", lambda resolved: None)
+    out = tmp_path / "plan"
+    assert main(["plan", str(spec), "--env", "stack", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    unreachable = [line for line in captured.out.splitlines() if "unreachable" in line]
+    assert len(unreachable) == 1, captured.out
+    assert f"127.0.0.1:{port}" in unreachable[0] and "rendered offline" in unreachable[0]
+    assert "Traceback" not in captured.out + captured.err
+    files = written(out)
+    assert sorted(files) == ["dbt/profiles.yml", "debezium/connector.json", "topology.json",
+                             "warehouse/snowflake/load.sql", "warehouse/snowflake/setup.sql"]
+    assert FILES_PLACEHOLDER in files["warehouse/snowflake/load.sql"]
+    assert json.loads(files["debezium/connector.json"])["config"]["database.password"] == "${env:PGPASSWORD}"
+    for text in [captured.out, captured.err, *files.values()]:
+        for secret in SECRETS:
+            assert secret not in text
+
+
+def test_plan_of_an_invalid_spec_exits_1(inventory: Path, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    inventory.write_text(inventory.read_text(encoding="utf-8").replace("type: uuid", "type: guid", 1),
+                         encoding="utf-8")
+    out = tmp_path / "plan"
+    assert main(["plan", str(inventory), "--out", str(out), "--offline"]) == 1
+    err = capsys.readouterr().err
+    assert f"{inventory}:19:" in err and "unknown column type 'guid'" in err
+    assert not out.exists()
