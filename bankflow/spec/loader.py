@@ -122,7 +122,8 @@ def read_located(path: Path) -> Located:
     positions: dict[Path_, tuple[int, int]] = {}
     data = _to_python(node, (), positions, file)
     if not isinstance(data, dict):
-        raise SpecError([Issue(file, 1, 1, "", "a spec must be a mapping of keys (name, source, tables, …)")])
+        raise SpecError([Issue(file, 1, 1, "", "a spec must be a mapping of keys (name, source, tables, …)",
+                               "write top-level keys such as 'name:', 'source:' and 'tables:'")])
     return Located(data, positions)
 
 

@@ -87,12 +87,9 @@ def test_connector_password_is_a_config_provider_reference(case: str, variable: 
 
 
 def test_clear_text_password_is_redacted_for_display(tmp_path: Path) -> None:
-    spec = tmp_path / "spec.yaml"
-    copy_spec(SPECS / "minimal.yaml", tmp_path)
-    (tmp_path / "minimal.yaml").rename(spec)
-    (tmp_path / "minimal_dbt").rename(tmp_path / "minimal_dbt")
-    spec.write_text(MINIMAL.read_text(encoding="utf-8").replace("  schema: shop\n",
-                                                                "  schema: shop\n  password: plain-pw-123\n"),
+    spec = copy_spec(MINIMAL, tmp_path)
+    spec.write_text(spec.read_text(encoding="utf-8").replace("  schema: shop\n",
+                                                             "  schema: shop\n  password: plain-pw-123\n"),
                     encoding="utf-8")
     resolved = load_spec(spec, env="stack", environ={})
     assert [w.field for w in resolved.warnings] == ["source.password"]  # clear text with debezium: warned

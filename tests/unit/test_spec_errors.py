@@ -131,6 +131,18 @@ BAD = [
         "cdc.topic_prefix", "duplicate key 'topic_prefix'", "remove one"),
     Bad("typo-in-environment-overlay", "      engine: debezium\n", "      engine: debezium\n      enigne: x\n", 32,
         "cdc.enigne", "unknown key 'enigne'", "did you mean 'engine'?", ("--env", "stack")),
+    Bad("unknown-key-in-a-column", "{name: label, type: text}", "{name: label, type: text, nullabel: true}", 13,
+        "tables[0].columns[1].nullabel", "unknown key 'nullabel'", "did you mean 'nullable'?"),
+    Bad("negative-heartbeat", "heartbeat_interval_ms: 5000", "heartbeat_interval_ms: -1", 17,
+        "cdc.heartbeat_interval_ms", "greater than or equal to 0", "got -1"),
+    Bad("scalar-where-a-mapping-belongs", "\nlake:\n", "\nlake: nope\nold_lake:\n", 18, "lake",
+        "valid dictionary", "got 'nope'"),
+    Bad("unsupported-version", "version: 1\n", "version: 2\n", 2, "version", "Input should be 1", "listed values"),
+    Bad("snowflake-integration-without-name", DUCKDB,
+        SNOWFLAKE.replace("  stage_credentials: keys\n", "  stage_credentials: integration\n"), 27,
+        "warehouse.stage_credentials", "needs storage_integration", "set storage_integration"),
+    Bad("bad-warehouse-type", "  type: duckdb\n", "  type: bigquery\n", 22, "warehouse",
+        "does not match any of the expected tags: 'duckdb', 'snowflake'", "one of the listed values"),
 ]
 assert len(BAD) >= 25
 
@@ -236,3 +248,18 @@ def test_missing_spec_file(workdir: Path, capsys: pytest.CaptureFixture[str]) ->
     err = capsys.readouterr().err
     assert err.startswith("nope.yaml: error: spec file not found")
     assert "hint: pass the path of a pipeline YAML" in err
+
+
+@pytest.mark.parametrize(("text", "message", "hint"), [
+    ("", "spec is empty", "start from"),
+    ("# only a comment\n", "spec is empty", "start from"),
+    ("- a\n- b\n", "a spec must be a mapping of keys", "top-level keys"),
+    ("just a string\n", "a spec must be a mapping of keys", "top-level keys"),
+], ids=["empty", "comment-only", "list", "scalar"])
+def test_not_a_spec_at_all(text: str, message: str, hint: str, workdir: Path,
+                           capsys: pytest.CaptureFixture[str]) -> None:
+    (workdir / "spec.yaml").write_text(text, encoding="utf-8")
+    assert main(["validate", "spec.yaml"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"spec.yaml:1:1: error: {message}")
+    assert re.search(rf"^    hint: .*{re.escape(hint)}", err, re.MULTILINE), err
