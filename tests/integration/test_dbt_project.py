@@ -13,6 +13,7 @@ The ground truth comes from the generator's own bookkeeping (tests/fixtures/raw_
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import sys
 from datetime import datetime
 from decimal import Decimal
@@ -135,8 +136,10 @@ def _assert_exact_history(wh: Warehouse) -> None:
         for key in want:
             assert got[key] == want[key], f"{model} id={key}: {got[key]} != {want[key]}"
         # exactly one current row per key, valid_to = next valid_from
-        rows = wh.query(f"select id, valid_from, valid_to, is_current from {SCHEMA}.{model} order by id, version_number")
-        for (k1, _, to1, cur1), (k2, from2, _, _) in zip(rows, rows[1:]):
+        rows = wh.query(
+            f"select id, valid_from, valid_to, is_current from {SCHEMA}.{model} order by id, version_number"
+        )
+        for (k1, _, to1, cur1), (k2, from2, _, _) in itertools.pairwise(rows):
             if k1 == k2:
                 assert to1 == from2 and not cur1
         assert all(r[3] == (r[2] is None) for r in rows)
@@ -329,8 +332,8 @@ def test_project_runs_with_dbt_snowflake_on_fakesnow(tmp_path: Path) -> None:
             results = [dbt(args) for args in STEPS]
             assert len(results[3].result.results) >= 60
 
-            def q(sql: str) -> list[tuple[Any, ...]]:
-                return cur.execute(sql).fetchall()
+            def q(sql: str) -> list[Any]:
+                return list(cur.execute(sql).fetchall())  # type: ignore[union-attr]
 
             n_versions = sum(len(v) for v in log.versions["customers"].values())
             assert q("select count(*) from ANALYTICS.customer_history") == [(n_versions,)]
