@@ -20,6 +20,7 @@ silently lost; downstream models decide what a truncate means.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import select
@@ -29,6 +30,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +55,7 @@ MARKER_DIR = "_bankflow"
 _IDLE_WAIT = 0.2  # seconds to wait for the server when nothing is buffered
 _ACK_INTERVAL = 0.5  # acknowledge completed transactions at least this often when no flush does it
 _PERIODIC_EVERY = 4096  # messages between clock checks on a busy stream
+_MAX_INFLIGHT = 2  # batches being written in the background before the reader waits (bounds memory)
 
 
 class CdcError(RuntimeError):
@@ -430,6 +433,8 @@ class BuiltinReader:
         self._tx: Any = None
         self._prev_commit: int | None = None
         self._cursor: Any = None
+        self._pool: Any = None
+        self._inflight: deque[tuple[int, Any]] = deque()  # (first commit LSN, future) of batches being written
 
     # ---- setup
 
@@ -588,21 +593,40 @@ class BuiltinReader:
 
     # ---- flushing and acknowledging
 
-    def _flush_state(self, state: _TableState) -> WrittenFile | None:
+    def _flush_state(self, state: _TableState) -> None:
+        """Hand the batch to the writer thread and start a new one.
+
+        Conversion and Parquet encoding overlap with decoding; a written file counts (for acknowledging and
+        in the result) only once the writer has finished it, and files are reaped in submission order.
+        """
         batch = state.batch
         if batch.empty:
-            return None
-        written = self.writer.write_batch(batch)
+            return
+        state.batch = _stream_batch(self.resolved, state.table, batch.stream)
         state.refresh()
-        if written.key:
-            self.result.files.append(written.key)
-        self.result.dead_letters += written.dead_letters
-        self._update_ack(force=True)
-        self._report()
-        return written
+        future = self._pool.submit(self.writer.write_batch, batch)
+        self._inflight.append((batch.first_position.commit, future))
+        self._reap(block=len(self._inflight) > _MAX_INFLIGHT)
+
+    def _reap(self, block: bool = False, wait_all: bool = False) -> None:
+        """Collect finished writes (oldest first); a failed write raises here, before anything is acked."""
+        inflight = self._inflight
+        reaped = False
+        while inflight and (inflight[0][1].done() or block or wait_all):
+            _commit, future = inflight.popleft()
+            written: WrittenFile = future.result()
+            if written.key:
+                self.result.files.append(written.key)
+            self.result.dead_letters += written.dead_letters
+            reaped = True
+            block = False
+        if reaped:
+            self._update_ack(force=True)
+            self._report()
 
     def _update_ack(self, force: bool = False) -> None:
         pending = [s.batch.first_position.commit for s in self._states.values() if not s.batch.empty]
+        pending += [commit for commit, _future in self._inflight]
         limit = min(pending) if pending else None
         done = self._done
         while done and (limit is None or done[0][0] < limit):
@@ -618,7 +642,7 @@ class BuiltinReader:
 
         Without this a slot whose tables see no changes never advances and holds WAL of other tables forever.
         """
-        if self._in_tx or any(not s.batch.empty for s in self._states.values()):
+        if self._in_tx or self._inflight or any(not s.batch.empty for s in self._states.values()):
             return
         wal_end = self._cursor.wal_end or 0
         if self._done:
@@ -628,6 +652,7 @@ class BuiltinReader:
             self._ack_target = wal_end
 
     def _periodic(self, now: float) -> None:
+        self._reap()
         for state in self._states.values():
             if not state.replaying and not state.batch.empty and state.batch.should_flush(self.flush):
                 self._flush_state(state)
@@ -644,6 +669,7 @@ class BuiltinReader:
                 log.warning("table %s: %d orphan file(s) were not reached by the replay", state.table.name,
                             len(state.plan.cuts))
             self._flush_state(state)
+        self._reap(wait_all=True)
         self._ack_idle()
         self._update_ack(force=True)
         self.result.confirmed_lsn = lsn_text(self._acked)
@@ -670,10 +696,17 @@ class BuiltinReader:
         """Stream into the lake until caught up (or, with `follow`, until `stop` is set)."""
         t0 = time.monotonic()
         rconn, cur, target = self._start()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bankflow-lake-writer")
+        # The hot loop allocates millions of small objects that are not cycles; a larger young generation
+        # keeps the cyclic GC from scanning over and over (restored afterwards).
+        thresholds = gc.get_threshold()
+        gc.set_threshold(max(thresholds[0], 50_000), *thresholds[1:])
         try:
             self._loop(rconn, cur, target, follow, stop)
             self._finish(rconn)
         finally:
+            gc.set_threshold(*thresholds)
+            self._pool.shutdown(wait=True)
             rconn.close()
         self.result.events_by_table = {name: s.events for name, s in self._states.items()}
         self.result.seconds = time.monotonic() - t0
