@@ -9,8 +9,9 @@ transaction), renames customers and deletes prospects, and after every commit, f
 
 Money is ``Decimal`` with two places, never float; balances never go negative (they are kept in memory,
 loaded from the database at start so a run can resume on an existing database). Everything is batched:
-ids are reserved from the identity sequences, rows go in with COPY, balances with one UPDATE per batch,
-one commit per batch. With a ``seed`` a run on a fresh database produces identical rows except the
+customer and account ids are reserved from their identity sequences, transaction ids are assigned here
+(and the sequence moved past them), rows go in with COPY, balances with one UPDATE per batch, one commit
+per batch. With a ``seed`` a run on a fresh database produces identical rows, ids included, except the
 timestamps, which are wall-clock (microseconds, UTC) so that they line up with commit times downstream.
 
 A batch is *prepared* in Python (all decisions, all SQL text) and then *executed* in one database

@@ -316,7 +316,8 @@ def test_clear_errors(pg: Any, conn: Any, tmp_path: Path) -> None:
         cur.execute(f"create schema {empty}")
     with pytest.raises(WorkloadError, match="customers, accounts, transactions"):
         _run(pg, empty, once=True)
-    for bad in ({"rate": 0}, {"duration": -1}, {"transactions": 0}, {"batch_size": 0}):
+    bad_options: list[dict[str, Any]] = [{"rate": 0}, {"duration": -1}, {"transactions": 0}, {"batch_size": 0}]
+    for bad in bad_options:
         with pytest.raises(WorkloadError):
             WorkloadOptions(**bad)
 
