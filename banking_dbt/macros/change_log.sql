@@ -54,7 +54,10 @@ with events as (
 committed as (
     select
         events.*,
-        row_number() over (partition by {{ key }}, _tx_id, _source_ts order by _lsn desc) as _tx_rank
+        case
+            when _tx_id is null then 1  -- no transaction known: every change is its own version
+            else row_number() over (partition by {{ key }}, _tx_id, _source_ts order by _lsn desc)
+        end as _tx_rank
     from events
     where _event_rank = 1
 ),
