@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,6 +12,11 @@ from bankflow.render import render_all
 from bankflow.spec.loader import ResolvedSpec
 
 APPLIED_DIR = "applied"
+# What a plan directory holds. Other files there are not the plan's: never reported as removed, never deleted.
+ARTIFACT_RE = re.compile(
+    r"^(debezium/[^/]+\.json|topology\.json|dbt/profiles\.yml|warehouse/[a-z0-9_]+/[a-z0-9_]+\.sql)$")
+# Pending-file lists change with every run: apply does not record them, so they are not compared with it.
+LOAD_SQL_RE = re.compile(r"^warehouse/[a-z0-9_]+/load\.sql$")
 
 
 @dataclass
@@ -31,15 +37,24 @@ def _diff(name: str, old: str | None, new: str | None) -> str:
         fromfile=f"a/{name}", tofile=f"b/{name}"))
 
 
-def compare(files: dict[str, str], directory: Path) -> dict[str, str]:
+def _previous(directory: Path) -> dict[str, Path]:
+    files = {p.relative_to(directory).as_posix(): p for p in directory.rglob("*") if p.is_file()}
+    return {name: path for name, path in files.items() if ARTIFACT_RE.match(name)}
+
+
+def compare(files: dict[str, str], directory: Path, *, ignore: re.Pattern[str] | None = None) -> dict[str, str]:
+    """file -> diff for every artifact that differs from `directory`'s (new, changed or no longer rendered)."""
     changed = {}
-    previous = {p.relative_to(directory).as_posix(): p for p in directory.rglob("*") if p.is_file()}
+    previous = _previous(directory)
     for name, text in files.items():
+        if ignore is not None and ignore.match(name):
+            continue
         old = previous[name].read_text(encoding="utf-8") if name in previous else None
         if old != text:
             changed[name] = _diff(name, old, text)
     for name in sorted(set(previous) - set(files)):
-        changed[name] = _diff(name, previous[name].read_text(encoding="utf-8"), None)
+        if ignore is None or not ignore.match(name):
+            changed[name] = _diff(name, previous[name].read_text(encoding="utf-8"), None)
     return changed
 
 
@@ -76,9 +91,9 @@ def plan(resolved: ResolvedSpec, out: Path | None = None, *, pending_files: dict
         files[f"warehouse/{resolved.spec.warehouse.type}/load.sql"] = render_load_sql(resolved, pending_files)
     result = PlanResult(files)
     for candidate in ([out] if out else []) + [resolved.state_dir / APPLIED_DIR]:
-        if candidate is not None and candidate.is_dir() and any(candidate.rglob("*")):
+        if candidate is not None and candidate.is_dir() and _previous(candidate):
             result.compared_with = candidate
-            result.changed = compare(files, candidate)
+            result.changed = compare(files, candidate, ignore=None if candidate == out else LOAD_SQL_RE)
             break
     if check_live and resolved.spec.cdc.engine == "debezium":
         diff, note = live_connector_diff(resolved)
@@ -91,6 +106,11 @@ def plan(resolved: ResolvedSpec, out: Path | None = None, *, pending_files: dict
 
 
 def write_files(files: dict[str, str], directory: Path) -> None:
+    """Write the artifacts; remove artifacts an earlier plan wrote that are no longer rendered (e.g. another
+    environment's warehouse SQL), so the directory is exactly this plan and the next run can say "no changes"."""
+    for name, path in _previous(directory).items() if directory.is_dir() else ():
+        if name not in files:
+            path.unlink()
     for name, text in files.items():
         path = directory / name
         path.parent.mkdir(parents=True, exist_ok=True)

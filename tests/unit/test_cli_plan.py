@@ -15,7 +15,15 @@ from bankflow.plan import APPLIED_DIR, write_files
 from bankflow.render import render_all
 from bankflow.render.warehouse import FILES_PLACEHOLDER
 from bankflow.spec.loader import load_spec
-from tests.specs.support import BANKING, BANKING_STACK_ENV, INVENTORY, SECRETS, copy_spec, set_env
+from tests.specs.support import (
+    BANKING,
+    BANKING_STACK_ENV,
+    INVENTORY,
+    INVENTORY_CLOUD_ENV,
+    SECRETS,
+    copy_spec,
+    set_env,
+)
 
 DUCKDB_FILES = ["dbt/profiles.yml", "debezium/connector.json", "topology.json", "warehouse/duckdb/load.sql",
                 "warehouse/duckdb/setup.sql"]
@@ -89,7 +97,9 @@ def test_plan_without_out_compares_with_the_applied_state(inventory: Path,
     assert main(["plan", str(inventory), "--offline"]) == 0  # nothing applied yet: nothing to compare
     assert "change(s)" not in capsys.readouterr().out
     applied = resolved.state_dir / APPLIED_DIR
-    write_files(render_all(resolved).files, applied)
+    # What apply records: every artifact but the pending-file list (load.sql changes with every run).
+    recorded = {n: t for n, t in render_all(resolved).files.items() if not n.endswith("/load.sql")}
+    write_files(recorded, applied)
     assert main(["plan", str(inventory), "--offline"]) == 0
     assert f"no changes against {applied}" in capsys.readouterr().out
     (applied / "topology.json").write_text("{}\n", encoding="utf-8")
@@ -138,3 +148,26 @@ def test_plan_of_an_invalid_spec_exits_1(inventory: Path, tmp_path: Path,
     err = capsys.readouterr().err
     assert f"{inventory}:19:" in err and "unknown column type 'guid'" in err
     assert not out.exists()
+
+
+def test_switching_environment_in_one_out_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """Another environment's warehouse SQL is reported once as removed, then gone: the rerun is clean. Files
+    in the directory that are not artifacts are neither reported nor touched."""
+    spec = copy_spec(INVENTORY, tmp_path)
+    set_env(monkeypatch, INVENTORY_CLOUD_ENV)
+    out = tmp_path / "plan"
+    out.mkdir()
+    (out / "NOTES.md").write_text("mine\n", encoding="utf-8")
+    assert main(["plan", str(spec), "--out", str(out), "--offline"]) == 0
+    assert "change(s)" not in capsys.readouterr().out  # NOTES.md is no earlier plan
+    assert main(["plan", str(spec), "--env", "cloud", "--out", str(out), "--offline", "--json"]) == 3
+    switched = json.loads(capsys.readouterr().out)
+    assert switched["changed"] == ["dbt/profiles.yml", "debezium/connector.json", "topology.json",
+                                   "warehouse/duckdb/load.sql", "warehouse/duckdb/setup.sql",
+                                   "warehouse/snowflake/load.sql", "warehouse/snowflake/setup.sql"]
+    assert main(["plan", str(spec), "--env", "cloud", "--out", str(out), "--offline", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["changed"] == [] and report["compared_with"] == str(out)
+    assert sorted(written(out)) == ["NOTES.md", "dbt/profiles.yml", "debezium/connector.json", "topology.json",
+                                    "warehouse/snowflake/load.sql", "warehouse/snowflake/setup.sql"]
