@@ -473,3 +473,35 @@ def test_positions_in_keys_sort_in_stream_order(source: Source) -> None:
         assert isinstance(LsnPosition(1, 2), tuple)
     finally:
         source.drop(resolved)
+
+
+def test_follow_mode_flushes_by_time_and_stops_cleanly(source: Source) -> None:
+    import threading
+
+    source.sql(ACCOUNTS_DDL)
+    source.publish("accounts")
+    resolved = source.spec(ACCOUNTS_YAML, snapshot="never")  # max_seconds 0.5
+    stop = threading.Event()
+    seen: list[dict[str, Any]] = []
+    out: dict[str, Any] = {}
+    try:
+        ensure_slot(resolved, source.kwargs)
+        thread = threading.Thread(target=lambda: out.setdefault(
+            "result", stream_to_lake(resolved, source.kwargs, follow=True, stop=stop, progress=seen.append)))
+        thread.start()
+        source.sql("INSERT INTO {schema}.accounts VALUES (1, 'a', 1, NULL, now(), NULL)")
+        deadline = time.monotonic() + 10
+        while not lake_files(source.lake, "accounts") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert lake_files(source.lake, "accounts"), "the time-based flush did not happen"
+        source.sql("INSERT INTO {schema}.accounts VALUES (2, 'b', 2, NULL, now(), NULL)")
+        time.sleep(0.2)
+        stop.set()
+        thread.join(20)
+        assert not thread.is_alive()
+        result = out["result"]
+        assert result.events == 2 and len(result.files) == 2 and seen
+        assert stream_to_lake(resolved, source.kwargs).events == 0
+    finally:
+        stop.set()
+        source.drop(resolved)
