@@ -250,7 +250,7 @@ def test_parallel_writer_commits_in_order_and_a_failure_stops_the_rest(pg: Any, 
     def op(batch: int, phase: str, fail: bool = False) -> Any:
         def run(cur: Any, done: WorkloadResult) -> None:
             if batch == 0 and phase == "insert":
-                cur.execute("select pg_sleep(0.3)")  # the second batch's insert overtakes the first one
+                cur.execute("select pg_sleep(0.5)")  # the second batch's insert overtakes the first one
             if fail:
                 raise RuntimeError(f"batch {batch} fails")
             cur.execute(f"insert into {schema}.log(batch, phase) values (%s, %s)", [batch, phase])
