@@ -228,32 +228,34 @@ def _interpolate(located: Located, environ: dict[str, str], file: str) -> tuple[
 # ---------------------------------------------------------------- pydantic errors → issues
 
 def _fields_of(model: type[BaseModel], path: tuple[Any, ...]) -> list[str]:
-    """The allowed keys at `path` (for "did you mean"), following nested models and lists."""
-    current: Any = model
+    """The allowed keys at `path` (for "did you mean"), following nested models and lists.
+
+    `path` is pydantic's raw error location: in a discriminated union it holds the variant's tag (warehouse →
+    snowflake → key), which picks that variant's keys rather than the first variant's.
+    """
+    current: list[type[BaseModel]] = [model]
     for part in path:
         if isinstance(part, int):
             continue
-        if not (isinstance(current, type) and issubclass(current, BaseModel)):
-            return []
-        info = next((f for n, f in current.model_fields.items() if (f.alias or n) == part), None)
+        tagged = [m for m in current if "type" in m.model_fields and m.model_fields["type"].default == part]
+        if len(current) > 1 and tagged:
+            current = tagged
+            continue
+        info = next((f for m in current for n, f in m.model_fields.items() if (f.alias or n) == part), None)
         if info is None:
             return []
-        current = _model_in(info.annotation)
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return [f.alias or n for n, f in current.model_fields.items()]
+        current = _models_in(info.annotation)
+    if len(current) == 1:
+        return [f.alias or n for n, f in current[0].model_fields.items()]
     return []
 
 
-def _model_in(annotation: Any) -> Any:
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
     import typing
 
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in typing.get_args(annotation):
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
 
 
 def _issues_from_validation(exc: ValidationError, located: Located, file: str) -> list[Issue]:
@@ -272,7 +274,7 @@ def _issues_from_validation(exc: ValidationError, located: Located, file: str) -
         dotted = _dotted(loc)
         if kind == "extra_forbidden":
             key = str(loc[-1])
-            allowed = _fields_of(PipelineSpec, loc[:-1])
+            allowed = _fields_of(PipelineSpec, tuple(error["loc"])[:-1])
             close = difflib.get_close_matches(key, [a for a in allowed if a != key], n=1)
             message = f"unknown key {key!r}"
             hint = (f"did you mean {close[0]!r}? " if close else "") + (

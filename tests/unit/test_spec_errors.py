@@ -141,6 +141,10 @@ BAD = [
     Bad("snowflake-integration-without-name", DUCKDB,
         SNOWFLAKE.replace("  stage_credentials: keys\n", "  stage_credentials: integration\n"), 27,
         "warehouse.stage_credentials", "needs storage_integration", "set storage_integration"),
+    Bad("typo-in-the-snowflake-variant", DUCKDB, SNOWFLAKE + "  stge: lake_stage\n", 28, "warehouse.stge",
+        "unknown key 'stge'", "did you mean 'stage'?"),
+    Bad("typo-in-the-duckdb-variant", "  path: wh.duckdb\n", "  pth: wh.duckdb\n", 23, "warehouse.pth",
+        "unknown key 'pth'", "did you mean 'path'?"),
     Bad("bad-warehouse-type", "  type: duckdb\n", "  type: bigquery\n", 22, "warehouse",
         "does not match any of the expected tags: 'duckdb', 'snowflake'", "one of the listed values"),
 ]
