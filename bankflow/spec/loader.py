@@ -258,7 +258,14 @@ def _models_in(annotation: Any) -> list[type[BaseModel]]:
     return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
 
 
-def _issues_from_validation(exc: ValidationError, located: Located, file: str) -> list[Issue]:
+def _got(value: Any, variable: str | None) -> str:
+    return f"got the value of ${{{variable}}}" if variable else f"got {value!r}"
+
+
+def _issues_from_validation(exc: ValidationError, located: Located, file: str,
+                            refs: dict[str, str] | None = None) -> list[Issue]:
+    """`refs`: field path -> the variable its value came from; such values are named, never echoed (secrets)."""
+    refs = refs or {}
     issues = []
     for error in exc.errors():
         loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p in ("duckdb", "snowflake")))
@@ -288,11 +295,11 @@ def _issues_from_validation(exc: ValidationError, located: Located, file: str) -
         elif kind == "literal_error":
             hint = "use one of the listed values"
         elif kind.endswith("_type") or kind.endswith("_parsing"):
-            hint = f"got {error.get('input')!r}"
+            hint = _got(error.get("input"), refs.get(dotted))
         elif kind == "union_tag_invalid":
             hint = "type must be one of the listed values"
         if not hint and isinstance(error.get("input"), (str, int, float, bool)):
-            hint = f"got {error['input']!r}"
+            hint = _got(error["input"], refs.get(dotted))
         # The closest located ancestor (a missing field points at its parent mapping).
         probe = loc
         while position is None and probe is not None:
@@ -330,7 +337,7 @@ def load_spec(
     try:
         spec = PipelineSpec.model_validate(data)
     except ValidationError as exc:
-        raise SpecError(_issues_from_validation(exc, merged, file)) from None
+        raise SpecError(_issues_from_validation(exc, merged, file, refs)) from None
     secrets = tuple(sorted({s for s in _secret_values(spec) if s}))
     resolved = ResolvedSpec(spec, spec_path.resolve(), env, secrets, refs)
     problems = check_spec(resolved, merged.positions, check_dbt=check_dbt, file=file)

@@ -267,3 +267,17 @@ def test_not_a_spec_at_all(text: str, message: str, hint: str, workdir: Path,
     err = capsys.readouterr().err
     assert err.startswith(f"spec.yaml:1:1: error: {message}")
     assert re.search(rf"^    hint: .*{re.escape(hint)}", err, re.MULTILINE), err
+
+
+def test_a_bad_interpolated_value_is_named_not_echoed(workdir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """A value from the environment may be a secret: the issue names the variable instead of printing it."""
+    monkeypatch.setenv("BANKFLOW_TEST_PORT", "pw-S3CRET-not-a-port")
+    text = MINIMAL.read_text(encoding="utf-8").replace("  database: shop\n",
+                                                       "  database: shop\n  port: ${BANKFLOW_TEST_PORT}\n")
+    (workdir / "spec.yaml").write_text(text, encoding="utf-8")
+    assert main(["validate", "spec.yaml"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("spec.yaml:7:9: error: source.port: Input should be a valid integer")
+    assert "    hint: got the value of ${BANKFLOW_TEST_PORT}" in err
+    assert "S3CRET" not in err
