@@ -61,15 +61,21 @@ def run_workload(
     kwargs = {"application_name": "bankflow-generate", **dict(connect_kwargs)}
     set_search_path = sql.SQL("set search_path to {}").format(sql.Identifier(schema))
 
+    def open_connection() -> Any:
+        try:
+            return psycopg2.connect(**kwargs)
+        except psycopg2.OperationalError as exc:  # the message names host and port, never the password
+            raise WorkloadError(f"cannot connect to the source database: {str(exc).strip()}") from exc
+
     def connect() -> Any:
         """Another connection like the first; the workload that asks for it closes it."""
-        extra = psycopg2.connect(**kwargs)
+        extra = open_connection()
         with extra.cursor() as cur:
             cur.execute(set_search_path)
         extra.commit()
         return extra
 
-    conn = psycopg2.connect(**kwargs)
+    conn = open_connection()
     try:
         with conn.cursor() as cur:
             cur.execute("select 1 from pg_namespace where nspname = %s", [schema])
@@ -81,7 +87,11 @@ def run_workload(
         conn.commit()
         started = time.perf_counter()
         options = dataclasses.replace(options, connect=connect)
-        result = WorkloadResult.coerce(module.run(conn, options, progress))
+        try:
+            result = WorkloadResult.coerce(module.run(conn, options, progress))
+        except psycopg2.Error as exc:
+            # e.g. source tables whose columns differ from what the workload writes: say so without a traceback
+            raise WorkloadError(f"workload {Path(path).name} failed in the database: {str(exc).strip()}") from exc
         result.seconds = time.perf_counter() - started
         return result
     except BaseException:

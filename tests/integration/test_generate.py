@@ -316,6 +316,14 @@ def test_clear_errors(pg: Any, conn: Any, tmp_path: Path) -> None:
         cur.execute(f"create schema {empty}")
     with pytest.raises(WorkloadError, match="customers, accounts, transactions"):
         _run(pg, empty, once=True)
+    # Tables that exist but do not fit: the database's complaint, as a WorkloadError.
+    odd = _fresh_schema(conn)
+    with conn.cursor() as cur:
+        cur.execute(f"alter table {odd}.transactions rename column txn_type to kind")
+    with pytest.raises(WorkloadError, match=r"failed in the database.*txn_type"):
+        _run(pg, odd, once=True)
+    with pytest.raises(WorkloadError, match="cannot connect"):
+        run_workload(WORKLOAD, {**pg.connect_kwargs(DATABASE), "port": 1}, "x", WorkloadOptions(once=True))
     bad_options: list[dict[str, Any]] = [{"rate": 0}, {"duration": -1}, {"transactions": 0}, {"batch_size": 0}]
     for bad in bad_options:
         with pytest.raises(WorkloadError):
