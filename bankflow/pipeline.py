@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import signal
 import threading
 import time
+import traceback
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from bankflow.errors import BankflowError, StageError
@@ -70,6 +73,13 @@ class Pipeline:
                 except BankflowError as exc:
                     result = StageResult(name, ok=False, seconds=time.monotonic() - stage_started,
                                          error=self.resolved.redact(str(exc)))
+                except Exception as exc:  # noqa: BLE001 - an unexpected failure: report it, keep the trace
+                    if os.environ.get("BANKFLOW_DEBUG"):
+                        raise
+                    log = self._save_traceback(report.run_id, name)
+                    result = StageResult(name, ok=False, seconds=time.monotonic() - stage_started,
+                                         error=self.resolved.redact(f"{type(exc).__name__}: {exc}")
+                                         + f" (traceback in {log})")
                 report.stages.append(result)
                 ctx.progress.done(result)
                 if not result.ok:
@@ -106,6 +116,13 @@ class Pipeline:
 
         return restore
 
+    def _save_traceback(self, run_id: str, stage: str) -> Path:
+        directory = self.resolved.state_dir / "logs"
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"{run_id}-{stage}.traceback.txt"
+        path.write_text(self.resolved.redact(traceback.format_exc()), encoding="utf-8")
+        return path
+
     def _save_report(self, report: RunReport) -> None:
         directory = self.resolved.state_dir / RUNS_DIR
         directory.mkdir(parents=True, exist_ok=True)
@@ -140,7 +157,7 @@ class Pipeline:
             raise BankflowError("the spec has no generate: section naming a workload")
         ctx = RunContext(self.resolved, Progress(progress))
         source.run(ctx)
-        once = rate is None and transactions is None
+        once = rate is None and transactions is None and duration is None
         display = ctx.progress
 
         def report(info: dict[str, Any]) -> None:

@@ -59,7 +59,8 @@ def run(ctx: RunContext) -> StageResult:
 
         outcome = consume_to_lake(ctx.resolved, follow=ctx.follow, stop=ctx.stop, progress=progress)
     summary = outcome.to_dict() if hasattr(outcome, "to_dict") else dict(vars(outcome))
-    result.events = int(summary.get("events", 0))
+    # Snapshot reads ('r') are change events too: the first run of a slot may have nothing else.
+    result.events = int(summary.get("events", 0)) + int(summary.get("snapshot_rows", 0) or 0)
     files = summary.get("files", [])
     result.files = len(files) if isinstance(files, list) else int(files)
     result.details.update({k: v for k, v in summary.items() if k != "files"})
