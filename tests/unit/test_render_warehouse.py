@@ -178,7 +178,8 @@ def test_duckdb_setup_and_load_run(tmp_path: Path) -> None:
     assert described["product_id"] == "UUID"
     assert described["updated_at"] == "TIMESTAMP"
 
-    directory = tmp_path / "products" / "o'brien"
+    # The spec's layout: hive-style `dt=…` directories (which must not turn into an extra column), and a quote.
+    directory = tmp_path / "inv" / "products" / "dt=2024-05-01" / "o'brien"
     directory.mkdir(parents=True)
     product = uuid.UUID("12345678-1234-5678-1234-567812345678")
     batch = pa.table({
