@@ -170,6 +170,7 @@ class _Consumer:
         from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
         self.assigned_once = True
+        log.debug("assigned %s", [(tp.topic, tp.partition) for tp in partitions])
         if not partitions:
             return
         committed = consumer.committed(partitions, timeout=30)
@@ -203,11 +204,13 @@ class _Consumer:
 
     def on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         """Give partitions up cleanly: their batches become files and their offsets are committed first."""
+        log.debug("revoked %s", [(tp.topic, tp.partition) for tp in partitions])
         for tp in partitions:
             state = self.states.pop((tp.topic, tp.partition), None)
             if state is not None:
                 self._finish(state)
         consumer.unassign()
+        log.debug("revoke done")
 
     # ---- flushing and committing
 
@@ -232,6 +235,7 @@ class _Consumer:
 
         if state.next_offset <= state.committed:
             return
+        log.debug("commit %s[%d] %d", state.topic, state.partition, state.next_offset)
         self.consumer.commit(offsets=[TopicPartition(state.topic, state.partition, state.next_offset)],
                              asynchronous=False)
         state.committed = state.next_offset
@@ -331,14 +335,22 @@ class _Consumer:
             _low, high = self.consumer.get_watermark_offsets(
                 TopicPartition(state.topic, state.partition), timeout=10, cached=False)
             if state.next_offset < high:
+                log.debug("not caught up: %s[%d] at %d < %d", state.topic, state.partition, state.next_offset,
+                          high)
                 return False
         return True
 
-    def run(self, follow: bool, stop: threading.Event | None) -> ConsumeResult:
+    def run(self, follow: bool, stop: threading.Event | None,
+            assignment: list[tuple[str, int]] | None = None) -> ConsumeResult:
+        from confluent_kafka import TopicPartition
+
         started = time.monotonic()
         consumer = self.consumer
-        consumer.subscribe(sorted(self.tables), on_assign=self.on_assign, on_revoke=self.on_revoke,
-                           on_lost=self.on_lost)
+        if assignment is None:
+            consumer.subscribe(sorted(self.tables), on_assign=self.on_assign, on_revoke=self.on_revoke,
+                               on_lost=self.on_lost)
+        else:  # static: no group rebalances; offsets still committed in the spec's group
+            self.on_assign(consumer, [TopicPartition(t, p) for t, p in assignment])
         try:
             while not (stop is not None and stop.is_set()):
                 messages = consumer.consume(num_messages=BATCH_MESSAGES, timeout=POLL_TIMEOUT)
@@ -366,16 +378,50 @@ class _Consumer:
 
 
 def consume_to_lake(resolved: ResolvedSpec, *, follow: bool = False, stop: threading.Event | None = None,
-                    progress: Callable[[dict[str, Any]], None] | None = None) -> ConsumeResult:
-    """Consume the spec's topics into the lake; catch up and return, or (`follow`) run until `stop` is set."""
-    return _Consumer(resolved, progress).run(follow, stop)
+                    progress: Callable[[dict[str, Any]], None] | None = None,
+                    assignment: list[tuple[str, int]] | None = None) -> ConsumeResult:
+    """Consume the spec's topics into the lake; catch up and return, or (`follow`) run until `stop` is set.
+
+    By default the consumer subscribes (group rebalancing); `assignment` pins it to those (topic, partition)s
+    instead, which `run_workers` uses so N workers never go through a rebalance.
+    """
+    return _Consumer(resolved, progress).run(follow, stop, assignment)
+
+
+def topic_partitions(resolved: ResolvedSpec, timeout: float = 10.0) -> tuple[list[tuple[str, int]], list[str]]:
+    """(every (topic, partition) of the spec's topics that exists, topics that do not exist yet)."""
+    from confluent_kafka.admin import AdminClient
+
+    config = {k: v for k, v in consumer_config(resolved).items()
+              if k in ("bootstrap.servers", "security.protocol") or k.startswith("sasl.")}
+    metadata = AdminClient(config).list_topics(timeout=timeout)
+    found: list[tuple[str, int]] = []
+    missing: list[str] = []
+    for topic in sorted(resolved.spec.tables_by_topic):
+        meta = metadata.topics.get(topic)
+        if meta is None or meta.error is not None or not meta.partitions:
+            missing.append(topic)
+        else:
+            found.extend((topic, p) for p in sorted(meta.partitions))
+    return found, missing
 
 
 # ---------------------------------------------------------------- several workers
 
 
-def _worker_main(index: int, resolved: ResolvedSpec, follow: bool, stop: Any, queue: Any, progress: bool) -> None:
-    """Child process body: SIGTERM/SIGINT stop the loop cleanly (flush + commit), the result goes to `queue`."""
+def _worker_main(index: int, resolved: ResolvedSpec, follow: bool, queue: Any, progress: bool,
+                 assignment: list[tuple[str, int]] | None) -> None:
+    """Child process body: SIGTERM/SIGINT stop the loop cleanly (flush + commit), the result goes to `queue`.
+
+    The parent stops workers with SIGTERM rather than a shared multiprocessing.Event: setting such an event
+    blocks forever once a process that waited on it was killed with SIGKILL.
+    """
+    if os.environ.get("BANKFLOW_CONSUME_DEBUG"):
+        logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s worker{index} %(process)d %(message)s")
+        log.setLevel(logging.DEBUG)
+        import faulthandler
+
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     local_stop = threading.Event()
 
     def on_signal(_signo: int, _frame: Any) -> None:
@@ -384,33 +430,38 @@ def _worker_main(index: int, resolved: ResolvedSpec, follow: bool, stop: Any, qu
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    def watch() -> None:
-        stop.wait()
-        local_stop.set()
-
-    threading.Thread(target=watch, daemon=True).start()
-
     def report(info: dict[str, Any]) -> None:
         queue.put(("progress", index, os.getpid(), info))
 
-    result = consume_to_lake(resolved, follow=follow, stop=local_stop, progress=report if progress else None)
+    result = consume_to_lake(resolved, follow=follow, stop=local_stop, progress=report if progress else None,
+                             assignment=assignment)
     queue.put(("result", index, os.getpid(), result.to_dict()))
 
 
 def run_workers(resolved: ResolvedSpec, *, workers: int, follow: bool, progress: bool,
                 max_restarts: int | None = None, stop: threading.Event | None = None) -> dict[str, Any]:
-    """N consumer processes in one group; a worker that dies is replaced so its partitions still get consumed.
+    """N consumer processes committing in the spec's group; a worker that dies is replaced (same partitions).
 
-    Exactly-once across rebalances and crashes comes from the consumer itself (revoke → flush + commit, orphan
-    replay on assignment); this only supervises and sums up.
+    When the topics exist, partitions are dealt out statically (round robin) instead of through group
+    rebalances: Tansu's group coordinator can stall when members join, die and rejoin, and each JoinGroup costs
+    half a session timeout there. A replaced worker replays its predecessor's orphan files to the same keys.
+    If some topic does not exist yet, workers subscribe and rely on rebalancing (revoke → flush + commit).
     """
     import multiprocessing as mp
     import queue as queue_mod
 
     if workers < 1:
         raise ValueError("workers must be >= 1")
+    plan: list[list[tuple[str, int]] | None] = [None] * workers
+    if workers > 1:
+        found, missing = topic_partitions(resolved)
+        if missing:
+            log.warning("topics %s do not exist yet: %d workers subscribe and rebalance", missing, workers)
+        elif found:
+            workers = min(workers, len(found))
+            plan = [found[i::workers] for i in range(workers)]
     ctx = mp.get_context("spawn")
-    shared_stop = ctx.Event()
+    shared_stop = threading.Event()
     results: list[dict[str, Any]] = []
     progress_by_worker: dict[int, dict[str, Any]] = {}
     restarts = 0
@@ -422,7 +473,8 @@ def run_workers(resolved: ResolvedSpec, *, workers: int, follow: bool, progress:
     reported: set[int] = set()
 
     def spawn(index: int) -> None:
-        proc = ctx.Process(target=_worker_main, args=(index, resolved, follow, shared_stop, queue, progress),
+        proc = ctx.Process(target=_worker_main, args=(index, resolved, follow, queue, progress,
+                                                         plan[index]),
                            name=f"bankflow-consume-{index}", daemon=False)
         proc.start()
         procs[index] = proc
@@ -447,8 +499,14 @@ def run_workers(resolved: ResolvedSpec, *, workers: int, follow: bool, progress:
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     in_main = threading.current_thread() is threading.main_thread()
 
-    def on_signal(_signo: int, _frame: Any) -> None:
+    def stop_all() -> None:
         shared_stop.set()
+        for proc in procs.values():
+            if proc.is_alive() and proc.pid is not None:
+                os.kill(proc.pid, signal.SIGTERM)
+
+    def on_signal(_signo: int, _frame: Any) -> None:
+        stop_all()
 
     if in_main:
         for sig in previous:
@@ -457,8 +515,8 @@ def run_workers(resolved: ResolvedSpec, *, workers: int, follow: bool, progress:
         for i in range(workers):
             spawn(i)
         while procs:
-            if stop is not None and stop.is_set():
-                shared_stop.set()
+            if stop is not None and stop.is_set() and not shared_stop.is_set():
+                stop_all()
             drain(0.2)
             for index, proc in list(procs.items()):
                 if proc.is_alive():
@@ -481,7 +539,8 @@ def run_workers(resolved: ResolvedSpec, *, workers: int, follow: bool, progress:
             if len(results) == before:
                 break
     finally:
-        shared_stop.set()
+        if procs:
+            stop_all()
         for proc in procs.values():
             proc.join(timeout=30)
         if in_main:
