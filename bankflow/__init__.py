@@ -12,6 +12,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+# The renderers' package is loaded before `render` is defined below: Python binds a subpackage as an attribute
+# of its parent only when it is first imported, so the function keeps the name `bankflow.render`.
+import bankflow.render as _renderers
 from bankflow.errors import BankflowError, Issue, ServiceError, SpecError, StageError
 from bankflow.spec.loader import ResolvedSpec, load_spec
 
@@ -36,9 +39,7 @@ __version__ = "0.1.0"
 
 def render(spec: ResolvedSpec) -> Artifacts:
     """Every artifact rendered from a spec (secrets redacted), keyed by file name."""
-    from bankflow.render import render_all
-
-    return render_all(spec)
+    return _renderers.render_all(spec)
 
 
 def __getattr__(name: str) -> Any:

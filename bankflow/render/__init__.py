@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-import types
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -33,14 +31,3 @@ def render_all(resolved: ResolvedSpec) -> Artifacts:
         f"warehouse/{resolved.spec.warehouse.type}/load.sql": render_load_sql(resolved, None),
     }
     return Artifacts(files)
-
-
-class _CallableRenderModule(types.ModuleType):
-    """`bankflow.render(spec)` is the API, but importing this package rebinds `bankflow.render` to the package
-    itself (Python sets a submodule as an attribute of its parent): so the package is callable, and both work."""
-
-    def __call__(self, resolved: ResolvedSpec) -> Artifacts:
-        return render_all(resolved)
-
-
-sys.modules[__name__].__class__ = _CallableRenderModule

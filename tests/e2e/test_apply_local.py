@@ -70,7 +70,8 @@ def source_conn(state_dir: Path):  # noqa: ANN201 - psycopg2 connection
 def warehouse(state_dir: Path):  # noqa: ANN201 - duckdb connection
     import duckdb
 
-    return duckdb.connect(str(state_dir / "warehouse.duckdb"), read_only=True)
+    # Same configuration as dbt-duckdb's connection, which stays open in this process after a transform.
+    return duckdb.connect(str(state_dir / "warehouse.duckdb"))
 
 
 def test_apply_generate_verify_history_deletes_idempotence(state_dir: Path, capsys: pytest.CaptureFixture[str]):
@@ -79,6 +80,7 @@ def test_apply_generate_verify_history_deletes_idempotence(state_dir: Path, caps
     # A bank's day: customers, accounts, deposits, withdrawals, transfers, renames, closes, deletes.
     assert cli("generate", SPEC, "--seed", "7") == 0
     assert cli("generate", SPEC, "--seed", "8") == 0
+    assert cli("apply", SPEC, "-q") == 0  # the snapshots see today's customers
 
     # Three committed changes of one customer, and the deletion of a customer without accounts.
     with source_conn(state_dir) as conn, conn.cursor() as cur:
@@ -121,8 +123,10 @@ def test_apply_generate_verify_history_deletes_idempotence(state_dir: Path, caps
                                 [changed_id]).fetchone()[0]
         assert len(history) == committed
         assert [h[1] for h in history] == sorted({h[1] for h in history})  # distinct commit times, in order
-        # The deleted customer is marked deleted, in staging and in the dimension.
+        # The deleted customer is marked deleted: in staging, in the exact history and in the dimension.
         assert con.execute("select is_deleted from analytics.stg_customers where id = ?",
+                           [deleted_id]).fetchone() == (True,)
+        assert con.execute("select is_deleted from analytics.customer_history where id = ? and is_current",
                            [deleted_id]).fetchone() == (True,)
         assert con.execute("select bool_or(is_deleted) from analytics.dim_customers where customer_id = ?",
                            [deleted_id]).fetchone() == (True,)
