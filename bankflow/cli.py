@@ -180,11 +180,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def _pending_files(resolved: ResolvedSpec) -> dict[str, list[str]] | None:
     """Files in the lake not yet in the ledger, when the lake is reachable; None otherwise (plan stays offline)."""
     try:
-        from bankflow.stages.load import pending_files
+        from bankflow.stages.load import plan_pending_files
     except ImportError:
         return None
     try:
-        return pending_files(resolved)
+        return plan_pending_files(resolved)
     except Exception:
         return None
 

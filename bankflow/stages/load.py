@@ -60,6 +60,28 @@ def pending_files(resolved: ResolvedSpec, adapter: WarehouseAdapter | None = Non
             adapter.close()
 
 
+def plan_pending_files(resolved: ResolvedSpec) -> dict[str, list[str]] | None:
+    """Pending files for `plan`, without side effects: nothing is created, the ledger is read read-only.
+
+    None when the lake or the ledger cannot be read (plan then shows a placeholder instead of a file list).
+    """
+    lake = resolved.spec.lake
+    if lake.scheme == "file" and not resolved.resolve_path(lake.url).is_dir():
+        return {t.name: [] for t in resolved.spec.tables}  # no lake yet: nothing pending
+    warehouse = resolved.spec.warehouse
+    if warehouse.type == "duckdb":
+        from bankflow.warehouse.duckdb import DuckDBAdapter
+
+        if not resolved.resolve_path(warehouse.path).is_file():
+            return {t.name: lake_files(resolved, t) for t in resolved.spec.tables}
+        adapter: WarehouseAdapter = DuckDBAdapter(resolved, read_only=True)
+    else:
+        from bankflow.warehouse import connect_warehouse
+
+        adapter = connect_warehouse(resolved)
+    return pending_files(resolved, adapter)
+
+
 def run(ctx: RunContext) -> StageResult:
     from bankflow.warehouse import connect_warehouse
 

@@ -27,10 +27,12 @@ class DuckDBAdapter(WarehouseAdapter):
         warehouse = resolved.spec.warehouse
         assert isinstance(warehouse, DuckDBWarehouse)
         path = resolved.resolve_path(warehouse.path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if not read_only:
+            path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.con = duckdb.connect(str(path), read_only=read_only)
-        self.con.execute("SET TimeZone = 'UTC'")
+        if not read_only:
+            self.con.execute("SET TimeZone = 'UTC'")
         self.schema = warehouse.raw_schema
         if resolved.spec.lake.scheme == "s3":
             # httpfs cannot be downloaded here (and needs no network on a laptop either): read s3:// via s3fs.
