@@ -103,7 +103,7 @@ def consumer_config(resolved: ResolvedSpec) -> dict[str, Any]:
         "session.timeout.ms": 6000,
         "heartbeat.interval.ms": 1000,
         "max.partition.fetch.bytes": 8 * 1024 * 1024,
-        "queued.max.messages.kbytes": 256 * 1024,
+        "queued.max.messages.kbytes": 64 * 1024,  # prefetch bound: memory, not speed
         "security.protocol": kafka.security_protocol,
     }
     if kafka.sasl_mechanism:
