@@ -99,7 +99,7 @@ class Pipeline:
         """SIGINT/SIGTERM set the stop flag: the cdc stage flushes its batches, acks and returns."""
         if threading.current_thread() is not threading.main_thread():
             return lambda: None
-        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        previous: dict[int, Any] = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
 
         def handler(signum: int, frame: Any) -> None:
             if stop.is_set():  # a second interrupt: give up immediately

@@ -467,7 +467,12 @@ class BuiltinReader:
             batch = _stream_batch(self.resolved, table, table.name)
             files = self.writer.list_files(stream=table.name, table=table.name, schema=self.schema,
                                            topic=spec.topic_for(table))
-            plan = ReplayPlan.from_files(files, lambda p, acked=confirmed: p.commit < acked)
+            acked = confirmed
+
+            def is_acked(position: Any, acked: int = acked) -> bool:
+                return bool(position.commit < acked)
+
+            plan = ReplayPlan.from_files(files, is_acked)
             if plan.active:
                 log.warning("table %s: replaying after an interrupted run: %d file(s) to reproduce%s",
                             table.name, len(plan.cuts),

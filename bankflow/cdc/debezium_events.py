@@ -51,7 +51,7 @@ def text_to_debezium(pg: PgType, value: Any) -> Any:
     """
     if value is None:
         return None
-    text = value.decode() if isinstance(value, (bytes, bytearray, memoryview)) else str(value)
+    text = bytes(value).decode() if isinstance(value, (bytes, bytearray, memoryview)) else str(value)
     kind = pg.kind
     try:
         if kind in _STRING_KINDS:

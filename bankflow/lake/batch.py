@@ -71,7 +71,7 @@ def _text_time(values: list[Any]) -> pa.Array:
 
 
 def _text_bytea(values: list[Any]) -> pa.Array:
-    out = []
+    out: list[bytes | None] = []
     for value in values:
         if value is None:
             out.append(None)
@@ -87,7 +87,7 @@ def _text_bytea(values: list[Any]) -> pa.Array:
 
 
 def _json_bytea(values: list[Any]) -> pa.Array:
-    out = []
+    out: list[bytes | None] = []
     for value in values:
         if value is None:
             out.append(None)

@@ -66,7 +66,7 @@ def parse_span(text: str) -> tuple[Any, Any] | None:
     for pattern, build in _SPAN_PATTERNS:
         match = pattern.fullmatch(text)
         if match:
-            return build(match)  # type: ignore[no-any-return]
+            return build(match)
     return None
 
 

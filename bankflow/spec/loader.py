@@ -166,8 +166,8 @@ def _overlay(base: Located, env: str | None, file: str) -> Located:
 
     overlay = environments[env] or {}
     if not isinstance(overlay, dict):
-        raise SpecError([Issue(file, *base.positions.get(overlay_prefix, (None, None)), f"environments.{env}",
-                               "an environment overlay must be a mapping")])
+        line, column = base.positions.get(overlay_prefix, (None, None))
+        raise SpecError([Issue(file, line, column, f"environments.{env}", "an environment overlay must be a mapping")])
     merged = merge(data, overlay, ())
     return Located(merged, positions)
 
@@ -301,7 +301,7 @@ def _issues_from_validation(exc: ValidationError, located: Located, file: str,
         if not hint and isinstance(error.get("input"), (str, int, float, bool)):
             hint = _got(error["input"], refs.get(dotted))
         # The closest located ancestor (a missing field points at its parent mapping).
-        probe = loc
+        probe: tuple[Any, ...] | None = loc
         while position is None and probe is not None:
             position = located.positions.get(probe)
             probe = probe[:-1] if probe else None

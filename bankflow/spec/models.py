@@ -226,7 +226,7 @@ class Lake(StrictModel):
     layout: str = Field(
         "{table}/date={date}", description=f"path under url per file; placeholders: {', '.join(LAKE_PLACEHOLDERS)}"
     )
-    flush: Flush = Flush()
+    flush: Flush = Field(default_factory=Flush)
     dead_letter: str = Field("_dead_letter", description="path under url for events that fail to convert")
     compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
 
@@ -371,8 +371,8 @@ class PipelineSpec(StrictModel):
     state_dir: str = Field(".bankflow", description="runtime state (embedded services, ledger), relative to the spec")
     source: PostgresSource
     tables: list[Table] = Field(min_length=1)
-    cdc: Cdc = Cdc()
-    kafka: Kafka = Kafka()
+    cdc: Cdc = Field(default_factory=Cdc)
+    kafka: Kafka = Field(default_factory=Kafka)
     lake: Lake
     warehouse: Warehouse
     transform: Transform | None = None

@@ -52,7 +52,7 @@ def run(ctx: RunContext) -> StageResult:
         kwargs = ctx.source_connect_kwargs()
         ctx.progress.update("cdc", f"slot {spec.cdc.slot}", force=True)
         ensure_slot(ctx.resolved, kwargs)
-        outcome = stream_to_lake(ctx.resolved, kwargs, follow=ctx.follow, stop=ctx.stop, progress=progress)
+        outcome: Any = stream_to_lake(ctx.resolved, kwargs, follow=ctx.follow, stop=ctx.stop, progress=progress)
     else:
         result.details["connector"] = register_connector(ctx)
         from bankflow.consume.kafka import consume_to_lake
