@@ -73,7 +73,7 @@ class Pipeline:
                 except BankflowError as exc:
                     result = StageResult(name, ok=False, seconds=time.monotonic() - stage_started,
                                          error=self.resolved.redact(str(exc)))
-                except Exception as exc:  # noqa: BLE001 - an unexpected failure: report it, keep the trace
+                except Exception as exc:  # an unexpected failure: report it, keep the trace
                     if os.environ.get("BANKFLOW_DEBUG"):
                         raise
                     log = self._save_traceback(report.run_id, name)

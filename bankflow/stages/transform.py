@@ -79,7 +79,7 @@ def run(ctx: RunContext) -> StageResult:
     for step in transform.steps:
         ctx.progress.update("transform", f"dbt {step.label}", force=True)
         step_started = time.monotonic()
-        outcome = runner.invoke(dbt_args(resolved, step.command, step.select) + ["--quiet"])
+        outcome = runner.invoke([*dbt_args(resolved, step.command, step.select), "--quiet"])
         summary = _summarise(outcome)
         summary.update({"step": step.label, "seconds": round(time.monotonic() - step_started, 2),
                         "success": bool(outcome.success)})

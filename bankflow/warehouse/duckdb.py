@@ -88,7 +88,8 @@ class DuckDBAdapter(WarehouseAdapter):
                 self.con.execute(statement)
                 after = self.query(f"SELECT count(*) FROM {target}")[0][0]
                 counts = dict(self.query(
-                    "SELECT filename, count(*) FROM read_parquet(?, filename = true, hive_partitioning = false) GROUP BY filename",
+                    "SELECT filename, count(*) FROM read_parquet(?, filename = true, hive_partitioning = false) "
+                    "GROUP BY filename",
                     [chunk_urls]))
                 self.con.executemany(
                     f"INSERT INTO {self.ledger} (file_key, raw_table, rows) VALUES (?, ?, ?)",

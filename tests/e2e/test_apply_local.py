@@ -58,7 +58,7 @@ def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             os.environ["BANKFLOW_STATE_DIR"] = previous
 
 
-def source_conn(state_dir: Path):  # noqa: ANN201 - psycopg2 connection
+def source_conn(state_dir: Path):  # -> a psycopg2 connection
     import psycopg2
 
     from bankflow.services.postgres import EmbeddedPostgres
@@ -67,7 +67,7 @@ def source_conn(state_dir: Path):  # noqa: ANN201 - psycopg2 connection
                             options="-c TimeZone=UTC")
 
 
-def warehouse(state_dir: Path):  # noqa: ANN201 - duckdb connection
+def warehouse(state_dir: Path):  # -> a duckdb connection
     import duckdb
 
     # Same configuration as dbt-duckdb's connection, which stays open in this process after a transform.
