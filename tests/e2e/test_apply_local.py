@@ -216,3 +216,35 @@ def test_kill_9_during_consume_loses_and_duplicates_nothing(state_dir: Path, cap
     assert raw_txn == source_txn
     capsys.readouterr()
     assert cli("verify", SPEC) == 0, capsys.readouterr().out
+
+
+def test_follow_streams_until_interrupted_then_flushes(state_dir: Path, capsys: pytest.CaptureFixture[str]):
+    """`apply --follow` keeps streaming; SIGINT flushes the open batches, acks, and exits 0 with a report."""
+    from bankflow.spec.loader import load_spec
+    from bankflow.stages.load import lake_files
+
+    resolved = load_spec(SPEC)
+    table = resolved.spec.table("transactions")
+    before = set(lake_files(resolved, table))
+    env = {**os.environ, "BANKFLOW_STATE_DIR": str(state_dir)}
+    process = subprocess.Popen([sys.executable, "-m", "bankflow", "apply", SPEC, "--follow", "--json"],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        time.sleep(3)
+        assert process.poll() is None, "apply --follow returned before it was interrupted"
+        assert cli("generate", SPEC, "--seed", "99") == 0
+        time.sleep(2)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, err.decode()
+    report = json.loads(out)
+    stages = {s["name"]: s for s in report["stages"]}
+    assert stages["cdc"]["ok"] and stages["cdc"]["events"] > 0
+    assert "load" not in stages  # a follow run ends at the interrupt; the next apply loads
+    assert set(lake_files(resolved, table)) - before, "the interrupted run flushed no file"
+    assert cli("apply", SPEC, "-q") == 0
+    capsys.readouterr()
+    assert cli("verify", SPEC) == 0, capsys.readouterr().out
