@@ -8,11 +8,29 @@ import signal
 import subprocess
 from pathlib import Path
 
+# One error type with the library, so the CLI prints a failed service start without a traceback.
+from bankflow.errors import ServiceError
+
 _PR_SET_PDEATHSIG = 1
 
 
-class ServiceError(RuntimeError):
-    """A service could not be prepared or started; the message says why and what to do."""
+__all__ = ["ChildProcess", "ServiceError", "log_tail", "rss_bytes", "spawn", "terminate"]
+
+
+class ChildProcess:
+    """What every service that runs as a child process reports about itself (`self._proc` is the child)."""
+
+    _proc: subprocess.Popen[bytes] | None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def rss_bytes(self) -> int | None:
+        return rss_bytes(self._proc.pid) if self._proc is not None else None
+
+    def is_running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
 
 
 def _die_with_parent() -> None:

@@ -20,7 +20,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from bankflow.services._process import ServiceError, log_tail, rss_bytes, spawn, terminate
+from bankflow.services._process import ChildProcess, ServiceError, log_tail, spawn, terminate
 from bankflow.services.ports import free_port, port_open
 
 POSTGRES_CONNECTOR_CLASS = "io.debezium.connector.postgresql.PostgresConnector"
@@ -234,7 +234,7 @@ def build_classpath_dir(target: Path, jetty12_security: Path | None = None) -> P
 
 # --- the worker ----------------------------------------------------------------------------------------
 
-class KafkaConnectWorker:
+class KafkaConnectWorker(ChildProcess):
     """A Kafka Connect worker process (standalone or distributed) with its REST API on 127.0.0.1."""
 
     def __init__(self, bootstrap_servers: str, work_dir: Path, port: int | None = None,
@@ -263,16 +263,6 @@ class KafkaConnectWorker:
             raise ServiceError("Kafka Connect worker has no port yet; call start() first")
         return f"http://{self.host}:{self.port}"
 
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    def rss_bytes(self) -> int | None:
-        return rss_bytes(self._proc.pid) if self._proc is not None else None
-
-    def is_running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
     def worker_properties(self) -> dict[str, str]:
         props = {
             "bootstrap.servers": self.bootstrap_servers,
@@ -285,6 +275,9 @@ class KafkaConnectWorker:
             "rest.advertised.host.name": self.host,
             "rest.advertised.port": str(self.port),
             "plugin.discovery": "service_load",
+            # bankflow renders the source password as ${env:VAR} (never in clear): resolve it from our environment.
+            "config.providers": "env",
+            "config.providers.env.class": "org.apache.kafka.common.config.provider.EnvVarConfigProvider",
         }
         if self.mode == "standalone":
             props["offset.storage.file.filename"] = str(self.work_dir / "connect.offsets")

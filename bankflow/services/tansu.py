@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bankflow.services._process import ServiceError, log_tail, rss_bytes, spawn, terminate
+from bankflow.services._process import ChildProcess, ServiceError, log_tail, spawn, terminate
 from bankflow.services.ports import free_port, port_open
 
 
@@ -29,7 +29,7 @@ def tansu_binary() -> Path:
     return binary
 
 
-class TansuBroker:
+class TansuBroker(ChildProcess):
     """One Tansu broker on 127.0.0.1 with in-memory storage."""
 
     def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
@@ -45,16 +45,6 @@ class TansuBroker:
         if self.port is None:
             raise ServiceError("Tansu broker has no port yet; call start() first")
         return f"{self.host}:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    def rss_bytes(self) -> int | None:
-        return rss_bytes(self._proc.pid) if self._proc is not None else None
-
-    def is_running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     def start(self, timeout: float = 30.0) -> TansuBroker:
         """Start the broker and wait until it answers a Kafka metadata request."""
