@@ -45,12 +45,7 @@ def profile_output(resolved: ResolvedSpec) -> dict[str, object]:
         else:
             var = secret_env_var(resolved, "warehouse.password", PASSWORD_VAR)
             output["password"] = "{{ env_var('" + var + "') }}"
-        if warehouse.host:
-            output["host"] = warehouse.host
-        if warehouse.port:
-            output["port"] = warehouse.port
-        if warehouse.protocol != "https":
-            output["protocol"] = warehouse.protocol
+        output.update(warehouse.endpoint_overrides())
     else:
         output = {
             "type": "duckdb",

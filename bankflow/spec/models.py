@@ -300,6 +300,17 @@ class SnowflakeWarehouse(StrictModel):
     def _ident(cls, value: str | None) -> str | None:
         return None if value is None else check_identifier(value.lower())
 
+    def endpoint_overrides(self) -> dict[str, object]:
+        """host/port/protocol when they differ from the account's own endpoint (the connector and dbt alike)."""
+        overrides: dict[str, object] = {}
+        if self.host:
+            overrides["host"] = self.host
+        if self.port:
+            overrides["port"] = self.port
+        if self.protocol != "https":
+            overrides["protocol"] = self.protocol
+        return overrides
+
     @model_validator(mode="after")
     def _auth(self) -> SnowflakeWarehouse:
         if self.authenticator == "key_pair" and not self.private_key_path:

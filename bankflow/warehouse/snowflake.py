@@ -58,12 +58,7 @@ def connect_kwargs(warehouse: SnowflakeWarehouse) -> dict[str, Any]:
         kwargs["private_key"] = load_private_key(warehouse.private_key_path, warehouse.private_key_passphrase)
     else:
         kwargs["password"] = warehouse.password or ""
-    if warehouse.host:
-        kwargs["host"] = warehouse.host
-    if warehouse.port:
-        kwargs["port"] = warehouse.port
-    if warehouse.protocol != "https":
-        kwargs["protocol"] = warehouse.protocol
+    kwargs.update(warehouse.endpoint_overrides())
     return kwargs
 
 
