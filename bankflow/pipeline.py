@@ -19,6 +19,14 @@ from bankflow.spec.loader import ResolvedSpec
 from bankflow.stages.base import STAGE_ORDER, Progress, RunContext, StageResult
 
 RUNS_DIR = "runs"
+
+
+def peak_rss_mb() -> int:
+    """This process's peak resident memory so far (Linux reports KiB), recorded after every stage."""
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
 LAST_RUN = "last_run.json"
 
 
@@ -80,6 +88,7 @@ class Pipeline:
                     result = StageResult(name, ok=False, seconds=time.monotonic() - stage_started,
                                          error=self.resolved.redact(f"{type(exc).__name__}: {exc}")
                                          + f" (traceback in {log})")
+                result.details["peak_rss_mb"] = peak_rss_mb()
                 report.stages.append(result)
                 ctx.progress.done(result)
                 if not result.ok:
