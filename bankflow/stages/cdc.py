@@ -2,6 +2,11 @@
 
 `builtin` reads Postgres logical replication itself (the `local` environment); `debezium` registers the rendered
 connector on Kafka Connect and consumes its topics. Both feed the same per-table batches and lake writer.
+
+A catch-up run of the `debezium` engine must not stop at whatever happens to be in Kafka: Debezium may still be
+snapshotting, polling or batching what the source committed. `wait_for_debezium` is the barrier: it commits a
+marker in the source and waits until the connector has durably produced past it; only then does the consumer
+catch up to the topics' ends.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ from typing import Any
 
 from bankflow.errors import StageError
 from bankflow.stages.base import RunContext, StageResult
+
+MARKER_PREFIX = "bankflow.catchup"  # logical decoding messages; Debezium publishes them to `<topic_prefix>.message`
 
 
 def register_connector(ctx: RunContext, timeout: float = 90.0) -> dict[str, Any]:
@@ -36,6 +43,81 @@ def register_connector(ctx: RunContext, timeout: float = 90.0) -> dict[str, Any]
             "state": status.get("connector", {}).get("state")}
 
 
+def _lsn(text: str | None) -> int | None:
+    if text is None:
+        return None
+    high, _, low = text.partition("/")
+    return (int(high, 16) << 32) | int(low, 16)
+
+
+def wait_for_debezium(ctx: RunContext, timeout: float = 600.0, poll: float = 0.25) -> dict[str, Any]:
+    """Return once everything the source committed before this call is in Kafka (acknowledged by the broker).
+
+    1. Wait until the connector's slot exists and has reached its consistent point (`confirmed_flush_lsn` set):
+       what is committed after that is streamed, after the initial snapshot if there is one.
+    2. Commit a transactional logical decoding message (`pg_logical_emit_message`) and take
+       `pg_current_wal_lsn()` right after the commit: the end of the marker's commit record. A message, unlike a
+       row in an uncaptured table (the heartbeat table is not in the publication), is always decoded, so the
+       connector passes this position even when the captured tables are idle and other databases write WAL.
+    3. Wait until the slot's `confirmed_flush_lsn` reaches it. Debezium flushes a commit's end LSN to the slot
+       only from offsets Kafka Connect has committed, and Connect commits an offset only once the broker has
+       acknowledged every record before it; every transaction committed before the marker commits earlier.
+
+    The wait lasts about Connect's `offset.flush.interval.ms` (1 s in bankflow's worker, 60 s by default).
+    A FAILED connector ends the wait with its trace.
+    """
+    import psycopg2
+
+    from bankflow.cdc.connect_client import ConnectClient
+
+    spec = ctx.resolved.spec
+    client = ConnectClient(spec.cdc.connect_url)
+    started = time.monotonic()
+    deadline = started + timeout
+    conn = psycopg2.connect(**ctx.source_connect_kwargs())
+    conn.autocommit = True
+    last_status = 0.0
+    target: int | None = None
+    flushed: int | None = None
+
+    def check_connector() -> None:
+        nonlocal last_status
+        if time.monotonic() - last_status >= 2.0:
+            last_status = time.monotonic()
+            client.wait_running(spec.cdc.connector, timeout=30.0)  # raises on FAILED
+
+    try:
+        with conn.cursor() as cur:
+            while True:
+                cur.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots "
+                            "WHERE slot_name = %s AND database = current_database()", (spec.cdc.slot,))
+                row = cur.fetchone()
+                flushed = _lsn(row[0]) if row else None
+                if target is None and flushed is not None:
+                    cur.execute("BEGIN")
+                    cur.execute("SELECT pg_logical_emit_message(true, %s, %s)", (MARKER_PREFIX, str(time.time())))
+                    cur.execute("COMMIT")
+                    cur.execute("SELECT pg_current_wal_lsn()::text")
+                    target = _lsn(cur.fetchone()[0])
+                    ctx.progress.update("cdc", f"waiting for {spec.cdc.connector} to pass the source's position",
+                                        force=True)
+                    continue
+                if target is not None and flushed is not None and flushed >= target:
+                    break
+                if time.monotonic() > deadline:
+                    where = ("its slot does not exist yet" if row is None else
+                             "its slot has not reached a consistent point" if target is None else
+                             f"its slot is at {row[0]}, the source was at {target >> 32:X}/{target & 0xFFFFFFFF:X}")
+                    raise StageError(f"connector {spec.cdc.connector!r} did not catch up with the source within "
+                                     f"{timeout:.0f}s: {where}")
+                check_connector()
+                time.sleep(poll)
+    finally:
+        conn.close()
+    return {"source_lsn": f"{target >> 32:X}/{target & 0xFFFFFFFF:X}" if target is not None else None,
+            "wait_seconds": round(time.monotonic() - started, 3)}
+
+
 def run(ctx: RunContext) -> StageResult:
     started = time.monotonic()
     spec = ctx.resolved.spec
@@ -47,22 +129,25 @@ def run(ctx: RunContext) -> StageResult:
         ctx.progress.update("cdc", f"{events:,} events ({rate:,.0f}/s), {info.get('files', 0)} files")
 
     if spec.cdc.engine == "builtin":
-        from bankflow.cdc.builtin import ensure_slot, stream_to_lake
+        from bankflow.cdc.builtin import stream_to_lake
 
         kwargs = ctx.source_connect_kwargs()
         ctx.progress.update("cdc", f"slot {spec.cdc.slot}", force=True)
-        ensure_slot(ctx.resolved, kwargs)
+        # stream_to_lake creates the slot on first use, with the initial snapshot, and reports both.
         outcome: Any = stream_to_lake(ctx.resolved, kwargs, follow=ctx.follow, stop=ctx.stop, progress=progress)
     else:
         result.details["connector"] = register_connector(ctx)
         from bankflow.consume.kafka import consume_to_lake
 
+        if not ctx.follow:  # a catch-up run: first make sure Kafka holds everything committed so far
+            result.details["caught_up"] = wait_for_debezium(ctx)
+
         outcome = consume_to_lake(ctx.resolved, follow=ctx.follow, stop=ctx.stop, progress=progress)
     summary = outcome.to_dict() if hasattr(outcome, "to_dict") else dict(vars(outcome))
     # Snapshot reads ('r') are change events too: the first run of a slot may have nothing else.
-    result.events = int(summary.get("events", 0)) + int(summary.get("snapshot_rows", 0) or 0)
+    result.events += int(summary.get("events", 0)) + int(summary.get("snapshot_rows", 0) or 0)
     files = summary.get("files", [])
-    result.files = len(files) if isinstance(files, list) else int(files)
+    result.files += len(files) if isinstance(files, list) else int(files)
     result.details.update({k: v for k, v in summary.items() if k != "files"})
     result.seconds = time.monotonic() - started
     return result

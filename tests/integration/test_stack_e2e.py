@@ -1,0 +1,348 @@
+"""The `stack` environment end to end on the real harness: PostgreSQL → Debezium on Kafka Connect → Tansu →
+Parquet on S3 (moto) → DuckDB raw → dbt, driven through `Pipeline` and the CLI like a user would.
+
+The spec is the banking pipeline (tables, dbt steps, verify checks copied from pipelines/banking.yaml) with a
+`stack_test` environment pointing at the session's services, a DuckDB warehouse instead of Snowflake, and
+unique connector/slot/publication/topic names so it can share the services with other tests. The module drops
+its connector, slot and database at the end (an idle slot holds WAL).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from bankflow.cdc.connect_client import ConnectClient
+from bankflow.cli import main
+from bankflow.errors import StageError
+from bankflow.pipeline import Pipeline
+from bankflow.services.connect import KafkaConnectWorker
+from bankflow.services.ports import free_port
+from bankflow.services.postgres import EmbeddedPostgres
+from bankflow.services.s3 import S3Server
+from bankflow.services.tansu import TansuBroker
+from bankflow.spec.loader import ResolvedSpec, load_spec
+from bankflow.spec.models import DuckDBWarehouse
+from bankflow.stages.base import Progress, RunContext
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+ENV = "stack_test"
+PASSWORD_VAR = "BANKFLOW_STACK_TEST_PGPASSWORD"
+
+
+@dataclass
+class Stack:
+    spec_path: Path
+    database: str
+    tag: str
+    pg: EmbeddedPostgres
+    connect: KafkaConnectWorker
+    password: str
+
+    def resolved(self) -> ResolvedSpec:
+        return load_spec(self.spec_path, env=ENV)
+
+    def pipeline(self) -> Pipeline:
+        return Pipeline(self.resolved())
+
+
+def write_spec(path: Path, *, tag: str, database: str, port: int, connect_url: str, bootstrap: str,
+               s3_endpoint: str, bucket: str, state_dir: Path, overrides: dict[str, Any] | None = None) -> Path:
+    """The banking spec's tables, transform and checks, with a `stack_test` env on the harness's services."""
+    base = yaml.safe_load((REPO / "pipelines" / "banking.yaml").read_text())
+    env: dict[str, Any] = {
+        "source": {"host": "127.0.0.1", "port": port, "user": "postgres", "embedded": False, "sslmode": "disable",
+                   # trust auth ignores it; it is here to prove it never shows up in clear
+                   "password": "${" + PASSWORD_VAR + "}"},
+        "cdc": {"engine": "debezium", "connect_url": connect_url, "connector": f"bankflow-{tag}",
+                "topic_prefix": f"bank{tag}", "slot": f"bf_{tag}", "publication": f"bf_{tag}",
+                "snapshot_mode": "initial", "heartbeat_interval_ms": 1000},
+        "kafka": {"bootstrap_servers": bootstrap, "group": f"bankflow-{tag}", "partitions": 1},
+        "lake": {"url": f"s3://{bucket}/banking", "s3_endpoint": s3_endpoint, "s3_key": "test",
+                 "s3_secret": "test"},
+        "warehouse": {"type": "duckdb", "path": str(state_dir / "warehouse.duckdb"), "raw_schema": "raw"},
+    }
+    for section, values in (overrides or {}).items():
+        env.setdefault(section, {}).update(values)
+    spec = {
+        "version": 1,
+        "name": "banking_stack_test",
+        "default_env": ENV,
+        "state_dir": str(state_dir),
+        "source": {**base["source"], "database": database},
+        "tables": base["tables"],
+        "cdc": base["cdc"],
+        "kafka": base["kafka"],
+        "lake": {**base["lake"], "url": f"file://{state_dir}/lake-unused"},
+        "warehouse": {"type": "duckdb", "path": str(state_dir / "unused.duckdb")},
+        "transform": {**base["transform"], "project_dir": str(REPO / "banking_dbt")},
+        "generate": {"workload": str(REPO / "pipelines" / "workloads" / "banking.py")},
+        "verify": base["verify"],
+        "environments": {ENV: env},
+    }
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, pg_server: EmbeddedPostgres, tansu_broker: TansuBroker,
+          kafka_connect: KafkaConnectWorker, s3_server: S3Server) -> Iterator[Stack]:
+    tag = uuid.uuid4().hex[:8]
+    database = f"bank_{tag}"
+    bucket = f"lake-{tag}"
+    pg_server.create_database(database)
+    s3_server.create_bucket(bucket)
+    root = tmp_path_factory.mktemp("stack")
+    password = f"pw-{uuid.uuid4().hex}"
+    previous = os.environ.get(PASSWORD_VAR)
+    os.environ[PASSWORD_VAR] = password
+    path = write_spec(root / "banking.yaml", tag=tag, database=database, port=pg_server.port,
+                      connect_url=kafka_connect.rest_url, bootstrap=tansu_broker.bootstrap_servers,
+                      s3_endpoint=s3_server.endpoint_url, bucket=bucket, state_dir=root / "state")
+    stack = Stack(path, database, tag, pg_server, kafka_connect, password)
+    try:
+        yield stack
+    finally:
+        spec = stack.resolved().spec
+        ConnectClient(kafka_connect.rest_url).delete(spec.cdc.connector)
+        drop_slot(pg_server, database, spec.cdc.slot)
+        pg_server.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        if previous is None:
+            os.environ.pop(PASSWORD_VAR, None)
+        else:
+            os.environ[PASSWORD_VAR] = previous
+
+
+def drop_slot(pg: EmbeddedPostgres, database: str, slot: str, timeout: float = 30.0) -> None:
+    """Drop the slot once the deleted connector's task has let go of it (an active slot cannot be dropped)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = pg.execute("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (slot,))
+        if not rows:
+            return
+        if rows[0][0] is not None and time.monotonic() < deadline:
+            time.sleep(0.2)
+            continue
+        if rows[0][0] is not None:  # still held: end the walsender (the connector is gone)
+            pg.execute("SELECT pg_terminate_backend(%s)", (rows[0][0],))
+            time.sleep(0.5)
+        pg.execute("SELECT pg_drop_replication_slot(%s)", (slot,), dbname=database)
+        return
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _norm(value: Any) -> Any:
+    """PostgreSQL and DuckDB values to one comparable form (aware datetimes as UTC instants)."""
+    if isinstance(value, dt.datetime):
+        return value.astimezone(dt.timezone.utc) if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+    if isinstance(value, Decimal):
+        return value.normalize()
+    if isinstance(value, str):
+        return value.rstrip()  # char(3)
+    return value
+
+
+def source_rows(stack: Stack, resolved: ResolvedSpec) -> dict[str, dict[int, tuple[Any, ...]]]:
+    schema = resolved.spec.source.schema_name
+    out: dict[str, dict[int, tuple[Any, ...]]] = {}
+    conn = stack.pg.connect(stack.database, options="-c TimeZone=UTC")
+    try:
+        with conn.cursor() as cur:
+            for table in resolved.spec.tables:
+                names = [c.name for c in table.columns]
+                cur.execute(f'SELECT {", ".join(names)} FROM "{schema}"."{table.name}"')
+                out[table.name] = {r[0]: tuple(_norm(v) for v in r) for r in cur.fetchall()}
+    finally:
+        conn.close()
+    return out
+
+
+def raw_state(resolved: ResolvedSpec) -> dict[str, dict[str, Any]]:
+    """Per raw table: the latest row per key by _lsn, deleted keys with their before-images, duplicates."""
+    import duckdb
+
+    spec = resolved.spec
+    con = duckdb.connect(warehouse_path(resolved))
+    out: dict[str, dict[str, Any]] = {}
+    try:
+        for table in spec.tables:
+            raw = f"{spec.warehouse.raw_schema}.{table.raw_name}"
+            names = [c.name for c in table.columns]
+            latest = con.execute(
+                f"SELECT _op, {', '.join(names)} FROM {raw} "
+                "QUALIFY row_number() OVER (PARTITION BY id ORDER BY _lsn DESC) = 1").fetchall()
+            duplicates = con.execute(
+                f"SELECT count(*) FROM (SELECT id, _lsn FROM {raw} GROUP BY ALL HAVING count(*) > 1)").fetchone()
+            ops = dict(con.execute(f"SELECT _op, count(*) FROM {raw} GROUP BY _op").fetchall())
+            out[table.name] = {
+                "live": {r[1]: tuple(_norm(v) for v in r[1:]) for r in latest if r[0] != "d"},
+                "deleted": {r[1]: tuple(_norm(v) for v in r[1:]) for r in latest if r[0] == "d"},
+                "duplicates": duplicates[0] if duplicates else 0,
+                "ops": ops,
+            }
+    finally:
+        con.close()
+    return out
+
+
+def assert_raw_matches_source(stack: Stack, resolved: ResolvedSpec) -> dict[str, dict[str, Any]]:
+    source = source_rows(stack, resolved)
+    raw = raw_state(resolved)
+    columns = {t.name: t.columns for t in resolved.spec.tables}
+    for table, rows in source.items():
+        state = raw[table]
+        assert state["duplicates"] == 0, f"raw.{table} has duplicate (id, _lsn)"
+        missing = sorted(set(rows) - set(state["live"]))
+        assert not missing, f"raw.{table}: {len(missing)} source keys missing or deleted, e.g. {missing[:5]}"
+        extra = sorted(set(state["live"]) - set(rows))
+        assert not extra, f"raw.{table}: {len(extra)} keys live in raw but gone from the source: {extra[:5]}"
+        wrong = [k for k, v in rows.items() if state["live"][k] != v]
+        assert not wrong, (f"raw.{table}: latest values differ for {len(wrong)} keys, e.g. {wrong[0]}: "
+                           f"source {rows[wrong[0]]} raw {state['live'][wrong[0]]}")
+        resurrected = set(state["deleted"]) & set(rows)
+        assert not resurrected, f"raw.{table}: keys deleted in raw but present in the source: {resurrected}"
+        for key, image in state["deleted"].items():  # a delete carries its before-image (REPLICA IDENTITY FULL)
+            assert all(v is not None for v, c in zip(image, columns[table], strict=True)
+                       if not c.nullable), f"raw.{table}: delete of {key} lacks its before-image: {image}"
+    return raw
+
+
+def warehouse_path(resolved: ResolvedSpec) -> str:
+    warehouse = resolved.spec.warehouse
+    assert isinstance(warehouse, DuckDBWarehouse)
+    return str(resolved.resolve_path(warehouse.path))
+
+
+def forget_s3_filesystem(resolved: ResolvedSpec) -> None:
+    """Work around DuckDBAdapter registering s3fs on a database instance that already has it.
+
+    DuckDB shares one database instance per file within a process, and dbt-duckdb keeps its connection (so the
+    instance) open after `transform`; the next DuckDBAdapter on that file then fails in
+    `register_filesystem`: "Filesystem with name s3 has already been registered".
+    """
+    import duckdb
+
+    con = duckdb.connect(warehouse_path(resolved))
+    try:
+        if "s3" in con.list_filesystems():
+            con.unregister_filesystem("s3")
+    finally:
+        con.close()
+
+
+def stage(report: Any, name: str) -> Any:
+    found = [s for s in report.stages if s.name == name]
+    assert found, f"stage {name} did not run: {report.to_dict()}"
+    return found[0]
+
+
+def apply(pipeline: Pipeline, stages: list[str]) -> Any:
+    report = pipeline.apply(stages=stages, progress=False)
+    assert report.ok, report.to_dict()
+    return report
+
+
+# ---------------------------------------------------------------- tests
+
+
+def test_stack_end_to_end_changes_reach_raw_exactly(stack: Stack) -> None:
+    resolved = stack.resolved()
+    pipeline = Pipeline(resolved)
+    apply(pipeline, ["source"])
+    first = pipeline.generate(seed=11, progress=False)
+    assert sum(first["inserted"].values()) > 0
+
+    # Connector registered via REST, the snapshot consumed from Kafka into S3, loaded and modelled.
+    report = apply(pipeline, ["cdc", "load", "transform"])
+    cdc = stage(report, "cdc")
+    assert cdc.details["connector"]["created"] is True
+    assert cdc.details["connector"]["state"] == "RUNNING"
+    assert cdc.files >= 3 and stage(report, "load").files == cdc.files
+    snapshot = assert_raw_matches_source(stack, resolved)
+    assert all(set(s["ops"]) <= {"r", "c", "u"} for s in snapshot.values())
+
+    # Updates, deletes and new rows, streamed this time; right after the commits, no waiting in the test.
+    second = pipeline.generate(seed=12, progress=False)
+    assert second["deleted"].get("customers", 0) > 0 and second["updated"].get("accounts", 0) > 0, second
+    report = apply(pipeline, ["cdc", "load", "transform"])
+    assert stage(report, "cdc").details["connector"]["created"] is False
+    assert stage(report, "load").files >= 1
+    raw = assert_raw_matches_source(stack, resolved)
+    assert raw["customers"]["deleted"], "the workload deletes prospects: raw.customers must hold 'd' rows"
+    assert raw["accounts"]["ops"].get("u", 0) > 0, "balances move: raw.accounts must hold 'u' rows"
+    assert raw["transactions"]["ops"].get("c", 0) > 0
+
+    forget_s3_filesystem(resolved)
+    result = pipeline.verify()
+    assert result.ok, result.to_dict()
+
+    # Nothing new in the source: a re-apply writes and loads nothing.
+    forget_s3_filesystem(resolved)
+    again = apply(pipeline, ["cdc", "load"])
+    assert stage(again, "cdc").files == 0
+    assert stage(again, "load").files == 0
+    assert_raw_matches_source(stack, resolved)
+
+
+def test_plan_shows_live_connector_diff_without_secrets(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
+    spec_path = str(stack.spec_path)
+    apply(stack.pipeline(), ["source", "cdc"])  # idempotent: the connector exists when this returns
+    capsys.readouterr()
+    main(["plan", spec_path, "--env", ENV])
+    out = capsys.readouterr().out
+    assert "matches the rendered config" in out, out
+
+    changed = stack.spec_path.with_name("banking-changed.yaml")
+    resolved = stack.resolved()
+    port = resolved.spec.source.port
+    write_spec(changed, tag=stack.tag, database=stack.database, port=port,
+               connect_url=stack.connect.rest_url, bootstrap=resolved.spec.kafka.bootstrap_servers,
+               s3_endpoint=resolved.spec.lake.s3_endpoint or "", bucket=resolved.spec.lake.url.split("/")[2],
+               state_dir=resolved.state_dir, overrides={"cdc": {"max_batch_size": 1234}})
+    code = main(["plan", str(changed), "--env", ENV])
+    out = capsys.readouterr().out
+    assert code == 3, out
+    assert "differs from the rendered config" in out, out
+    assert '-  "max.batch.size": "8192"' in out and '+  "max.batch.size": "1234"' in out, out
+    assert "${env:" + PASSWORD_VAR + "}" in out or "database.password" not in out
+    assert stack.password not in out
+    live = ConnectClient(stack.connect.rest_url).connector_config(resolved.spec.cdc.connector)
+    assert live is not None and stack.password not in str(live), "Connect must hold a reference, not the value"
+
+
+def test_connector_rejected_by_connect_names_the_fields(stack: Stack, tmp_path: Path) -> None:
+    from bankflow.stages.cdc import register_connector
+
+    resolved = stack.resolved()
+    dead_port = free_port()  # nothing listens there
+    path = write_spec(tmp_path / "broken.yaml", tag=uuid.uuid4().hex[:8], database=stack.database, port=dead_port,
+                      connect_url=stack.connect.rest_url, bootstrap=resolved.spec.kafka.bootstrap_servers,
+                      s3_endpoint=resolved.spec.lake.s3_endpoint or "", bucket=resolved.spec.lake.url.split("/")[2],
+                      state_dir=tmp_path / "state")
+    broken = load_spec(path, env=ENV)
+    with pytest.raises(StageError) as excinfo:
+        register_connector(RunContext(broken, Progress(False)))
+    message = str(excinfo.value)
+    assert f"Kafka Connect rejected connector {broken.spec.cdc.connector!r}" in message
+    assert "database.hostname" in message, message
+    assert str(dead_port) in message or "refused" in message.lower() or "connect" in message.lower(), message
+    assert stack.password not in message
+    # Nothing was created.
+    assert ConnectClient(stack.connect.rest_url).connector_config(broken.spec.cdc.connector) is None
+    # Through apply, the same message is the stage's error.
+    report = Pipeline(broken).apply(stages=["cdc"], progress=False)
+    assert not report.ok and "database.hostname" in (report.stages[-1].error or "")
