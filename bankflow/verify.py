@@ -8,9 +8,12 @@ return the same rows (balances, sums per account, current dimension rows, …).
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from bankflow.render.sql import quote_duckdb, quote_pg, quote_snowflake
@@ -64,31 +67,87 @@ class VerifyReport:
 
 
 def normalise(value: Any) -> Any:
-    """One comparable form per value: exact decimals, UTC timestamps, UUIDs and JSON as text."""
-    if isinstance(value, bool) or value is None:
+    """One comparable form per value across drivers.
+
+    Python already equates (and hashes alike) Decimal('1.50') and Decimal('1.5'), ints and Decimals, and aware
+    datetimes at the same instant whatever their tzinfo object, so those pass through untouched (the common case,
+    kept fast). Padding of char(n), UUID objects, parsed JSON, bytes and floats are brought to one form.
+    """
+    kind = type(value)
+    if value is None or kind is int or kind is Decimal or kind is bool or kind is dt.datetime:
         return value
-    if isinstance(value, (int, Decimal)):
-        return Decimal(value).normalize() + Decimal(0)
-    if isinstance(value, float):  # only ever from a query that asked for one (e.g. count in some drivers)
+    if kind is str:
+        return value.rstrip()
+    if isinstance(value, float):  # only ever from a query that asked for one
         return Decimal(repr(value)).normalize()
-    if isinstance(value, dt.datetime):
-        if value.tzinfo is not None:
-            value = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
-        return value.isoformat()
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).hex()
     if isinstance(value, (dt.date, dt.time)):
         return value.isoformat()
-    if isinstance(value, (bytes, memoryview)):
-        return bytes(value).hex()
-    return str(value).rstrip() if isinstance(value, str) else str(value)
+    return str(value)
 
 
-def compare(name: str, source_rows: list[tuple[Any, ...]], warehouse_rows: list[tuple[Any, ...]]) -> CheckResult:
-    left = Counter(tuple(normalise(v) for v in row) for row in source_rows)
-    right = Counter(tuple(normalise(v) for v in row) for row in warehouse_rows)
-    missing = sorted(map(repr, (left - right).elements()))
-    unexpected = sorted(map(repr, (right - left).elements()))
-    return CheckResult(name, not missing and not unexpected, len(source_rows), len(warehouse_rows),
-                       missing[:SAMPLE], unexpected[:SAMPLE])
+def _json_text(value: Any) -> Any:
+    """JSON columns: psycopg2 returns parsed objects, warehouses return text; compare canonical text."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return value
+    return normalise(value)
+
+
+RowNormaliser = Callable[[tuple[Any, ...]], tuple[Any, ...]]
+
+
+def row_normaliser(json_columns: Sequence[int] = ()) -> RowNormaliser:
+    json_set = frozenset(json_columns)
+    if not json_set:
+        return lambda row: tuple(map(normalise, row))
+    return lambda row: tuple(_json_text(v) if i in json_set else normalise(v) for i, v in enumerate(row))
+
+
+def _digests(chunks: Iterable[Sequence[tuple[Any, ...]]], norm: RowNormaliser) -> tuple[Counter[int], int]:
+    """A multiset of row hashes: a large table is compared without holding its rows in memory."""
+    counts: Counter[int] = Counter()
+    rows = 0
+    for chunk in chunks:
+        counts.update(hash(norm(row)) for row in chunk)
+        rows += len(chunk)
+    return counts, rows
+
+
+def _samples(chunks: Iterable[Sequence[tuple[Any, ...]]], norm: RowNormaliser, wanted: Counter[int]) -> list[str]:
+    found: list[str] = []
+    remaining = Counter(wanted)
+    for chunk in chunks:
+        for row in chunk:
+            key = hash(norm(row))
+            if remaining[key] > 0:
+                remaining[key] -= 1
+                found.append(repr(norm(row)))
+                if len(found) >= SAMPLE:
+                    return sorted(found)
+    return sorted(found)
+
+
+def compare(name: str, source: Callable[[], Iterable[Sequence[tuple[Any, ...]]]],
+            warehouse: Callable[[], Iterable[Sequence[tuple[Any, ...]]]],
+            norm: RowNormaliser | None = None) -> CheckResult:
+    """Multiset equality of two queries' rows. `source`/`warehouse` re-run their query when called (the second
+    run, only on a difference, collects a few sample rows to print)."""
+    norm = norm or row_normaliser()
+    left, left_rows = _digests(source(), norm)
+    right, right_rows = _digests(warehouse(), norm)
+    missing, unexpected = left - right, right - left
+    result = CheckResult(name, not missing and not unexpected, left_rows, right_rows)
+    if missing:
+        result.missing_in_warehouse = _samples(source(), norm, missing)
+    if unexpected:
+        result.unexpected_in_warehouse = _samples(warehouse(), norm, unexpected)
+    return result
 
 
 def latest_state_sql(resolved: ResolvedSpec, table: Table, dialect: str) -> str:
@@ -115,36 +174,42 @@ def verify(resolved: ResolvedSpec, source_kwargs: dict[str, Any], adapter: Wareh
     spec = resolved.spec
     checks: list[CheckResult] = []
     conn = psycopg2.connect(**source_kwargs)
-    conn.set_session(readonly=True)
-    try:
-        # One snapshot for every source query; the warehouse is compared as of its last load.
-        with conn.cursor() as cur:
-            cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    conn.set_session(isolation_level="REPEATABLE READ", readonly=True)
+    cursors = 0
 
-            def source(sql: str) -> list[tuple[Any, ...]]:
+    def source(sql: str) -> Callable[[], Iterator[list[tuple[Any, ...]]]]:
+        def run() -> Iterator[list[tuple[Any, ...]]]:
+            # One snapshot for every source query (the transaction); server-side cursors stream large tables.
+            nonlocal cursors
+            cursors += 1
+            with conn.cursor(name=f"bankflow_verify_{cursors}") as cur:
+                cur.itersize = 50_000
                 cur.execute(sql)
-                return list(cur.fetchall())
+                while rows := cur.fetchmany(50_000):
+                    yield rows
+        return run
 
-            for table in spec.tables:
-                columns = ", ".join(quote_pg(c.name) for c in table.columns)
-                name = f"{table.name}: raw latest state equals source rows"
-                try:
-                    checks.append(compare(
-                        name,
-                        source(f"SELECT {columns} FROM {quote_pg(spec.source.schema_name)}.{quote_pg(table.name)}"),
-                        adapter.query(latest_state_sql(resolved, table, adapter.dialect))))
-                except Exception as exc:
-                    conn.rollback()
-                    cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                    checks.append(CheckResult(name, False, 0, 0, error=resolved.redact(str(exc).strip())))
-            for check in spec.verify.checks:
-                try:
-                    checks.append(compare(check.name, source(fill(resolved, check.source_sql)),
-                                          adapter.query(fill(resolved, check.warehouse_sql))))
-                except Exception as exc:
-                    conn.rollback()
-                    cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                    checks.append(CheckResult(check.name, False, 0, 0, error=resolved.redact(str(exc).strip())))
+    def warehouse(sql: str) -> Callable[[], Iterator[list[tuple[Any, ...]]]]:
+        return lambda: adapter.iter_query(sql)
+
+    def attempt(name: str, run: Callable[[], CheckResult]) -> None:
+        try:
+            checks.append(run())
+        except Exception as exc:  # report, keep checking the rest
+            conn.rollback()
+            checks.append(CheckResult(name, False, 0, 0, error=resolved.redact(str(exc).strip())))
+
+    try:
+        for table in spec.tables:
+            columns = ", ".join(quote_pg(c.name) for c in table.columns)
+            source_sql = f"SELECT {columns} FROM {quote_pg(spec.source.schema_name)}.{quote_pg(table.name)}"
+            norm = row_normaliser([i for i, c in enumerate(table.columns) if c.pg_type.kind in ("json", "jsonb")])
+            name = f"{table.name}: raw latest state equals source rows"
+            attempt(name, partial(compare, name, source(source_sql),
+                                  warehouse(latest_state_sql(resolved, table, adapter.dialect)), norm))
+        for check in spec.verify.checks:
+            attempt(check.name, partial(compare, check.name, source(fill(resolved, check.source_sql)),
+                                        warehouse(fill(resolved, check.warehouse_sql))))
     finally:
         conn.close()
     return VerifyReport(checks)

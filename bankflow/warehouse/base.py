@@ -8,7 +8,7 @@ a successful COPY plus the warehouse's own load metadata as a second guard.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +43,10 @@ class WarehouseAdapter(ABC):
 
     @abstractmethod
     def query(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]: ...
+
+    def iter_query(self, sql: str, batch: int = 50_000) -> Iterator[list[tuple[Any, ...]]]:
+        """Rows in chunks, so `verify` never holds a large table twice in memory. Adapters stream if they can."""
+        yield self.query(sql)
 
     @abstractmethod
     def close(self) -> None: ...

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from bankflow.render.sql import quote_duckdb, string_literal
@@ -50,6 +50,15 @@ class DuckDBAdapter(WarehouseAdapter):
 
     def query(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
         return self.con.execute(sql, params or []).fetchall()
+
+    def iter_query(self, sql: str, batch: int = 50_000) -> Iterator[list[tuple[Any, ...]]]:
+        cursor = self.con.cursor()
+        try:
+            cursor.execute(sql)
+            while rows := cursor.fetchmany(batch):
+                yield rows
+        finally:
+            cursor.close()
 
     def close(self) -> None:
         self.con.close()
