@@ -41,18 +41,20 @@ def main() -> None:
         started = time.perf_counter()
         generated = pipeline.generate(seed=1, transactions=args.transactions, progress=False)
         generate_seconds = time.perf_counter() - started
+        print(f"peak RSS after generate: {peak_rss_mb():.0f} MB", flush=True)
         report = pipeline.apply(progress=False)
         verify_started = time.perf_counter()
         verified = pipeline.verify()
         verify_seconds = time.perf_counter() - verify_started
         print(f"generate: {generated['inserted']} inserted rows in {generate_seconds:.1f}s")
-        print(f"{'stage':<10} {'seconds':>8} {'events':>10} {'rows':>10} {'files':>6}")
+        print(f"{'stage':<10} {'seconds':>8} {'events':>10} {'rows':>10} {'files':>6} {'peak RSS after':>15}")
         for stage in report.stages:
-            print(f"{stage.name:<10} {stage.seconds:8.2f} {stage.events:10,} {stage.rows:10,} {stage.files:6,}")
+            print(f"{stage.name:<10} {stage.seconds:8.2f} {stage.events:10,} {stage.rows:10,} {stage.files:6,} "
+                  f"{stage.details.get('peak_rss_mb', 0):12,} MB")
         cdc = next(s for s in report.stages if s.name == "cdc")
         print(f"apply total: {report.seconds:.2f}s  (cdc → parquet {cdc.events / max(cdc.seconds, 1e-9):,.0f} "
               f"events/s)  ok={report.ok}")
-        print(f"verify: {verify_seconds:.2f}s ok={verified.ok}")
+        print(f"verify: {verify_seconds:.2f}s ok={verified.ok} (peak RSS after verify {peak_rss_mb():.0f} MB)")
         print(f"peak RSS: {peak_rss_mb():.0f} MB")
     finally:
         pipeline.down(drop_slot=True)
