@@ -5,6 +5,12 @@
 (a) `consume_to_lake` into a file:// lake; (b) the seed style: per-message `json.loads`, keep `payload.after`,
 a pandas DataFrame per 50 records, one Parquet file per flush. (b) runs on a subset (`--seed-events`) and is
 extrapolated as a rate. Figures: events/s (wall), events/s per core (CPU time from getrusage), peak RSS.
+
+The events are produced by a child process, so the peak RSS is the consumer's alone. bankflow is pinned to the
+partition (static assignment, as `run_workers` does) and the seed consumer's clock starts at its first message,
+so neither figure includes Tansu's JoinGroup wait (half the session timeout); `--subscribe` uses the group
+instead. `--profile FILE` writes a cProfile of the bankflow run. The load average is printed with every figure:
+the machine is shared.
 """
 
 from __future__ import annotations
@@ -89,6 +95,28 @@ def produce(bootstrap: str, topic: str, n: int) -> float:
     return time.monotonic() - t0
 
 
+def _load() -> str:
+    with open("/proc/loadavg") as f:
+        return "load " + " ".join(f.read().split()[:3])
+
+
+def _produce_child(bootstrap: str, topic: str, n: int, out: Any) -> None:
+    out.put(produce(bootstrap, topic, n))
+
+
+def produce_elsewhere(bootstrap: str, topic: str, n: int) -> float:
+    """Produce from a child process so the producer's buffers never count in this process's peak RSS."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    proc = ctx.Process(target=_produce_child, args=(bootstrap, topic, n, out))
+    proc.start()
+    seconds = float(out.get())
+    proc.join()
+    return seconds
+
+
 def _cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -116,6 +144,8 @@ def seed_style(bootstrap: str, topic: str, limit: int, out_dir: Path) -> tuple[i
         if msg is None or msg.error():
             idle += 1
             continue
+        if n == 0:  # start the clock at the first message (after the group join)
+            t0, c0 = time.monotonic(), _cpu()
         idle = 0
         payload = json.loads(msg.value())
         after = payload.get("payload", payload).get("after")
@@ -137,6 +167,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--seed-events", type=int, default=20_000, help="subset for the seed-style consumer")
+    parser.add_argument("--subscribe", action="store_true", help="bankflow joins the group (adds the join wait)")
+    parser.add_argument("--profile", metavar="FILE", help="write a cProfile of the bankflow run")
+    parser.add_argument("--no-seed", action="store_true", help="skip the seed-style consumer")
     args = parser.parse_args()
 
     from bankflow.consume.kafka import consume_to_lake
@@ -149,25 +182,39 @@ def main() -> int:
         spec_path = tmpdir / "spec.yaml"
         spec_path.write_text(SPEC.format(prefix=prefix, bootstrap=broker.bootstrap_servers, group=f"g{prefix}",
                                          lake=tmpdir / "lake"))
-        seconds = produce(broker.bootstrap_servers, topic, args.events)
-        print(f"produced {args.events:,} events in {seconds:.1f}s ({args.events / seconds:,.0f}/s)")
+        seconds = produce_elsewhere(broker.bootstrap_servers, topic, args.events)
+        print(f"produced {args.events:,} events in {seconds:.1f}s ({args.events / seconds:,.0f}/s) [{_load()}]")
 
         resolved = load_spec(spec_path)
+        assignment = None if args.subscribe else [(topic, 0)]
+        rss0 = _peak_rss_mb()
+        profiler = None
+        if args.profile:
+            import cProfile
+
+            profiler = cProfile.Profile()
+            profiler.enable()
         t0, c0 = time.monotonic(), _cpu()
-        result = consume_to_lake(resolved).to_dict()
+        result = consume_to_lake(resolved, assignment=assignment).to_dict()
         wall, cpu = time.monotonic() - t0, _cpu() - c0
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(args.profile)
         events = result["events"]
         rss = _peak_rss_mb()
+        join = " (includes the ≈3 s group join)" if args.subscribe else ""
         print(f"bankflow:   {events:,} events, {len(result['files'])} files, {wall:.2f}s wall, {cpu:.2f}s CPU "
               f"→ {events / wall:,.0f} events/s, {events / cpu:,.0f} events/s per core, peak RSS {rss:.0f} MB "
-              "(includes the ≈3 s group join)")
+              f"(before the run {rss0:.0f} MB){join} [{_load()}]")
+        if args.no_seed:
+            return 0
 
         seed_dir = tmpdir / "seed"
         seed_dir.mkdir()
         n, s_wall, s_cpu = seed_style(broker.bootstrap_servers, topic, min(args.seed_events, args.events),
                                       seed_dir)
         print(f"seed style: {n:,} events (subset, rate extrapolated), {s_wall:.2f}s wall, {s_cpu:.2f}s CPU "
-              f"→ {n / s_wall:,.0f} events/s, {n / s_cpu:,.0f} events/s per core")
+              f"→ {n / s_wall:,.0f} events/s, {n / s_cpu:,.0f} events/s per core [{_load()}]")
         print(f"ratio: {(events / wall) / (n / s_wall):,.1f}x wall, {(events / cpu) / (n / s_cpu):,.1f}x per core")
     return 0
 

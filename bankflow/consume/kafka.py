@@ -26,11 +26,9 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
-import orjson
+from typing import Any, overload
 
 from bankflow.lake.batch import TableBatch
 from bankflow.lake.filesystem import lake_filesystem
@@ -73,10 +71,39 @@ class ConsumeResult:
         }
 
 
-class _Partition:
-    """Per-(topic, partition) state: the open batch, the consumed position and the orphan cut points."""
+class _Positions(Sequence[KafkaPosition]):
+    """`KafkaPosition`s of one partition, built only when looked at (the bulk path needs first and last)."""
 
-    __slots__ = ("batch", "committed", "count", "cuts", "next_offset", "partition", "table", "topic")
+    __slots__ = ("offsets", "partition")
+
+    def __init__(self, partition: int, offsets: list[int]) -> None:
+        self.partition = partition
+        self.offsets = offsets
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    @overload
+    def __getitem__(self, index: int) -> KafkaPosition: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> _Positions: ...
+
+    def __getitem__(self, index: int | slice) -> KafkaPosition | _Positions:
+        if isinstance(index, slice):
+            return _Positions(self.partition, self.offsets[index])
+        return KafkaPosition(self.partition, self.offsets[index])
+
+
+class _Partition:
+    """Per-(topic, partition) state: the open batch, the consumed position and the orphan cut points.
+
+    Message values wait in `values`/`offsets` until the end of a `consume()` batch (or a flush point) and then
+    go to the batch in one bulk call.
+    """
+
+    __slots__ = ("batch", "committed", "count", "cuts", "next_offset", "offsets", "partition", "table", "topic",
+                 "values")
 
     def __init__(self, topic: str, partition: int, table: Table, batch: TableBatch, start: int,
                  cuts: list[int]) -> None:
@@ -87,7 +114,16 @@ class _Partition:
         self.next_offset = start  # offset after the last message consumed (tombstones included)
         self.committed = start
         self.cuts = cuts  # end offsets of orphan files still to rewrite, ascending
-        self.count = 0  # events (rows + dead letters) in the open batch
+        self.count = 0  # events (rows + dead letters) in the open batch, pending values included
+        self.values: list[bytes] = []
+        self.offsets: list[int] = []
+
+    def drain(self) -> None:
+        """Hand the pending message values to the batch (one bulk conversion)."""
+        if self.values:
+            values, offsets = self.values, self.offsets
+            self.values, self.offsets = [], []
+            self.batch.append_debezium_values(values, _Positions(self.partition, offsets))
 
 
 def consumer_config(resolved: ResolvedSpec) -> dict[str, Any]:
@@ -113,16 +149,6 @@ def consumer_config(resolved: ResolvedSpec) -> dict[str, Any]:
     if kafka.sasl_password is not None:
         config["sasl.password"] = kafka.sasl_password
     return config
-
-
-def _dead_letter(batch: TableBatch, position: KafkaPosition, reason: str, event: Any) -> None:
-    """Record an undecodable message in the batch, so it is keyed (and replayed) with the batch's range."""
-    record = getattr(batch, "dead_letter", None)
-    if record is not None:
-        record(position, reason, event)
-    else:  # pragma: no cover - older TableBatch without the public method
-        batch._touch(position, None)
-        batch._dead(position, reason, event)
 
 
 class _Consumer:
@@ -215,6 +241,7 @@ class _Consumer:
     # ---- flushing and committing
 
     def _flush(self, state: _Partition) -> None:
+        state.drain()
         batch = state.batch
         if state.count:
             written = self.writer.write_batch(batch)
@@ -246,6 +273,7 @@ class _Consumer:
         """Flush and commit, unless the partition is mid-replay: then drop the partial batch uncommitted."""
         if state.cuts and state.count:
             self.result.dropped_partial += state.count
+            state.values, state.offsets = [], []
             state.batch.clear()
             state.count = 0
             return
@@ -263,21 +291,31 @@ class _Consumer:
                            "dead_letters": self.result.dead_letters, "tombstones": self.result.tombstones})
 
     def _handle(self, messages: list[Any]) -> None:
+        """Route messages to their partition's pending values; cut at orphan ends and at max_rows exactly."""
         from confluent_kafka import KafkaError
 
         states = self.states
         max_rows = self.flush.max_rows
-        loads = orjson.loads
-        decode_error = orjson.JSONDecodeError
         result = self.result
         events = tombstones = 0
+        touched: dict[tuple[str, int], _Partition] = {}
+        last_key: tuple[str, int] | None = None
+        state: _Partition | None = None
+        values: list[bytes] = []
+        offsets: list[int] = []
         for msg in messages:
             err = msg.error()
             if err is not None:
                 if err.code() != KafkaError._PARTITION_EOF:
                     log.warning("consumer error: %s", err)
                 continue
-            state = states.get((msg.topic(), msg.partition()))
+            key = (msg.topic(), msg.partition())
+            if key != last_key:
+                last_key = key
+                state = states.get(key)
+                if state is not None:
+                    touched[key] = state
+                    values, offsets = state.values, state.offsets
             if state is None:  # a partition we no longer own
                 continue
             offset = msg.offset()
@@ -287,33 +325,23 @@ class _Consumer:
                 tombstones += 1
                 continue
             events += 1
-            batch = state.batch
             cuts = state.cuts
             if cuts and offset > cuts[0]:  # replay drifted past an orphan's end: cut here, keep order
                 log.warning("%s[%d]: orphan end %d not met by replay", state.topic, state.partition, cuts[0])
                 while cuts and offset > cuts[0]:
                     cuts.pop(0)
-            position = KafkaPosition(state.partition, offset)
-            try:
-                event = loads(value)
-            except decode_error as exc:
-                _dead_letter(batch, position, f"malformed JSON: {exc}", value.decode("utf-8", "replace"))
-            else:
-                if type(event) is dict and "op" not in event and type(event.get("payload")) is dict:
-                    event = event["payload"]  # JsonConverter with schemas.enable=true
-                if type(event) is not dict:
-                    _dead_letter(batch, position, f"not a JSON object: {type(event).__name__}", event)
-                else:
-                    try:
-                        batch.append_debezium(event, position)
-                    except Exception as exc:
-                        _dead_letter(batch, position, f"cannot convert: {exc!r}", event)
+            values.append(value)
+            offsets.append(offset)
             state.count += 1
             if cuts:
                 if offset == cuts[0]:
                     self._flush(state)
+                    values, offsets = state.values, state.offsets
             elif state.count >= max_rows:
                 self._flush(state)
+                values, offsets = state.values, state.offsets
+        for touched_state in touched.values():
+            touched_state.drain()
         result.events += events
         result.tombstones += tombstones
 

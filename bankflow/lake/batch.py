@@ -8,6 +8,12 @@ Two ways in, one way out:
 - the text fast path (`text_sink`, `begin_text_tx`, `append_text_row`): the built-in pgoutput reader appends the
   raw text of each column straight into per-column lists, no per-row dicts.
 
+- `append_debezium_values(values, positions)`: the bulk path for raw message values (JSON bytes) of one stream,
+  in order. They are parsed, checked and converted column-wise in one go (`pa.array` on the row images as a
+  struct, then vectorised casts); a chunk with anything unusual in it (malformed JSON, an unknown op or column,
+  a value that does not convert, a missing NOT NULL value) is split until the culprits are isolated and those
+  go through `append_debezium_value`, the per-event path, so dead letters and output stay what it gives.
+
 Values stay in Python lists until `to_arrow`, where each column converts in bulk with Arrow casts (numeric
 text → decimal128 exactly, never through float). A bulk cast that fails falls back to value-by-value
 conversion to find the culprits; their events go to the dead-letter list with the position and the reason
@@ -20,10 +26,11 @@ import base64
 import binascii
 import time
 from bisect import bisect_right
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -138,6 +145,66 @@ def json_converter(pg: PgType) -> Converter:
     raise ValueError(f"no Debezium converter for {pg.sql}")
 
 
+def json_input_type(pg: PgType) -> pa.DataType:
+    """The Arrow type a Debezium JSON value of this column is read as (before `json_finish`)."""
+    kind = pg.kind
+    if kind in _INT_KINDS or kind in ("real", "double precision", "boolean"):
+        return arrow_type(pg)
+    if kind == "date":
+        return pa.int32()
+    if kind in ("time", "timestamp"):
+        return pa.int64()
+    return pa.string()  # text kinds, numeric (decimal.handling.mode=string), bytea (base64), timestamptz (ISO)
+
+
+def json_finish(pg: PgType) -> Callable[[pa.Array], pa.Array]:
+    """Array of `json_input_type` → the lake type; the same conversions as `json_converter`, vectorised."""
+    target = arrow_type(pg)
+    kind = pg.kind
+    if kind in _INT_KINDS or kind in ("real", "double precision", "boolean") or kind in _STRING_KINDS:
+        return lambda a: a
+    if kind == "bytea":
+        return lambda a: _json_bytea(a.to_pylist())
+    if kind == "timestamptz":
+        return lambda a: a.cast(_TS_UTC)
+    if kind in ("numeric", "date", "time", "timestamp"):
+        return lambda a: a.cast(target)
+    raise ValueError(f"no Debezium converter for {pg.sql}")
+
+
+_OPS = pa.array(["c", "u", "d", "r"])
+_SOURCE_STRUCT = pa.struct([("lsn", pa.int64()), ("txId", pa.int64()), ("ts_us", pa.int64()),
+                            ("ts_ms", pa.int64())])
+_BULK_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError, TypeError,
+                ValueError, KeyError, AttributeError, _Conversion)
+_BULK_LEAF = 32  # a failing chunk is split in halves down to this size, then goes event by event
+
+
+class _Malformed:
+    """A message value that is not JSON: its dead-letter reason and text."""
+
+    __slots__ = ("reason", "text")
+
+    def __init__(self, reason: str, text: str) -> None:
+        self.reason = reason
+        self.text = text
+
+
+def _parse(value: bytes | str) -> Any:
+    try:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        text = value.decode("utf-8", "replace") if isinstance(value, (bytes, bytearray, memoryview)) else value
+        return _Malformed(f"malformed JSON: {exc}", str(text))
+
+
+def _unwrap(event: Any) -> Any:
+    """JsonConverter with schemas.enable=true wraps the event in {"schema": …, "payload": …}."""
+    if type(event) is dict and "op" not in event and type(event.get("payload")) is dict:
+        return event["payload"]
+    return event
+
+
 def _convert_column(convert: Converter, values: list[Any], name: str, nullable: bool,
                     bad: dict[int, str]) -> pa.Array:
     """Bulk convert; on failure find the bad values one by one, null them, record the rows, convert again."""
@@ -193,6 +260,9 @@ class TableBatch:
         self._nullable = [f.nullable for f in self.arrow_schema][: len(self.names)]
         self._text_conv = [text_converter(c.pg_type) for c in table.columns]
         self._json_conv = [json_converter(c.pg_type) for c in table.columns]
+        self._json_finish = [json_finish(c.pg_type) for c in table.columns]
+        self._row_struct = pa.struct([pa.field(c.name, json_input_type(c.pg_type)) for c in table.columns])
+        self._known = frozenset(self.names)
         self._reset()
 
     # ---- state
@@ -327,6 +397,104 @@ class TableBatch:
         self.raw_events.append(event)
         self.approx_bytes += 16 * len(row) + sum(len(v) for v in row.values() if isinstance(v, str))
         return True
+
+    def append_debezium_value(self, value: bytes | str, position: Any) -> bool:
+        """One raw message value (Debezium JSON); malformed or unconvertible events become dead letters."""
+        return self._append_parsed(_parse(value), position)
+
+    def _append_parsed(self, event: Any, position: Any) -> bool:
+        if isinstance(event, _Malformed):
+            self.dead_letter(position, event.reason, event.text)
+            return False
+        event = _unwrap(event)
+        if type(event) is not dict:
+            self.dead_letter(position, f"not a JSON object: {type(event).__name__}", event)
+            return False
+        try:
+            return self.append_debezium(event, position)
+        except Exception as exc:
+            self.dead_letter(position, f"cannot convert: {exc!r}", event)
+            return False
+
+    def append_debezium_values(self, values: Sequence[bytes | str], positions: Sequence[Any]) -> int:
+        """The bulk path: raw message values of one stream in order (no tombstones), with their positions.
+
+        Returns how many became rows. Output, dead letters and positions are those of calling
+        `append_debezium_value` for each value in turn.
+        """
+        if len(values) != len(positions):
+            raise ValueError(f"{len(values)} values but {len(positions)} positions")
+        if not values:
+            return 0
+        loads = orjson.loads
+        try:
+            events: list[Any] = [loads(v) for v in values]
+        except orjson.JSONDecodeError:
+            events = [_parse(v) for v in values]
+        before = self.rows
+        self._append_events(events, positions, unwrapped=False)
+        return self.rows - before
+
+    def _append_events(self, events: list[Any], positions: Sequence[Any], unwrapped: bool) -> None:
+        chunk = None
+        try:
+            chunk = self._bulk_convert(events)
+        except _BULK_ERRORS:
+            if not unwrapped:
+                wrapped = [_unwrap(e) for e in events]
+                if any(w is not e for w, e in zip(wrapped, events, strict=True)):
+                    self._append_events(wrapped, positions, unwrapped=True)
+                    return
+        if chunk is not None:
+            arrays, first_ts, nbytes = chunk
+            self._switch("json")
+            self._flush_pending()  # keep row order: rows from the per-event path come first
+            self._touch(positions[0], first_ts)
+            self._chunks.append(_Chunk(arrays))
+            self._chunk_rows += len(events)
+            self._other_events += len(events)
+            last = positions[-1]
+            if self._last_other is None or last > self._last_other:
+                self._last_other = last
+            self.approx_bytes += nbytes
+            return
+        n = len(events)
+        if n <= _BULK_LEAF:
+            for event, position in zip(events, positions, strict=True):
+                self._append_parsed(event, position)
+            return
+        half = n // 2
+        self._append_events(events[:half], positions[:half], unwrapped=True)
+        self._append_events(events[half:], positions[half:], unwrapped=True)
+
+    def _bulk_convert(self, events: list[Any]) -> tuple[list[pa.Array], int | None, int]:
+        """Column arrays for events that are all well-formed and convertible; raises otherwise."""
+        ops_list = [e["op"] for e in events]
+        ops = pa.array(ops_list, pa.string())
+        if not pc.all(pc.is_in(ops, value_set=_OPS)).as_py():
+            raise _Conversion("unknown op")
+        rows = [e["before"] if op == "d" else e["after"] for e, op in zip(events, ops_list, strict=True)]
+        if not set().union(*rows) <= self._known:  # TypeError for a row image that is not a dict
+            raise _Conversion("unknown column")
+        images = pa.array(rows, self._row_struct)
+        if images.null_count:
+            raise _Conversion("missing row image")
+        source = pa.array([e["source"] for e in events], _SOURCE_STRUCT)
+        lsn = source.field(0)
+        if source.null_count or lsn.null_count:
+            raise _Conversion("no source.lsn")
+        ts_us = source.field(2)
+        if ts_us.null_count:
+            ts_us = pc.coalesce(ts_us, pc.multiply_checked(source.field(3), 1000))
+        arrays = []
+        for i, (finish, nullable) in enumerate(zip(self._json_finish, self._nullable, strict=True)):
+            arr = finish(images.field(i))
+            if not nullable and arr.null_count:
+                raise _Conversion("NOT NULL column without a value")
+            arrays.append(arr)
+        arrays += [ops, lsn, source.field(1), ts_us.cast(_TS_UTC)]
+        nbytes = sum(a.nbytes for a in arrays)
+        return arrays, ts_us[0].as_py(), nbytes
 
     # ---- pgoutput text fast path
 

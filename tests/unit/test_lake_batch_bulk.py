@@ -1,0 +1,187 @@
+"""The bulk path (`append_debezium_values`) gives what the per-event path gives: rows, dead letters, positions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from bankflow.cdc.debezium_events import to_debezium_event
+from bankflow.lake.batch import TableBatch
+from bankflow.lake.positions import KafkaPosition
+from bankflow.spec.models import Column, Table
+
+# The table, rows and text batch of test_lake_batch (copied: test modules do not import each other).
+ALL_TYPES = Table(
+    name="everything",
+    primary_key=["id"],
+    columns=[
+        Column(name="id", type="bigint", nullable=False),
+        Column(name="i", type="integer"),
+        Column(name="s", type="smallint"),
+        Column(name="m", type="numeric(18,2)"),
+        Column(name="m38", type="numeric(38,10)"),
+        Column(name="t", type="text"),
+        Column(name="v", type="varchar(20)"),
+        Column(name="c", type="char(3)"),
+        Column(name="b", type="boolean"),
+        Column(name="d", type="date"),
+        Column(name="ts", type="timestamp"),
+        Column(name="tstz", type="timestamptz"),
+        Column(name="u", type="uuid"),
+        Column(name="j", type="jsonb"),
+        Column(name="raw", type="bytea"),
+        Column(name="tm", type="time"),
+    ],
+)
+# Text exactly as pgoutput sends it with TimeZone=UTC, DateStyle=ISO, bytea_output=hex.
+ROWS = [
+    [b"1", b"2147483647", b"32767", b"9999999999999999.99", b"1234567890123456789012345678.0123456789", b"hello",
+     b"vc", b"ab ", b"t", b"2024-02-29", b"2024-01-01 12:34:56.123456", b"2024-01-01 12:34:56.654321+00",
+     b"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", b'{"k": [1, 2.50, "x"]}', b"\\x00ff10", b"23:59:59.999999"],
+    [b"2", b"-1", b"-2", b"0.30", b"0.0000000001", b"", "ünïcødé".encode(), b"xyz", b"f", b"1970-01-01",
+     b"1969-12-31 23:59:59.5", b"1999-12-31 23:59:59+00", b"00000000-0000-0000-0000-000000000000", b"[]", b"\\x",
+     b"00:00:00"],
+    [b"3", *([None] * 15)],
+]
+COMMIT_TS = 1_714_000_000_123_456
+
+
+def _text_batch(rows: list[list[bytes | None]], ops: list[str] | None = None) -> TableBatch:
+    batch = TableBatch(ALL_TYPES)
+    cols, op_list, lsns = batch.text_sink()
+    batch.begin_text_tx(1000, 77, COMMIT_TS, 900)
+    for n, row in enumerate(rows):
+        for col, value in zip(cols, row, strict=True):
+            col.append(value)
+        op_list.append((ops or ["c"] * len(rows))[n])
+        lsns.append(900 + n)
+    return batch
+
+
+
+
+def _event(n: int, op: str = "c", row: list[Any] | None = None) -> dict[str, Any]:
+    row = ROWS[n % len(ROWS)] if row is None else row
+    event = to_debezium_event(ALL_TYPES, op, before=row if op in ("d", "u") else None,
+                              after=None if op == "d" else row, lsn=900 + n, xid=77, commit_ts_us=COMMIT_TS,
+                              topic_prefix="bank", database="db", schema="public")
+    event["after" if op != "d" else "before"]["id"] = n + 1
+    return event
+
+
+def _both(values: list[bytes | str]) -> tuple[TableBatch, TableBatch]:
+    """(per-event batch, bulk batch) fed the same values at offsets 100, 101, …"""
+    positions = [KafkaPosition(3, 100 + i) for i in range(len(values))]
+    one = TableBatch(ALL_TYPES)
+    for value, position in zip(values, positions, strict=True):
+        one.append_debezium_value(value, position)
+    bulk = TableBatch(ALL_TYPES)
+    bulk.append_debezium_values(values, positions)
+    return one, bulk
+
+
+def _assert_same(one: TableBatch, bulk: TableBatch) -> None:
+    assert bulk.events == one.events  # rows may differ until to_arrow: bulk chunks are converted on arrival
+    assert bulk.first_position == one.first_position and bulk.last_position == one.last_position
+    assert bulk.first_source_ts_us == one.first_source_ts_us
+    expected = one.to_arrow("k")
+    got = bulk.to_arrow("k")
+    assert got.schema == expected.schema
+    assert got.equals(expected)
+    assert bulk.rows == one.rows == got.num_rows
+    assert [(d.position, d.reason, d.event) for d in bulk.dead_letters] == \
+        [(d.position, d.reason, d.event) for d in one.dead_letters]
+
+
+def test_bulk_matches_per_event_and_text_fast_path() -> None:
+    events = [_event(n, op) for n, op in enumerate(["c", "u", "d"])]
+    for event, n in zip(events, range(3), strict=True):
+        event["after" if event["op"] != "d" else "before"]["id"] = n + 1
+    values = [orjson.dumps(e) for e in events]
+    one, bulk = _both(values)
+    assert not bulk.dead_letters and bulk.rows == 3
+    fast = _text_batch([[str(n + 1).encode(), *row[1:]] for n, row in enumerate(ROWS)], ["c", "u", "d"])
+    table = bulk.to_arrow("k")
+    assert table.equals(fast.to_arrow("k"))
+    assert table.equals(one.to_arrow("k"))
+
+
+def _bad_values() -> list[bytes | str]:
+    good = _event(0)
+    values: list[bytes | str] = []
+
+    def add(event: Any) -> None:
+        values.append(orjson.dumps(event))
+
+    add(good)
+    values.append(b"{not json")
+    add([1, 2])
+    add({**good, "op": "x"})
+    add({**good, "after": {**good["after"], "nope": 1}})  # unknown column
+    add({**good, "after": {**good["after"], "id": "3"}})  # wrong type
+    add({**good, "after": {**good["after"], "m": "12345678901234567.00"}})  # too many digits for numeric(18,2)
+    add({**good, "after": {**good["after"], "m": 1.5}})  # numeric as a JSON number
+    add({**good, "after": {**good["after"], "id": None}})  # NOT NULL key
+    add({**good, "source": {"txId": 1}})  # no lsn
+    add({"op": "d", "before": None, "after": None, "source": {"lsn": 1}})
+    add({"schema": {}, "payload": _event(5)})  # JsonConverter schemas.enable=true
+    add({**good, "after": {**good["after"], "raw": "not base64!"}})
+    add({**good, "after": {**good["after"], "d": "infinity"}})
+    del good["source"]["ts_us"]  # ts_ms only
+    add(good)
+    values.append(orjson.dumps(_event(7)).decode())  # str values work too
+    return values
+
+
+def test_bad_values_dead_letter_exactly_as_the_per_event_path() -> None:
+    one, bulk = _both(_bad_values())
+    _assert_same(one, bulk)
+    assert len(bulk.dead_letters) == 12 and bulk.events == 16
+    reasons = " ".join(d.reason for d in bulk.dead_letters)
+    for expected in ("malformed JSON", "not a JSON object", "unknown op", "unknown column", "precision",
+                     "NOT NULL", "no source.lsn", "base64"):
+        assert expected in reasons
+    assert bulk.dead_letters[0].position == KafkaPosition(3, 101)
+    assert bulk.dead_letters[0].event == "{not json"
+
+
+@pytest.mark.parametrize("bad_at", [0, 137, 299])
+def test_one_bad_event_in_a_large_chunk_keeps_everything_else_in_order(bad_at: int) -> None:
+    values: list[bytes | str] = [orjson.dumps(_event(n)) for n in range(300)]
+    values[bad_at] = b'{"op": "c", "after": {"id": "oops"}, "source": {"lsn": 1}}'
+    one, bulk = _both(values)
+    _assert_same(one, bulk)
+    assert [d.position.offset for d in bulk.dead_letters] == [100 + bad_at]
+    assert bulk.rows == 299
+    expected = [n + 1 for n in range(300) if n != bad_at]
+    assert bulk.to_arrow("k")["id"].to_pylist() == expected
+
+
+def test_bulk_and_per_event_calls_interleave_in_order() -> None:
+    values = [orjson.dumps(_event(n)) for n in range(10)]
+    positions = [KafkaPosition(0, i) for i in range(10)]
+    batch = TableBatch(ALL_TYPES)
+    batch.append_debezium_values(values[:3], positions[:3])
+    batch.append_debezium_value(values[3], positions[3])
+    batch.append_debezium_value(b"[]", positions[4])
+    batch.append_debezium_values(values[5:], positions[5:])
+    assert batch.append_debezium_values([], []) == 0
+    assert batch.events == 10 and batch.rows == 9
+    assert batch.first_position == KafkaPosition(0, 0) and batch.last_position == KafkaPosition(0, 9)
+    table = batch.to_arrow("k")
+    assert table["id"].to_pylist() == [1, 2, 3, 4, 6, 7, 8, 9, 10]
+    assert [d.position for d in batch.dead_letters] == [KafkaPosition(0, 4)]
+    with pytest.raises(ValueError):
+        batch.append_debezium_values(values[:2], positions[:1])
+
+
+def test_bulk_bytes_and_flush_policy_still_work() -> None:
+    batch = TableBatch(ALL_TYPES)
+    batch.append_debezium_values([orjson.dumps(_event(n)) for n in range(50)],
+                                 [KafkaPosition(0, i) for i in range(50)])
+    assert batch.approx_bytes > 50
+    assert batch.rows == 50 and batch.events == 50
+    batch.clear()
+    assert batch.empty and batch.rows == 0 and batch.approx_bytes == 0
