@@ -72,6 +72,13 @@ class ConnectClient:
         status, body = self._request("GET", f"/connectors/{urllib.parse.quote(name)}/status")
         return None if status == 404 else body
 
+    def offsets(self, name: str) -> list[dict[str, Any]] | None:
+        """The connector's committed source offsets (Connect ≥ 3.6, KIP-875); None when unavailable."""
+        status, body = self._request("GET", f"/connectors/{urllib.parse.quote(name)}/offsets")
+        if status != 200 or not isinstance(body, dict):
+            return None
+        return [item.get("offset") or {} for item in body.get("offsets", [])]
+
     def delete(self, name: str) -> None:
         self._request("DELETE", f"/connectors/{urllib.parse.quote(name)}")
 

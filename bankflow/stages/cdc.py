@@ -50,18 +50,31 @@ def _lsn(text: str | None) -> int | None:
     return (int(high, 16) << 32) | int(low, 16)
 
 
+def _offset_lsn(client: Any, connector: str) -> int:
+    """The highest LSN in the connector's committed offsets (-1 when there is none or the API is missing)."""
+    best = -1
+    for offset in client.offsets(connector) or []:
+        for key in ("lsn", "lsn_commit", "lsn_proc"):
+            value = offset.get(key)
+            if isinstance(value, int) and value > best:
+                best = value
+    return best
+
+
 def wait_for_debezium(ctx: RunContext, timeout: float = 600.0, poll: float = 0.25) -> dict[str, Any]:
     """Return once everything the source committed before this call is in Kafka (acknowledged by the broker).
 
     1. Wait until the connector's slot exists and has reached its consistent point (`confirmed_flush_lsn` set):
        what is committed after that is streamed, after the initial snapshot if there is one.
-    2. Commit a transactional logical decoding message (`pg_logical_emit_message`) and take
-       `pg_current_wal_lsn()` right after the commit: the end of the marker's commit record. A message, unlike a
-       row in an uncaptured table (the heartbeat table is not in the publication), is always decoded, so the
-       connector passes this position even when the captured tables are idle and other databases write WAL.
-    3. Wait until the slot's `confirmed_flush_lsn` reaches it. Debezium flushes a commit's end LSN to the slot
-       only from offsets Kafka Connect has committed, and Connect commits an offset only once the broker has
-       acknowledged every record before it; every transaction committed before the marker commits earlier.
+    2. Commit a transactional logical decoding message (`pg_logical_emit_message`, LSN M) and take
+       `pg_current_wal_lsn()` right after the commit (T, the end of the marker's commit record). A message,
+       unlike a row in an uncaptured table (the heartbeat table is not in the publication), is always decoded,
+       so the connector passes it even when the captured tables are idle and other databases write WAL.
+    3. Wait until either Connect's committed offset for the connector has `lsn` ≥ M (the marker's own event;
+       `GET /connectors/{name}/offsets`), or the slot's `confirmed_flush_lsn` ≥ T (Debezium flushes a commit's
+       end LSN only when a later record - a change or a heartbeat - carries it). Connect commits an offset only
+       once the broker acknowledged every record before it, and every transaction committed before the marker
+       is decoded, and produced, before it.
 
     The wait lasts about Connect's `offset.flush.interval.ms` (1 s in bankflow's worker, 60 s by default).
     A FAILED connector ends the wait with its trace.
@@ -78,6 +91,7 @@ def wait_for_debezium(ctx: RunContext, timeout: float = 600.0, poll: float = 0.2
     conn.autocommit = True
     last_status = 0.0
     target: int | None = None
+    marker: int | None = None
     flushed: int | None = None
 
     def check_connector() -> None:
@@ -95,7 +109,9 @@ def wait_for_debezium(ctx: RunContext, timeout: float = 600.0, poll: float = 0.2
                 flushed = _lsn(row[0]) if row else None
                 if target is None and flushed is not None:
                     cur.execute("BEGIN")
-                    cur.execute("SELECT pg_logical_emit_message(true, %s, %s)", (MARKER_PREFIX, str(time.time())))
+                    cur.execute("SELECT pg_logical_emit_message(true, %s, %s)::text",
+                                (MARKER_PREFIX, str(time.time())))
+                    marker = _lsn(cur.fetchone()[0])
                     cur.execute("COMMIT")
                     cur.execute("SELECT pg_current_wal_lsn()::text")
                     target = _lsn(cur.fetchone()[0])
@@ -103,6 +119,8 @@ def wait_for_debezium(ctx: RunContext, timeout: float = 600.0, poll: float = 0.2
                                         force=True)
                     continue
                 if target is not None and flushed is not None and flushed >= target:
+                    break
+                if marker is not None and _offset_lsn(client, spec.cdc.connector) >= marker:
                     break
                 if time.monotonic() > deadline:
                     where = ("its slot does not exist yet" if row is None else

@@ -68,7 +68,7 @@ def write_spec(path: Path, *, tag: str, database: str, port: int, connect_url: s
                    "password": "${" + PASSWORD_VAR + "}"},
         "cdc": {"engine": "debezium", "connect_url": connect_url, "connector": f"bankflow-{tag}",
                 "topic_prefix": f"bank{tag}", "slot": f"bf_{tag}", "publication": f"bf_{tag}",
-                "snapshot_mode": "initial", "heartbeat_interval_ms": 1000},
+                "snapshot_mode": "initial"},  # heartbeats as in banking.yaml (10 s): the wait must not need them
         "kafka": {"bootstrap_servers": bootstrap, "group": f"bankflow-{tag}", "partitions": 1},
         "lake": {"url": f"s3://{bucket}/banking", "s3_endpoint": s3_endpoint, "s3_key": "test",
                  "s3_secret": "test"},
