@@ -138,8 +138,10 @@ def consumer_config(resolved: ResolvedSpec) -> dict[str, Any]:
         "fetch.wait.max.ms": 10,
         "session.timeout.ms": 6000,
         "heartbeat.interval.ms": 1000,
-        "max.partition.fetch.bytes": 8 * 1024 * 1024,
-        "queued.max.messages.kbytes": 64 * 1024,  # prefetch bound: memory, not speed
+        # prefetch bounds: memory, not speed (a 16 MB queue is ≈ 30k Debezium events, several consume() calls)
+        "max.partition.fetch.bytes": 4 * 1024 * 1024,
+        "fetch.max.bytes": 16 * 1024 * 1024,
+        "queued.max.messages.kbytes": 16 * 1024,
         "security.protocol": kafka.security_protocol,
     }
     if kafka.sasl_mechanism:

@@ -178,6 +178,7 @@ _SOURCE_STRUCT = pa.struct([("lsn", pa.int64()), ("txId", pa.int64()), ("ts_us",
 _BULK_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError, TypeError,
                 ValueError, KeyError, AttributeError, _Conversion)
 _BULK_LEAF = 32  # a failing chunk is split in halves down to this size, then goes event by event
+_BULK_PIECE = 2048  # values parsed at a time: bounds the parsed dicts alive at once (memory, cache)
 
 
 class _Malformed:
@@ -426,13 +427,15 @@ class TableBatch:
             raise ValueError(f"{len(values)} values but {len(positions)} positions")
         if not values:
             return 0
-        loads = orjson.loads
-        try:
-            events: list[Any] = [loads(v) for v in values]
-        except orjson.JSONDecodeError:
-            events = [_parse(v) for v in values]
         before = self.rows
-        self._append_events(events, positions, unwrapped=False)
+        loads = orjson.loads
+        for start in range(0, len(values), _BULK_PIECE):
+            piece = values[start:start + _BULK_PIECE]
+            try:
+                events: list[Any] = [loads(v) for v in piece]
+            except orjson.JSONDecodeError:
+                events = [_parse(v) for v in piece]
+            self._append_events(events, positions[start:start + _BULK_PIECE], unwrapped=False)
         return self.rows - before
 
     def _append_events(self, events: list[Any], positions: Sequence[Any], unwrapped: bool) -> None:

@@ -185,3 +185,16 @@ def test_bulk_bytes_and_flush_policy_still_work() -> None:
     assert batch.rows == 50 and batch.events == 50
     batch.clear()
     assert batch.empty and batch.rows == 0 and batch.approx_bytes == 0
+
+
+def test_pieces_and_splits_keep_order_across_boundaries(monkeypatch: pytest.MonkeyPatch) -> None:
+    import bankflow.lake.batch as batch_module
+
+    monkeypatch.setattr(batch_module, "_BULK_PIECE", 7)
+    monkeypatch.setattr(batch_module, "_BULK_LEAF", 2)
+    values: list[bytes | str] = [orjson.dumps(_event(n)) for n in range(40)]
+    for bad in (6, 7, 20, 21, 39):
+        values[bad] = b"{broken"
+    one, bulk = _both(values)
+    _assert_same(one, bulk)
+    assert [d.position.offset - 100 for d in bulk.dead_letters] == [6, 7, 20, 21, 39]
