@@ -225,6 +225,10 @@ def main() -> int:
             connector = (worker.rest_url, resolved.spec.cdc.connector)
             slots.append(resolved.spec.cdc.slot)
             wait_for_debezium(ctx)
+            # The table is empty, so Debezium has not created its topic yet; a consumer subscribed to a missing
+            # topic only notices it at librdkafka's next metadata refresh (topic.metadata.refresh.interval.ms,
+            # 5 min by default), so create it first.
+            broker.create_topic(next(iter(resolved.spec.tables_by_topic)))
 
             def follow_debezium(stop: threading.Event, resolved: ResolvedSpec = resolved) -> threading.Thread:
                 from bankflow.consume.kafka import consume_to_lake
