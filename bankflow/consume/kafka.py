@@ -138,6 +138,8 @@ def consumer_config(resolved: ResolvedSpec) -> dict[str, Any]:
         "fetch.wait.max.ms": 10,
         "session.timeout.ms": 6000,
         "heartbeat.interval.ms": 1000,
+        # A table empty at snapshot time has no topic yet: notice it when Debezium creates it, not 5 min later.
+        "topic.metadata.refresh.interval.ms": 2000,
         # prefetch bounds: memory, not speed (a 16 MB queue is ≈ 30k Debezium events, several consume() calls)
         "max.partition.fetch.bytes": 4 * 1024 * 1024,
         "fetch.max.bytes": 16 * 1024 * 1024,

@@ -39,7 +39,10 @@ class DuckDBAdapter(WarehouseAdapter):
             from bankflow.lake.filesystem import lake_filesystem
 
             fs, _ = lake_filesystem(resolved)
-            self.con.register_filesystem(fs)
+            # One database instance per file and process: dbt-duckdb's connection may have registered it already.
+            if not set(fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)) & set(
+                    self.con.list_filesystems()):
+                self.con.register_filesystem(fs)
 
     @property
     def ledger(self) -> str:
