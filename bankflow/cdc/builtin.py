@@ -20,7 +20,6 @@ silently lost; downstream models decide what a truncate means.
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import select
@@ -40,6 +39,7 @@ from bankflow.cdc import pgoutput
 from bankflow.cdc.debezium_events import to_debezium_event
 from bankflow.lake.batch import DeadLetter, TableBatch
 from bankflow.lake.filesystem import lake_filesystem
+from bankflow.lake.gctune import large_young_generation
 from bankflow.lake.positions import LsnPosition, lsn_text, parse_lsn
 from bankflow.lake.replay import ReplayPlan
 from bankflow.lake.writer import LakeWriter, WrittenFile, put_atomic
@@ -702,15 +702,11 @@ class BuiltinReader:
         t0 = time.monotonic()
         rconn, cur, target = self._start()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bankflow-lake-writer")
-        # The hot loop allocates millions of small objects that are not cycles; a larger young generation
-        # keeps the cyclic GC from scanning over and over (restored afterwards).
-        thresholds = gc.get_threshold()
-        gc.set_threshold(max(thresholds[0], 50_000), *thresholds[1:])
         try:
-            self._loop(rconn, cur, target, follow, stop)
-            self._finish(rconn)
+            with large_young_generation():
+                self._loop(rconn, cur, target, follow, stop)
+                self._finish(rconn)
         finally:
-            gc.set_threshold(*thresholds)
             self._pool.shutdown(wait=True)
             rconn.close()
         self.result.events_by_table = {name: s.events for name, s in self._states.items()}

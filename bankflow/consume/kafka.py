@@ -32,6 +32,7 @@ from typing import Any, overload
 
 from bankflow.lake.batch import TableBatch
 from bankflow.lake.filesystem import lake_filesystem
+from bankflow.lake.gctune import large_young_generation
 from bankflow.lake.positions import KafkaPosition, parse_file_name
 from bankflow.lake.writer import LakeWriter
 from bankflow.spec.loader import ResolvedSpec
@@ -384,16 +385,17 @@ class _Consumer:
         else:  # static: no group rebalances; offsets still committed in the spec's group
             self.on_assign(consumer, [TopicPartition(t, p) for t, p in assignment])
         try:
-            while not (stop is not None and stop.is_set()):
-                messages = consumer.consume(num_messages=BATCH_MESSAGES, timeout=POLL_TIMEOUT)
-                if messages:
-                    self._handle(messages)
-                self._policy_flush()
-                self._emit_progress()
-                if not messages and not follow and self._caught_up():
-                    break
-            for state in list(self.states.values()):
-                self._finish(state)
+            with large_young_generation():
+                while not (stop is not None and stop.is_set()):
+                    messages = consumer.consume(num_messages=BATCH_MESSAGES, timeout=POLL_TIMEOUT)
+                    if messages:
+                        self._handle(messages)
+                    self._policy_flush()
+                    self._emit_progress()
+                    if not messages and not follow and self._caught_up():
+                        break
+                for state in list(self.states.values()):
+                    self._finish(state)
         finally:
             consumer.close()
         self.result.seconds = time.monotonic() - started
