@@ -11,7 +11,8 @@ BENCHMARKS = [
     ("built-in CDC → Parquet (1M rows, catch-up)", ["bench_cdc.py"]),
     ("workload generator (1M transactions)", ["bench_generate.py", "--transactions", "1000000"]),
     ("full apply on local (1M transactions)", ["bench_apply.py", "--transactions", "1000000"]),
-    ("Kafka → Parquet consumer vs seed-style consumer", ["bench_kafka_consume.py"]),
+    ("Kafka → Parquet consumer vs seed-style consumer", ["bench_kafka_consume.py", "--events", "1000000"]),
+    ("commit → Parquet-in-lake latency, Debezium follow vs built-in", ["bench_latency.py"]),
 ]
 
 
