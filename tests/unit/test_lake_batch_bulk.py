@@ -10,56 +10,8 @@ import pytest
 from bankflow.cdc.debezium_events import to_debezium_event
 from bankflow.lake.batch import TableBatch
 from bankflow.lake.positions import KafkaPosition
-from bankflow.spec.models import Column, Table
-
-# The table, rows and text batch of test_lake_batch (copied: test modules do not import each other).
-ALL_TYPES = Table(
-    name="everything",
-    primary_key=["id"],
-    columns=[
-        Column(name="id", type="bigint", nullable=False),
-        Column(name="i", type="integer"),
-        Column(name="s", type="smallint"),
-        Column(name="m", type="numeric(18,2)"),
-        Column(name="m38", type="numeric(38,10)"),
-        Column(name="t", type="text"),
-        Column(name="v", type="varchar(20)"),
-        Column(name="c", type="char(3)"),
-        Column(name="b", type="boolean"),
-        Column(name="d", type="date"),
-        Column(name="ts", type="timestamp"),
-        Column(name="tstz", type="timestamptz"),
-        Column(name="u", type="uuid"),
-        Column(name="j", type="jsonb"),
-        Column(name="raw", type="bytea"),
-        Column(name="tm", type="time"),
-    ],
-)
-# Text exactly as pgoutput sends it with TimeZone=UTC, DateStyle=ISO, bytea_output=hex.
-ROWS = [
-    [b"1", b"2147483647", b"32767", b"9999999999999999.99", b"1234567890123456789012345678.0123456789", b"hello",
-     b"vc", b"ab ", b"t", b"2024-02-29", b"2024-01-01 12:34:56.123456", b"2024-01-01 12:34:56.654321+00",
-     b"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", b'{"k": [1, 2.50, "x"]}', b"\\x00ff10", b"23:59:59.999999"],
-    [b"2", b"-1", b"-2", b"0.30", b"0.0000000001", b"", "ünïcødé".encode(), b"xyz", b"f", b"1970-01-01",
-     b"1969-12-31 23:59:59.5", b"1999-12-31 23:59:59+00", b"00000000-0000-0000-0000-000000000000", b"[]", b"\\x",
-     b"00:00:00"],
-    [b"3", *([None] * 15)],
-]
-COMMIT_TS = 1_714_000_000_123_456
-
-
-def _text_batch(rows: list[list[bytes | None]], ops: list[str] | None = None) -> TableBatch:
-    batch = TableBatch(ALL_TYPES)
-    cols, op_list, lsns = batch.text_sink()
-    batch.begin_text_tx(1000, 77, COMMIT_TS, 900)
-    for n, row in enumerate(rows):
-        for col, value in zip(cols, row, strict=True):
-            col.append(value)
-        op_list.append((ops or ["c"] * len(rows))[n])
-        lsns.append(900 + n)
-    return batch
-
-
+from tests.fixtures.lake_types import ALL_TYPES, COMMIT_TS, ROWS
+from tests.fixtures.lake_types import text_batch as _text_batch
 
 
 def _event(n: int, op: str = "c", row: list[Any] | None = None) -> dict[str, Any]:
