@@ -12,15 +12,15 @@ The ground truth comes from the generator's own bookkeeping (tests/fixtures/raw_
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
-import sys
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.fixtures import raw_banking
 
 pytestmark = pytest.mark.integration
 
@@ -41,17 +41,6 @@ STEPS: list[list[str]] = [
 ]
 
 
-def _load_fixture_module() -> Any:
-    path = REPO / "tests" / "fixtures" / "raw_banking.py"
-    spec = importlib.util.spec_from_file_location("bankflow_test_raw_banking", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-raw_banking = _load_fixture_module()
 
 
 class Warehouse:

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib.util
 import shutil
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -39,6 +37,7 @@ from bankflow.spec.loader import ResolvedSpec, load_spec  # noqa: E402
 from bankflow.stages import load as load_stage  # noqa: E402
 from bankflow.stages import transform as transform_stage  # noqa: E402
 from bankflow.stages.base import Progress, RunContext  # noqa: E402
+from tests.fixtures import raw_banking  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 PROJECT_DIR = REPO / "banking_dbt"
@@ -46,17 +45,6 @@ TEST_MACROS = REPO / "tests" / "fakesnow_macros"
 BUCKET = "sf-dbt-lake"
 
 
-def _load_fixture_module() -> Any:
-    path = REPO / "tests" / "fixtures" / "raw_banking.py"
-    spec = importlib.util.spec_from_file_location("bankflow_test_raw_banking_sf", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-raw_banking = _load_fixture_module()
 
 
 class S3CompatFileSystem(s3fs.S3FileSystem):  # type: ignore[misc,name-defined]
