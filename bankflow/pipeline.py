@@ -205,6 +205,12 @@ class Pipeline:
 
     def down(self, *, drop_slot: bool = False) -> list[str]:
         lines = []
+        if drop_slot and self.spec.source.embedded:
+            from bankflow.stages.source import embedded_server
+
+            if not embedded_server(self.resolved).is_running():
+                lines.append(f"slot {self.spec.cdc.slot} kept: the embedded PostgreSQL is not running")
+                drop_slot = False
         if drop_slot:
             from bankflow.cdc.builtin import drop_slot as drop
             from bankflow.stages.source import source_connect_kwargs
