@@ -179,13 +179,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def _pending_files(resolved: ResolvedSpec) -> dict[str, list[str]] | None:
     """Files in the lake not yet in the ledger, when the lake is reachable; None otherwise (plan stays offline)."""
-    try:
-        from bankflow.stages.load import plan_pending_files
-    except ImportError:
-        return None
+    from bankflow.stages.load import plan_pending_files
+
     try:
         return plan_pending_files(resolved)
-    except Exception:
+    except Exception:  # unreachable lake or ledger, or a missing optional dependency: a placeholder in the plan
         return None
 
 

@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from bankflow.errors import StageError
+from bankflow.lake.positions import parse_lsn
 from bankflow.stages.base import RunContext, StageResult
 
 MARKER_PREFIX = "bankflow.catchup"  # logical decoding messages; Debezium publishes them to `<topic_prefix>.message`
@@ -41,13 +42,6 @@ def register_connector(ctx: RunContext, timeout: float = 90.0) -> dict[str, Any]
     status = client.wait_running(spec.cdc.connector, timeout=timeout)
     return {"connector": spec.cdc.connector, "created": live is None, "updated": changed and live is not None,
             "state": status.get("connector", {}).get("state")}
-
-
-def _lsn(text: str | None) -> int | None:
-    if text is None:
-        return None
-    high, _, low = text.partition("/")
-    return (int(high, 16) << 32) | int(low, 16)
 
 
 def _offset_lsn(client: Any, connector: str) -> int:
@@ -106,15 +100,15 @@ def wait_for_debezium(ctx: RunContext, timeout: float = 600.0, poll: float = 0.2
                 cur.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots "
                             "WHERE slot_name = %s AND database = current_database()", (spec.cdc.slot,))
                 row = cur.fetchone()
-                flushed = _lsn(row[0]) if row else None
+                flushed = parse_lsn(row[0]) if row and row[0] else None
                 if target is None and flushed is not None:
                     cur.execute("BEGIN")
                     cur.execute("SELECT pg_logical_emit_message(true, %s, %s)::text",
                                 (MARKER_PREFIX, str(time.time())))
-                    marker = _lsn(cur.fetchone()[0])
+                    marker = parse_lsn(cur.fetchone()[0])
                     cur.execute("COMMIT")
                     cur.execute("SELECT pg_current_wal_lsn()::text")
-                    target = _lsn(cur.fetchone()[0])
+                    target = parse_lsn(cur.fetchone()[0])
                     ctx.progress.update("cdc", f"waiting for {spec.cdc.connector} to pass the source's position",
                                         force=True)
                     continue

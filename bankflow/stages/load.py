@@ -18,26 +18,21 @@ if TYPE_CHECKING:
 
 
 def lake_files(resolved: ResolvedSpec, table: Table) -> list[str]:
-    """Parquet keys (relative to the lake root) under the table's part of the layout, sorted by position."""
+    """Parquet keys (relative to the lake root) of one table, sorted by file name (stream, then position).
+
+    The directories come from the lake writer itself (the layout with `*` for date and partition), so the load
+    looks exactly where files are written; temporary files end in `.tmp` and dead letters in `.jsonl`.
+    """
     from bankflow.lake.filesystem import lake_filesystem
+    from bankflow.lake.writer import LakeWriter
 
     fs, root = lake_filesystem(resolved)
     spec = resolved.spec
-    prefix = spec.lake.layout.split("{", 1)[0]
-    placeholders = {"table": table.name, "schema": spec.source.schema_name, "topic": spec.topic_for(table)}
-    # The fixed part of the layout up to the first unknown placeholder (e.g. "{table}/date={date}" → "customers/").
-    fixed = spec.lake.layout
-    for name, value in placeholders.items():
-        fixed = fixed.replace("{" + name + "}", value)
-    prefix = fixed.split("{", 1)[0].rsplit("/", 1)[0] if "{" in fixed else fixed
-    base = f"{root.rstrip('/')}/{prefix}".rstrip("/")
-    if not fs.exists(base):
-        return []
-    keys = []
-    for path in fs.find(base):
-        if path.endswith(".parquet") and "/_" not in path[len(root):] and "/." not in path[len(root):]:
-            keys.append(path[len(root.rstrip("/")) + 1:] if path.startswith(root.rstrip("/")) else path)
-    return sorted(keys, key=lambda k: k.rsplit("/", 1)[-1])
+    writer = LakeWriter(fs, root, spec.lake)
+    directory = writer.directory(table=table.name, schema=spec.source.schema_name, topic=spec.topic_for(table))
+    prefix = writer.root + "/"
+    keys = [path.removeprefix(prefix) for path in fs.glob(f"{directory}/*.parquet")]
+    return sorted(keys, key=lambda key: key.rsplit("/", 1)[-1])
 
 
 def pending_files(resolved: ResolvedSpec, adapter: WarehouseAdapter | None = None) -> dict[str, list[str]]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from bankflow.render.sql import quote_duckdb, string_literal
-from bankflow.render.warehouse import load_statements, qualified_raw_table
+from bankflow.render.sql import quote_duckdb
+from bankflow.render.warehouse import COPY_FILES_PER_STATEMENT, load_statements, qualified_raw_table
 from bankflow.warehouse.base import LEDGER_TABLE, LoadOutcome, WarehouseAdapter
 
 if TYPE_CHECKING:
@@ -90,10 +90,11 @@ class DuckDBAdapter(WarehouseAdapter):
         """One transaction per chunk: the rows and their ledger entries commit together or not at all."""
         outcome = LoadOutcome()
         target = qualified_raw_table(self.resolved, table)
-        urls = [self.file_url(key) for key in files]
-        by_url = dict(zip(urls, files, strict=True))
-        for statement in load_statements(self.resolved, table, urls):
-            chunk_urls = [u for u in urls if string_literal(u) in statement]
+        for start in range(0, len(files), COPY_FILES_PER_STATEMENT):
+            keys = files[start:start + COPY_FILES_PER_STATEMENT]
+            chunk_urls = [self.file_url(key) for key in keys]
+            by_url = dict(zip(chunk_urls, keys, strict=True))
+            (statement,) = load_statements(self.resolved, table, chunk_urls)
             self.con.execute("BEGIN TRANSACTION")
             try:
                 before = self.query(f"SELECT count(*) FROM {target}")[0][0]
