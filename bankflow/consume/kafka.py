@@ -296,59 +296,87 @@ class _Consumer:
                            "dead_letters": self.result.dead_letters, "tombstones": self.result.tombstones})
 
     def _handle(self, messages: list[Any]) -> None:
-        """Route messages to their partition's pending values; cut at orphan ends and at max_rows exactly."""
+        """Route messages, in runs of one (topic, partition), to that partition's pending values."""
         from confluent_kafka import KafkaError
 
         states = self.states
-        max_rows = self.flush.max_rows
-        result = self.result
-        events = tombstones = 0
-        touched: dict[tuple[str, int], _Partition] = {}
-        last_key: tuple[str, int] | None = None
-        state: _Partition | None = None
-        values: list[bytes] = []
-        offsets: list[int] = []
-        for msg in messages:
-            err = msg.error()
+        n = len(messages)
+        i = 0
+        while i < n:
+            first = messages[i]
+            err = first.error()
             if err is not None:
                 if err.code() != KafkaError._PARTITION_EOF:
                     log.warning("consumer error: %s", err)
+                i += 1
                 continue
-            key = (msg.topic(), msg.partition())
-            if key != last_key:
-                last_key = key
-                state = states.get(key)
-                if state is not None:
-                    touched[key] = state
-                    values, offsets = state.values, state.offsets
-            if state is None:  # a partition we no longer own
-                continue
+            topic, partition = first.topic(), first.partition()
+            j = i + 1
+            while j < n:  # consume() returns long runs from one partition; find where this one ends
+                msg = messages[j]
+                if msg.partition() != partition or msg.topic() != topic or msg.error() is not None:
+                    break
+                j += 1
+            state = states.get((topic, partition))
+            if state is not None:  # else: a partition we no longer own
+                run = messages if j - i == n else messages[i:j]
+                if state.cuts:
+                    self._take_replay(state, run)
+                else:
+                    self._take(state, run)
+            i = j
+        for state in states.values():
+            state.drain()
+
+    def _take(self, state: _Partition, run: list[Any]) -> None:
+        """A run of messages for a partition that is not replaying: append, cutting batches at max_rows."""
+        values = [m.value() for m in run]
+        offsets = [m.offset() for m in run]
+        state.next_offset = offsets[-1] + 1
+        if None in values:  # tombstones: skipped, their offsets committed with the next flush
+            kept = [k for k, v in enumerate(values) if v is not None]
+            self.result.tombstones += len(values) - len(kept)
+            values = [values[k] for k in kept]
+            offsets = [offsets[k] for k in kept]
+        self.result.events += len(values)
+        max_rows = self.flush.max_rows
+        while values:
+            room = max_rows - state.count
+            take = values if len(values) <= room else values[:room]
+            state.values.extend(take)
+            state.offsets.extend(offsets if take is values else offsets[:room])
+            state.count += len(take)
+            if take is values:
+                return
+            next_offset = state.next_offset
+            state.next_offset = offsets[room - 1] + 1  # the file ends here; commit up to here
+            self._flush(state)
+            state.next_offset = next_offset
+            values, offsets = values[room:], offsets[room:]
+
+    def _take_replay(self, state: _Partition, run: list[Any]) -> None:
+        """A run for a partition replaying orphan files: cut at exactly their end offsets, message by message."""
+        cuts = state.cuts
+        for msg in run:
             offset = msg.offset()
             value = msg.value()
             state.next_offset = offset + 1
             if value is None:
-                tombstones += 1
+                self.result.tombstones += 1
                 continue
-            events += 1
-            cuts = state.cuts
+            self.result.events += 1
             if cuts and offset > cuts[0]:  # replay drifted past an orphan's end: cut here, keep order
                 log.warning("%s[%d]: orphan end %d not met by replay", state.topic, state.partition, cuts[0])
                 while cuts and offset > cuts[0]:
                     cuts.pop(0)
-            values.append(value)
-            offsets.append(offset)
+            state.values.append(value)
+            state.offsets.append(offset)
             state.count += 1
             if cuts:
                 if offset == cuts[0]:
                     self._flush(state)
-                    values, offsets = state.values, state.offsets
-            elif state.count >= max_rows:
+            elif state.count >= self.flush.max_rows:
                 self._flush(state)
-                values, offsets = state.values, state.offsets
-        for touched_state in touched.values():
-            touched_state.drain()
-        result.events += events
-        result.tombstones += tombstones
 
     def _policy_flush(self) -> None:
         flush = self.flush

@@ -9,10 +9,11 @@ Two ways in, one way out:
   raw text of each column straight into per-column lists, no per-row dicts.
 
 - `append_debezium_values(values, positions)`: the bulk path for raw message values (JSON bytes) of one stream,
-  in order. They are parsed, checked and converted column-wise in one go (`pa.array` on the row images as a
-  struct, then vectorised casts); a chunk with anything unusual in it (malformed JSON, an unknown op or column,
-  a value that does not convert, a missing NOT NULL value) is split until the culprits are isolated and those
-  go through `append_debezium_value`, the per-event path, so dead letters and output stay what it gives.
+  in order. msgspec decodes them strictly into typed structs (`_EnvelopeDecoder`), which become Arrow arrays
+  in one go, then vectorised casts. A value msgspec rejects (malformed JSON, a wrong JSON type, an unknown
+  column) and a chunk with anything else unusual in it (an unknown op, a value that does not cast, a missing
+  NOT NULL value) is split until the culprits are isolated, and those go through `append_debezium_value`, the
+  per-event path, so dead letters and output stay what it gives.
 
 Values stay in Python lists until `to_arrow`, where each column converts in bulk with Arrow casts (numeric
 text → decimal128 exactly, never through float). A bulk cast that fails falls back to value-by-value
@@ -28,11 +29,13 @@ import time
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
+import msgspec
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
+from msgspec.structs import astuple
 
 from bankflow.lake.arrow_schema import arrow_type, table_arrow_schema
 from bankflow.lake.positions import LsnPosition
@@ -124,11 +127,31 @@ def text_converter(pg: PgType) -> Converter:
     return lambda v: pa.array(v, pa.string()).cast(target)
 
 
+def _json_ints(values: list[Any], arrow: pa.DataType) -> pa.Array:
+    """JSON integers only: `pa.array` would truncate 1.5 to 1, and a wrong number must be a dead letter."""
+    for value in values:
+        if value is not None and type(value) is not int:
+            raise pa.ArrowInvalid(f"expected an integer, got {type(value).__name__}")
+    return pa.array(values, arrow)
+
+
+def _json_floats(values: list[Any], arrow: pa.DataType) -> pa.Array:
+    """JSON numbers only: `pa.array` would read true as 1.0."""
+    for value in values:
+        if value is not None and type(value) is not float and type(value) is not int:
+            raise pa.ArrowInvalid(f"expected a number, got {type(value).__name__}")
+    return pa.array(values, arrow)
+
+
 def json_converter(pg: PgType) -> Converter:
     """Debezium JSON values (string decimals, ISO timestamptz, epoch-based ints for date/time/timestamp) → Arrow."""
     target = arrow_type(pg)
     kind = pg.kind
-    if kind in _INT_KINDS or kind in ("real", "double precision", "boolean"):
+    if kind in _INT_KINDS:
+        return lambda v: _json_ints(v, target)
+    if kind in ("real", "double precision"):
+        return lambda v: _json_floats(v, target)
+    if kind == "boolean":
         return lambda v: pa.array(v, target)
     if kind in _STRING_KINDS:
         return lambda v: pa.array(v, pa.string())
@@ -137,12 +160,24 @@ def json_converter(pg: PgType) -> Converter:
     if kind == "bytea":
         return _json_bytea
     if kind == "date":
-        return lambda v: pa.array(v, pa.int32()).cast(target)
+        return lambda v: _json_ints(v, pa.int32()).cast(target)
     if kind in ("time", "timestamp"):
-        return lambda v: pa.array(v, pa.int64()).cast(target)
+        return lambda v: _json_ints(v, pa.int64()).cast(target)
     if kind == "timestamptz":
         return lambda v: pa.array(v, pa.string()).cast(_TS_UTC)
     raise ValueError(f"no Debezium converter for {pg.sql}")
+
+
+def json_python_type(pg: PgType) -> type:
+    """The Python type a Debezium JSON value of this column must decode to (msgspec checks it strictly)."""
+    kind = pg.kind
+    if kind in _INT_KINDS or kind in ("date", "time", "timestamp"):
+        return int
+    if kind in ("real", "double precision"):
+        return float
+    if kind == "boolean":
+        return bool
+    return str  # text kinds, numeric (decimal.handling.mode=string), bytea (base64), timestamptz (ISO)
 
 
 def json_input_type(pg: PgType) -> pa.DataType:
@@ -172,13 +207,64 @@ def json_finish(pg: PgType) -> Callable[[pa.Array], pa.Array]:
     raise ValueError(f"no Debezium converter for {pg.sql}")
 
 
-_OPS = pa.array(["c", "u", "d", "r"])
-_SOURCE_STRUCT = pa.struct([("lsn", pa.int64()), ("txId", pa.int64()), ("ts_us", pa.int64()),
-                            ("ts_ms", pa.int64())])
+_OPS = frozenset(("c", "u", "d", "r"))
+_SOURCE_FIELDS = ("lsn", "txId", "ts_us", "ts_ms")  # the order of `_EnvelopeDecoder`'s source struct
+_SOURCE_STRUCT = pa.struct([(name, pa.int64()) for name in _SOURCE_FIELDS])
 _BULK_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError, TypeError,
-                ValueError, KeyError, AttributeError, _Conversion)
+                ValueError, KeyError, AttributeError, msgspec.DecodeError, _Conversion)
 _BULK_LEAF = 32  # a failing chunk is split in halves down to this size, then goes event by event
-_BULK_PIECE = 2048  # values parsed at a time: bounds the parsed dicts alive at once (memory, cache)
+_BULK_PIECE = 2048  # values decoded at a time: bounds the decoded events alive at once (memory, cache)
+
+
+class _EnvelopeDecoder:
+    """Strict typed decoding of one table's Debezium values with msgspec: what the bulk path reads, nothing more.
+
+    Row images decode into structs of each column's JSON type (`json_python_type`: 1.5 or "3" is not an
+    integer) with unknown columns forbidden; `source` keeps lsn, txId, ts_us and ts_ms; other fields are
+    skipped without building objects, and `before` stays raw bytes, decoded only for deletes (the only op whose
+    row comes from it). This is two to three times faster than `orjson.loads` building dicts. A value it rejects is not
+    judged here: it goes through the per-event path, which makes it a row or a dead letter with the reason.
+    """
+
+    def __init__(self, table: Table) -> None:
+        slots = [f"c{i}" for i in range(len(table.columns))]  # column names need not be Python identifiers
+        row = msgspec.defstruct(
+            "RowImage", [(slot, Optional[json_python_type(c.pg_type)], None)  # noqa: UP045 (runtime type)
+                         for slot, c in zip(slots, table.columns, strict=True)],
+            rename=dict(zip(slots, (c.name for c in table.columns), strict=True)),
+            forbid_unknown_fields=True, gc=False)
+        source = msgspec.defstruct(
+            "Source", [(name, Optional[int], None) for name in _SOURCE_FIELDS],  # noqa: UP045
+            gc=False)
+        envelope = msgspec.defstruct(
+            "Envelope", [("op", str), ("before", msgspec.Raw, msgspec.Raw(b"null")),
+                         ("after", Optional[row], None), ("source", Optional[source], None)],  # noqa: UP045
+            gc=False)
+        wrapped = msgspec.defstruct("Wrapped", [("payload", envelope)], gc=False)  # schemas.enable=true
+        self._decode = msgspec.json.Decoder(envelope).decode
+        self._decode_wrapped = msgspec.json.Decoder(wrapped).decode
+        self.decode_row = msgspec.json.Decoder(Optional[row]).decode  # noqa: UP045
+
+    def decode_one(self, value: bytes | str) -> Any:
+        """The decoded envelope, or None when the value is anything else (the per-event path decides)."""
+        try:
+            return self._decode(value)
+        except msgspec.DecodeError:
+            pass
+        try:
+            wrapped: Any = self._decode_wrapped(value)
+        except msgspec.DecodeError:
+            return None
+        return wrapped.payload
+
+    def decode_all(self, values: Sequence[bytes | str]) -> tuple[list[Any], bool]:
+        """(decoded envelopes or None per value, whether all decoded)."""
+        decode = self._decode
+        try:
+            return [decode(v) for v in values], True
+        except msgspec.DecodeError:
+            events = [self.decode_one(v) for v in values]
+            return events, all(e is not None for e in events)
 
 
 class _Malformed:
@@ -262,7 +348,9 @@ class TableBatch:
         self._text_conv = [text_converter(c.pg_type) for c in table.columns]
         self._json_conv = [json_converter(c.pg_type) for c in table.columns]
         self._json_finish = [json_finish(c.pg_type) for c in table.columns]
-        self._row_struct = pa.struct([pa.field(c.name, json_input_type(c.pg_type)) for c in table.columns])
+        self._row_struct = pa.struct([pa.field(f"c{i}", json_input_type(c.pg_type))
+                                      for i, c in enumerate(table.columns)])
+        self._envelopes: _EnvelopeDecoder | None = None  # built on first bulk use
         self._known = frozenset(self.names)
         self._reset()
 
@@ -365,9 +453,12 @@ class TableBatch:
         self._switch("json")
         source = event.get("source") or {}
         ts_us = source.get("ts_us")
-        if ts_us is None and source.get("ts_ms") is not None:
-            ts_us = int(source["ts_ms"]) * 1000
-        self._touch(position, ts_us)
+        ts_ms = source.get("ts_ms")
+        ts_label = "ts_us"
+        if ts_us is None and ts_ms is not None:
+            ts_label = "ts_ms"
+            ts_us = ts_ms * 1000 if type(ts_ms) is int else ts_ms
+        self._touch(position, ts_us if type(ts_us) is int else None)
         dead = self._dead_on_arrival
         op = event.get("op")
         if op not in ("c", "u", "d", "r"):
@@ -387,12 +478,17 @@ class TableBatch:
         if lsn is None:
             dead(position, "event has no source.lsn", event)
             return False
+        tx_id = source.get("txId")
+        for name, number in (("lsn", lsn), ("txId", tx_id), (ts_label, ts_us)):
+            if number is not None and type(number) is not int:
+                dead(position, f"source.{name} must be an integer, got {number!r}", event)
+                return False
         get = row.get
         for name, col in zip(self.names, self.cols, strict=True):
             col.append(get(name))
         self.ops.append(op)
         self.lsns.append(lsn)
-        self.tx_ids.append(source.get("txId"))
+        self.tx_ids.append(tx_id)
         self.ts_us.append(ts_us)
         self.positions.append(position)
         self.raw_events.append(event)
@@ -428,26 +524,35 @@ class TableBatch:
         if not values:
             return 0
         before = self.rows
-        loads = orjson.loads
+        if self._envelopes is None:
+            self._envelopes = _EnvelopeDecoder(self.table)
+        decode_all = self._envelopes.decode_all
         for start in range(0, len(values), _BULK_PIECE):
             piece = values[start:start + _BULK_PIECE]
-            try:
-                events: list[Any] = [loads(v) for v in piece]
-            except orjson.JSONDecodeError:
-                events = [_parse(v) for v in piece]
-            self._append_events(events, positions[start:start + _BULK_PIECE], unwrapped=False)
+            piece_positions = positions[start:start + _BULK_PIECE]
+            events, all_decoded = decode_all(piece)
+            if all_decoded:
+                self._append_events(events, piece, piece_positions)
+                continue
+            i, n = 0, len(events)
+            while i < n:  # runs of decoded events in bulk, the rest one by one, in order
+                if events[i] is None:
+                    self.append_debezium_value(piece[i], piece_positions[i])
+                    i += 1
+                    continue
+                j = i + 1
+                while j < n and events[j] is not None:
+                    j += 1
+                self._append_events(events[i:j], piece[i:j], piece_positions[i:j])
+                i = j
         return self.rows - before
 
-    def _append_events(self, events: list[Any], positions: Sequence[Any], unwrapped: bool) -> None:
-        chunk = None
+    def _append_events(self, events: list[Any], values: Sequence[bytes | str], positions: Sequence[Any]) -> None:
+        """Decoded events in bulk; a chunk that does not convert is halved until the culprits go event by event."""
         try:
             chunk = self._bulk_convert(events)
         except _BULK_ERRORS:
-            if not unwrapped:
-                wrapped = [_unwrap(e) for e in events]
-                if any(w is not e for w, e in zip(wrapped, events, strict=True)):
-                    self._append_events(wrapped, positions, unwrapped=True)
-                    return
+            chunk = None
         if chunk is not None:
             arrays, first_ts, nbytes = chunk
             self._switch("json")
@@ -463,39 +568,42 @@ class TableBatch:
             return
         n = len(events)
         if n <= _BULK_LEAF:
-            for event, position in zip(events, positions, strict=True):
-                self._append_parsed(event, position)
+            for value, position in zip(values, positions, strict=True):
+                self.append_debezium_value(value, position)
             return
         half = n // 2
-        self._append_events(events[:half], positions[:half], unwrapped=True)
-        self._append_events(events[half:], positions[half:], unwrapped=True)
+        self._append_events(events[:half], values[:half], positions[:half])
+        self._append_events(events[half:], values[half:], positions[half:])
 
     def _bulk_convert(self, events: list[Any]) -> tuple[list[pa.Array], int | None, int]:
-        """Column arrays for events that are all well-formed and convertible; raises otherwise."""
-        ops_list = [e["op"] for e in events]
-        ops = pa.array(ops_list, pa.string())
-        if not pc.all(pc.is_in(ops, value_set=_OPS)).as_py():
+        """Column arrays for decoded events that all convert; raises (one of `_BULK_ERRORS`) otherwise."""
+        assert self._envelopes is not None
+        ops_list = [e.op for e in events]
+        op_set = set(ops_list)
+        if not op_set <= _OPS:
             raise _Conversion("unknown op")
-        rows = [e["before"] if op == "d" else e["after"] for e, op in zip(events, ops_list, strict=True)]
-        if not set().union(*rows) <= self._known:  # TypeError for a row image that is not a dict
-            raise _Conversion("unknown column")
-        images = pa.array(rows, self._row_struct)
-        if images.null_count:
-            raise _Conversion("missing row image")
-        source = pa.array([e["source"] for e in events], _SOURCE_STRUCT)
-        lsn = source.field(0)
-        if source.null_count or lsn.null_count:
-            raise _Conversion("no source.lsn")
-        ts_us = source.field(2)
-        if ts_us.null_count:
-            ts_us = pc.coalesce(ts_us, pc.multiply_checked(source.field(3), 1000))
+        if "d" in op_set:
+            decode_row = self._envelopes.decode_row
+            rows = [decode_row(e.before) if op == "d" else e.after for e, op in zip(events, ops_list, strict=True)]
+        else:
+            rows = [e.after for e in events]
+        # Struct → tuple → one Arrow struct array is faster than a column at a time. A missing row image or
+        # source is None here: astuple raises TypeError and the chunk splits.
+        images = pa.array(list(map(astuple, rows)), self._row_struct)
         arrays = []
         for i, (finish, nullable) in enumerate(zip(self._json_finish, self._nullable, strict=True)):
             arr = finish(images.field(i))
             if not nullable and arr.null_count:
                 raise _Conversion("NOT NULL column without a value")
             arrays.append(arr)
-        arrays += [ops, lsn, source.field(1), ts_us.cast(_TS_UTC)]
+        source = pa.array(list(map(astuple, [e.source for e in events])), _SOURCE_STRUCT)
+        lsn = source.field(0)
+        if lsn.null_count:
+            raise _Conversion("no source.lsn")
+        ts_us = source.field(2)
+        if ts_us.null_count:
+            ts_us = pc.coalesce(ts_us, pc.multiply_checked(source.field(3), 1000))
+        arrays += [pa.array(ops_list, pa.string()), lsn, source.field(1), ts_us.cast(_TS_UTC)]
         nbytes = sum(a.nbytes for a in arrays)
         return arrays, ts_us[0].as_py(), nbytes
 
