@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
-from bankflow.services._process import ServiceError
+from bankflow.services._process import ServiceError, log_tail, spawn, terminate
 from bankflow.services.ports import free_port, wait_for_port
 
 ACCESS_KEY = "test"
@@ -15,12 +19,19 @@ REGION = "us-east-1"
 
 
 class S3Server:
-    """moto's ThreadedMotoServer on 127.0.0.1 (in this process: state is gone when it stops)."""
+    """moto's S3 server on 127.0.0.1; state is gone when it stops.
 
-    def __init__(self, port: int | None = None) -> None:
+    By default a thread of this process (ThreadedMotoServer). `child_process=True` runs it as a child process
+    instead, so benchmarks measure the CPU of the client alone, not the server's share of it.
+    """
+
+    def __init__(self, port: int | None = None, *, child_process: bool = False, log_dir: Path | None = None) -> None:
         self.host = "127.0.0.1"
         self.port = port
+        self.child_process = child_process
+        self.log_dir = log_dir
         self._server: Any = None
+        self._proc: subprocess.Popen[bytes] | None = None
         self.startup_seconds: float | None = None
 
     @property
@@ -30,11 +41,13 @@ class S3Server:
         return f"http://{self.host}:{self.port}"
 
     def is_running(self) -> bool:
-        return self._server is not None
+        return self._server is not None or (self._proc is not None and self._proc.poll() is None)
 
     def start(self, timeout: float = 30.0) -> S3Server:
-        if self._server is not None:
+        if self.is_running():
             return self
+        if self.child_process:
+            return self._start_child(timeout)
         t0 = time.monotonic()
         from moto.server import ThreadedMotoServer
 
@@ -51,10 +64,27 @@ class S3Server:
         self.startup_seconds = time.monotonic() - t0
         return self
 
+    def _start_child(self, timeout: float) -> S3Server:
+        t0 = time.monotonic()
+        if self.port is None:
+            self.port = free_port(self.host)
+        log_path = (self.log_dir or Path(tempfile.gettempdir())) / f"moto-s3-{self.port}.log"
+        code = f"from moto.server import main; main(['-H', '{self.host}', '-p', '{self.port}'])"
+        self._proc = spawn([sys.executable, "-c", code], log_path)
+        if not wait_for_port(self.host, self.port, timeout):
+            self.stop()
+            raise ServiceError(f"moto S3 server did not listen on {self.host}:{self.port} within {timeout:.0f}s:\n"
+                               f"{log_tail(log_path)}")
+        self.startup_seconds = time.monotonic() - t0
+        return self
+
     def stop(self) -> None:
         if self._server is not None:
             self._server.stop()
             self._server = None
+        if self._proc is not None:
+            terminate(self._proc)
+            self._proc = None
 
     def storage_options(self) -> dict[str, Any]:
         """fsspec/s3fs options (also what pandas/pyarrow ``storage_options`` want)."""

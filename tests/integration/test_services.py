@@ -346,3 +346,21 @@ def test_s3_write_and_read_through_s3fs(s3_server: S3Server) -> None:
     assert fs.cat(key) == b'{"id": 1, "balance": "1234.56"}'
     assert fs.ls(f"{bucket}/raw/accounts") == [key]
     assert fs.info(key)["size"] == 31
+
+
+def test_s3_server_as_a_child_process_serves_and_stops(tmp_path: Path) -> None:
+    """Benchmarks run moto in its own process so the consumer's CPU figure excludes the server's."""
+    import os
+    import socket
+
+    with S3Server(child_process=True, log_dir=tmp_path) as server:
+        assert server._proc is not None and server._proc.pid != os.getpid()
+        server.create_bucket("bf-child")
+        fs = server.filesystem()
+        fs.pipe("bf-child/k.parquet", b"PAR1")
+        assert fs.cat("bf-child/k.parquet") == b"PAR1"
+        port = server.port
+        assert port is not None
+    assert not server.is_running()
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", port)) != 0  # nothing listens any more
