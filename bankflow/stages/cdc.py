@@ -70,7 +70,8 @@ def wait_for_debezium(ctx: RunContext, timeout: float = 600.0, poll: float = 0.2
        once the broker acknowledged every record before it, and every transaction committed before the marker
        is decoded, and produced, before it.
 
-    The wait lasts about Connect's `offset.flush.interval.ms` (1 s in bankflow's worker, 60 s by default).
+    The wait lasts about Connect's `offset.flush.interval.ms` (1 s in bankflow's test worker and in compose/,
+    60 s in a worker left at Kafka's default).
     A FAILED connector ends the wait with its trace.
     """
     import psycopg2

@@ -47,6 +47,8 @@ def test_connect_image_ships_the_postgres_connector_and_resolves_env_secrets() -
     assert env["CONNECT_CONFIG_PROVIDERS"] == "env"
     assert env["CONNECT_CONFIG_PROVIDERS_ENV_CLASS"].endswith("EnvVarConfigProvider")
     assert env["CONNECT_VALUE_CONVERTER_SCHEMAS_ENABLE"] == "false"
+    # the catch-up barrier waits for a committed source offset: not a 60 s default flush interval
+    assert int(env["CONNECT_OFFSET_FLUSH_INTERVAL_MS"]) <= 5000
 
 
 def test_every_variable_is_defined_in_env_example() -> None:
