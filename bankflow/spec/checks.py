@@ -88,6 +88,11 @@ def check_spec(resolved: ResolvedSpec, positions: Positions, *, check_dbt: bool 
         add(("cdc", "heartbeat_interval_ms"), "cdc.heartbeat_interval_ms",
             "a replication slot without heartbeats holds WAL while the captured tables are idle",
             "set heartbeat_interval_ms, e.g. 10000", "warning")
+    if spec.cdc.engine == "builtin" and spec.cdc.snapshot_mode in ("always", "initial_only"):
+        add(("cdc", "snapshot_mode"), "cdc.snapshot_mode",
+            f"snapshot_mode {spec.cdc.snapshot_mode!r} is not supported by the built-in engine: it snapshots once, "
+            "when it creates the slot, and then streams",
+            "use initial, when_needed, no_data or never with the built-in engine, or set engine: debezium")
     if spec.cdc.engine == "debezium" and spec.source.password and "source.password" not in resolved.env_refs:
         add(("source", "password"), "source.password",
             "the source password is written in the spec in clear text",
