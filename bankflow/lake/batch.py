@@ -222,8 +222,9 @@ class _EnvelopeDecoder:
     Row images decode into structs of each column's JSON type (`json_python_type`: 1.5 or "3" is not an
     integer) with unknown columns forbidden; `source` keeps lsn, txId, ts_us and ts_ms; other fields are
     skipped without building objects, and `before` stays raw bytes, decoded only for deletes (the only op whose
-    row comes from it). This is two to three times faster than `orjson.loads` building dicts. A value it rejects is not
-    judged here: it goes through the per-event path, which makes it a row or a dead letter with the reason.
+    row comes from it). This is two to three times faster than `orjson.loads` building dicts. A value it
+    rejects is not judged here: it goes through the per-event path, which makes it a row or a dead letter with
+    the reason.
     """
 
     def __init__(self, table: Table) -> None:
@@ -351,7 +352,6 @@ class TableBatch:
         self._row_struct = pa.struct([pa.field(f"c{i}", json_input_type(c.pg_type))
                                       for i, c in enumerate(table.columns)])
         self._envelopes: _EnvelopeDecoder | None = None  # built on first bulk use
-        self._known = frozenset(self.names)
         self._reset()
 
     # ---- state
