@@ -465,8 +465,8 @@ class BuiltinReader:
                 log.warning("table %s: primary key in the catalog %s differs from the spec %s", table.name,
                             catalog, table.primary_key)
             batch = _stream_batch(self.resolved, table, table.name)
-            files = self.writer.list_files(stream=table.name, table=table.name, schema=self.schema,
-                                           topic=spec.topic_for(table))
+            files = self.writer.list_batches(stream=table.name, table=table.name, schema=self.schema,
+                                             topic=spec.topic_for(table))
             acked = confirmed
 
             def is_acked(position: Any, acked: int = acked) -> bool:

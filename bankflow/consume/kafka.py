@@ -33,7 +33,7 @@ from typing import Any, overload
 from bankflow.lake.batch import TableBatch
 from bankflow.lake.filesystem import lake_filesystem
 from bankflow.lake.gctune import large_young_generation
-from bankflow.lake.positions import KafkaPosition, parse_file_name
+from bankflow.lake.positions import KafkaPosition
 from bankflow.lake.writer import LakeWriter
 from bankflow.spec.loader import ResolvedSpec
 from bankflow.spec.models import Table
@@ -180,20 +180,11 @@ class _Consumer:
     # ---- orphans
 
     def _orphan_ends(self, topic: str, table: Table) -> dict[int, list[tuple[int, int]]]:
-        """(first, last) offsets of every lake file (Parquet or dead-letter) of a topic, per partition."""
+        """(first, last) offsets of every batch of a topic in the lake (Parquet or dead letters only), per partition."""
         spans: dict[int, set[tuple[int, int]]] = {}
-        files = [(f.first, f.last) for f in self.writer.list_files(
-            stream=topic, table=table.name, schema=self.schema, topic=topic)]
-        store = self.writer.dead_letters
-        pattern = f"{store.base}/{table.name}/{topic}-*.jsonl"
-        fs = self.writer.fs
-        for path in fs.glob(pattern):
-            parsed = parse_file_name(path.rsplit("/", 1)[-1])
-            if parsed and parsed[0] == topic:
-                files.append((parsed[1], parsed[2]))
-        for first, last in files:
-            if isinstance(first, KafkaPosition) and isinstance(last, KafkaPosition):
-                spans.setdefault(first.partition, set()).add((first.offset, last.offset))
+        for f in self.writer.list_batches(stream=topic, table=table.name, schema=self.schema, topic=topic):
+            if isinstance(f.first, KafkaPosition) and isinstance(f.last, KafkaPosition):
+                spans.setdefault(f.first.partition, set()).add((f.first.offset, f.last.offset))
         return {p: sorted(s) for p, s in spans.items()}
 
     # ---- rebalance callbacks

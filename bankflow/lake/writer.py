@@ -143,6 +143,18 @@ class LakeWriter:
                 found.append(LakeFile(path, stream, parsed[1], parsed[2]))
         return sorted(found, key=lambda f: (f.first, f.last))
 
+    def list_batches(self, *, stream: str, table: str, schema: str = "public",
+                     topic: str | None = None) -> list[LakeFile]:
+        """Every batch of one stream that reached the lake, sorted by position: its Parquet file, or, for a batch
+        whose events all became dead letters, its dead-letter file. A replay must reproduce both kinds of key."""
+        files = self.list_files(stream=stream, table=table, schema=schema, topic=topic)
+        spans = {(f.first, f.last) for f in files}
+        for path in self.fs.glob(f"{self.dead_letters.base}/{table}/{stream}-*.jsonl"):
+            parsed = parse_file_name(path.rsplit("/", 1)[-1])
+            if parsed and parsed[0] == stream and (parsed[1], parsed[2]) not in spans:
+                files.append(LakeFile(path, stream, parsed[1], parsed[2]))
+        return sorted(files, key=lambda f: (f.first, f.last))
+
     def delete(self, key: str) -> None:
         if self.fs.exists(key):
             self.fs.rm(key)

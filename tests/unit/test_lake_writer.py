@@ -123,3 +123,32 @@ def test_replay_with_another_flush_policy_reproduces_identical_files(tmp_path: P
     assert second.keys() == first.keys()
     for key in first:
         assert pq.read_table(key).equals(pq.read_table(key)) and second[key] == first[key]
+
+
+def test_list_batches_includes_dead_letter_only_batches_so_a_replay_reproduces_their_keys(tmp_path: Path) -> None:
+    writer = _writer(tmp_path)
+    mixed = TableBatch(TABLE)
+    mixed.append_debezium(_event(1), LsnPosition(7, 1))
+    mixed.append_debezium({**_event(2), "after": {"id": "two"}}, LsnPosition(7, 2))
+    writer.write_batch(mixed)
+
+    def dead_only() -> TableBatch:
+        batch = TableBatch(TABLE)
+        batch.append_debezium({**_event(3), "after": {"zzz": 1}}, LsnPosition(9, 3))
+        batch.append_debezium({**_event(4), "after": {"zzz": 2}}, LsnPosition(9, 4))
+        return batch
+
+    writer.write_batch(dead_only())
+    batches = writer.list_batches(stream="accounts", table="accounts")
+    assert [(b.first, b.last) for b in batches] == [(LsnPosition(7, 1), LsnPosition(7, 2)),
+                                                    (LsnPosition(9, 3), LsnPosition(9, 4))]
+    assert batches[0].key.endswith(".parquet") and batches[1].key.endswith(".jsonl")
+
+    # the slot acknowledged nothing after commit 8: the dead-letter-only batch is an orphan to reproduce
+    plan = ReplayPlan.from_files(batches, lambda p: p.commit < 8)
+    assert [c.key for c in plan.cuts] == [batches[1].key]
+    replayed = dead_only()
+    assert plan.cut_due(replayed.last_position) is not None
+    writer.write_batch(replayed)
+    assert len(list(tmp_path.rglob("*.jsonl"))) == 2  # the same key again, not a second copy
+    assert len(DeadLetterStore(writer.fs, str(tmp_path)).read_all()) == 3
