@@ -46,35 +46,24 @@ class S3Server:
     def start(self, timeout: float = 30.0) -> S3Server:
         if self.is_running():
             return self
+        t0 = time.monotonic()
+        if self.port is None:
+            self.port = free_port(self.host)
+        log_path: Path | None = None
         if self.child_process:
-            return self._start_child(timeout)
-        t0 = time.monotonic()
-        from moto.server import ThreadedMotoServer
+            log_path = (self.log_dir or Path(tempfile.gettempdir())) / f"moto-s3-{self.port}.log"
+            code = f"from moto.server import main; main(['-H', '{self.host}', '-p', '{self.port}'])"
+            self._proc = spawn([sys.executable, "-c", code], log_path)
+        else:
+            from moto.server import ThreadedMotoServer
 
-        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one access-log line per request otherwise
-        if self.port is None:
-            self.port = free_port(self.host)
-        server = ThreadedMotoServer(ip_address=self.host, port=self.port, verbose=False)
-        server.start()
-        self._server = server
+            logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one access-log line per request otherwise
+            self._server = ThreadedMotoServer(ip_address=self.host, port=self.port, verbose=False)
+            self._server.start()
         if not wait_for_port(self.host, self.port, timeout):
             self.stop()
-            raise ServiceError(f"moto S3 server did not listen on {self.host}:{self.port} "
-                               f"within {timeout:.0f}s")
-        self.startup_seconds = time.monotonic() - t0
-        return self
-
-    def _start_child(self, timeout: float) -> S3Server:
-        t0 = time.monotonic()
-        if self.port is None:
-            self.port = free_port(self.host)
-        log_path = (self.log_dir or Path(tempfile.gettempdir())) / f"moto-s3-{self.port}.log"
-        code = f"from moto.server import main; main(['-H', '{self.host}', '-p', '{self.port}'])"
-        self._proc = spawn([sys.executable, "-c", code], log_path)
-        if not wait_for_port(self.host, self.port, timeout):
-            self.stop()
-            raise ServiceError(f"moto S3 server did not listen on {self.host}:{self.port} within {timeout:.0f}s:\n"
-                               f"{log_tail(log_path)}")
+            log = f":\n{log_tail(log_path)}" if log_path is not None else ""
+            raise ServiceError(f"moto S3 server did not listen on {self.host}:{self.port} within {timeout:.0f}s{log}")
         self.startup_seconds = time.monotonic() - t0
         return self
 
