@@ -145,9 +145,14 @@ def _current_rss_mb() -> float:
 def seed_faithful(bootstrap: str, topic: str, limit: int, s3: S3Server | None, bucket: str,
                   lake_dir: Path, work_dir: Path) -> tuple[int, float, float]:
     """The seeds' consumer/kafka_to_minio.py: kafka-python, auto-commit, pandas + fastparquet, boto3 upload."""
+    import warnings
+
     import fastparquet  # noqa: F401  (imported before the clock starts, as in a long-running seed process)
     import pandas as pd
     from kafka import KafkaConsumer
+
+    # kafka-python 3 prefers Deserializer objects; the seeds pass a lambda, and so does this copy of them
+    warnings.filterwarnings("ignore", message="value_deserializer", category=DeprecationWarning)
 
     consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
                              enable_auto_commit=True, group_id=f"seed-{uuid.uuid4().hex[:6]}",
