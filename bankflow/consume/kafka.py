@@ -446,8 +446,9 @@ def topic_partitions(resolved: ResolvedSpec, timeout: float = 10.0) -> tuple[lis
     """(every (topic, partition) of the spec's topics that exists, topics that do not exist yet)."""
     from confluent_kafka.admin import AdminClient
 
-    config = {k: v for k, v in consumer_config(resolved).items()
-              if k in ("bootstrap.servers", "security.protocol") or k.startswith("sasl.")}
+    config: dict[str, Any] = {k: v for k, v in consumer_config(resolved).items()
+                              if k in ("bootstrap.servers", "security.protocol") or k.startswith("sasl.")}
+    config["logger"] = log  # librdkafka's connection errors go to logging, not straight to stderr
     metadata = AdminClient(config).list_topics(timeout=timeout)
     found: list[tuple[str, int]] = []
     missing: list[str] = []

@@ -34,6 +34,7 @@ from bankflow.services.tansu import TansuBroker
 from bankflow.spec.loader import ResolvedSpec, load_spec
 from bankflow.spec.models import DuckDBWarehouse
 from bankflow.stages.base import Progress, RunContext
+from bankflow.status import format_status
 
 pytestmark = pytest.mark.integration
 
@@ -276,7 +277,19 @@ def test_stack_end_to_end_changes_reach_raw_exactly(stack: Stack) -> None:
     again = apply(pipeline, ["cdc", "load"])
     assert stage(again, "cdc").files == 0
     assert stage(again, "load").files == 0
-    assert_raw_matches_source(stack, resolved)
+    raw = assert_raw_matches_source(stack, resolved)
+
+    # status: the connector runs, the group has committed every event of every topic, nothing is lagging
+    status = pipeline.status()
+    assert status["connector"]["state"] == "RUNNING"
+    assert [t["state"] for t in status["connector"]["tasks"]] == ["RUNNING"]
+    topics = status["consumer"]["topics"]
+    assert set(topics) == set(resolved.spec.tables_by_topic)
+    for topic, info in topics.items():
+        table = resolved.spec.tables_by_topic[topic].name
+        assert info["lag"] == 0 and info["committed"] >= sum(raw[table]["ops"].values()), (topic, info)
+    text = format_status(status)
+    assert "RUNNING" in text and "lag 0" in text
 
 
 def test_plan_shows_live_connector_diff_without_secrets(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
