@@ -333,15 +333,17 @@ class _Consumer:
         self.result.events += len(values)
         max_rows = self.flush.max_rows
         while values:
-            room = max_rows - state.count
-            take = values if len(values) <= room else values[:room]
-            state.values.extend(take)
-            state.offsets.extend(offsets if take is values else offsets[:room])
-            state.count += len(take)
-            if take is values:
+            room = max(max_rows - state.count, 1)  # the batch is flushed as soon as it holds max_rows
+            if len(values) < room:
+                state.values.extend(values)
+                state.offsets.extend(offsets)
+                state.count += len(values)
                 return
+            state.values.extend(values[:room])
+            state.offsets.extend(offsets[:room])
+            state.count += room
             next_offset = state.next_offset
-            state.next_offset = offsets[room - 1] + 1  # the file ends here; commit up to here
+            state.next_offset = offsets[room - 1] + 1  # the file ends here: commit exactly up to here
             self._flush(state)
             state.next_offset = next_offset
             values, offsets = values[room:], offsets[room:]
