@@ -77,8 +77,8 @@ def _consumer_status(resolved: ResolvedSpec, timeout: float = 5.0) -> dict[str, 
         try:
             committed = consumer.committed([TopicPartition(t, p) for t, p in found], timeout=timeout)
             for tp in committed:
-                _low, high = consumer.get_watermark_offsets(tp, timeout=timeout, cached=False)
-                offset = max(tp.offset, 0)
+                low, high = consumer.get_watermark_offsets(tp, timeout=timeout, cached=False)
+                offset = tp.offset if tp.offset >= 0 else low  # nothing committed: the group starts at the earliest
                 topic = info["topics"].setdefault(tp.topic, {"partitions": 0, "committed": 0, "end": 0,
                                                              "lag": 0})
                 topic["partitions"] += 1
