@@ -153,6 +153,8 @@ def seed_faithful(bootstrap: str, topic: str, limit: int, s3: S3Server | None, b
 
     # kafka-python 3 prefers Deserializer objects; the seeds pass a lambda, and so does this copy of them
     warnings.filterwarnings("ignore", message="value_deserializer", category=DeprecationWarning)
+    # pandas 3 warns on every fastparquet write; printing 400 warnings would only slow the seed down further
+    warnings.filterwarnings("ignore", message="The 'fastparquet' engine is deprecated")
 
     consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
                              enable_auto_commit=True, group_id=f"seed-{uuid.uuid4().hex[:6]}",
