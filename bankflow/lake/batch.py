@@ -168,18 +168,6 @@ def json_converter(pg: PgType) -> Converter:
     raise ValueError(f"no Debezium converter for {pg.sql}")
 
 
-def json_python_type(pg: PgType) -> type:
-    """The Python type a Debezium JSON value of this column must decode to (msgspec checks it strictly)."""
-    kind = pg.kind
-    if kind in _INT_KINDS or kind in ("date", "time", "timestamp"):
-        return int
-    if kind in ("real", "double precision"):
-        return float
-    if kind == "boolean":
-        return bool
-    return str  # text kinds, numeric (decimal.handling.mode=string), bytea (base64), timestamptz (ISO)
-
-
 def json_input_type(pg: PgType) -> pa.DataType:
     """The Arrow type a Debezium JSON value of this column is read as (before `json_finish`)."""
     kind = pg.kind
@@ -190,6 +178,19 @@ def json_input_type(pg: PgType) -> pa.DataType:
     if kind in ("time", "timestamp"):
         return pa.int64()
     return pa.string()  # text kinds, numeric (decimal.handling.mode=string), bytea (base64), timestamptz (ISO)
+
+
+def json_python_type(pg: PgType) -> type:
+    """The Python type a Debezium JSON value of this column must decode to (msgspec checks it strictly),
+    derived from `json_input_type` so the decoder and the Arrow conversion cannot disagree."""
+    arrow = json_input_type(pg)
+    if pa.types.is_integer(arrow):
+        return int
+    if pa.types.is_floating(arrow):
+        return float
+    if pa.types.is_boolean(arrow):
+        return bool
+    return str
 
 
 def json_finish(pg: PgType) -> Callable[[pa.Array], pa.Array]:
