@@ -152,3 +152,18 @@ def test_list_batches_includes_dead_letter_only_batches_so_a_replay_reproduces_t
     writer.write_batch(replayed)
     assert len(list(tmp_path.rglob("*.jsonl"))) == 2  # the same key again, not a second copy
     assert len(DeadLetterStore(writer.fs, str(tmp_path)).read_all()) == 3
+
+
+def test_parquet_dictionary_encodes_text_columns_only(tmp_path: Path) -> None:
+    """Numbers, decimals and timestamps of a change log are mostly distinct: dictionary pages only cost there."""
+    writer = _writer(tmp_path)
+    batch = TableBatch(TABLE)
+    for i in range(1, 200):
+        batch.append_debezium(_event(i), LsnPosition(7, i))
+    written = writer.write_batch(batch)
+    meta = pq.ParquetFile(str(written.key)).metadata.row_group(0)
+    encodings = {meta.column(i).path_in_schema: set(meta.column(i).encodings) for i in range(meta.num_columns)}
+    dictionary = {"PLAIN_DICTIONARY", "RLE_DICTIONARY"}
+    assert encodings["_op"] & dictionary and encodings["_file"] & dictionary
+    for column in ("id", "balance", "_lsn", "_source_ts"):
+        assert not encodings[column] & dictionary, (column, encodings[column])
