@@ -9,11 +9,13 @@ Two ways in, one way out:
   raw text of each column straight into per-column lists, no per-row dicts.
 
 - `append_debezium_values(values, positions)`: the bulk path for raw message values (JSON bytes) of one stream,
-  in order. msgspec decodes them strictly into typed structs (`_EnvelopeDecoder`), which become Arrow arrays
-  in one go, then vectorised casts. A value msgspec rejects (malformed JSON, a wrong JSON type, an unknown
-  column) and a chunk with anything else unusual in it (an unknown op, a value that does not cast, a missing
-  NOT NULL value) is split until the culprits are isolated, and those go through `append_debezium_value`, the
-  per-event path, so dead letters and output stay what it gives.
+  in order. The C decoder (`_envelope.c`, `_NativeDecoder`) reads them straight into Arrow buffers and stops
+  at the first value it does not accept; that value and a few after it go the msgspec way: msgspec decodes them
+  strictly into typed structs (`_EnvelopeDecoder`), which become Arrow arrays in one go. Both end in the same
+  vectorised casts. A value msgspec rejects (malformed JSON, a wrong JSON type, an unknown column) and a chunk
+  with anything else unusual in it (an unknown op, a value that does not cast, a missing NOT NULL value) is
+  split until the culprits are isolated, and those go through `append_debezium_value`, the per-event path, so
+  dead letters and output stay what it gives.
 
 Values stay in Python lists until `to_arrow`, where each column converts in bulk with Arrow casts (numeric
 text → decimal128 exactly, never through float). A bulk cast that fails falls back to value-by-value
@@ -38,6 +40,11 @@ import pyarrow.compute as pc
 from msgspec.structs import astuple
 
 from bankflow.lake.arrow_schema import arrow_type, table_arrow_schema
+
+try:  # built with the package (C extension); without it the msgspec path does all the work, slower
+    from bankflow.lake import _envelope as _native_envelope
+except ImportError:  # pragma: no cover - a source tree that was never built
+    _native_envelope = None  # type: ignore[assignment]
 from bankflow.lake.positions import LsnPosition
 from bankflow.spec.models import Flush, Table
 from bankflow.spec.types import PgType
@@ -269,6 +276,61 @@ class _EnvelopeDecoder:
             return events, all(e is not None for e in events)
 
 
+_NATIVE_KINDS = {"int": "i", "bool": "b", "str": "s"}  # json_python_type → the C decoder's column kind
+_NATIVE_REFUSED_RUN = 256  # values the msgspec path takes after one the C decoder refused, before it resumes
+
+
+class _NativeDecoder:
+    """The C decoder for one table: Debezium JSON values → Arrow arrays of `json_input_type`, no Python objects.
+
+    It accepts a strict subset of what msgspec accepts (no floats, no surrogate escapes, no duplicate or escaped
+    keys, no schemas-enabled wrapper) and returns how many leading values it decoded; the caller sends the
+    rest elsewhere. `available` is False for a table with a column kind it does not read (real, double).
+    """
+
+    def __init__(self, table: Table) -> None:
+        kinds = [_NATIVE_KINDS.get(json_python_type(c.pg_type).__name__) for c in table.columns]
+        self.available = _native_envelope is not None and None not in kinds
+        self._kinds = "".join(k or "?" for k in kinds).encode()
+        self._names = tuple(c.name.encode() for c in table.columns)
+        self._input_types = [json_input_type(c.pg_type) for c in table.columns]
+
+    def decode(self, values: list[bytes | str]) -> tuple[int, list[pa.Array], int | None]:
+        """(how many leading values decoded, their column arrays: the table's in `json_input_type`, then _op,
+        _lsn, _tx_id and the source ts_us as int64, first ts_us)."""
+        count, columns, ops, lsn, tx, ts = _native_envelope.decode(values, self._kinds, self._names)
+        if not count:
+            return 0, [], None
+        arrays: list[pa.Array] = []
+        for kind, input_type, column in zip(self._kinds, self._input_types, columns, strict=True):
+            if kind == ord("s"):
+                valid, offsets, data, nulls = column
+                arr = pa.Array.from_buffers(pa.string(), count, [_buffer(valid), pa.py_buffer(offsets),
+                                                                 pa.py_buffer(data)], null_count=nulls)
+            elif kind == ord("b"):
+                valid, data, nulls = column
+                arr = pa.Array.from_buffers(pa.bool_(), count, [_buffer(valid), pa.py_buffer(data)],
+                                            null_count=nulls)
+            else:
+                arr = _int64s(count, column)
+                if input_type != pa.int64():
+                    arr = arr.cast(input_type)  # safe: an out-of-range value raises, the chunk goes elsewhere
+            arrays.append(arr)
+        ts_us = _int64s(count, ts)
+        arrays += [pa.Array.from_buffers(pa.string(), count, [None, pa.py_buffer(ops[0]), pa.py_buffer(ops[1])]),
+                   _int64s(count, (None, lsn, 0)), _int64s(count, tx), ts_us]
+        return count, arrays, ts_us[0].as_py()
+
+
+def _buffer(data: bytes | None) -> pa.Buffer | None:
+    return None if data is None else pa.py_buffer(data)
+
+
+def _int64s(count: int, column: tuple[bytes | None, bytes, int]) -> pa.Array:
+    valid, data, nulls = column
+    return pa.Array.from_buffers(pa.int64(), count, [_buffer(valid), pa.py_buffer(data)], null_count=nulls)
+
+
 class _Malformed:
     """A message value that is not JSON: its dead-letter reason and text."""
 
@@ -353,6 +415,7 @@ class TableBatch:
         self._row_struct = pa.struct([pa.field(f"c{i}", json_input_type(c.pg_type))
                                       for i, c in enumerate(table.columns)])
         self._envelopes: _EnvelopeDecoder | None = None  # built on first bulk use
+        self._native: _NativeDecoder | None = None  # likewise
         self._reset()
 
     # ---- state
@@ -525,28 +588,73 @@ class TableBatch:
         if not values:
             return 0
         before = self.rows
+        if self._native is None:
+            self._native = _NativeDecoder(self.table)
+        native = self._native if self._native.available else None
+        for start in range(0, len(values), _BULK_PIECE):
+            piece = list(values[start:start + _BULK_PIECE])
+            piece_positions = positions[start:start + _BULK_PIECE]
+            if native is None:
+                self._append_decoded(piece, piece_positions)
+                continue
+            i, n = 0, len(piece)
+            while i < n:
+                i += self._append_native(native, piece[i:] if i else piece, piece_positions[i:])
+                if i < n:  # the C decoder refused piece[i]: msgspec takes it and a few more
+                    j = min(n, i + _NATIVE_REFUSED_RUN)
+                    self._append_decoded(piece[i:j], piece_positions[i:j])
+                    i = j
+        return self.rows - before
+
+    def _append_native(self, native: _NativeDecoder, values: list[bytes | str], positions: Sequence[Any]) -> int:
+        """The leading values the C decoder accepts, in bulk; returns how many it took."""
+        count, arrays, first_ts = native.decode(values)
+        if not count:
+            return 0
+        try:
+            ncols = len(self.names)
+            finished = [finish(arr) for finish, arr in zip(self._json_finish, arrays[:ncols], strict=True)]
+            for arr, nullable in zip(finished, self._nullable, strict=True):
+                if not nullable and arr.null_count:
+                    raise _Conversion("NOT NULL column without a value")
+            finished += [*arrays[ncols:ncols + 3], arrays[ncols + 3].cast(_TS_UTC)]
+        except _BULK_ERRORS:  # a value that does not cast: the msgspec path splits the chunk and says which
+            self._append_decoded(values[:count], positions[:count])
+            return count
+        self._add_chunk(finished, first_ts, count, positions[0], positions[count - 1])
+        return count
+
+    def _append_decoded(self, values: Sequence[bytes | str], positions: Sequence[Any]) -> None:
+        """msgspec's way: runs of decoded events in bulk, the values it rejects one by one, in order."""
         if self._envelopes is None:
             self._envelopes = _EnvelopeDecoder(self.table)
-        decode_all = self._envelopes.decode_all
-        for start in range(0, len(values), _BULK_PIECE):
-            piece = values[start:start + _BULK_PIECE]
-            piece_positions = positions[start:start + _BULK_PIECE]
-            events, all_decoded = decode_all(piece)
-            if all_decoded:
-                self._append_events(events, piece, piece_positions)
+        events, all_decoded = self._envelopes.decode_all(values)
+        if all_decoded:
+            self._append_events(events, values, positions)
+            return
+        i, n = 0, len(events)
+        while i < n:
+            if events[i] is None:
+                self.append_debezium_value(values[i], positions[i])
+                i += 1
                 continue
-            i, n = 0, len(events)
-            while i < n:  # runs of decoded events in bulk, the rest one by one, in order
-                if events[i] is None:
-                    self.append_debezium_value(piece[i], piece_positions[i])
-                    i += 1
-                    continue
-                j = i + 1
-                while j < n and events[j] is not None:
-                    j += 1
-                self._append_events(events[i:j], piece[i:j], piece_positions[i:j])
-                i = j
-        return self.rows - before
+            j = i + 1
+            while j < n and events[j] is not None:
+                j += 1
+            self._append_events(events[i:j], values[i:j], positions[i:j])
+            i = j
+
+    def _add_chunk(self, arrays: list[pa.Array], first_ts: int | None, count: int, first: Any, last: Any) -> None:
+        """Rows converted in bulk join the batch as one chunk, after any pending per-event rows."""
+        self._switch("json")
+        self._flush_pending()  # keep row order: rows from the per-event path come first
+        self._touch(first, first_ts)
+        self._chunks.append(_Chunk(arrays))
+        self._chunk_rows += count
+        self._other_events += count
+        if self._last_other is None or last > self._last_other:
+            self._last_other = last
+        self.approx_bytes += sum(a.nbytes for a in arrays)
 
     def _append_events(self, events: list[Any], values: Sequence[bytes | str], positions: Sequence[Any]) -> None:
         """Decoded events in bulk; a chunk that does not convert is halved until the culprits go event by event."""
@@ -555,17 +663,8 @@ class TableBatch:
         except _BULK_ERRORS:
             chunk = None
         if chunk is not None:
-            arrays, first_ts, nbytes = chunk
-            self._switch("json")
-            self._flush_pending()  # keep row order: rows from the per-event path come first
-            self._touch(positions[0], first_ts)
-            self._chunks.append(_Chunk(arrays))
-            self._chunk_rows += len(events)
-            self._other_events += len(events)
-            last = positions[-1]
-            if self._last_other is None or last > self._last_other:
-                self._last_other = last
-            self.approx_bytes += nbytes
+            arrays, first_ts = chunk
+            self._add_chunk(arrays, first_ts, len(events), positions[0], positions[-1])
             return
         n = len(events)
         if n <= _BULK_LEAF:
@@ -576,7 +675,7 @@ class TableBatch:
         self._append_events(events[:half], values[:half], positions[:half])
         self._append_events(events[half:], values[half:], positions[half:])
 
-    def _bulk_convert(self, events: list[Any]) -> tuple[list[pa.Array], int | None, int]:
+    def _bulk_convert(self, events: list[Any]) -> tuple[list[pa.Array], int | None]:
         """Column arrays for decoded events that all convert; raises (one of `_BULK_ERRORS`) otherwise."""
         assert self._envelopes is not None
         ops_list = [e.op for e in events]
@@ -605,8 +704,7 @@ class TableBatch:
         if ts_us.null_count:
             ts_us = pc.coalesce(ts_us, pc.multiply_checked(source.field(3), 1000))
         arrays += [pa.array(ops_list, pa.string()), lsn, source.field(1), ts_us.cast(_TS_UTC)]
-        nbytes = sum(a.nbytes for a in arrays)
-        return arrays, ts_us[0].as_py(), nbytes
+        return arrays, ts_us[0].as_py()
 
     # ---- pgoutput text fast path
 
