@@ -280,9 +280,12 @@ static int number(Cur *c, int64_t *value, int *is_int) {
         plain = 0;
         p++;
         if (p < end && (*p == '+' || *p == '-')) p++;
+        const unsigned char *digits = p;
         if (p >= end || *p < '0' || *p > '9') return -1;
         while (p < end && *p >= '0' && *p <= '9') p++;
+        if (p - digits > 2) return -1; /* might overflow a double, which orjson refuses: the Python paths decide */
     }
+    if (p - c->p > 100) return -1; /* likewise */
     if (plain) {
         if (neg ? acc > (uint64_t)INT64_MAX + 1 : acc > (uint64_t)INT64_MAX) plain = 0;
         else *value = neg ? (int64_t)(0 - acc) : (int64_t)acc;

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import time
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
@@ -52,6 +53,7 @@ from bankflow.spec.types import PgType
 _INT_KINDS = ("smallint", "integer", "bigint")
 _STRING_KINDS = ("text", "varchar", "char", "uuid", "json", "jsonb")
 _TS_UTC = pa.timestamp("us", tz="UTC")
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -224,6 +226,32 @@ _BULK_LEAF = 32  # a failing chunk is split in halves down to this size, then go
 _BULK_PIECE = 2048  # values decoded at a time: bounds the decoded events alive at once (memory, cache)
 
 
+# A number that may not fit a double (a 3-digit exponent, 100 digits in a row): orjson refuses it, msgspec does not
+# look at the fields it skips, so values with one go to the per-event path.
+_HUGE_NUMBER = re.compile(rb"[0-9][eE][+-]?[0-9]{3}|[0-9]{100}")
+_HUGE_NUMBER_TEXT = re.compile(_HUGE_NUMBER.pattern.decode())
+
+
+class _PerEventOnly(Exception):
+    """A value msgspec's typed decoding might judge otherwise than the per-event path (orjson) does."""
+
+
+def _checked(value: bytes | str) -> bytes | str:
+    """The value, unless msgspec would judge it otherwise than orjson: msgspec checks neither the UTF-8 text nor
+    the numbers of the fields it skips."""
+    if type(value) is bytes:
+        if not value.isascii():
+            value.decode()  # UnicodeDecodeError
+        if _HUGE_NUMBER.search(value):
+            raise _PerEventOnly
+    elif _HUGE_NUMBER_TEXT.search(value):  # type: ignore[arg-type]
+        raise _PerEventOnly
+    return value
+
+
+_UNDECODABLE = (msgspec.DecodeError, UnicodeDecodeError, _PerEventOnly)  # msgspec raises UnicodeDecodeError too
+
+
 class _EnvelopeDecoder:
     """Strict typed decoding of one table's Debezium values with msgspec: what the bulk path reads, nothing more.
 
@@ -257,12 +285,13 @@ class _EnvelopeDecoder:
     def decode_one(self, value: bytes | str) -> Any:
         """The decoded envelope, or None when the value is anything else (the per-event path decides)."""
         try:
+            value = _checked(value)
             return self._decode(value)
-        except msgspec.DecodeError:
+        except _UNDECODABLE:
             pass
         try:
             wrapped: Any = self._decode_wrapped(value)
-        except msgspec.DecodeError:
+        except _UNDECODABLE:
             return None
         return wrapped.payload
 
@@ -270,8 +299,8 @@ class _EnvelopeDecoder:
         """(decoded envelopes or None per value, whether all decoded)."""
         decode = self._decode
         try:
-            return [decode(v) for v in values], True
-        except msgspec.DecodeError:
+            return [decode(_checked(v)) for v in values], True
+        except _UNDECODABLE:
             events = [self.decode_one(v) for v in values]
             return events, all(e is not None for e in events)
 
@@ -546,6 +575,10 @@ class TableBatch:
         for name, number in (("lsn", lsn), ("txId", tx_id), (ts_label, ts_us)):
             if number is not None and type(number) is not int:
                 dead(position, f"source.{name} must be an integer, got {number!r}", event)
+                return False
+            if number is not None and not _INT64_MIN <= number <= _INT64_MAX:
+                shown = source.get(name)
+                dead(position, f"source.{name} is out of the 64-bit range: {shown!r}", event)
                 return False
         get = row.get
         for name, col in zip(self.names, self.cols, strict=True):

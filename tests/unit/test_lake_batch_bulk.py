@@ -15,6 +15,16 @@ from tests.fixtures.lake_types import ALL_TYPES, COMMIT_TS, ROWS
 from tests.fixtures.lake_types import text_batch as _text_batch
 
 
+@pytest.fixture(autouse=True, params=["c-decoder", "msgspec-only"])
+def bulk_decoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs with the C decoder in front and with msgspec alone (tables it cannot read)."""
+    if request.param == "msgspec-only":
+        import bankflow.lake.batch as batch_module
+
+        monkeypatch.setattr(batch_module, "_native_envelope", None)
+    return str(request.param)
+
+
 def _event(n: int, op: str = "c", row: list[Any] | None = None) -> dict[str, Any]:
     row = ROWS[n % len(ROWS)] if row is None else row
     event = to_debezium_event(ALL_TYPES, op, before=row if op in ("d", "u") else None,
@@ -210,3 +220,32 @@ def test_strict_values_inside_large_chunks(monkeypatch: pytest.MonkeyPatch) -> N
     _assert_same(one, bulk)
     assert len(bulk.dead_letters) == 12
     assert bulk.rows == 200 - 12
+
+
+def test_ts_ms_beyond_64_bits_in_microseconds_is_a_dead_letter() -> None:
+    """ts_ms * 1000 beyond int64 used to crash `to_arrow` on the per-event path."""
+    good = _event(0)
+    values: list[bytes | str] = [
+        json.dumps({**good, "source": {"lsn": 1, "ts_ms": 2**60}}).encode(),
+        json.dumps({**good, "source": {**good["source"], "lsn": 2**70}}).encode(),
+        orjson.dumps(good),
+    ]
+    one, bulk = _both(values)
+    _assert_same(one, bulk)
+    reasons = [d.reason for d in sorted(bulk.dead_letters, key=lambda d: d.position)]
+    assert "source.ts_ms is out of the 64-bit range" in reasons[0]
+    assert "source.lsn must be an integer" in reasons[1]  # orjson reads 2**70 as a float
+    assert len(reasons) == 2 and bulk.to_arrow("k").num_rows == 1
+
+
+@pytest.mark.parametrize("connector", [b'"postgres\xa9ql"', b"1e999", b"-2E+400", b"1" * 400])
+def test_what_msgspec_skips_unread_is_judged_as_the_per_event_path_does(connector: bytes) -> None:
+    """Found by comparing the paths: invalid UTF-8 or a number beyond a double in a field nobody reads gave a
+    row in bulk (msgspec does not check what it skips) but a dead letter per event (orjson)."""
+    raw = orjson.dumps(_event(0))
+    bad = raw.replace(b'"connector":"postgresql"', b'"connector":' + connector)
+    assert bad != raw
+    one, bulk = _both([raw, bad, raw])
+    _assert_same(one, bulk)
+    assert [d.position.offset for d in bulk.dead_letters] == [101]
+    assert "malformed JSON" in bulk.dead_letters[0].reason
