@@ -123,6 +123,22 @@ static inline int expect(Cur *c, unsigned char ch) {
     return -1;
 }
 
+/* After a member or element: 1 if a ',' follows (another one comes), 0 if the closing bracket does, -1 else. */
+static inline int next_member(Cur *c, unsigned char close) {
+    ws(c);
+    if (c->p < c->end) {
+        if (*c->p == ',') {
+            c->p++;
+            return 1;
+        }
+        if (*c->p == close) {
+            c->p++;
+            return 0;
+        }
+    }
+    return -1;
+}
+
 static int literal(Cur *c, const char *word, size_t n) {
     if ((size_t)(c->end - c->p) < n || memcmp(c->p, word, n) != 0) return -1;
     c->p += n;
@@ -313,17 +329,8 @@ static int skip_container(Cur *c, unsigned char close, int depth) {
             if (string_span(c, &s, &n, &esc) || expect(c, ':')) return -1;
         }
         if (skip_value(c, depth + 1)) return -1;
-        ws(c);
-        if (c->p >= c->end) return -1;
-        if (*c->p == ',') {
-            c->p++;
-            continue;
-        }
-        if (*c->p == close) {
-            c->p++;
-            return 0;
-        }
-        return -1;
+        int more = next_member(c, close);
+        if (more <= 0) return more;
     }
 }
 
@@ -410,17 +417,8 @@ static int row_image(Ctx *x, Cur *c, Slot *slots) {
             }
             slot->state = 2;
         }
-        ws(c);
-        if (c->p >= c->end) return -1;
-        if (*c->p == ',') {
-            c->p++;
-            continue;
-        }
-        if (*c->p == '}') {
-            c->p++;
-            return 0;
-        }
-        return -1;
+        int more = next_member(c, '}');
+        if (more <= 0) return more;
     }
 }
 
@@ -469,17 +467,8 @@ static int source_object(Cur *c, Source *src) {
         } else if (skip_value(c, 1)) {
             return -1;
         }
-        ws(c);
-        if (c->p >= c->end) return -1;
-        if (*c->p == ',') {
-            c->p++;
-            continue;
-        }
-        if (*c->p == '}') {
-            c->p++;
-            return 0;
-        }
-        return -1;
+        int more = next_member(c, '}');
+        if (more <= 0) return more;
     }
 }
 
@@ -529,17 +518,9 @@ static int envelope(Ctx *x, const unsigned char *data, Py_ssize_t size) {
         } else if (skip_value(c, 1)) {
             return -1;
         }
-        ws(c);
-        if (c->p >= c->end) return -1;
-        if (*c->p == ',') {
-            c->p++;
-            continue;
-        }
-        if (*c->p == '}') {
-            c->p++;
-            break;
-        }
-        return -1;
+        int more = next_member(c, '}');
+        if (more < 0) return -1;
+        if (!more) break;
     }
     ws(c);
     if (c->p != c->end || !op || !seen_source || src.lsn_s != 2) return -1;
@@ -729,8 +710,46 @@ done:
     return result;
 }
 
+/* msgspec_safe(value: bytes) -> bool: False when msgspec's typed decoding might judge the value otherwise than
+ * orjson (the per-event path) does. msgspec checks neither the UTF-8 text nor the numbers of the fields it skips;
+ * orjson refuses invalid UTF-8 and numbers beyond a double. So: any invalid UTF-8, a run of 100 digits, or a
+ * digit followed by an exponent of 3 digits or more, anywhere (inside strings too: that only costs speed). */
+static PyObject *msgspec_safe(PyObject *self, PyObject *arg) {
+    if (!PyBytes_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "msgspec_safe takes bytes");
+        return NULL;
+    }
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(arg), *end = p + PyBytes_GET_SIZE(arg);
+    int run = 0;
+    while (p < end) {
+        unsigned char ch = *p;
+        if (ch >= '0' && ch <= '9') {
+            if (++run >= 100) Py_RETURN_FALSE;
+            p++;
+            continue;
+        }
+        if ((ch == 'e' || ch == 'E') && run) {
+            const unsigned char *q = p + 1;
+            if (q < end && (*q == '+' || *q == '-')) q++;
+            int digits = 0;
+            while (q < end && *q >= '0' && *q <= '9' && digits < 3) q++, digits++;
+            if (digits >= 3) Py_RETURN_FALSE;
+        }
+        run = 0;
+        if (ch >= 0x80) {
+            int n = utf8_len(p, end);
+            if (!n) Py_RETURN_FALSE;
+            p += n;
+        } else {
+            p++;
+        }
+    }
+    Py_RETURN_TRUE;
+}
+
 static PyMethodDef methods[] = {
     {"decode", decode, METH_VARARGS, "Decode the leading Debezium JSON values into Arrow buffers."},
+    {"msgspec_safe", msgspec_safe, METH_O, "Whether msgspec judges this value as orjson does."},
     {NULL, NULL, 0, NULL},
 };
 

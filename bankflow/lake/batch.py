@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 import time
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
@@ -226,10 +225,10 @@ _BULK_LEAF = 32  # a failing chunk is split in halves down to this size, then go
 _BULK_PIECE = 2048  # values decoded at a time: bounds the decoded events alive at once (memory, cache)
 
 
-# A number that may not fit a double (a 3-digit exponent, 100 digits in a row): orjson refuses it, msgspec does not
-# look at the fields it skips, so values with one go to the per-event path.
-_HUGE_NUMBER = re.compile(rb"[0-9][eE][+-]?[0-9]{3}|[0-9]{100}")
-_HUGE_NUMBER_TEXT = re.compile(_HUGE_NUMBER.pattern.decode())
+# A number that may not fit a double (an exponent of 3 digits, 100 digits in a row) is refused by orjson, not by
+# msgspec when it skips the field. Without the C scan: digits → "0", "E" → "e", "-" → "+", then substring tests.
+_NUMBER_SHAPES = bytes.maketrans(b"0123456789E-", b"0000000000e+")
+_HUGE_SHAPES = (b"0e000", b"0e+000", b"0" * 100)
 
 
 class _PerEventOnly(Exception):
@@ -237,14 +236,17 @@ class _PerEventOnly(Exception):
 
 
 def _checked(value: bytes | str) -> bytes | str:
-    """The value, unless msgspec would judge it otherwise than orjson: msgspec checks neither the UTF-8 text nor
-    the numbers of the fields it skips."""
-    if type(value) is bytes:
-        if not value.isascii():
-            value.decode()  # UnicodeDecodeError
-        if _HUGE_NUMBER.search(value):
+    """The value, unless msgspec might judge it otherwise than orjson: msgspec checks neither the UTF-8 text nor
+    the numbers of the fields it skips. The C scan takes about 1.4 µs for a 550-byte value, the Python one 2."""
+    data = value if type(value) is bytes else value.encode()  # type: ignore[union-attr]
+    if _native_envelope is not None:
+        if not _native_envelope.msgspec_safe(data):
             raise _PerEventOnly
-    elif _HUGE_NUMBER_TEXT.search(value):  # type: ignore[arg-type]
+        return value
+    if not data.isascii():
+        data.decode()  # UnicodeDecodeError
+    shapes = data.translate(_NUMBER_SHAPES)
+    if any(huge in shapes for huge in _HUGE_SHAPES):
         raise _PerEventOnly
     return value
 
