@@ -119,6 +119,19 @@ def _json_bytea(values: list[Any]) -> pa.Array:
     return pa.array(out, pa.binary())
 
 
+# Postgres and Debezium (decimal.handling.mode=string) write numerics plainly; pyarrow's decimal cast crashes the
+# process on some exponent forms ("0.0E-2000000001"), so anything else is refused before the cast.
+_PLAIN_DECIMAL = r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)$"
+
+
+def _decimal_text(arr: pa.Array, target: pa.DataType) -> pa.Array:
+    """Numeric text → decimal128 exactly (never through float)."""
+    plain = pc.match_substring_regex(arr, _PLAIN_DECIMAL)
+    if not pc.all(pc.or_kleene(plain, pc.is_null(arr))).as_py():
+        raise pa.ArrowInvalid("numeric text must be a plain decimal number: digits, an optional point and sign")
+    return arr.cast(target)
+
+
 def text_converter(pg: PgType) -> Converter:
     """Postgres text output (as pgoutput and COPY send it, session TimeZone=UTC, DateStyle=ISO) → Arrow."""
     target = arrow_type(pg)
@@ -131,7 +144,9 @@ def text_converter(pg: PgType) -> Converter:
         return _text_bytea
     if kind == "time":
         return _text_time
-    # ints, numeric (exact decimal parse), floats, date, timestamp, timestamptz ('+00' suffix is accepted)
+    if kind == "numeric":
+        return lambda v: _decimal_text(pa.array(v, pa.string()), target)
+    # ints, floats, date, timestamp, timestamptz ('+00' suffix is accepted)
     return lambda v: pa.array(v, pa.string()).cast(target)
 
 
@@ -164,7 +179,7 @@ def json_converter(pg: PgType) -> Converter:
     if kind in _STRING_KINDS:
         return lambda v: pa.array(v, pa.string())
     if kind == "numeric":
-        return lambda v: pa.array(v, pa.string()).cast(target)
+        return lambda v: _decimal_text(pa.array(v, pa.string()), target)
     if kind == "bytea":
         return _json_bytea
     if kind == "date":
@@ -211,7 +226,9 @@ def json_finish(pg: PgType) -> Callable[[pa.Array], pa.Array]:
         return lambda a: _json_bytea(a.to_pylist())
     if kind == "timestamptz":
         return lambda a: a.cast(_TS_UTC)
-    if kind in ("numeric", "date", "time", "timestamp"):
+    if kind == "numeric":
+        return lambda a: _decimal_text(a, target)
+    if kind in ("date", "time", "timestamp"):
         return lambda a: a.cast(target)
     raise ValueError(f"no Debezium converter for {pg.sql}")
 

@@ -249,3 +249,19 @@ def test_what_msgspec_skips_unread_is_judged_as_the_per_event_path_does(connecto
     _assert_same(one, bulk)
     assert [d.position.offset for d in bulk.dead_letters] == [101]
     assert "malformed JSON" in bulk.dead_letters[0].reason
+
+
+@pytest.mark.parametrize("text", ["0.0E-2000000001", "1e5", "NaN", "Infinity", "1.2.3", "+", ""])
+def test_numeric_text_that_is_not_a_plain_decimal_is_a_dead_letter(text: str) -> None:
+    """pyarrow's decimal cast kills the process on "0.0E-2000000001" (found by fuzzing the paths): numerics
+    must be plain decimals before they are cast, on the Debezium paths and the pgoutput text path alike."""
+    good = _event(0)
+    bad = {**good, "after": {**good["after"], "m38": text}}
+    one, bulk = _both([orjson.dumps(good), orjson.dumps(bad), orjson.dumps(good)])
+    _assert_same(one, bulk)
+    assert [d.position.offset for d in bulk.dead_letters] == [101]
+    assert "plain decimal" in bulk.dead_letters[0].reason or text in ("", "+")
+    fast = _text_batch([ROWS[0], [b"2", *ROWS[0][1:4], text.encode(), *ROWS[0][5:]]], ["c", "c"])
+    table = fast.to_arrow("k")
+    assert table.num_rows == 1 and len(fast.dead_letters) == 1
+    assert fast.dead_letters[0].reason.startswith("column 'm38'")
