@@ -265,3 +265,10 @@ def test_numeric_text_that_is_not_a_plain_decimal_is_a_dead_letter(text: str) ->
     table = fast.to_arrow("k")
     assert table.num_rows == 1 and len(fast.dead_letters) == 1
     assert fast.dead_letters[0].reason.startswith("column 'm38'")
+
+
+def test_a_wrapped_value_with_invalid_utf8_where_nobody_reads_is_a_dead_letter_too() -> None:
+    wrapped = b'{"schema":{"name":"bad \xff"},"payload":' + orjson.dumps(_event(0)) + b"}"
+    one, bulk = _both([orjson.dumps(_event(1)), wrapped])
+    _assert_same(one, bulk)
+    assert [d.position.offset for d in bulk.dead_letters] == [101]

@@ -173,8 +173,16 @@ def test_random_corruptions_end_as_the_per_event_path_ends_them() -> None:
     """Every mutated value is decided by one path or the other; rows, dead letters and positions must match."""
     rng = random.Random(20261123)
     sources = [orjson.dumps(v) if isinstance(v, dict) else v for v in _good_values()]
+    sources.append(b'{"schema":{"type":"struct","name":"x"},"payload":' + sources[1] + b"}")  # the C part refuses it
     values = [_mutate(rng.choice(sources), rng) if rng.random() < 0.7 else rng.choice(sources)
               for _ in range(3000)]
     one, bulk = _both(values)  # type: ignore[arg-type]
     _assert_same(one, bulk)
     assert 0 < len(bulk.dead_letters) < len(values) and bulk.rows > 900
+
+
+def test_a_str_value_with_a_lone_surrogate_is_a_dead_letter_on_both_paths() -> None:
+    lone = _GOOD.replace('"t":"hello"', '"t":"a\ud800b"')
+    one, bulk = _both([_GOOD, lone, _GOOD])
+    _assert_same(one, bulk)
+    assert [d.position.offset for d in bulk.dead_letters] == [101] and bulk.rows == 2
