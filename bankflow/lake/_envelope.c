@@ -139,6 +139,20 @@ static inline int next_member(Cur *c, unsigned char close) {
     return -1;
 }
 
+/* At an opening bracket (after whitespace): -1 if it is not there, 0 if the container is empty (and consumed),
+ * 1 if members follow. */
+static inline int open_container(Cur *c, unsigned char open, unsigned char close) {
+    ws(c);
+    if (c->p >= c->end || *c->p != open) return -1;
+    c->p++;
+    ws(c);
+    if (c->p < c->end && *c->p == close) {
+        c->p++;
+        return 0;
+    }
+    return 1;
+}
+
 static int literal(Cur *c, const char *word, size_t n) {
     if ((size_t)(c->end - c->p) < n || memcmp(c->p, word, n) != 0) return -1;
     c->p += n;
@@ -315,12 +329,8 @@ static int skip_value(Cur *c, int depth);
 
 static int skip_container(Cur *c, unsigned char close, int depth) {
     if (depth > MAX_DEPTH) return -1;
-    c->p++; /* the opening bracket */
-    ws(c);
-    if (c->p < c->end && *c->p == close) {
-        c->p++;
-        return 0;
-    }
+    int members = open_container(c, close == '}' ? '{' : '[', close);
+    if (members <= 0) return members;
     for (;;) {
         if (close == '}') {
             const unsigned char *s;
@@ -358,6 +368,13 @@ static int skip_value(Cur *c, int depth) {
     }
 }
 
+/* An object key without escapes (an escaped key might spell one of ours: refused) and the ':' after it. */
+static inline int plain_key(Cur *c, const unsigned char **key, size_t *klen) {
+    unsigned char esc;
+    if (string_span(c, key, klen, &esc) || esc) return -1;
+    return expect(c, ':');
+}
+
 static inline int key_is(const unsigned char *s, size_t n, const char *word) {
     size_t wn = strlen(word);
     return n == wn && memcmp(s, word, n) == 0;
@@ -367,17 +384,12 @@ static inline int key_is(const unsigned char *s, size_t n, const char *word) {
 static int row_image(Ctx *x, Cur *c, Slot *slots) {
     Py_ssize_t ncols = x->ncols, next = 0;
     for (Py_ssize_t j = 0; j < ncols; j++) slots[j].state = 0;
-    c->p++; /* '{' */
-    ws(c);
-    if (c->p < c->end && *c->p == '}') {
-        c->p++;
-        return 0;
-    }
+    int members = open_container(c, '{', '}');
+    if (members <= 0) return members;
     for (;;) {
         const unsigned char *key;
         size_t klen;
-        unsigned char esc;
-        if (string_span(c, &key, &klen, &esc) || esc) return -1;
+        if (plain_key(c, &key, &klen)) return -1;
         Py_ssize_t j = -1;
         for (Py_ssize_t k = 0; k < ncols; k++) { /* keys usually come in column order: start at the next one */
             Py_ssize_t m = next + k < ncols ? next + k : next + k - ncols;
@@ -388,7 +400,6 @@ static int row_image(Ctx *x, Cur *c, Slot *slots) {
         }
         if (j < 0 || slots[j].state) return -1;
         next = j + 1 < ncols ? j + 1 : 0;
-        if (expect(c, ':')) return -1;
         ws(c);
         if (c->p >= c->end) return -1;
         Slot *slot = &slots[j];
@@ -442,22 +453,14 @@ typedef struct {
 
 static int source_object(Cur *c, Source *src) {
     memset(src, 0, sizeof *src);
-    ws(c);
-    if (c->p >= c->end || *c->p != '{') return -1;
-    c->p++;
-    ws(c);
-    if (c->p < c->end && *c->p == '}') {
-        c->p++;
-        return 0;
-    }
+    int members = open_container(c, '{', '}');
+    if (members <= 0) return members;
     for (;;) {
         const unsigned char *key;
         size_t klen;
-        unsigned char esc;
-        if (string_span(c, &key, &klen, &esc) || expect(c, ':')) return -1;
+        if (plain_key(c, &key, &klen)) return -1;
         int64_t *value = NULL;
         unsigned char *state = NULL;
-        if (esc) return -1; /* an escaped key might spell one of ours */
         if (key_is(key, klen, "lsn")) value = &src->lsn, state = &src->lsn_s;
         else if (key_is(key, klen, "txId")) value = &src->tx, state = &src->tx_s;
         else if (key_is(key, klen, "ts_us")) value = &src->us, state = &src->us_s;
@@ -483,15 +486,11 @@ static int envelope(Ctx *x, const unsigned char *data, Py_ssize_t size) {
     int have_before = 0, have_after = 0, seen_before = 0, seen_after = 0, seen_source = 0;
     unsigned char op = 0;
     Source src;
-    if (expect(c, '{')) return -1;
-    ws(c);
-    if (c->p < c->end && *c->p == '}') return -1;
+    if (open_container(c, '{', '}') <= 0) return -1; /* not an object, or an empty one */
     for (;;) {
         const unsigned char *key;
         size_t klen;
-        unsigned char esc;
-        if (string_span(c, &key, &klen, &esc) || expect(c, ':')) return -1;
-        if (esc) return -1;
+        if (plain_key(c, &key, &klen)) return -1;
         ws(c);
         if (c->p >= c->end) return -1;
         if (key_is(key, klen, "before") || key_is(key, klen, "after")) {
