@@ -136,12 +136,7 @@ class LakeWriter:
                    topic: str | None = None) -> list[LakeFile]:
         """Files of one stream, sorted by position (orphan detection, tests)."""
         pattern = f"{self.directory(table=table, schema=schema, topic=topic or table)}/{stream}-*.parquet"
-        found = []
-        for path in self.fs.glob(pattern):
-            parsed = parse_file_name(path.rsplit("/", 1)[-1])
-            if parsed and parsed[0] == stream:
-                found.append(LakeFile(path, stream, parsed[1], parsed[2]))
-        return sorted(found, key=lambda f: (f.first, f.last))
+        return sorted(self._glob_stream(pattern, stream), key=lambda f: (f.first, f.last))
 
     def list_batches(self, *, stream: str, table: str, schema: str = "public",
                      topic: str | None = None) -> list[LakeFile]:
@@ -149,11 +144,18 @@ class LakeWriter:
         whose events all became dead letters, its dead-letter file. A replay must reproduce both kinds of key."""
         files = self.list_files(stream=stream, table=table, schema=schema, topic=topic)
         spans = {(f.first, f.last) for f in files}
-        for path in self.fs.glob(f"{self.dead_letters.base}/{table}/{stream}-*.jsonl"):
-            parsed = parse_file_name(path.rsplit("/", 1)[-1])
-            if parsed and parsed[0] == stream and (parsed[1], parsed[2]) not in spans:
-                files.append(LakeFile(path, stream, parsed[1], parsed[2]))
+        files += [f for f in self._glob_stream(f"{self.dead_letters.base}/{table}/{stream}-*.jsonl", stream)
+                  if (f.first, f.last) not in spans]
         return sorted(files, key=lambda f: (f.first, f.last))
+
+    def _glob_stream(self, pattern: str, stream: str) -> list[LakeFile]:
+        """The files matching a glob whose names parse as batches of `stream` (another stream's prefix may match)."""
+        found = []
+        for path in self.fs.glob(pattern):
+            parsed = parse_file_name(path.rsplit("/", 1)[-1])
+            if parsed and parsed[0] == stream:
+                found.append(LakeFile(path, stream, parsed[1], parsed[2]))
+        return found
 
     def delete(self, key: str) -> None:
         if self.fs.exists(key):
