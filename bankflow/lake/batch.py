@@ -328,7 +328,7 @@ class _EnvelopeDecoder:
             return events, all(e is not None for e in events)
 
 
-_NATIVE_KINDS = {"int": "i", "bool": "b", "str": "s"}  # json_python_type → the C decoder's column kind
+_NATIVE_KINDS = {int: "i", bool: "b", str: "s"}  # json_python_type → the C decoder's column kind
 _NATIVE_REFUSED_RUN = 256  # values the msgspec path takes after one the C decoder refused, before it resumes
 
 
@@ -341,7 +341,7 @@ class _NativeDecoder:
     """
 
     def __init__(self, table: Table) -> None:
-        kinds = [_NATIVE_KINDS.get(json_python_type(c.pg_type).__name__) for c in table.columns]
+        kinds = [_NATIVE_KINDS.get(json_python_type(c.pg_type)) for c in table.columns]
         self.available = _native_envelope is not None and None not in kinds
         self._kinds = "".join(k or "?" for k in kinds).encode()
         self._names = tuple(c.name.encode() for c in table.columns)
