@@ -153,11 +153,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(f"plan for {spec.name} (environment: {resolved.env or 'default'})")
         print(f"  source     postgres {spec.source.host}:{spec.source.port}/{spec.source.database} "
               f"schema {spec.source.schema_name}, {len(spec.tables)} table(s)")
-        print(f"  cdc        {spec.cdc.engine}: slot {spec.cdc.slot}, publication {spec.cdc.publication}"
-              + (f", connector {spec.cdc.connector} at {spec.cdc.connect_url}" if spec.cdc.engine == "debezium"
-                 else ""))
+        print(f"  cdc        {spec.cdc.describe()}")
         print(f"  lake       {spec.lake.url}/{spec.lake.layout}")
-        print(f"  warehouse  {spec.warehouse.type}, raw schema {spec.warehouse.raw_schema}")
+        print(f"  warehouse  {spec.warehouse.describe()}")
         if spec.transform:
             print(f"  transform  dbt: {' → '.join(s.label for s in spec.transform.steps)}")
         for note in result.notes:

@@ -145,12 +145,12 @@ class Pipeline:
         import shutil
 
         from bankflow.plan import APPLIED_DIR, write_files
-        from bankflow.render import render_all
+        from bankflow.render import load_sql_name, render_all
 
         directory = self.resolved.state_dir / APPLIED_DIR
         shutil.rmtree(directory, ignore_errors=True)
         files = dict(render_all(self.resolved).files)
-        files.pop(f"warehouse/{self.spec.warehouse.type}/load.sql", None)  # file lists change every run
+        files.pop(load_sql_name(self.resolved), None)  # file lists change every run
         write_files(files, directory)
 
     # ------------------------------------------------------------ generate
@@ -187,9 +187,9 @@ class Pipeline:
     # ------------------------------------------------------------ verify, status, down, consume
 
     def verify(self) -> Any:
-        from bankflow.stages.source import source_connect_kwargs
+        from bankflow.source import source_connect_kwargs
         from bankflow.verify import verify
-        from bankflow.warehouse import connect_warehouse
+        from bankflow.warehouses import connect_warehouse
 
         kwargs = source_connect_kwargs(self.resolved, start=True)
         adapter = connect_warehouse(self.resolved)
@@ -204,41 +204,27 @@ class Pipeline:
         return collect_status(self.resolved)
 
     def down(self, *, drop_slot: bool = False) -> list[str]:
+        """Stop what bankflow runs itself; with `drop_slot` first drop the replication slot (WAL is freed)."""
+        from bankflow.source import source_server
+
+        server = source_server(self.resolved)
         lines = []
-        if drop_slot and self.spec.source.embedded:
-            from bankflow.stages.source import embedded_server
-
-            if not embedded_server(self.resolved).is_running():
-                lines.append(f"slot {self.spec.cdc.slot} kept: the embedded PostgreSQL is not running")
-                drop_slot = False
-        if drop_slot:
-            from bankflow.cdc.builtin import drop_slot as drop
-            from bankflow.stages.source import source_connect_kwargs
-
+        if drop_slot and server.is_running() is False:
+            lines.append(f"slot {self.spec.cdc.slot} kept: the {server.label} PostgreSQL is not running")
+        elif drop_slot:
             try:
-                drop(self.resolved, source_connect_kwargs(self.resolved, start=False))
-                lines.append(f"dropped replication slot {self.spec.cdc.slot}")
+                engine = self.spec.cdc.engine_for(self.resolved)
+                if engine.drop_slot(server.connect_kwargs(start=False)):
+                    lines.append(f"dropped replication slot {self.spec.cdc.slot}")
+                else:
+                    lines.append(f"replication slot {self.spec.cdc.slot} does not exist")
             except Exception as exc:
-                lines.append(f"slot {self.spec.cdc.slot} not dropped: {exc}")
-        if self.spec.source.embedded:
-            from bankflow.stages.source import embedded_server
-
-            server = embedded_server(self.resolved)
-            if server.is_running():
-                server.stop()
-                lines.append("stopped the embedded PostgreSQL")
-            else:
-                lines.append("the embedded PostgreSQL was not running")
-        else:
-            lines.append("nothing to stop: this environment uses external services")
+                lines.append(self.resolved.redact(f"slot {self.spec.cdc.slot} not dropped: {exc}"))
+        lines.append(server.stop())
         return lines
 
     def consume(self, *, workers: int = 1, follow: bool = False, progress: bool = True) -> dict[str, Any]:
-        from bankflow.consume.kafka import run_workers
-
-        if self.spec.cdc.engine != "debezium":
-            raise BankflowError("consume reads Kafka topics: use an environment with cdc.engine: debezium")
-        return run_workers(self.resolved, workers=workers, follow=follow, progress=progress)
+        return self.spec.cdc.engine_for(self.resolved).consume(workers=workers, follow=follow, progress=progress)
 
 
 def format_status(status: dict[str, Any]) -> str:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import difflib
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bankflow.render import render_all
+from bankflow.render import load_sql_name, render_all
 from bankflow.spec.loader import ResolvedSpec
 
 APPLIED_DIR = "applied"
@@ -58,29 +57,6 @@ def compare(files: dict[str, str], directory: Path, *, ignore: re.Pattern[str] |
     return changed
 
 
-def live_connector_diff(resolved: ResolvedSpec, timeout: float = 3.0) -> tuple[str | None, str]:
-    """Compare the connector config live on Kafka Connect with the rendered one: (diff or None, note)."""
-    from bankflow.cdc.connect_client import ConnectClient, ConnectUnreachable
-    from bankflow.render.debezium import connector_config
-
-    spec = resolved.spec
-    client = ConnectClient(spec.cdc.connect_url, timeout=timeout)
-    try:
-        live = client.connector_config(spec.cdc.connector)
-    except ConnectUnreachable as exc:
-        return None, f"Kafka Connect at {spec.cdc.connect_url} is unreachable ({exc}); rendered offline"
-    if live is None:
-        return None, f"connector {spec.cdc.connector!r} does not exist on Kafka Connect yet: apply will create it"
-    rendered = connector_config(resolved, reveal=False)
-    live.pop("name", None)
-    live_text = json.dumps(dict(sorted(live.items())), indent=2) + "\n"
-    rendered_text = json.dumps(dict(sorted(rendered.items())), indent=2) + "\n"
-    if live_text == rendered_text:
-        return None, f"connector {spec.cdc.connector!r} on Kafka Connect matches the rendered config"
-    return resolved.redact(_diff("connector (live → rendered)", live_text, rendered_text)), (
-        f"connector {spec.cdc.connector!r} on Kafka Connect differs from the rendered config")
-
-
 def plan(resolved: ResolvedSpec, out: Path | None = None, *, pending_files: dict[str, list[str]] | None = None,
          check_live: bool = True) -> PlanResult:
     """Render everything; compare with `out` (an earlier plan) or else the last applied state; then write."""
@@ -88,18 +64,19 @@ def plan(resolved: ResolvedSpec, out: Path | None = None, *, pending_files: dict
     if pending_files is not None:
         from bankflow.render.warehouse import render_load_sql
 
-        files[f"warehouse/{resolved.spec.warehouse.type}/load.sql"] = render_load_sql(resolved, pending_files)
+        files[load_sql_name(resolved)] = render_load_sql(resolved, pending_files)
     result = PlanResult(files)
     for candidate in ([out] if out else []) + [resolved.state_dir / APPLIED_DIR]:
         if candidate is not None and candidate.is_dir() and _previous(candidate):
             result.compared_with = candidate
             result.changed = compare(files, candidate, ignore=None if candidate == out else LOAD_SQL_RE)
             break
-    if check_live and resolved.spec.cdc.engine == "debezium":
-        diff, note = live_connector_diff(resolved)
-        result.notes.append(note)
+    if check_live:
+        diff, note = resolved.spec.cdc.engine_for(resolved).live_diff()
+        if note:
+            result.notes.append(note)
         if diff:
-            result.changed["connector (live)"] = diff
+            result.changed["live deployment"] = diff
     if out is not None:
         write_files(files, out)
     return result

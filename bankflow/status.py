@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -11,19 +10,18 @@ if TYPE_CHECKING:
 
 
 def _source_status(resolved: ResolvedSpec) -> dict[str, Any]:
-    from bankflow.stages.source import embedded_server, source_connect_kwargs
+    from bankflow.source import source_server
 
     spec = resolved.spec
-    info: dict[str, Any] = {"embedded": spec.source.embedded}
-    if spec.source.embedded:
-        server = embedded_server(resolved)
-        info["up"] = server.is_running()
-        if not info["up"]:
-            return info
+    server = source_server(resolved)
+    info: dict[str, Any] = {"server": server.label}
+    if server.is_running() is False:
+        info["up"] = False
+        return info
     try:
         import psycopg2
 
-        conn = psycopg2.connect(**source_connect_kwargs(resolved, start=False))
+        conn = psycopg2.connect(**server.connect_kwargs(start=False))
     except Exception as exc:
         info.update(up=False, error=resolved.redact(str(exc).strip()))
         return info
@@ -40,59 +38,6 @@ def _source_status(resolved: ResolvedSpec) -> dict[str, Any]:
                 "current_wal_lsn": row[3]}
     finally:
         conn.close()
-    return info
-
-
-def _connector_status(resolved: ResolvedSpec) -> dict[str, Any]:
-    """The Debezium connector's state and its tasks' states, as Kafka Connect reports them."""
-    from bankflow.cdc.connect_client import ConnectClient, ConnectUnreachable
-
-    cdc = resolved.spec.cdc
-    info: dict[str, Any] = {"name": cdc.connector, "url": cdc.connect_url}
-    try:
-        body = ConnectClient(cdc.connect_url, timeout=5.0).status(cdc.connector)
-    except ConnectUnreachable as exc:
-        info["error"] = str(exc)
-        return info
-    if body is None:
-        info["state"] = "NOT REGISTERED"
-        return info
-    info["state"] = body.get("connector", {}).get("state")
-    info["tasks"] = [{"id": t.get("id"), "state": t.get("state"),
-                      **({"trace": str(t["trace"]).splitlines()[0]} if t.get("trace") else {})}
-                     for t in body.get("tasks", [])]
-    return info
-
-
-def _consumer_status(resolved: ResolvedSpec, timeout: float = 5.0) -> dict[str, Any]:
-    """Per topic: the group's committed offsets against the high watermarks, i.e. what the lake is missing."""
-    info: dict[str, Any] = {"group": resolved.spec.kafka.group, "topics": {}}
-    try:
-        from confluent_kafka import Consumer, TopicPartition
-
-        from bankflow.consume.kafka import consumer_config, topic_partitions
-
-        found, missing = topic_partitions(resolved, timeout=timeout)
-        consumer = Consumer(consumer_config(resolved), logger=logging.getLogger(__name__))  # no join: no rebalance
-        try:
-            committed = consumer.committed([TopicPartition(t, p) for t, p in found], timeout=timeout)
-            for tp in committed:
-                low, high = consumer.get_watermark_offsets(tp, timeout=timeout, cached=False)
-                offset = tp.offset if tp.offset >= 0 else low  # nothing committed: the group starts at the earliest
-                topic = info["topics"].setdefault(tp.topic, {"partitions": 0, "committed": 0, "end": 0,
-                                                             "lag": 0})
-                topic["partitions"] += 1
-                topic["committed"] += offset
-                topic["end"] += high
-                topic["lag"] += max(high - offset, 0)
-        finally:
-            consumer.close()
-        for topic in missing:
-            info["topics"][topic] = None  # Debezium creates a topic with the table's first event
-    except Exception as exc:
-        detail = exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else str(exc)  # KafkaError
-        info["error"] = resolved.redact(f"cannot read from Kafka at {resolved.spec.kafka.bootstrap_servers}: "
-                                        f"{detail.strip()}")
     return info
 
 
@@ -122,7 +67,7 @@ def _lake_status(resolved: ResolvedSpec) -> dict[str, Any]:
 
 def _warehouse_status(resolved: ResolvedSpec) -> dict[str, Any]:
     from bankflow.render.warehouse import qualified_raw_table
-    from bankflow.warehouse import connect_warehouse
+    from bankflow.warehouses import connect_warehouse
 
     info: dict[str, Any] = {"type": resolved.spec.warehouse.type, "tables": {}}
     try:
@@ -149,9 +94,9 @@ def collect_status(resolved: ResolvedSpec) -> dict[str, Any]:
     return {
         "pipeline": resolved.spec.name,
         "env": resolved.env,
+        "engine": resolved.spec.cdc.engine,
         "source": _source_status(resolved),
-        **({"connector": _connector_status(resolved), "consumer": _consumer_status(resolved)}
-           if resolved.spec.cdc.engine == "debezium" else {}),
+        **resolved.spec.cdc.engine_for(resolved).status(),
         "lake": _lake_status(resolved),
         "warehouse": _warehouse_status(resolved),
         "last_run": None if last_run is None else {
@@ -162,10 +107,12 @@ def collect_status(resolved: ResolvedSpec) -> dict[str, Any]:
 
 
 def format_status(status: dict[str, Any]) -> str:
+    from bankflow.engines import ENGINES
+
     lines = [f"pipeline {status['pipeline']} (environment: {status['env'] or 'default'})"]
     source = status["source"]
     lines.append(f"  source     {'up' if source.get('up') else 'down'}"
-                 + (" (embedded)" if source.get("embedded") else "")
+                 + (f" ({source['server']})" if source.get("server") else "")
                  + (f"  error: {source['error']}" if source.get("error") else ""))
     slot = source.get("slot")
     if slot:
@@ -173,24 +120,8 @@ def format_status(status: dict[str, Any]) -> str:
                      f"{slot['lag_bytes']:,} bytes, {'active' if slot['active'] else 'idle'}")
     elif source.get("up"):
         lines.append("  slot       not created yet")
-    connector = status.get("connector")
-    if connector:
-        if connector.get("error"):
-            lines.append(f"  connector  {connector['name']}: {connector['error']}")
-        else:
-            tasks = ", ".join(f"task {t['id']} {t['state']}" + (f" ({t['trace']})" if t.get("trace") else "")
-                              for t in connector.get("tasks", []))
-            lines.append(f"  connector  {connector['name']}: {connector['state']}" + (f"; {tasks}" if tasks else ""))
-    consumer = status.get("consumer")
-    if consumer:
-        if consumer.get("error"):
-            lines.append(f"  consumer   group {consumer['group']}: {consumer['error']}")
-        for topic, info in consumer.get("topics", {}).items():
-            if info is None:
-                lines.append(f"  consumer   {topic}: no topic yet")
-            else:
-                lines.append(f"  consumer   {topic}: committed {info['committed']:,} of {info['end']:,}, "
-                             f"lag {info['lag']:,} ({info['partitions']} partition(s))")
+    if status.get("engine") in ENGINES:
+        lines.extend(ENGINES[status["engine"]].engine_class().format_status(status))
     lake = status["lake"]
     for name, info in lake.get("tables", {}).items():
         lines.append(f"  lake       {name}: {info['files']} file(s), {info['rows']:,} row(s)")

@@ -16,13 +16,13 @@ from decimal import Decimal
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from bankflow.render.sql import quote_duckdb, quote_pg, quote_snowflake
+from bankflow.render.sql import quote_pg
 from bankflow.render.warehouse import qualified_raw_table
 
 if TYPE_CHECKING:
     from bankflow.spec.loader import ResolvedSpec
     from bankflow.spec.models import Table
-    from bankflow.warehouse.base import WarehouseAdapter
+    from bankflow.warehouses.adapter import WarehouseAdapter
 
 SAMPLE = 5
 
@@ -150,9 +150,9 @@ def compare(name: str, source: Callable[[], Iterable[Sequence[tuple[Any, ...]]]]
     return result
 
 
-def latest_state_sql(resolved: ResolvedSpec, table: Table, dialect: str) -> str:
+def latest_state_sql(resolved: ResolvedSpec, table: Table) -> str:
     """The current rows rebuilt from the raw change log: last version per key by LSN, deletes dropped."""
-    quote = quote_snowflake if dialect == "snowflake" else quote_duckdb
+    quote = resolved.spec.warehouse.dialect().quote
     columns = ", ".join(quote(c.name) for c in table.columns)
     keys = ", ".join(quote(k) for k in table.primary_key)
     return (f"SELECT {columns} FROM (SELECT *, row_number() OVER (PARTITION BY {keys} "
@@ -206,7 +206,7 @@ def verify(resolved: ResolvedSpec, source_kwargs: dict[str, Any], adapter: Wareh
             norm = row_normaliser([i for i, c in enumerate(table.columns) if c.pg_type.kind in ("json", "jsonb")])
             name = f"{table.name}: raw latest state equals source rows"
             attempt(name, partial(compare, name, source(source_sql),
-                                  warehouse(latest_state_sql(resolved, table, adapter.dialect)), norm))
+                                  warehouse(latest_state_sql(resolved, table)), norm))
         for check in spec.verify.checks:
             attempt(check.name, partial(compare, check.name, source(fill(resolved, check.source_sql)),
                                         warehouse(fill(resolved, check.warehouse_sql))))

@@ -58,7 +58,7 @@ def main() -> None:
         print(f"peak RSS: {peak_rss_mb():.0f} MB")
     finally:
         pipeline.down(drop_slot=True)
-        from bankflow.services.postgres import EmbeddedPostgres
+        from bankflow.source.embedded import EmbeddedPostgres
 
         EmbeddedPostgres(state / "postgres").destroy()
         if not args.keep:

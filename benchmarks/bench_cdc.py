@@ -24,8 +24,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bankflow.cdc.builtin import drop_slot, ensure_slot, stream_to_lake  # noqa: E402
-from bankflow.services.postgres import EmbeddedPostgres  # noqa: E402
+from bankflow.engines.builtin.reader import drop_slot, ensure_slot, stream_to_lake  # noqa: E402
+from bankflow.source.embedded import EmbeddedPostgres  # noqa: E402
 from bankflow.spec.loader import load_spec  # noqa: E402
 
 DDL = """

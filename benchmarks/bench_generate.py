@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bankflow.generate import WorkloadOptions, run_workload  # noqa: E402
-from bankflow.services.postgres import EmbeddedPostgres  # noqa: E402
+from bankflow.source.embedded import EmbeddedPostgres  # noqa: E402
 
 WORKLOAD = ROOT / "pipelines" / "workloads" / "banking.py"
 SCHEMA = "banking"
@@ -31,8 +31,8 @@ SCHEMA = "banking"
 
 def source_ddl() -> str:
     """The DDL the pipeline's source stage runs for pipelines/banking.yaml (REPLICA IDENTITY FULL included)."""
+    from bankflow.source.ddl import source_statements
     from bankflow.spec.loader import load_spec
-    from bankflow.stages.source import source_statements
 
     resolved = load_spec(ROOT / "pipelines" / "banking.yaml", environ={}, check_dbt=False)
     assert resolved.spec.source.schema_name == SCHEMA

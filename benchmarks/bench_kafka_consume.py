@@ -39,9 +39,9 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bankflow.services.s3 import ACCESS_KEY, REGION, SECRET_KEY, S3Server
-from bankflow.services.tansu import TansuBroker
 from bankflow.spec.loader import load_spec
+from tests.harness.s3 import ACCESS_KEY, REGION, SECRET_KEY, S3Server
+from tests.harness.tansu import TansuBroker
 
 SPEC = """\
 version: 1
@@ -249,7 +249,7 @@ def main() -> int:
     parser.add_argument("--no-seed", action="store_true", help="skip the seed-style consumers")
     args = parser.parse_args()
 
-    from bankflow.consume.kafka import consume_to_lake
+    from bankflow.engines.debezium.consumer import consume_to_lake
 
     bucket = "bench-lake"
     with tempfile.TemporaryDirectory(prefix="bench-consume-") as tmp, TansuBroker() as broker, \

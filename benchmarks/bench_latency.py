@@ -31,10 +31,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bankflow.services.connect import KafkaConnectWorker
-from bankflow.services.postgres import EmbeddedPostgres
-from bankflow.services.tansu import TansuBroker
+from bankflow.source.embedded import EmbeddedPostgres
 from bankflow.spec.loader import ResolvedSpec, load_spec
+from tests.harness.connect import KafkaConnectWorker
+from tests.harness.tansu import TansuBroker
 
 SPEC = """\
 version: 1
@@ -190,8 +190,8 @@ def main() -> int:
     args = parser.parse_args()
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
 
+    from bankflow.engines.debezium.catchup import register_connector, wait_for_debezium
     from bankflow.stages.base import Progress, RunContext
-    from bankflow.stages.cdc import register_connector, wait_for_debezium
     from bankflow.stages.source import ensure_source
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-latency-"))
@@ -231,13 +231,13 @@ def main() -> int:
             broker.create_topic(next(iter(resolved.spec.tables_by_topic)))
 
             def follow_debezium(stop: threading.Event, resolved: ResolvedSpec = resolved) -> threading.Thread:
-                from bankflow.consume.kafka import consume_to_lake
+                from bankflow.engines.debezium.consumer import consume_to_lake
 
                 return thread(lambda: consume_to_lake(resolved, follow=True, stop=stop))
 
             results.append(measure("debezium", resolved, pg, follow_debezium, args, next_id))
             next_id += 1_000_000
-            from bankflow.cdc.connect_client import ConnectClient
+            from bankflow.engines.debezium.connect import ConnectClient
 
             ConnectClient(worker.rest_url).delete(resolved.spec.cdc.connector)
             connector = None
@@ -253,14 +253,14 @@ def main() -> int:
 
             def follow_builtin(stop: threading.Event, resolved: ResolvedSpec = resolved,
                                kwargs: dict[str, Any] = kwargs) -> threading.Thread:
-                from bankflow.cdc.builtin import stream_to_lake
+                from bankflow.engines.builtin.reader import stream_to_lake
 
                 return thread(lambda: stream_to_lake(resolved, kwargs, follow=True, stop=stop))
 
             results.append(measure("builtin", resolved, pg, follow_builtin, args, next_id))
     finally:
         if connector is not None:
-            from bankflow.cdc.connect_client import ConnectClient
+            from bankflow.engines.debezium.connect import ConnectClient
 
             ConnectClient(connector[0]).delete(connector[1])
         if worker is not None:

@@ -11,13 +11,10 @@ from collections.abc import Iterable, Sequence
 from datetime import date, datetime
 from typing import Any
 
+from bankflow.render.sql import quote_pg
+
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 NULL = "\\N"
-
-
-def quote_ident(name: str) -> str:
-    """Quote one SQL identifier (the table and column names come from code, but quoting costs nothing)."""
-    return '"' + name.replace('"', '""') + '"'
 
 
 def copy_value(value: Any) -> str:
@@ -43,7 +40,7 @@ def copy_data(cursor: Any, table: str, columns: Sequence[str], data: bytes) -> N
     Sent as one chunk: psycopg2 takes the GIL back for every chunk it reads, which stalls a writer
     thread behind a busy producer thread.
     """
-    statement = f"COPY {quote_ident(table)} ({', '.join(map(quote_ident, columns))}) FROM STDIN"
+    statement = f"COPY {quote_pg(table)} ({', '.join(map(quote_pg, columns))}) FROM STDIN"
     cursor.copy_expert(statement, io.BytesIO(data), size=max(len(data), 8192))
 
 

@@ -16,18 +16,29 @@ class Artifacts:
     files: dict[str, str] = field(default_factory=dict)
 
 
+def warehouse_dir(resolved: ResolvedSpec) -> str:
+    return f"warehouse/{resolved.spec.warehouse.dialect().name}"
+
+
+def load_sql_name(resolved: ResolvedSpec) -> str:
+    """The plan file of pending load statements (its file lists change every run, so apply does not keep it)."""
+    return f"{warehouse_dir(resolved)}/load.sql"
+
+
 def render_all(resolved: ResolvedSpec) -> Artifacts:
-    """All artifacts for display and for `plan --out`: secrets redacted, file lists as placeholders."""
+    """All artifacts for display and for `plan --out`: secrets redacted, file lists as placeholders.
+
+    The engine adds its own (the Debezium connector JSON); a spec without `transform:` has no dbt profile.
+    """
     from bankflow.render.dbt_profile import render_profile
-    from bankflow.render.debezium import render_connector_json
     from bankflow.render.topology import render_topology_json
     from bankflow.render.warehouse import render_load_sql, render_setup_sql
 
-    files = {
-        "debezium/connector.json": render_connector_json(resolved, reveal=False),
-        "topology.json": render_topology_json(resolved),
-        "dbt/profiles.yml": render_profile(resolved),
-        f"warehouse/{resolved.spec.warehouse.type}/setup.sql": render_setup_sql(resolved, reveal=False),
-        f"warehouse/{resolved.spec.warehouse.type}/load.sql": render_load_sql(resolved, None),
-    }
+    files = dict(resolved.spec.cdc.engine_for(resolved).artifacts())
+    files["topology.json"] = render_topology_json(resolved)
+    profile = render_profile(resolved)
+    if profile is not None:
+        files["dbt/profiles.yml"] = profile
+    files[f"{warehouse_dir(resolved)}/setup.sql"] = render_setup_sql(resolved, reveal=False)
+    files[load_sql_name(resolved)] = render_load_sql(resolved, None)
     return Artifacts(files)

@@ -1,23 +1,16 @@
-"""Identifier quoting per dialect. Spec identifiers are validated as [a-z_][a-z0-9_]* and quoted again here."""
+"""Postgres (the source's dialect): the one identifier quoter for SQL bankflow runs on the source.
+
+Each warehouse's quoting is its dialect's (`bankflow/warehouses/<type>/dialect.py`).
+"""
 
 from __future__ import annotations
 
-from bankflow.spec.models import check_identifier
-
 
 def quote_pg(name: str) -> str:
-    return '"' + check_identifier(name) + '"'
+    """A double-quoted Postgres identifier; an embedded quote is doubled, so any name stays one identifier.
 
-
-def quote_duckdb(name: str) -> str:
-    return '"' + check_identifier(name) + '"'
-
-
-def quote_snowflake(name: str) -> str:
-    """Upper-cased and quoted: the same object as the unquoted name, so dbt and users can write it plainly."""
-    return '"' + check_identifier(name.lower()).upper() + '"'
-
-
-def string_literal(value: str) -> str:
-    """A single-quoted SQL string literal (file names, URLs)."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+    Spec names are validated when the spec loads; quoting is what keeps them one identifier in any statement.
+    """
+    if "\x00" in name:
+        raise ValueError("a Postgres identifier cannot contain a NUL character")
+    return '"' + name.replace('"', '""') + '"'

@@ -1,30 +1,32 @@
-"""The Jinja2 environment over the repository's `templates/` directory."""
+"""Jinja2 templates as package data: each package's `templates/` folder, found through importlib.resources.
+
+`bankflow/templates/` holds what is shared (the dbt profile); each warehouse keeps its SQL templates in its own
+folder (`bankflow/warehouses/<type>/templates/`). A wheel or a non-editable install finds them from any directory.
+"""
 
 from __future__ import annotations
 
-import os
-from functools import lru_cache
-from pathlib import Path
+from functools import cache
 
 import jinja2
 
 
-def templates_dir() -> Path:
-    """`BANKFLOW_TEMPLATES`, else `templates/` beside the package (the repository layout)."""
-    override = os.environ.get("BANKFLOW_TEMPLATES")
-    return Path(override) if override else Path(__file__).resolve().parents[2] / "templates"
-
-
-@lru_cache(maxsize=1)
-def environment() -> jinja2.Environment:
-    # SQL and YAML, not HTML: no autoescape; every value reaching SQL is quoted by the caller.
+@cache
+def environment(package: str = "bankflow") -> jinja2.Environment:
+    # SQL and YAML, not HTML: no autoescape; every value reaching SQL is quoted by the dialect that renders it.
     return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(templates_dir())),
+        loader=jinja2.PackageLoader(package, "templates"),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,
     )
 
 
+def render_package_template(package: str, name: str, **context: object) -> str:
+    """Render `templates/<name>` of `package` (e.g. `bankflow.warehouses.duckdb`)."""
+    return environment(package).get_template(name).render(**context)
+
+
 def render_template(name: str, **context: object) -> str:
-    return environment().get_template(name).render(**context)
+    """Render one of bankflow's shared templates (`bankflow/templates/<name>`)."""
+    return render_package_template("bankflow", name, **context)

@@ -11,12 +11,6 @@ if TYPE_CHECKING:
     from bankflow.spec.loader import ResolvedSpec
     from bankflow.spec.models import Table
 
-FILE_KEY_SCHEMES = {
-    "builtin": "{layout}/lsn-{start_lsn:016X}-{end_lsn:016X}.parquet  (LSN range of the file's events)",
-    "debezium": "{layout}/p{partition}-{start_offset:020d}-{end_offset:020d}.parquet  (Kafka offset range)",
-}
-
-
 # CDC columns every lake row carries; `_tx_id` and `_source_ts` may be unknown (as `bankflow.lake` writes them).
 CDC_ALWAYS_SET = ("_op", "_lsn", "_file")
 
@@ -31,6 +25,7 @@ def lake_nullable(table: Table, column: str) -> bool:
 def topology(resolved: ResolvedSpec) -> dict[str, Any]:
     spec = resolved.spec
     lake = spec.lake
+    capabilities = spec.cdc.capabilities
     streams = []
     for table in spec.tables:
         topic = spec.topic_for(table)
@@ -44,14 +39,14 @@ def topology(resolved: ResolvedSpec) -> dict[str, Any]:
                 for c in table.columns
             ] + [{"name": n, "type": t.arrow, "nullable": n not in CDC_ALWAYS_SET} for n, t in CDC_COLUMNS],
             "lake_path": f"{lake.url}/{lake.layout}",
-            "file_key": FILE_KEY_SCHEMES[spec.cdc.engine],
+            "file_key": capabilities.file_key_scheme,
         })
     return {
         "pipeline": spec.name,
         "environment": resolved.env,
         "engine": spec.cdc.engine,
-        "event_source": "kafka" if spec.cdc.engine == "debezium" else "postgres-logical-replication",
-        "consumer_group": spec.kafka.group if spec.cdc.engine == "debezium" else None,
+        "event_source": capabilities.event_source,
+        "consumer_group": spec.kafka.group if capabilities.uses_kafka else None,
         "flush": lake.flush.model_dump(),
         "compression": lake.compression,
         "dead_letter": f"{lake.url}/{lake.dead_letter}",

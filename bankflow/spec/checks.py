@@ -88,18 +88,14 @@ def check_spec(resolved: ResolvedSpec, positions: Positions, *, check_dbt: bool 
         add(("cdc", "heartbeat_interval_ms"), "cdc.heartbeat_interval_ms",
             "a replication slot without heartbeats holds WAL while the captured tables are idle",
             "set heartbeat_interval_ms, e.g. 10000", "warning")
-    if spec.cdc.engine == "builtin" and spec.cdc.snapshot_mode in ("always", "initial_only"):
-        add(("cdc", "snapshot_mode"), "cdc.snapshot_mode",
-            f"snapshot_mode {spec.cdc.snapshot_mode!r} is not supported by the built-in engine: it snapshots once, "
-            "when it creates the slot, and then streams",
-            "use initial, when_needed, no_data or never with the built-in engine, or set engine: debezium")
-    if spec.cdc.engine == "debezium" and spec.source.password and "source.password" not in resolved.env_refs:
-        add(("source", "password"), "source.password",
-            "the source password is written in the spec in clear text",
-            "use ${VAR}: Kafka Connect then receives ${env:VAR}, never the password itself", "warning")
-    if spec.warehouse.type == "snowflake" and spec.lake.scheme != "s3":
-        add(("lake", "url"), "lake.url", "Snowflake loads from an external stage: the lake must be on s3://",
-            "set lake.url to s3://bucket/prefix in this environment")
+    for found in spec.cdc.check(spec, resolved.env_refs):
+        add(found.at, ".".join(str(p) for p in found.at), found.message, found.hint, found.severity)
+    schemes = spec.warehouse.capabilities.lake_schemes
+    if spec.lake.scheme not in schemes:
+        add(("lake", "url"), "lake.url",
+            f"the {spec.warehouse.type} warehouse cannot load from a {spec.lake.scheme}:// lake: the lake must be on "
+            + " or ".join(f"{s}://" for s in sorted(schemes)),
+            f"set lake.url to {' or '.join(s + '://…' for s in sorted(schemes))} in this environment")
 
     for index, check in enumerate(spec.verify.checks):
         for key in ("source_sql", "warehouse_sql"):
@@ -120,37 +116,103 @@ def check_spec(resolved: ResolvedSpec, positions: Positions, *, check_dbt: bool 
 
 # ---------------------------------------------------------------- dbt selectors
 
-def dbt_nodes(project_dir: Path) -> dict[str, set[str]]:
-    """Models, snapshots, seeds and tests of a dbt project, read from its files (dbt itself is never run)."""
+class DbtProjectError(ValueError):
+    """The dbt project's files cannot be read as dbt would read them; the message names the file."""
+
+    def __init__(self, message: str, hint: str = ""):
+        super().__init__(message)
+        self.hint = hint
+
+
+PATH_KEYS = {"model": "model-paths", "snapshot": "snapshot-paths", "seed": "seed-paths", "test": "test-paths"}
+PATH_DEFAULTS = {"model": "models", "snapshot": "snapshots", "seed": "seeds", "test": "tests"}
+
+
+def _dbt_text(path: Path, project_dir: Path) -> str:
+    """A dbt project file as dbt reads it (UTF-8), or a DbtProjectError naming the file."""
+    shown = _shown(path, project_dir)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DbtProjectError(f"cannot read {shown}: {exc.strerror or exc}",
+                              "make the dbt project's files readable") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DbtProjectError(f"{shown} is not UTF-8 text (byte 0x{data[exc.start]:02x} at line {line})",
+                              "save it as UTF-8: dbt reads project files as UTF-8") from None
+
+
+def _shown(path: Path, project_dir: Path) -> str:
+    try:
+        return f"{project_dir.name}/{path.relative_to(project_dir).as_posix()}"
+    except ValueError:
+        return str(path)
+
+
+def _dbt_yaml(path: Path, project_dir: Path) -> Any:
     import yaml
 
+    text = _dbt_text(path, project_dir)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise DbtProjectError(f"{_shown(path, project_dir)}{where}: YAML error: {' '.join(str(problem).split())}",
+                              "fix the YAML in the dbt project") from None
+
+
+def dbt_project(project_dir: Path) -> dict[str, Any]:
+    """dbt_project.yml as a mapping, its *-paths checked (lists of relative directory names)."""
     config_path = project_dir / "dbt_project.yml"
-    config = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+    config = _dbt_yaml(config_path, project_dir)
+    if config is None:
+        config = {}
+    if not isinstance(config, dict):
+        raise DbtProjectError(f"{_shown(config_path, project_dir)} must be a mapping of keys (name, profile, …), "
+                              f"not a {type(config).__name__}", "start from banking_dbt/dbt_project.yml")
+    for kind, key in PATH_KEYS.items():
+        value = config.get(key, [PATH_DEFAULTS[kind]])
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise DbtProjectError(
+                f"{_shown(config_path, project_dir)}: {key} must be a list of directory names, got {value!r}",
+                f'write e.g. {key}: ["{PATH_DEFAULTS[kind]}"]')
+    return config
+
+
+def dbt_nodes(project_dir: Path) -> dict[str, set[str]]:
+    """Models, snapshots, seeds and tests of a dbt project, read from its files (dbt itself is never run).
+
+    Raises DbtProjectError when a file cannot be read the way dbt reads it (not UTF-8, bad YAML, *-paths that
+    are not lists of names).
+    """
+    config = dbt_project(project_dir)
     nodes: dict[str, set[str]] = {"model": set(), "snapshot": set(), "seed": set(), "test": set()}
-    paths = {
-        "model": config.get("model-paths", ["models"]),
-        "snapshot": config.get("snapshot-paths", ["snapshots"]),
-        "seed": config.get("seed-paths", ["seeds"]),
-        "test": config.get("test-paths", ["tests"]),
-    }
-    for kind, dirs in paths.items():
-        for directory in dirs:
+    for kind, key in PATH_KEYS.items():
+        for directory in config.get(key, [PATH_DEFAULTS[kind]]):
             root = project_dir / directory
             if not root.is_dir():
                 continue
-            for path in root.rglob("*"):
+            for path in sorted(root.rglob("*")):
+                if not path.is_file():
+                    continue
                 relative = path.relative_to(project_dir).with_suffix("").as_posix()
                 if path.suffix == ".sql":
-                    if kind == "snapshot" or "{% snapshot" in path.read_text(encoding="utf-8"):
-                        for name in re.findall(r"{%-?\s*snapshot\s+(\w+)", path.read_text(encoding="utf-8")):
+                    text = _dbt_text(path, project_dir)
+                    if kind == "snapshot" or "{% snapshot" in text:
+                        for name in re.findall(r"{%-?\s*snapshot\s+(\w+)", text):
                             nodes["snapshot"].add(f"{name}|{relative}")
                         if kind == "snapshot":
                             continue
                     nodes[kind].add(f"{path.stem}|{relative}")
                 elif path.suffix in (".yml", ".yaml") and kind in ("snapshot", "model"):
-                    doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-                    for snap in doc.get("snapshots", []) or []:
-                        if isinstance(snap, dict) and "name" in snap:
+                    doc = _dbt_yaml(path, project_dir)
+                    snapshots = doc.get("snapshots") if isinstance(doc, dict) else None
+                    for snap in snapshots if isinstance(snapshots, list) else []:
+                        if isinstance(snap, dict) and isinstance(snap.get("name"), str):
                             nodes["snapshot"].add(f"{snap['name']}|{relative}")
                 elif path.suffix == ".csv" and kind == "seed":
                     nodes["seed"].add(f"{path.stem}|{relative}")
@@ -173,12 +235,12 @@ def selector_matches(selector: str, nodes: dict[str, set[str]], project_name: st
         return bool(nodes.get(kind))
     if method == "path" or "/" in value or value.endswith(".sql"):
         value = value.removesuffix(".sql").strip("/")
-        return any(e.split("|")[1] == value or e.split("|")[1].startswith(value + "/") for e in entries)
+        return any(e.split("|", 1)[1] == value or e.split("|", 1)[1].startswith(value + "/") for e in entries)
     if value == project_name:
         return bool(entries)
     pattern = re.compile("^" + re.escape(value).replace(r"\*", ".*") + "$")
     for entry in entries:
-        name, relative = entry.split("|")
+        name, relative = entry.split("|", 1)
         folders = relative.split("/")[1:-1]
         if pattern.match(name) or value in folders or ".".join(folders) == value:
             return True
@@ -186,8 +248,6 @@ def selector_matches(selector: str, nodes: dict[str, set[str]], project_name: st
 
 
 def _check_dbt(resolved: ResolvedSpec, add: Any) -> list[Issue]:
-    import yaml
-
     transform = resolved.spec.transform
     assert transform is not None
     project_dir = resolved.resolve_path(transform.project_dir)
@@ -197,16 +257,15 @@ def _check_dbt(resolved: ResolvedSpec, add: Any) -> list[Issue]:
         return []
     try:
         nodes = dbt_nodes(project_dir)
-        project_name = (yaml.safe_load((project_dir / "dbt_project.yml").read_text(encoding="utf-8")) or {}).get(
-            "name", "")
-    except (OSError, yaml.YAMLError) as exc:
-        add(("transform", "project_dir"), "transform.project_dir", f"cannot read the dbt project: {exc}")
+        project_name = str(dbt_project(project_dir).get("name") or "")
+    except DbtProjectError as exc:
+        add(("transform", "project_dir"), "transform.project_dir", f"cannot read the dbt project: {exc}", exc.hint)
         return []
     for index, step in enumerate(transform.steps):
         for selector in step.select:
             if not selector_matches(selector, nodes, project_name):
                 known = sorted({e.split("|")[0] for g in nodes.values() for e in g})
-                folders = sorted({p for g in nodes.values() for e in g for p in e.split("|")[1].split("/")[1:-1]})
+                folders = sorted({p for g in nodes.values() for e in g for p in e.split("|", 1)[1].split("/")[1:-1]})
                 add(("transform", "steps", index, "select"), f"transform.steps[{index}].select",
                     f"selector {selector!r} matches no model, snapshot or test in {project_dir.name}",
                     f"folders: {', '.join(folders) or '-'}; nodes: {', '.join(known[:12])}"

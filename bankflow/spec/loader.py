@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from bankflow.errors import Issue, SpecError
-from bankflow.spec.models import PipelineSpec
+from bankflow.spec.models import VARIANT_KEYS, VARIANT_TAGS, PipelineSpec
 
 Path_ = tuple[str | int, ...]
 _VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\$")
@@ -40,7 +40,21 @@ class ResolvedSpec:
     env: str | None
     secrets: tuple[str, ...]  # interpolated secret values: redacted from every display
     env_refs: dict[str, str]  # dotted field path -> the variable it came from (e.g. source.password -> PGPASSWORD)
-    warnings: tuple[Issue, ...] = ()
+    warnings: tuple[Issue, ...] = ()  # warnings and notes
+    # Variables left as `${VAR}` text (load_spec(unset="defer")): fine to validate and render, not to run.
+    unset: tuple[str, ...] = ()
+
+    @property
+    def notes(self) -> tuple[Issue, ...]:
+        return tuple(i for i in self.warnings if i.severity == "note")
+
+    def require_set(self, action: str = "run the pipeline") -> None:
+        """Raise unless every variable is set: a deferred `${VAR}` is a placeholder, never a value to use."""
+        if self.unset:
+            from bankflow.errors import BankflowError
+
+            raise BankflowError(f"cannot {action}: environment variable(s) {', '.join(self.unset)} not set "
+                                "(the spec was loaded with unset='defer'); set them and load it again")
 
     @property
     def base_dir(self) -> Path:
@@ -64,9 +78,24 @@ class ResolvedSpec:
 
 # ---------------------------------------------------------------- YAML with positions
 
+def _position(text: str, index: int) -> tuple[int, int]:
+    """(line, column), 1-based, of a character index in `text`."""
+    line_start = text.rfind("\n", 0, index) + 1
+    return text.count("\n", 0, index) + 1, index - line_start + 1
+
+
 def _compose(text: str, file: str) -> yaml.Node | None:
     try:
         return yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow anywhere, e.g. NUL
+        line, column = _position(text, exc.position)
+        if exc.character == 0:
+            message = "the spec contains a NUL byte (character #x0000), which YAML does not allow"
+            hint = "remove it: a NUL usually means a binary file, a truncated write or UTF-16 text"
+        else:
+            message = f"the spec contains the control character #x{exc.character:04X}, which YAML does not allow"
+            hint = "remove it, or write it as an escape (\\x..) inside a double-quoted string"
+        raise SpecError([Issue(file, line, column, "", message, hint)]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, column = (mark.line + 1, mark.column + 1) if mark else (None, None)
@@ -75,28 +104,52 @@ def _compose(text: str, file: str) -> yaml.Node | None:
             [Issue(file, line, column, "", f"YAML syntax error: {problem}",
                    "check indentation, quoting and that every 'key: value' has a space after the colon")]
         ) from None
+    except yaml.YAMLError as exc:
+        raise SpecError([Issue(file, None, None, "", f"YAML error: {' '.join(str(exc).split())}",
+                               "check the file is a YAML mapping, e.g. a copy of pipelines/banking.yaml")]) from None
 
 
-def _to_python(node: yaml.Node, path: Path_, out: dict[Path_, tuple[int, int]], file: str) -> Any:
-    out[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+# A spec is a few hundred values; aliases that expand beyond this are a mistake (or a "billion laughs").
+MAX_VALUES = 100_000
+
+
+def _to_python(node: yaml.Node, path: Path_, out: dict[Path_, tuple[int, int]], file: str,
+               active: frozenset[int] = frozenset()) -> Any:
+    line, column = node.start_mark.line + 1, node.start_mark.column + 1
+    if id(node) in active:
+        raise SpecError([Issue(file, line, column, _dotted(path), "an alias refers to the value that contains it",
+                               "a spec cannot be recursive: copy the values instead of aliasing their parent")])
+    if len(out) >= MAX_VALUES:
+        raise SpecError([Issue(file, line, column, _dotted(path),
+                               f"the spec expands to more than {MAX_VALUES:,} values (through YAML aliases)",
+                               "write the values out instead of nesting aliases of aliases")])
+    out[path] = (line, column)
     if isinstance(node, yaml.MappingNode):
+        inner = active | {id(node)}
         result: dict[str, Any] = {}
         for key_node, value_node in node.value:
-            key = key_node.value
             if not isinstance(key_node, yaml.ScalarNode):
                 raise SpecError([Issue(file, key_node.start_mark.line + 1, key_node.start_mark.column + 1,
-                                       _dotted(path), "mapping keys must be plain strings")])
+                                       _dotted(path), "mapping keys must be plain strings",
+                                       "write a plain key such as 'name:'")])
+            key = key_node.value
             if key in result:
                 raise SpecError([Issue(file, key_node.start_mark.line + 1, key_node.start_mark.column + 1,
                                        _dotted((*path, key)), f"duplicate key {key!r}",
                                        "remove one of the two entries")])
             out[(*path, key, "__key__")] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
-            result[key] = _to_python(value_node, (*path, key), out, file)
+            result[key] = _to_python(value_node, (*path, key), out, file, inner)
         return result
     if isinstance(node, yaml.SequenceNode):
-        return [_to_python(item, (*path, i), out, file) for i, item in enumerate(node.value)]
+        inner = active | {id(node)}
+        return [_to_python(item, (*path, i), out, file, inner) for i, item in enumerate(node.value)]
     # Scalars: let PyYAML's resolver decide (int, float, bool, null, str).
-    return _scalar(node)
+    try:
+        return _scalar(node)
+    except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:  # e.g. !!binary, a date 2024-13-45
+        problem = exc.problem if isinstance(exc, yaml.MarkedYAMLError) and exc.problem else str(exc)
+        raise SpecError([Issue(file, line, column, _dotted(path), f"cannot read this value: {' '.join(problem.split())}",
+                               "quote it to make it a plain string, e.g. '2024-01-31'")]) from None
 
 
 def _scalar(node: yaml.Node) -> Any:
@@ -107,20 +160,48 @@ def _scalar(node: yaml.Node) -> Any:
         loader.dispose()
 
 
+def _read_text(path: Path, file: str, what: str = "spec") -> str:
+    """The file's text, or a SpecError that says what is wrong with the file itself and what to do."""
+    if path.is_dir():
+        inside = sorted(p.name for p in path.iterdir() if p.suffix in (".yaml", ".yml"))[:3]
+        raise SpecError([Issue(file, None, None, "", f"is a directory, not a {what} file",
+                               "pass a pipeline YAML file" + (
+                                   f", e.g. {path / inside[0]}" if inside else ", e.g. pipelines/banking.yaml"))])
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise SpecError([Issue(file, None, None, "", f"{what} file not found",
+                               "pass the path of a pipeline YAML, e.g. pipelines/banking.yaml")]) from None
+    except PermissionError:
+        raise SpecError([Issue(file, None, None, "", f"cannot read the {what} file: permission denied",
+                               "make it readable for this user (e.g. chmod u+r) or run as its owner")]) from None
+    except OSError as exc:
+        raise SpecError([Issue(file, None, None, "", f"cannot read the {what} file: {exc.strerror or exc}",
+                               "pass a readable pipeline YAML file")]) from None
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise SpecError([Issue(file, 1, 1, "", f"the {what} file is UTF-16 text", "save it as UTF-8")])
+    try:
+        return data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise SpecError([Issue(file, line, column, "",
+                               f"the {what} file is not UTF-8 text (byte 0x{data[exc.start]:02x} at line {line})",
+                               "save it as UTF-8")]) from None
+
+
 def read_located(path: Path) -> Located:
     file = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError([Issue(file, None, None, "", "spec file not found",
-                               "pass the path of a pipeline YAML, e.g. pipelines/banking.yaml")]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError([Issue(file, None, None, "", f"cannot read spec: {exc}")]) from None
+    text = _read_text(path, file)
     node = _compose(text, file)
     if node is None:
         raise SpecError([Issue(file, 1, 1, "", "spec is empty", "start from pipelines/banking.yaml")])
     positions: dict[Path_, tuple[int, int]] = {}
-    data = _to_python(node, (), positions, file)
+    try:
+        data = _to_python(node, (), positions, file)
+    except RecursionError:
+        raise SpecError([Issue(file, None, None, "", "the spec is nested too deeply",
+                               "a spec is a few levels of mappings and lists: flatten it")]) from None
     if not isinstance(data, dict):
         raise SpecError([Issue(file, 1, 1, "", "a spec must be a mapping of keys (name, source, tables, …)",
                                "write top-level keys such as 'name:', 'source:' and 'tables:'")])
@@ -179,7 +260,7 @@ def load_dotenv(path: Path) -> dict[str, str]:
     values: dict[str, str] = {}
     if not path.is_file():
         return values
-    for raw in path.read_text(encoding="utf-8").splitlines():
+    for raw in _read_text(path, str(path), ".env").splitlines():
         line = raw.strip()
         if not line or line.startswith("#") or "=" not in line:
             continue
@@ -191,9 +272,23 @@ def load_dotenv(path: Path) -> dict[str, str]:
     return values
 
 
-def _interpolate(located: Located, environ: dict[str, str], file: str) -> tuple[Any, dict[str, str], list[Issue]]:
+@dataclass(frozen=True)
+class UnsetVariable:
+    """A `${VAR}` without a default whose variable is not set, kept as its own text (`unset="defer"`)."""
+
+    variable: str
+    field: str  # dotted path of the value that uses it
+    line: int | None
+    column: int | None
+
+
+def _interpolate(located: Located, environ: dict[str, str], file: str, *, defer: bool = False,
+                 ) -> tuple[Any, dict[str, str], list[Issue], list[UnsetVariable]]:
+    """`defer`: an unset variable without a default keeps its `${VAR}` text (and is listed) instead of being an
+    error; renderers show such a value as the reference it is (`${env:VAR}`, `env_var('VAR')`)."""
     issues: list[Issue] = []
     refs: dict[str, str] = {}
+    unset: list[UnsetVariable] = []
 
     def walk(value: Any, path: Path_) -> Any:
         if isinstance(value, dict):
@@ -215,6 +310,9 @@ def _interpolate(located: Located, environ: dict[str, str], file: str) -> tuple[
             if default is not None:
                 return default
             line, column = located.positions.get(path, (None, None))
+            if defer:
+                unset.append(UnsetVariable(name, _dotted(path), line, column))
+                return match.group(0)
             issues.append(Issue(file, line, column, _dotted(path), f"environment variable {name} is not set",
                                 f"export {name}=… (or put it in a .env file next to the spec), "
                                 f"or give a default: ${{{name}:-value}}"))
@@ -222,7 +320,21 @@ def _interpolate(located: Located, environ: dict[str, str], file: str) -> tuple[
 
         return _VAR_RE.sub(substitute, value)
 
-    return walk(located.data, ()), refs, issues
+    return walk(located.data, ()), refs, issues, unset
+
+
+def _unset_notes(unset: list[UnsetVariable], file: str) -> dict[str, Issue]:
+    """One note per variable (by name), at its first use, naming every value that needs it."""
+    by_name: dict[str, list[UnsetVariable]] = {}
+    for use in unset:
+        by_name.setdefault(use.variable, []).append(use)
+    notes = {}
+    for name, uses in by_name.items():
+        where = "; ".join(f"{u.field}, line {u.line}" if u.line else u.field for u in uses)
+        notes[name] = Issue(file, uses[0].line, uses[0].column, "",
+                            f"environment variable {name} is not set: apply needs it ({where})",
+                            f"export {name}=… (or put it in a .env file next to the spec) before apply", "note")
+    return notes
 
 
 # ---------------------------------------------------------------- pydantic errors → issues
@@ -237,7 +349,8 @@ def _fields_of(model: type[BaseModel], path: tuple[Any, ...]) -> list[str]:
     for part in path:
         if isinstance(part, int):
             continue
-        tagged = [m for m in current if "type" in m.model_fields and m.model_fields["type"].default == part]
+        tagged = [m for m in current if any(k in m.model_fields and m.model_fields[k].default == part
+                                            for k in VARIANT_KEYS)]
         if len(current) > 1 and tagged:
             current = tagged
             continue
@@ -263,12 +376,20 @@ def _got(value: Any, variable: str | None) -> str:
 
 
 def _issues_from_validation(exc: ValidationError, located: Located, file: str,
-                            refs: dict[str, str] | None = None) -> list[Issue]:
-    """`refs`: field path -> the variable its value came from; such values are named, never echoed (secrets)."""
+                            refs: dict[str, str] | None = None,
+                            unset: list[UnsetVariable] | None = None) -> list[Issue]:
+    """`refs`: field path -> the variable its value came from; such values are named, never echoed (secrets).
+
+    `unset`: values kept as `${VAR}` text (deferred); where such a value fails validation (an int, a choice, an
+    identifier), the issue is that the variable is not set, even when validating only.
+    """
     refs = refs or {}
+    deferred: dict[str, list[str]] = {}
+    for use in unset or []:
+        deferred.setdefault(use.field, []).append(use.variable)
     issues = []
     for error in exc.errors():
-        loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p in ("duckdb", "snowflake")))
+        loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p in VARIANT_TAGS))
         kind = error["type"]
         message = str(error["msg"]).removeprefix("Value error, ")
         hint = ""
@@ -297,7 +418,14 @@ def _issues_from_validation(exc: ValidationError, located: Located, file: str,
         elif kind.endswith("_type") or kind.endswith("_parsing"):
             hint = _got(error.get("input"), refs.get(dotted))
         elif kind == "union_tag_invalid":
-            hint = "type must be one of the listed values"
+            ctx = error.get("ctx") or {}
+            key = str(ctx.get("discriminator", "")).strip("'").removeprefix("_").removesuffix("_of()")
+            if key in VARIANT_KEYS and key != "type":  # a callable discriminator: name the key it reads
+                loc = (*loc, key)
+                dotted = _dotted(loc)
+                expected = [tag.strip() for tag in str(ctx.get("expected_tags", "")).split(",")]
+                message = f"{key} {ctx.get('tag')!r} is not known: input should be {' or '.join(expected)}"
+            hint = f"{key or 'type'} must be one of the listed values"
         if not hint and isinstance(error.get("input"), (str, int, float, bool)):
             hint = _got(error["input"], refs.get(dotted))
         # The closest located ancestor (a missing field points at its parent mapping).
@@ -306,6 +434,13 @@ def _issues_from_validation(exc: ValidationError, located: Located, file: str,
             position = located.positions.get(probe)
             probe = probe[:-1] if probe else None
         line, column = position or (None, None)
+        variables = deferred.get(dotted) or next(
+            (v for f, v in deferred.items() if kind.startswith("union_tag") and f.startswith(dotted + ".")), None)
+        if variables:
+            names = ", ".join(dict.fromkeys(variables))
+            message = f"environment variable {names} is not set, and this value cannot be checked without it"
+            hint = (f"export {variables[0]}=… (or put it in a .env file next to the spec), "
+                    f"or give a default: ${{{variables[0]}:-value}}")
         issues.append(Issue(file, line, column, dotted, message, hint))
     return issues
 
@@ -318,10 +453,19 @@ def load_spec(
     environ: dict[str, str] | None = None,
     *,
     check_dbt: bool = True,
+    unset: str = "error",
 ) -> ResolvedSpec:
-    """Load, overlay, interpolate and validate a spec; raise `SpecError` listing every problem found."""
+    """Load, overlay, interpolate and validate a spec; raise `SpecError` listing every problem found.
+
+    `unset`: what an unset `${VAR}` without a default is. "error" (the default; what running a pipeline needs)
+    or "defer": the value keeps its `${VAR}` text, a note says the variable must be set for `apply`, and
+    `ResolvedSpec.unset` names it (for `validate` and offline `plan`, e.g. in CI without production secrets).
+    A deferred value that must be typed (a port, a choice, an identifier) is still an error.
+    """
     from bankflow.spec.checks import check_spec
 
+    if unset not in ("error", "defer"):
+        raise ValueError(f"unset must be 'error' or 'defer', not {unset!r}")
     spec_path = Path(path)
     file = str(path)
     located = read_located(spec_path)
@@ -330,21 +474,46 @@ def load_spec(
     merged = _overlay(located, env, file)
     variables = {**load_dotenv(spec_path.parent / ".env"), **(environ if environ is not None else os.environ)}
     environments = merged.data.pop("environments", None) or {}
-    data, refs, issues = _interpolate(merged, variables, file)
+    data, refs, issues, deferred = _interpolate(merged, variables, file, defer=unset == "defer")
     if issues:
         raise SpecError(issues)
+    notes = _unset_notes(deferred, file)
     data["environments"] = environments if isinstance(environments, dict) else {}
     try:
         spec = PipelineSpec.model_validate(data)
     except ValidationError as exc:
-        raise SpecError(_issues_from_validation(exc, merged, file, refs)) from None
-    secrets = tuple(sorted({s for s in _secret_values(spec) if s}))
-    resolved = ResolvedSpec(spec, spec_path.resolve(), env, secrets, refs)
+        errors = _issues_from_validation(exc, merged, file, refs, deferred)
+        failed = {i.field for i in errors}
+        failed_names = {u.variable for u in deferred if u.field in failed}
+        raise SpecError(errors + [n for name, n in notes.items() if name not in failed_names]) from None
+    placeholders = {f"${{{u.variable}}}" for u in deferred}
+    secrets = tuple(sorted({s for s in _secret_values(spec) if s and s not in placeholders}))
+    names = tuple(dict.fromkeys(u.variable for u in deferred))
+    resolved = ResolvedSpec(spec, spec_path.resolve(), env, secrets, refs, unset=names)
     problems = check_spec(resolved, merged.positions, check_dbt=check_dbt, file=file)
-    errors = [p for p in problems if p.severity == "error"]
-    if errors:
-        raise SpecError(problems)
-    return ResolvedSpec(spec, spec_path.resolve(), env, secrets, refs, tuple(problems))
+    problems += _check_directories(resolved, merged.positions, file)
+    if any(p.severity == "error" for p in problems):
+        raise SpecError(problems + list(notes.values()))
+    return ResolvedSpec(spec, spec_path.resolve(), env, secrets, refs, tuple(problems) + tuple(notes.values()),
+                        unset=names)
+
+
+def _check_directories(resolved: ResolvedSpec, positions: dict[Path_, tuple[int, int]], file: str) -> list[Issue]:
+    """Local directories bankflow creates must not be (or be under) an existing file."""
+    issues = []
+    candidates: list[tuple[str, Path]] = [("state_dir", resolved.state_dir)]
+    if resolved.spec.lake.scheme == "file":
+        candidates.append(("lake.url", resolved.resolve_path(resolved.spec.lake.url)))
+    for field_name, directory in candidates:
+        probe = directory
+        while not probe.exists() and probe.parent != probe:
+            probe = probe.parent
+        if probe.exists() and not probe.is_dir():
+            line, column = positions.get(tuple(field_name.split(".")), (None, None))
+            what = "is a file" if probe == directory else f"is under {probe}, which is a file"
+            issues.append(Issue(file, line, column, field_name, f"{directory} {what}, not a directory",
+                                f"point {field_name} at a directory (or move {probe} away)"))
+    return issues
 
 
 def _secret_values(model: BaseModel) -> list[str]:

@@ -1,59 +1,40 @@
 """The pipeline spec: pydantic models for `pipelines/*.yaml`.
 
-Variants that differ in shape carry a `type` discriminator (warehouse: duckdb | snowflake), the same way SQLMesh
-models connections. Every model forbids unknown keys so a typo is an error with a "did you mean", not a silently
-ignored setting. Cross-field rules that need the whole spec (topics vs prefix, dbt selectors) live in `checks.py`.
+Variants that differ in shape carry a discriminator (`warehouse.type`, `cdc.engine`), the same way SQLMesh models
+connections; each variant's model lives in its own folder (bankflow/warehouses/<type>/config.py,
+bankflow/engines/<engine>/config.py) and the registries there list them. Every model forbids unknown keys so a
+typo is an error with a "did you mean", not a silently ignored setting. Cross-field rules that need the whole
+spec (topics vs prefix, dbt selectors) live in `checks.py`.
 """
 
 from __future__ import annotations
 
 import re
 from functools import cached_property
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from bankflow.engines import ENGINES, BuiltinCdc, CdcSpec
+from bankflow.engines.debezium.config import DebeziumCdc
+from bankflow.spec.base import (
+    LAKE_PLACEHOLDERS,
+    TOPIC_RE,
+    Identifier,
+    SpecValueError,
+    StrictModel,
+    check_identifier,
+)
 from bankflow.spec.types import CDC_COLUMN_NAMES, PgType, parse_pg_type
+from bankflow.warehouses import WAREHOUSES, WarehouseSpec
+from bankflow.warehouses.duckdb.config import DuckDBWarehouse
+from bankflow.warehouses.snowflake.config import SnowflakeWarehouse
 
-IDENTIFIER_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-IDENTIFIER_HINT = "use lower-case letters, digits and underscores, starting with a letter or underscore (max 63)"
-# Kafka topic / connector / slot names: what Kafka and Postgres accept without quoting games.
-TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
-SLOT_RE = re.compile(r"^[a-z0-9_]{1,63}$")
-LAKE_PLACEHOLDERS = ("table", "schema", "topic", "date", "partition")
-
-
-class SpecValueError(ValueError):
-    """A validation failure with a hint; `at` locates it below the validated model (e.g. ("primary_key",))."""
-
-    def __init__(self, message: str, hint: str = "", at: tuple[str | int, ...] = ()):
-        super().__init__(message)
-        self.hint = hint
-        self.at = at
-
-
-def check_identifier(value: str, what: str = "identifier") -> str:
-    """Reject anything that is not a plain SQL identifier; quoting happens again where SQL is rendered."""
-    if not IDENTIFIER_RE.match(value):
-        raise SpecValueError(f"{what} {value!r} is not a valid identifier", IDENTIFIER_HINT)
-    return value
-
-
-Identifier = Annotated[str, Field(description="A plain SQL identifier: [a-z_][a-z0-9_]*")]
-
-
-class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _empty_means_unset(cls, data: object) -> object:
-        """`${VAR:-}` interpolates to "": for optional fields that means "not set", not an empty value."""
-        if isinstance(data, dict):
-            optional = {f.alias or n for n, f in cls.model_fields.items() if f.default is None}
-            return {k: v for k, v in data.items() if not (v == "" and k in optional)}
-        return data
-
+__all__ = [
+    "BuiltinCdc", "Column", "DbtStep", "DebeziumCdc", "DuckDBWarehouse", "Flush", "Generate", "Identifier", "Kafka",
+    "Lake", "PipelineSpec", "PostgresSource", "SnowflakeWarehouse", "SpecValueError", "Table", "Transform",
+    "Verify", "VerifyCheck", "check_identifier",
+]
 
 # ---------------------------------------------------------------- source
 
@@ -164,39 +145,6 @@ class Table(StrictModel):
 
 # ---------------------------------------------------------------- cdc, kafka
 
-class Cdc(StrictModel):
-    engine: Literal["builtin", "debezium"] = Field(
-        "builtin", description="builtin: bankflow reads pgoutput itself; debezium: Kafka Connect + Debezium"
-    )
-    connector: str = "bankflow"
-    topic_prefix: str = "bankflow"
-    slot: str = "bankflow"
-    publication: str = "bankflow"
-    snapshot_mode: Literal["initial", "no_data", "always", "never", "when_needed", "initial_only"] = "initial"
-    heartbeat_interval_ms: int = Field(10000, ge=0, description="0 disables heartbeats")
-    connect_url: str = "http://127.0.0.1:8083"
-    connect_database_host: str | None = Field(
-        None, description="the source host as Kafka Connect reaches it (e.g. a compose service name); "
-        "default source.host")
-    max_batch_size: int = Field(8192, ge=1)
-    poll_interval_ms: int = Field(10, ge=1)
-
-    @field_validator("connector", "topic_prefix")
-    @classmethod
-    def _topicish(cls, value: str) -> str:
-        if not TOPIC_RE.match(value):
-            raise SpecValueError(f"{value!r} is not a valid name", "use only letters, digits, '.', '_' and '-'")
-        return value
-
-    @field_validator("slot", "publication")
-    @classmethod
-    def _slot(cls, value: str) -> str:
-        if not SLOT_RE.match(value):
-            raise SpecValueError(f"{value!r} is not a valid replication slot or publication name",
-                                 "use lower-case letters, digits and underscores (max 63)")
-        return value
-
-
 class Kafka(StrictModel):
     bootstrap_servers: str = "127.0.0.1:9092"
     group: str = "bankflow"
@@ -262,69 +210,9 @@ class Lake(StrictModel):
 
 # ---------------------------------------------------------------- warehouse
 
-class DuckDBWarehouse(StrictModel):
-    type: Literal["duckdb"] = "duckdb"
-    path: str = Field(".bankflow/warehouse.duckdb", description="relative paths: from the spec's directory")
-    raw_schema: str = "raw"
-
-    @field_validator("raw_schema")
-    @classmethod
-    def _ident(cls, value: str) -> str:
-        return check_identifier(value)
-
-
-class SnowflakeWarehouse(StrictModel):
-    type: Literal["snowflake"] = "snowflake"
-    account: str
-    user: str
-    authenticator: Literal["password", "key_pair"] = "password"
-    password: str | None = Field(None, json_schema_extra={"secret": True})
-    private_key_path: str | None = None
-    private_key_passphrase: str | None = Field(None, json_schema_extra={"secret": True})
-    role: str | None = None
-    warehouse: str
-    database: str
-    raw_schema: str = "raw"
-    stage: str = "bankflow_lake"
-    file_format: str = "bankflow_parquet"
-    storage_integration: str | None = None
-    stage_credentials: Literal["integration", "keys"] = Field(
-        "integration", description="keys: AWS key/secret taken from the lake's s3_key/s3_secret"
-    )
-    host: str | None = Field(None, description="override the account host (tests: a fakesnow server)")
-    port: int | None = None
-    protocol: Literal["https", "http"] = "https"
-
-    @field_validator("database", "raw_schema", "stage", "file_format", "warehouse", "role", "storage_integration")
-    @classmethod
-    def _ident(cls, value: str | None) -> str | None:
-        return None if value is None else check_identifier(value.lower())
-
-    def endpoint_overrides(self) -> dict[str, object]:
-        """host/port/protocol when they differ from the account's own endpoint (the connector and dbt alike)."""
-        overrides: dict[str, object] = {}
-        if self.host:
-            overrides["host"] = self.host
-        if self.port:
-            overrides["port"] = self.port
-        if self.protocol != "https":
-            overrides["protocol"] = self.protocol
-        return overrides
-
-    @model_validator(mode="after")
-    def _auth(self) -> SnowflakeWarehouse:
-        if self.authenticator == "key_pair" and not self.private_key_path:
-            raise SpecValueError("authenticator key_pair needs private_key_path",
-                                 "set private_key_path to the PEM key file (or use authenticator: password)",
-                                 at=("authenticator",))
-        if self.stage_credentials == "integration" and not self.storage_integration:
-            raise SpecValueError("stage_credentials integration needs storage_integration",
-                                 "set storage_integration, or stage_credentials: keys",
-                                 at=("stage_credentials",))
-        return self
-
-
-Warehouse = Annotated[DuckDBWarehouse | SnowflakeWarehouse, Field(discriminator="type")]
+# The variants' tags (pydantic puts them in error locations) and the keys that choose them.
+VARIANT_TAGS = frozenset(WAREHOUSES) | frozenset(ENGINES)
+VARIANT_KEYS = ("type", "engine")
 
 
 # ---------------------------------------------------------------- transform, generate, verify
@@ -382,10 +270,10 @@ class PipelineSpec(StrictModel):
     state_dir: str = Field(".bankflow", description="runtime state (embedded services, ledger), relative to the spec")
     source: PostgresSource
     tables: list[Table] = Field(min_length=1)
-    cdc: Cdc = Field(default_factory=Cdc)
+    cdc: CdcSpec = Field(default_factory=BuiltinCdc)
     kafka: Kafka = Field(default_factory=Kafka)
     lake: Lake
-    warehouse: Warehouse
+    warehouse: WarehouseSpec
     transform: Transform | None = None
     generate: Generate | None = None
     verify: Verify = Verify()

@@ -1,7 +1,7 @@
 """Postgres column types as the spec declares them, and their exact images in every system downstream.
 
-One table of truth keeps money exact (numeric → decimal128 → NUMBER/DECIMAL, never a float) and timestamps
-exact to the microsecond with their zone (timestamptz → timestamp[us, UTC] → TIMESTAMP_TZ / TIMESTAMPTZ).
+One table of truth keeps money exact (numeric → decimal128, never a float) and timestamps exact to the
+microsecond with their zone (timestamptz → timestamp[us, UTC]); each warehouse dialect maps the same kinds on.
 Pure: no pyarrow import here, so `bankflow validate` stays fast; `bankflow.lake.arrow_schema` maps `arrow`
 strings to pyarrow types.
 """
@@ -11,27 +11,29 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-# kind -> (arrow, duckdb, snowflake). Parametrised kinds ({p},{s},{n}) are filled in by `PgType`.
-_KINDS: dict[str, tuple[str, str, str]] = {
-    "smallint": ("int16", "SMALLINT", "NUMBER(5,0)"),
-    "integer": ("int32", "INTEGER", "NUMBER(10,0)"),
-    "bigint": ("int64", "BIGINT", "NUMBER(19,0)"),
-    "numeric": ("decimal128({p},{s})", "DECIMAL({p},{s})", "NUMBER({p},{s})"),
-    "real": ("float32", "REAL", "FLOAT"),
-    "double precision": ("float64", "DOUBLE", "FLOAT"),
-    "boolean": ("bool", "BOOLEAN", "BOOLEAN"),
-    "text": ("string", "VARCHAR", "VARCHAR"),
-    "varchar": ("string", "VARCHAR", "VARCHAR({n})"),
-    "char": ("string", "VARCHAR", "VARCHAR({n})"),
-    "uuid": ("string", "UUID", "VARCHAR(36)"),
-    "json": ("string", "JSON", "VARIANT"),
-    "jsonb": ("string", "JSON", "VARIANT"),
-    "bytea": ("binary", "BLOB", "BINARY"),
-    "date": ("date32", "DATE", "DATE"),
-    "time": ("time64[us]", "TIME", "TIME(6)"),
-    "timestamp": ("timestamp[us]", "TIMESTAMP", "TIMESTAMP_NTZ(6)"),
-    "timestamptz": ("timestamp[us, UTC]", "TIMESTAMPTZ", "TIMESTAMP_TZ(6)"),
+# kind -> Arrow type. Parametrised kinds ({p},{s},{n}) are filled in by `PgType.fill`. Each warehouse's dialect
+# (bankflow/warehouses/<type>/dialect.py) maps the same kinds to its own types.
+_KINDS: dict[str, str] = {
+    "smallint": "int16",
+    "integer": "int32",
+    "bigint": "int64",
+    "numeric": "decimal128({p},{s})",
+    "real": "float32",
+    "double precision": "float64",
+    "boolean": "bool",
+    "text": "string",
+    "varchar": "string",
+    "char": "string",
+    "uuid": "string",
+    "json": "string",
+    "jsonb": "string",
+    "bytea": "binary",
+    "date": "date32",
+    "time": "time64[us]",
+    "timestamp": "timestamp[us]",
+    "timestamptz": "timestamp[us, UTC]",
 }
+KINDS = tuple(_KINDS)
 
 _ALIASES = {
     "int2": "smallint",
@@ -82,7 +84,8 @@ class PgType:
             return f"{self.kind}({self.length})"
         return self.kind
 
-    def _fill(self, template: str) -> str:
+    def fill(self, template: str) -> str:
+        """A type template with this type's precision, scale and length (`NUMBER({p},{s})` → `NUMBER(18,2)`)."""
         length = self.length if self.length is not None else (1 if self.kind == "char" else None)
         if length is None:
             template = template.replace("({n})", "")
@@ -91,15 +94,7 @@ class PgType:
     @property
     def arrow(self) -> str:
         """The Arrow type, as a string `bankflow.lake.arrow_schema` understands."""
-        return self._fill(_KINDS[self.kind][0])
-
-    @property
-    def duckdb(self) -> str:
-        return self._fill(_KINDS[self.kind][1])
-
-    @property
-    def snowflake(self) -> str:
-        return self._fill(_KINDS[self.kind][2])
+        return self.fill(_KINDS[self.kind])
 
     @property
     def is_exact_number(self) -> bool:

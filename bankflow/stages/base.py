@@ -8,6 +8,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from bankflow.log import Console, lock
+
 if TYPE_CHECKING:
     from bankflow.spec.loader import ResolvedSpec
 
@@ -24,50 +26,94 @@ class StageResult:
     files: int = 0
     details: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    # What a count means when its field name does not say it: {"rows": "dbt nodes"} for the transform stage.
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def figures(self) -> list[str]:
+        """The non-zero counts, each with what it counts: ["1,204 events", "3 files"]."""
+        return [f"{getattr(self, name):,} {self.labels.get(name, name)}"
+                for name in ("events", "rows", "files") if getattr(self, name)]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
+def _duration(seconds: float) -> str:
+    if seconds < 1:
+        return "<1 s"
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes, secs = divmod(int(seconds + 0.5), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
 class Progress:
-    """One status line per stage on stderr, rewritten in place on a terminal, throttled otherwise."""
+    """One status line per stage on stderr, rewritten in place on a terminal, throttled otherwise.
+
+    `update(stage, message, done=…, total=…, unit=…)`: when the total is known (a bulk generate, a snapshot
+    whose row counts were estimated), the line also says how far along it is and the time left, e.g.
+    `[generate] 250,000 of 1,000,000 transaction rows (25.0%), 48 s left`. Log records (bankflow.log) clear an
+    open terminal status line before they are written, so the two never mix.
+    """
 
     def __init__(self, enabled: bool = True, interval: float = 0.5):
         self.enabled = enabled
-        self.interval = interval if sys.stderr.isatty() else 5.0
-        self._last = 0.0
         self._tty = sys.stderr.isatty()
+        self.interval = interval if self._tty else 5.0
+        self._last = 0.0
+        self._phase: dict[str, tuple[int, float, int]] = {}  # stage -> (total, started, done at start)
 
-    def update(self, stage: str, message: str, *, force: bool = False) -> None:
+    def describe(self, stage: str, message: str, done: int | None, total: int | None, unit: str = "") -> str:
+        """The status text: `message`, then `done of total unit (pct%), time left` when the total is known."""
+        if done is None or not total or total <= 0:
+            return message
+        now = time.monotonic()
+        known = self._phase.get(stage)
+        if known is None or known[0] != total or done < known[2]:
+            known = self._phase[stage] = (total, now, done)
+        _, started, first = known
+        shown = min(done, total)
+        text = f"{shown:,} of {total:,}" + (f" {unit}" if unit else "") + f" ({100.0 * shown / total:.1f}%)"
+        elapsed = now - started
+        if done > first and elapsed >= 1.0 and done < total:
+            text += f", {_duration((total - done) * elapsed / (done - first))} left"
+        return f"{message}: {text}" if message else text
+
+    def update(self, stage: str, message: str, *, done: int | None = None, total: int | None = None,
+               unit: str = "", force: bool = False) -> None:
         if not self.enabled:
             return
+        text = self.describe(stage, message, done, total, unit)
         now = time.monotonic()
         if not force and now - self._last < self.interval:
             return
         self._last = now
-        if self._tty:
-            sys.stderr.write(f"\r\033[K[{stage}] {message}")
-        else:
-            sys.stderr.write(f"[{stage}] {message}\n")
-        sys.stderr.flush()
+        with lock():
+            if self._tty:
+                sys.stderr.write(f"\r\033[K[{stage}] {text}")
+                Console.status_line_open = True
+            else:
+                sys.stderr.write(f"[{stage}] {text}\n")
+            sys.stderr.flush()
 
     def done(self, result: StageResult) -> None:
+        self._phase.pop(result.name, None)
         if not self.enabled:
             return
-        if self._tty:
-            sys.stderr.write("\r\033[K")
-        state = "ok" if result.ok else "FAILED"
-        parts = [f"{result.seconds:7.2f}s"]
-        if result.events:
-            parts.append(f"{result.events:,} events")
-        if result.rows:
-            parts.append(f"{result.rows:,} rows")
-        if result.files:
-            parts.append(f"{result.files:,} files")
-        sys.stderr.write(f"[{result.name:<9}] {state:<6} {'  '.join(parts)}\n")
-        if result.error:
-            sys.stderr.write(f"            {result.error}\n")
-        sys.stderr.flush()
+        skipped = result.details.get("skipped") if result.ok else None
+        state = "skipped" if skipped else "ok" if result.ok else "FAILED"
+        parts = [f"{result.seconds:7.2f}s", *result.figures()]
+        if skipped:
+            parts.append(str(skipped))
+        with lock():
+            Console.clear_status_line(sys.stderr)
+            sys.stderr.write(f"[{result.name:<9}] {state:<6} {'  '.join(parts)}\n")
+            if result.error:
+                sys.stderr.write(f"            {result.error}\n")
+            sys.stderr.flush()
 
 
 @dataclass
@@ -83,7 +129,7 @@ class RunContext:
     def source_connect_kwargs(self) -> dict[str, Any]:
         """psycopg2 connect kwargs for the source; starts the embedded server when the spec says so."""
         if self._source_kwargs is None:
-            from bankflow.stages.source import source_connect_kwargs
+            from bankflow.source import source_connect_kwargs
 
             self._source_kwargs = source_connect_kwargs(self.resolved, start=True)
         return dict(self._source_kwargs)

@@ -1,166 +1,18 @@
 """Stage `cdc`: change events → Parquet in the lake, positions acknowledged only once files are durable.
 
-`builtin` reads Postgres logical replication itself (the `local` environment); `debezium` registers the rendered
-connector on Kafka Connect and consumes its topics. Both feed the same per-table batches and lake writer.
-
-A catch-up run of the `debezium` engine must not stop at whatever happens to be in Kafka: Debezium may still be
-snapshotting, polling or batching what the source committed. `wait_for_debezium` is the barrier: it commits a
-marker in the source and waits until the connector has durably produced past it; only then does the consumer
-catch up to the topics' ends.
+The spec's engine does the work (`bankflow/engines/<engine>/`); both feed the same per-table batches and lake
+writer. This stage only times it and reports what it carried.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
 
-from bankflow.errors import StageError
-from bankflow.lake.positions import parse_lsn
 from bankflow.stages.base import RunContext, StageResult
-
-MARKER_PREFIX = "bankflow.catchup"  # logical decoding messages; Debezium publishes them to `<topic_prefix>.message`
-
-
-def register_connector(ctx: RunContext, timeout: float = 90.0) -> dict[str, Any]:
-    """Validate, then create-or-update the connector (PUT is idempotent), then wait until it runs."""
-    from bankflow.cdc.connect_client import ConnectClient
-    from bankflow.render.debezium import CONNECTOR_CLASS, connector_config
-
-    spec = ctx.resolved.spec
-    client = ConnectClient(spec.cdc.connect_url)
-    config = connector_config(ctx.resolved, reveal=True)
-    ctx.progress.update("cdc", f"validating connector {spec.cdc.connector}", force=True)
-    errors = client.validate(CONNECTOR_CLASS, {"name": spec.cdc.connector, **config})
-    if errors:
-        lines = [f"  {field}: {'; '.join(messages)}" for field, messages in sorted(errors.items())]
-        raise StageError(ctx.resolved.redact(
-            f"Kafka Connect rejected connector {spec.cdc.connector!r}:\n" + "\n".join(lines)))
-    live = client.connector_config(spec.cdc.connector)
-    changed = live is None or {k: v for k, v in live.items() if k != "name"} != config
-    if changed:
-        client.put_config(spec.cdc.connector, config)
-    status = client.wait_running(spec.cdc.connector, timeout=timeout)
-    return {"connector": spec.cdc.connector, "created": live is None, "updated": changed and live is not None,
-            "state": status.get("connector", {}).get("state")}
-
-
-def _offset_lsn(client: Any, connector: str) -> int:
-    """The highest LSN in the connector's committed offsets (-1 when there is none or the API is missing)."""
-    best = -1
-    for offset in client.offsets(connector) or []:
-        for key in ("lsn", "lsn_commit", "lsn_proc"):
-            value = offset.get(key)
-            if isinstance(value, int) and value > best:
-                best = value
-    return best
-
-
-def wait_for_debezium(ctx: RunContext, timeout: float = 600.0, poll: float = 0.25) -> dict[str, Any]:
-    """Return once everything the source committed before this call is in Kafka (acknowledged by the broker).
-
-    1. Wait until the connector's slot exists and has reached its consistent point (`confirmed_flush_lsn` set):
-       what is committed after that is streamed, after the initial snapshot if there is one.
-    2. Commit a transactional logical decoding message (`pg_logical_emit_message`, LSN M) and take
-       `pg_current_wal_lsn()` right after the commit (T, the end of the marker's commit record). A message,
-       unlike a row in an uncaptured table (the heartbeat table is not in the publication), is always decoded,
-       so the connector passes it even when the captured tables are idle and other databases write WAL.
-    3. Wait until either Connect's committed offset for the connector has `lsn` ≥ M (the marker's own event;
-       `GET /connectors/{name}/offsets`), or the slot's `confirmed_flush_lsn` ≥ T (Debezium flushes a commit's
-       end LSN only when a later record - a change or a heartbeat - carries it). Connect commits an offset only
-       once the broker acknowledged every record before it, and every transaction committed before the marker
-       is decoded, and produced, before it.
-
-    The wait lasts about Connect's `offset.flush.interval.ms` (1 s in bankflow's test worker and in compose/,
-    60 s in a worker left at Kafka's default).
-    A FAILED connector ends the wait with its trace.
-    """
-    import psycopg2
-
-    from bankflow.cdc.connect_client import ConnectClient
-
-    spec = ctx.resolved.spec
-    client = ConnectClient(spec.cdc.connect_url)
-    started = time.monotonic()
-    deadline = started + timeout
-    conn = psycopg2.connect(**ctx.source_connect_kwargs())
-    conn.autocommit = True
-    last_status = 0.0
-    target: int | None = None
-    marker: int | None = None
-    flushed: int | None = None
-
-    def check_connector() -> None:
-        nonlocal last_status
-        if time.monotonic() - last_status >= 2.0:
-            last_status = time.monotonic()
-            client.wait_running(spec.cdc.connector, timeout=30.0)  # raises on FAILED
-
-    try:
-        with conn.cursor() as cur:
-            while True:
-                cur.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots "
-                            "WHERE slot_name = %s AND database = current_database()", (spec.cdc.slot,))
-                row = cur.fetchone()
-                flushed = parse_lsn(row[0]) if row and row[0] else None
-                if target is None and flushed is not None:
-                    cur.execute("BEGIN")
-                    cur.execute("SELECT pg_logical_emit_message(true, %s, %s)::text",
-                                (MARKER_PREFIX, str(time.time())))
-                    marker = parse_lsn(cur.fetchone()[0])
-                    cur.execute("COMMIT")
-                    cur.execute("SELECT pg_current_wal_lsn()::text")
-                    target = parse_lsn(cur.fetchone()[0])
-                    ctx.progress.update("cdc", f"waiting for {spec.cdc.connector} to pass the source's position",
-                                        force=True)
-                    continue
-                if target is not None and flushed is not None and flushed >= target:
-                    break
-                if marker is not None and _offset_lsn(client, spec.cdc.connector) >= marker:
-                    break
-                if time.monotonic() > deadline:
-                    where = ("its slot does not exist yet" if row is None else
-                             "its slot has not reached a consistent point" if target is None else
-                             f"its slot is at {row[0]}, the source was at {target >> 32:X}/{target & 0xFFFFFFFF:X}")
-                    raise StageError(f"connector {spec.cdc.connector!r} did not catch up with the source within "
-                                     f"{timeout:.0f}s: {where}")
-                check_connector()
-                time.sleep(poll)
-    finally:
-        conn.close()
-    return {"source_lsn": f"{target >> 32:X}/{target & 0xFFFFFFFF:X}" if target is not None else None,
-            "wait_seconds": round(time.monotonic() - started, 3)}
 
 
 def run(ctx: RunContext) -> StageResult:
     started = time.monotonic()
-    spec = ctx.resolved.spec
-    result = StageResult("cdc")
-
-    def progress(info: dict[str, Any]) -> None:
-        events = int(info.get("events", 0))
-        rate = events / max(time.monotonic() - started, 1e-6)
-        ctx.progress.update("cdc", f"{events:,} events ({rate:,.0f}/s), {info.get('files', 0)} files")
-
-    if spec.cdc.engine == "builtin":
-        from bankflow.cdc.builtin import stream_to_lake
-
-        kwargs = ctx.source_connect_kwargs()
-        ctx.progress.update("cdc", f"slot {spec.cdc.slot}", force=True)
-        # stream_to_lake creates the slot on first use, with the initial snapshot, and reports both.
-        outcome: Any = stream_to_lake(ctx.resolved, kwargs, follow=ctx.follow, stop=ctx.stop, progress=progress)
-    else:
-        result.details["connector"] = register_connector(ctx)
-        from bankflow.consume.kafka import consume_to_lake
-
-        if not ctx.follow:  # a catch-up run: first make sure Kafka holds everything committed so far
-            result.details["caught_up"] = wait_for_debezium(ctx)
-
-        outcome = consume_to_lake(ctx.resolved, follow=ctx.follow, stop=ctx.stop, progress=progress)
-    summary = outcome.to_dict() if hasattr(outcome, "to_dict") else dict(vars(outcome))
-    # Snapshot reads ('r') are change events too: the first run of a slot may have nothing else.
-    result.events += int(summary.get("events", 0)) + int(summary.get("snapshot_rows", 0) or 0)
-    files = summary.get("files", [])
-    result.files += len(files) if isinstance(files, list) else int(files)
-    result.details.update({k: v for k, v in summary.items() if k != "files"})
-    result.seconds = time.monotonic() - started
-    return result
+    outcome = ctx.resolved.spec.cdc.engine_for(ctx.resolved).run(ctx)
+    return StageResult("cdc", seconds=time.monotonic() - started, events=outcome.events, files=outcome.files,
+                       details=outcome.details)

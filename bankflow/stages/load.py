@@ -14,7 +14,7 @@ from bankflow.stages.base import RunContext, StageResult
 if TYPE_CHECKING:
     from bankflow.spec.loader import ResolvedSpec
     from bankflow.spec.models import Table
-    from bankflow.warehouse.base import WarehouseAdapter
+    from bankflow.warehouses.adapter import WarehouseAdapter
 
 
 def lake_files(resolved: ResolvedSpec, table: Table) -> list[str]:
@@ -37,7 +37,7 @@ def lake_files(resolved: ResolvedSpec, table: Table) -> list[str]:
 
 def pending_files(resolved: ResolvedSpec, adapter: WarehouseAdapter | None = None) -> dict[str, list[str]]:
     """Per table: lake files not yet in the ledger."""
-    from bankflow.warehouse import connect_warehouse
+    from bankflow.warehouses import connect_warehouse
 
     own = adapter is None
     adapter = adapter or connect_warehouse(resolved)
@@ -63,22 +63,17 @@ def plan_pending_files(resolved: ResolvedSpec) -> dict[str, list[str]] | None:
     lake = resolved.spec.lake
     if lake.scheme == "file" and not resolved.resolve_path(lake.url).is_dir():
         return {t.name: [] for t in resolved.spec.tables}  # no lake yet: nothing pending
-    warehouse = resolved.spec.warehouse
-    if warehouse.type == "duckdb":
-        from bankflow.warehouse.duckdb import DuckDBAdapter
-
-        if not resolved.resolve_path(warehouse.path).is_file():
-            return {t.name: lake_files(resolved, t) for t in resolved.spec.tables}
-        adapter: WarehouseAdapter = DuckDBAdapter(resolved, read_only=True)
-    else:
-        from bankflow.warehouse import connect_warehouse
-
-        adapter = connect_warehouse(resolved)
-    return pending_files(resolved, adapter)
+    adapter = resolved.spec.warehouse.connect(resolved, read_only=True)
+    if adapter is None:  # no warehouse yet: every lake file is pending
+        return {t.name: lake_files(resolved, t) for t in resolved.spec.tables}
+    try:
+        return pending_files(resolved, adapter)
+    finally:
+        adapter.close()
 
 
 def run(ctx: RunContext) -> StageResult:
-    from bankflow.warehouse import connect_warehouse
+    from bankflow.warehouses import connect_warehouse
 
     started = time.monotonic()
     resolved = ctx.resolved
@@ -87,6 +82,7 @@ def run(ctx: RunContext) -> StageResult:
     try:
         ctx.progress.update("load", "creating raw tables", force=True)
         setup = adapter.setup()
+        result.details["exactly_once"] = adapter.capabilities.exactly_once()
         pending = pending_files(resolved, adapter)
         per_table: dict[str, dict[str, int]] = {}
         for table in resolved.spec.tables:

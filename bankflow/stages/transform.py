@@ -17,19 +17,16 @@ if TYPE_CHECKING:
 
 def write_profile(resolved: ResolvedSpec) -> Path:
     """Render the dbt profile into the state dir (secrets stay env_var() references) and export them."""
-    from bankflow.render.dbt_profile import PASSPHRASE_VAR, PASSWORD_VAR, render_profile
-    from bankflow.spec.models import SnowflakeWarehouse
+    from bankflow.render.dbt_profile import render_profile
 
+    profile = render_profile(resolved)
+    if profile is None:
+        raise StageError("the spec has no transform: section, so there is no dbt profile to write")
     directory = resolved.state_dir / "dbt"
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "profiles.yml").write_text(render_profile(resolved), encoding="utf-8")
-    warehouse = resolved.spec.warehouse
-    if isinstance(warehouse, SnowflakeWarehouse):
-        # Values that were written in the spec (not taken from a variable) reach dbt through bankflow's names.
-        if warehouse.password and "warehouse.password" not in resolved.env_refs:
-            os.environ[PASSWORD_VAR] = warehouse.password
-        if warehouse.private_key_passphrase and "warehouse.private_key_passphrase" not in resolved.env_refs:
-            os.environ[PASSPHRASE_VAR] = warehouse.private_key_passphrase
+    (directory / "profiles.yml").write_text(profile, encoding="utf-8")
+    # Secrets written in the spec (not taken from a variable) reach dbt through bankflow's own variable names.
+    os.environ.update(resolved.spec.warehouse.dbt_environment(resolved))
     return directory
 
 

@@ -49,7 +49,7 @@ def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield directory
     finally:
         main(["down", SPEC, "--drop-slot"])
-        from bankflow.services.postgres import EmbeddedPostgres
+        from bankflow.source.embedded import EmbeddedPostgres
 
         EmbeddedPostgres(directory / "postgres").destroy()
         if previous is None:
@@ -61,7 +61,7 @@ def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def source_conn(state_dir: Path):  # -> a psycopg2 connection
     import psycopg2
 
-    from bankflow.services.postgres import EmbeddedPostgres
+    from bankflow.source.embedded import EmbeddedPostgres
 
     return psycopg2.connect(**EmbeddedPostgres(state_dir / "postgres").connect_kwargs("bank"),
                             options="-c TimeZone=UTC")

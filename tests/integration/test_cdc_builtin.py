@@ -22,8 +22,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from bankflow.cdc import builtin
-from bankflow.cdc.builtin import BuiltinReader, drop_slot, ensure_slot, stream_to_lake
+from bankflow.engines.builtin import reader as builtin
+from bankflow.engines.builtin.reader import BuiltinReader, drop_slot, ensure_slot, stream_to_lake
 from bankflow.lake.batch import TableBatch
 from bankflow.lake.deadletter import DeadLetterStore
 from bankflow.lake.positions import LsnPosition
@@ -395,7 +395,7 @@ def test_snapshot_interrupted_midway_is_redone_from_scratch(source: Source, monk
 
 CHILD = """
 import signal, sys, threading
-from bankflow.cdc.builtin import stream_to_lake
+from bankflow.engines.builtin.reader import stream_to_lake
 from bankflow.spec.loader import load_spec
 stop = threading.Event()
 signal.signal(signal.SIGTERM, lambda *a: stop.set())

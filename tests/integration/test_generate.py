@@ -28,8 +28,8 @@ def source_ddl(schema: str) -> str:
     """The DDL the pipeline's source stage runs for pipelines/banking.yaml, in a schema of the test's own."""
     import dataclasses
 
+    from bankflow.source.ddl import source_statements
     from bankflow.spec.loader import load_spec
-    from bankflow.stages.source import source_statements
 
     resolved = load_spec(ROOT / "pipelines" / "banking.yaml", environ={}, check_dbt=False)
     spec = resolved.spec.model_copy(update={"source": resolved.spec.source.model_copy(update={"schema_name": schema})})

@@ -22,9 +22,9 @@ import pytest
 
 from bankflow.lake.deadletter import DeadLetterStore
 from bankflow.lake.filesystem import lake_filesystem
-from bankflow.services.s3 import S3Server
-from bankflow.services.tansu import TansuBroker
 from bankflow.spec.loader import ResolvedSpec, load_spec
+from tests.harness.s3 import S3Server
+from tests.harness.tansu import TansuBroker
 
 pytestmark = pytest.mark.integration
 
@@ -175,7 +175,7 @@ def assert_exactly_once(resolved: ResolvedSpec, events: list[tuple[str, dict[str
 
 
 def test_consume_to_lake_exactly_once(tmp_path: Path, tansu_broker: TansuBroker, s3_server: S3Server) -> None:
-    from bankflow.consume.kafka import consume_to_lake
+    from bankflow.engines.debezium.consumer import consume_to_lake
 
     path, prefix = write_spec(tmp_path, tansu_broker, s3_server, max_rows=700)
     events = make_events(3000)
@@ -250,7 +250,7 @@ def rewind(resolved: ResolvedSpec, partitions: list[tuple[str, int]]) -> None:
 _CHILD = """
 import sys
 from bankflow.spec.loader import load_spec
-from bankflow.consume.kafka import consume_to_lake
+from bankflow.engines.debezium.consumer import consume_to_lake
 consume_to_lake(load_spec(sys.argv[1]))
 """
 
@@ -293,7 +293,7 @@ def test_two_workers_one_killed_exactly_once(tmp_path: Path, tansu_broker: Tansu
                                              s3_server: S3Server) -> None:
     import multiprocessing
 
-    from bankflow.consume.kafka import run_workers
+    from bankflow.engines.debezium.consumer import run_workers
 
     path, prefix = write_spec(tmp_path, tansu_broker, s3_server, max_rows=100, partitions=2)
     events = make_events(6000, seed=5)

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from bankflow.services.connect import POSTGRES_CONNECTOR_CLASS, KafkaConnectWorker
-from bankflow.services.postgres import EmbeddedPostgres
-from bankflow.services.s3 import S3Server
-from bankflow.services.tansu import TansuBroker
+from bankflow.source.embedded import EmbeddedPostgres
+from tests.harness.connect import POSTGRES_CONNECTOR_CLASS, KafkaConnectWorker
+from tests.harness.s3 import S3Server
+from tests.harness.tansu import TansuBroker
 
 pytestmark = pytest.mark.integration
 
@@ -155,7 +155,7 @@ def test_postgres_as_root_relocates_cluster_nobody_cannot_reach(tmp_path: Path) 
 
 
 def test_postgres_start_failure_explains(tmp_path: Path, pg_server: EmbeddedPostgres) -> None:
-    from bankflow.services import ServiceError
+    from bankflow.errors import ServiceError
 
     clash = EmbeddedPostgres(tmp_path / "clash", port=pg_server.port)  # port taken by pg_server
     try:

@@ -133,7 +133,7 @@ def fakesnow_server() -> Iterator[dict[str, Any]]:
     import fakesnow.server
     import uvicorn
 
-    from bankflow.services.ports import free_port
+    from bankflow.process import free_port
 
     port = free_port("127.0.0.1")
     server = uvicorn.Server(uvicorn.Config(fakesnow.server.app, host="127.0.0.1", port=port, log_level="warning"))

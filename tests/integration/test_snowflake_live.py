@@ -37,7 +37,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     pytest.importorskip("dbt.adapters.snowflake")
     from bankflow.lake.filesystem import lake_filesystem
     from bankflow.spec.loader import load_spec
-    from bankflow.warehouse.snowflake import SnowflakeAdapter
+    from bankflow.warehouses.snowflake.adapter import SnowflakeAdapter
     from tests.integration.test_snowflake_dbt import raw_banking, write_raw_to_lake
 
     suffix = uuid.uuid4().hex[:8]

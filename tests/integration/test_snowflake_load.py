@@ -144,7 +144,7 @@ def _dict_rows(adapter: Any, sql: str) -> list[dict[str, Any]]:
 
 
 def _adapter(resolved: ResolvedSpec) -> Any:
-    from bankflow.warehouse import connect_warehouse
+    from bankflow.warehouses import connect_warehouse
 
     return connect_warehouse(resolved)
 

@@ -22,19 +22,19 @@ from typing import Any
 import pytest
 import yaml
 
-from bankflow.cdc.connect_client import ConnectClient
 from bankflow.cli import main
+from bankflow.engines.debezium.connect import ConnectClient
 from bankflow.errors import StageError
 from bankflow.pipeline import Pipeline
-from bankflow.services.connect import KafkaConnectWorker
-from bankflow.services.ports import free_port
-from bankflow.services.postgres import EmbeddedPostgres
-from bankflow.services.s3 import S3Server
-from bankflow.services.tansu import TansuBroker
+from bankflow.process import free_port
+from bankflow.source.embedded import EmbeddedPostgres
 from bankflow.spec.loader import ResolvedSpec, load_spec
 from bankflow.spec.models import DuckDBWarehouse
 from bankflow.stages.base import Progress, RunContext
 from bankflow.status import format_status
+from tests.harness.connect import KafkaConnectWorker
+from tests.harness.s3 import S3Server
+from tests.harness.tansu import TansuBroker
 
 pytestmark = pytest.mark.integration
 
@@ -319,7 +319,7 @@ def test_plan_shows_live_connector_diff_without_secrets(stack: Stack, capsys: py
 
 
 def test_connector_rejected_by_connect_names_the_fields(stack: Stack, tmp_path: Path) -> None:
-    from bankflow.stages.cdc import register_connector
+    from bankflow.engines.debezium.catchup import register_connector
 
     resolved = stack.resolved()
     dead_port = free_port()  # nothing listens there

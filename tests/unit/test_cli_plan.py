@@ -25,8 +25,8 @@ from tests.specs.support import (
     set_env,
 )
 
-DUCKDB_FILES = ["dbt/profiles.yml", "debezium/connector.json", "topology.json", "warehouse/duckdb/load.sql",
-                "warehouse/duckdb/setup.sql"]
+# The local environment runs the built-in engine: no Kafka Connect, so no connector JSON.
+DUCKDB_FILES = ["dbt/profiles.yml", "topology.json", "warehouse/duckdb/load.sql", "warehouse/duckdb/setup.sql"]
 
 
 @pytest.fixture
@@ -47,7 +47,7 @@ def test_plan_writes_then_no_changes_then_differs(inventory: Path, tmp_path: Pat
     assert main(argv) == 0
     first = capsys.readouterr().out
     assert first.startswith("plan for inventory (environment: local)\n")
-    assert "wrote 5 artifact(s)" in first
+    assert "wrote 4 artifact(s)" in first
     assert "change(s)" not in first
     files = written(out)
     assert sorted(files) == DUCKDB_FILES
@@ -67,7 +67,7 @@ def test_plan_writes_then_no_changes_then_differs(inventory: Path, tmp_path: Pat
     third = capsys.readouterr().out
     assert f"2 change(s) against {out}:" in third
     assert "  ~ warehouse/duckdb/setup.sql" in third and "  ~ topology.json" in third
-    assert "    debezium/connector.json" in third and "    dbt/profiles.yml" in third
+    assert "    dbt/profiles.yml" in third
     assert "+++ b/warehouse/duckdb/setup.sql" in third
     assert '+  "colour" VARCHAR,' in third
     assert '+          "name": "colour",' in third
@@ -83,11 +83,11 @@ def test_plan_json(inventory: Path, tmp_path: Path, capsys: pytest.CaptureFixtur
     report = json.loads(capsys.readouterr().out)
     assert report["files"] == DUCKDB_FILES
     assert report["changed"] == [] and report["compared_with"] is None and report["env"] == "local"
-    inventory.write_text(inventory.read_text(encoding="utf-8").replace("partitions: 3", "partitions: 6"),
+    inventory.write_text(inventory.read_text(encoding="utf-8").replace("max_rows: 5000", "max_rows: 6000"),
                          encoding="utf-8")
     assert main(["plan", str(inventory), "--out", str(out), "--offline", "--json"]) == 3
     report = json.loads(capsys.readouterr().out)
-    assert report["changed"] == ["debezium/connector.json"]
+    assert report["changed"] == ["topology.json"]
     assert report["compared_with"] == str(out)
 
 

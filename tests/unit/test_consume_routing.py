@@ -9,9 +9,9 @@ from typing import Any
 import orjson
 import pytest
 
-from bankflow.consume.kafka import _Consumer, _Partition
+from bankflow.engines.debezium.consumer import _Consumer, _Partition
 from bankflow.lake.batch import TableBatch
-from bankflow.services.ports import free_port
+from bankflow.process import free_port
 from bankflow.spec.loader import load_spec
 
 SPEC = """\

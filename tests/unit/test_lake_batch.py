@@ -10,7 +10,7 @@ from decimal import Decimal
 import pyarrow as pa
 import pytest
 
-from bankflow.cdc.debezium_events import iso_utc, text_to_debezium, to_debezium_event
+from bankflow.engines.builtin.events import iso_utc, text_to_debezium, to_debezium_event
 from bankflow.lake.arrow_schema import arrow_type, table_arrow_schema
 from bankflow.lake.batch import TableBatch
 from bankflow.lake.positions import KafkaPosition, LsnPosition

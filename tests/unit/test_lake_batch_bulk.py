@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from bankflow.cdc.debezium_events import to_debezium_event
+from bankflow.engines.builtin.events import to_debezium_event
 from bankflow.lake.batch import TableBatch
 from bankflow.lake.positions import KafkaPosition
 from tests.fixtures.lake_types import ALL_TYPES, COMMIT_TS, ROWS

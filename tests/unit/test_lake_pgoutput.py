@@ -6,8 +6,8 @@ import struct
 
 import pytest
 
-from bankflow.cdc import pgoutput
-from bankflow.cdc.pgoutput import UNCHANGED, decode_message, resolve_unchanged
+from bankflow.engines.builtin import pgoutput
+from bankflow.engines.builtin.pgoutput import UNCHANGED, decode_message, resolve_unchanged
 
 
 def _tuple(*values: bytes | str | None) -> bytes:

@@ -11,7 +11,6 @@ from sqlglot import exp
 
 from bankflow.render import render_all
 from bankflow.render.warehouse import (
-    COPY_FILES_PER_STATEMENT,
     FILES_PLACEHOLDER,
     add_column_statement,
     load_statements,
@@ -62,7 +61,7 @@ def test_snowflake_copy_with_files_parses_and_chunks(case: str) -> None:
         assert isinstance(copy, exp.Copy)
         assert copy.this.name == table.raw_name.upper()
         chunk = [f.strip().strip("'") for f in statement.split("FILES = (", 1)[1].split(")", 1)[0].split(",")]
-        assert len(chunk) <= COPY_FILES_PER_STATEMENT
+        assert len(chunk) <= resolved.spec.warehouse.capabilities.files_per_statement
         listed.extend(chunk)
     assert listed == files  # every file once, in order
     assert [s.count(".parquet'") for s in statements] == [1000, 1000, 500]

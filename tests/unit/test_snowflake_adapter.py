@@ -26,7 +26,7 @@ def stack_environ(endpoint: str) -> dict[str, str]:
 
 
 def test_snowflake_type_rebuilds_rendered_types() -> None:
-    from bankflow.warehouse.snowflake import snowflake_type
+    from bankflow.warehouses.snowflake.adapter import snowflake_type
 
     assert snowflake_type("NUMBER", 19, 0, None, None) == "NUMBER(19,0)"
     assert snowflake_type("NUMBER", 18, 2, None, None) == "NUMBER(18,2)"
@@ -42,7 +42,7 @@ def test_key_pair_connect_kwargs_decrypt_the_key(tmp_path: Path) -> None:
     serialization = pytest.importorskip("cryptography.hazmat.primitives.serialization")
     rsa = pytest.importorskip("cryptography.hazmat.primitives.asymmetric.rsa")
     from bankflow.spec.models import SnowflakeWarehouse
-    from bankflow.warehouse.snowflake import connect_kwargs
+    from bankflow.warehouses.snowflake.adapter import connect_kwargs
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pem = tmp_path / "rsa_key.p8"

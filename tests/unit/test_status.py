@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bankflow.services.ports import free_port
+from bankflow.process import free_port
 from bankflow.spec.loader import load_spec
 from bankflow.status import collect_status, format_status
 from tests.specs.support import MINIMAL, copy_spec

@@ -1,0 +1,1 @@
+"""The Debezium engine: the Postgres connector on Kafka Connect, Kafka topics, bankflow's consumers into the lake."""

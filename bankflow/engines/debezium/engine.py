@@ -1,0 +1,160 @@
+"""The Debezium engine: connector on Kafka Connect, a catch-up barrier, and bankflow's Kafka consumers."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from bankflow.engines.base import CdcEngine, EngineRun
+from bankflow.engines.debezium.config import DebeziumCdc, debezium_cdc
+from bankflow.stages.base import RunContext
+
+log = logging.getLogger(__name__)
+
+
+class DebeziumEngine(CdcEngine):
+    @property
+    def cdc(self) -> DebeziumCdc:
+        return debezium_cdc(self.spec)
+
+    def run(self, ctx: RunContext) -> EngineRun:
+        from bankflow.engines.debezium.catchup import register_connector, wait_for_debezium
+        from bankflow.engines.debezium.consumer import consume_to_lake
+
+        started = time.monotonic()
+
+        def progress(info: dict[str, Any]) -> None:
+            events = int(info.get("events", 0))
+            rate = events / max(time.monotonic() - started, 1e-6)
+            ctx.progress.update("cdc", f"{events:,} events ({rate:,.0f}/s), {info.get('files', 0)} files")
+
+        details: dict[str, Any] = {"connector": register_connector(ctx)}
+        if not ctx.follow:  # a catch-up run: first make sure Kafka holds everything committed so far
+            details["caught_up"] = wait_for_debezium(ctx)
+        outcome = consume_to_lake(self.resolved, follow=ctx.follow, stop=ctx.stop, progress=progress)
+        summary = outcome.to_dict()
+        files = summary.pop("files", [])
+        details.update(summary)
+        return EngineRun(events=int(summary.get("events", 0)),
+                         files=len(files) if isinstance(files, list) else int(files), details=details)
+
+    def artifacts(self) -> dict[str, str]:
+        from bankflow.engines.debezium.connector import render_connector_json
+
+        return {"debezium/connector.json": render_connector_json(self.resolved, reveal=False)}
+
+    def live_diff(self, timeout: float = 3.0) -> tuple[str | None, str | None]:
+        """Compare the connector config live on Kafka Connect with the rendered one."""
+        import difflib
+
+        from bankflow.engines.debezium.connect import ConnectClient, ConnectUnreachable
+        from bankflow.engines.debezium.connector import connector_config
+
+        cdc = self.cdc
+        client = ConnectClient(cdc.connect_url, timeout=timeout)
+        try:
+            live = client.connector_config(cdc.connector)
+        except ConnectUnreachable as exc:
+            return None, f"Kafka Connect at {cdc.connect_url} is unreachable ({exc}); rendered offline"
+        if live is None:
+            return None, f"connector {cdc.connector!r} does not exist on Kafka Connect yet: apply will create it"
+        rendered = connector_config(self.resolved, reveal=False)
+        live.pop("name", None)
+        live_text = json.dumps(dict(sorted(live.items())), indent=2) + "\n"
+        rendered_text = json.dumps(dict(sorted(rendered.items())), indent=2) + "\n"
+        if live_text == rendered_text:
+            return None, f"connector {cdc.connector!r} on Kafka Connect matches the rendered config"
+        diff = "".join(difflib.unified_diff(live_text.splitlines(keepends=True),
+                                            rendered_text.splitlines(keepends=True),
+                                            fromfile="a/connector (live → rendered)",
+                                            tofile="b/connector (live → rendered)"))
+        return (self.resolved.redact(diff),
+                f"connector {cdc.connector!r} on Kafka Connect differs from the rendered config")
+
+    # ------------------------------------------------------------ status
+
+    def status(self) -> dict[str, Any]:
+        return {"connector": self._connector_status(), "consumer": self._consumer_status()}
+
+    def _connector_status(self) -> dict[str, Any]:
+        """The connector's state and its tasks' states, as Kafka Connect reports them."""
+        from bankflow.engines.debezium.connect import ConnectClient, ConnectUnreachable
+
+        cdc = self.cdc
+        info: dict[str, Any] = {"name": cdc.connector, "url": cdc.connect_url}
+        try:
+            body = ConnectClient(cdc.connect_url, timeout=5.0).status(cdc.connector)
+        except ConnectUnreachable as exc:
+            info["error"] = str(exc)
+            return info
+        if body is None:
+            info["state"] = "NOT REGISTERED"
+            return info
+        info["state"] = body.get("connector", {}).get("state")
+        info["tasks"] = [{"id": t.get("id"), "state": t.get("state"),
+                          **({"trace": str(t["trace"]).splitlines()[0]} if t.get("trace") else {})}
+                         for t in body.get("tasks", [])]
+        return info
+
+    def _consumer_status(self, timeout: float = 5.0) -> dict[str, Any]:
+        """Per topic: the group's committed offsets against the high watermarks, i.e. what the lake is missing."""
+        resolved = self.resolved
+        info: dict[str, Any] = {"group": resolved.spec.kafka.group, "topics": {}}
+        try:
+            from confluent_kafka import Consumer, TopicPartition
+
+            from bankflow.engines.debezium.consumer import consumer_config, topic_partitions
+
+            found, missing = topic_partitions(resolved, timeout=timeout)
+            consumer = Consumer(consumer_config(resolved), logger=log)  # no subscribe: no rebalance
+            try:
+                committed = consumer.committed([TopicPartition(t, p) for t, p in found], timeout=timeout)
+                for tp in committed:
+                    low, high = consumer.get_watermark_offsets(tp, timeout=timeout, cached=False)
+                    offset = tp.offset if tp.offset >= 0 else low  # nothing committed: the group starts earliest
+                    topic = info["topics"].setdefault(tp.topic, {"partitions": 0, "committed": 0, "end": 0,
+                                                                 "lag": 0})
+                    topic["partitions"] += 1
+                    topic["committed"] += offset
+                    topic["end"] += high
+                    topic["lag"] += max(high - offset, 0)
+            finally:
+                consumer.close()
+            for topic in missing:
+                info["topics"][topic] = None  # Debezium creates a topic with the table's first event
+        except Exception as exc:
+            detail = exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else str(exc)  # KafkaError
+            info["error"] = resolved.redact(f"cannot read from Kafka at {resolved.spec.kafka.bootstrap_servers}: "
+                                            f"{detail.strip()}")
+        return info
+
+    @staticmethod
+    def format_status(status: dict[str, Any]) -> list[str]:
+        lines = []
+        connector = status.get("connector")
+        if connector:
+            if connector.get("error"):
+                lines.append(f"  connector  {connector['name']}: {connector['error']}")
+            else:
+                tasks = ", ".join(f"task {t['id']} {t['state']}" + (f" ({t['trace']})" if t.get("trace") else "")
+                                  for t in connector.get("tasks", []))
+                lines.append(f"  connector  {connector['name']}: {connector['state']}"
+                             + (f"; {tasks}" if tasks else ""))
+        consumer = status.get("consumer")
+        if consumer:
+            if consumer.get("error"):
+                lines.append(f"  consumer   group {consumer['group']}: {consumer['error']}")
+            for topic, info in consumer.get("topics", {}).items():
+                if info is None:
+                    lines.append(f"  consumer   {topic}: no topic yet")
+                else:
+                    lines.append(f"  consumer   {topic}: committed {info['committed']:,} of {info['end']:,}, "
+                                 f"lag {info['lag']:,} ({info['partitions']} partition(s))")
+        return lines
+
+    def consume(self, *, workers: int, follow: bool, progress: bool) -> dict[str, Any]:
+        from bankflow.engines.debezium.consumer import run_workers
+
+        return run_workers(self.resolved, workers=workers, follow=follow, progress=progress)

@@ -1,0 +1,123 @@
+"""How bankflow's messages reach a person: the CLI's logging setup and the console the progress display shares.
+
+The library only logs (loggers named `bankflow.*`) and never configures logging; whoever runs it decides how the
+messages look. `bankflow` (the CLI) calls `configure()`:
+
+    default   warnings and errors of the library, plus the progress display
+    -v        also INFO, every line with a timestamp
+    -vv       also DEBUG (and tracebacks of internal errors)
+    -q        errors only, no progress display
+
+Every line that leaves through this handler has the spec's secret values redacted (`add_secrets`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+from collections.abc import Iterable
+from typing import TextIO
+
+LOGGER = "bankflow"
+# Passed to processes bankflow spawns (consumer workers), which do not inherit the parent's logging setup.
+LEVEL_ENV = "BANKFLOW_LOG_LEVEL"
+
+_secrets: set[str] = set()
+_lock = threading.RLock()
+
+
+class Console:
+    """The stderr line the progress display may be rewriting in place (a terminal status line without a
+    newline): a log record first clears it, so messages and the status line never mix."""
+
+    status_line_open = False
+
+    @classmethod
+    def clear_status_line(cls, stream: TextIO) -> None:
+        if cls.status_line_open:
+            stream.write("\r\033[K")
+            cls.status_line_open = False
+
+
+def lock() -> threading.RLock:
+    """Held while writing to stderr (log records and progress lines from several threads)."""
+    return _lock
+
+
+def add_secrets(values: Iterable[str]) -> None:
+    """Values that never leave through bankflow's log handler (the spec's interpolated secrets)."""
+    _secrets.update(v for v in values if v)
+
+
+def redact(text: str) -> str:
+    for secret in sorted(_secrets, key=len, reverse=True):
+        text = text.replace(secret, "****")
+    return text
+
+
+class _Formatter(logging.Formatter):
+    def __init__(self, timestamps: bool, prefix: str = ""):
+        fmt = ("%(asctime)s.%(msecs)03d %(levelname_lower)s %(name)s: %(message)s" if timestamps
+               else "%(levelname_lower)s: %(message)s")
+        super().__init__(prefix + fmt, datefmt="%Y-%m-%d %H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.levelname_lower = record.levelname.lower()
+        return redact(super().format(record))
+
+
+class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to the current sys.stderr (tests swap it), after clearing an open progress status line."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.setStream(sys.stderr)
+        with _lock:
+            Console.clear_status_line(self.stream)
+            super().emit(record)
+
+
+def level_for(verbose: int, quiet: bool) -> int:
+    if quiet:
+        return logging.ERROR
+    return {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
+
+
+def configure(verbose: int = 0, quiet: bool = False, *, prefix: str = "") -> int:
+    """Install bankflow's one handler on the `bankflow` logger (idempotent); return the level chosen."""
+    level = level_for(verbose, quiet)
+    logger = logging.getLogger(LOGGER)
+    for handler in list(logger.handlers):
+        if isinstance(handler, _Handler):
+            logger.removeHandler(handler)
+    handler = _Handler()
+    handler.setFormatter(_Formatter(timestamps=level <= logging.INFO, prefix=prefix))
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False  # the CLI owns the output; a library user's root handlers are not involved
+    os.environ[LEVEL_ENV] = logging.getLevelName(level)
+    return level
+
+
+def configure_worker(name: str) -> None:
+    """In a process bankflow spawned: the same handler and level as the parent CLI's, lines prefixed by `name`.
+
+    A library user's own process (no `BANKFLOW_LOG_LEVEL` in the environment) is left alone.
+    """
+    level = os.environ.get(LEVEL_ENV)
+    if not level:
+        return
+    numeric = logging.getLevelName(level)
+    if not isinstance(numeric, int):
+        return
+    configure(verbose={logging.INFO: 1, logging.DEBUG: 2}.get(numeric, 0), quiet=numeric >= logging.ERROR,
+              prefix=f"{name} %(process)d ")
+
+
+def progress_enabled() -> bool:
+    """False when the CLI was given -q (the progress display is off along with everything but errors)."""
+    return logging.getLogger(LOGGER).getEffectiveLevel() < logging.ERROR

@@ -1,0 +1,48 @@
+"""The source database as bankflow reaches it: a server bankflow runs itself, or one somebody else runs.
+
+`bankflow.source.source_server(resolved)` is the one place that chooses between them (the spec's
+`source.embedded`); everything else asks the object it returns.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from bankflow.spec.loader import ResolvedSpec
+
+# Sessions are pinned to UTC and ISO dates: text formats (timestamptz, dates) follow the session's settings.
+SESSION_OPTIONS = "-c TimeZone=UTC -c DateStyle=ISO"
+
+
+class PostgresServer(ABC):
+    # bankflow starts and stops this server itself (`down` stops it; `status` can tell "down" without connecting).
+    runs_server: ClassVar[bool]
+
+    def __init__(self, resolved: ResolvedSpec):
+        self.resolved = resolved
+        self.source = resolved.spec.source
+
+    @abstractmethod
+    def server_kwargs(self, *, start: bool) -> dict[str, Any]:
+        """psycopg2 kwargs for the server; `start` starts an embedded server (and creates its database)."""
+
+    def connect_kwargs(self, *, start: bool = True) -> dict[str, Any]:
+        """psycopg2 kwargs for the source database (session pinned to UTC and ISO dates)."""
+        kwargs = self.server_kwargs(start=start)
+        kwargs["options"] = SESSION_OPTIONS
+        kwargs.setdefault("connect_timeout", 10)
+        return kwargs
+
+    def is_running(self) -> bool | None:
+        """True/False when bankflow can tell without connecting; None when only a connection can tell."""
+        return None
+
+    def stop(self) -> str:
+        """Stop the server if bankflow runs it; a line saying what happened."""
+        return "nothing to stop: this environment uses external services"
+
+    @property
+    def label(self) -> str:
+        return "external"

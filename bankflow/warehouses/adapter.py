@@ -1,0 +1,93 @@
+"""The live side of a warehouse: what the load stage, `status` and `verify` need, and nothing more.
+
+Each adapter honours the capabilities its config declares (`bankflow.warehouses.base.WarehouseCapabilities`):
+with `atomic_ledger` the rows and their ledger entries commit in one transaction; without it the ledger is written
+only after a successful load statement and the warehouse's own load metadata is the second guard.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from bankflow.errors import StageError
+from bankflow.warehouses.base import raw_columns
+
+if TYPE_CHECKING:
+    from bankflow.spec.loader import ResolvedSpec
+    from bankflow.spec.models import Table
+    from bankflow.warehouses.base import Dialect, WarehouseConfig
+
+
+@dataclass
+class LoadOutcome:
+    files: int = 0
+    rows: int = 0
+    statements: list[str] = field(default_factory=list)
+    results: list[dict[str, Any]] = field(default_factory=list)
+
+
+class WarehouseAdapter(ABC):
+    def __init__(self, resolved: ResolvedSpec, config: WarehouseConfig):
+        self.resolved = resolved
+        self.config = config
+        self.dialect: Dialect = config.dialect()
+        self.capabilities = config.capabilities
+
+    # -- primitives
+    @abstractmethod
+    def execute(self, sql: str, params: Sequence[Any] | None = None) -> None: ...
+
+    @abstractmethod
+    def query(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]: ...
+
+    def iter_query(self, sql: str, batch: int = 50_000) -> Iterator[list[tuple[Any, ...]]]:
+        """Rows in chunks, so `verify` never holds a large table twice in memory. Adapters stream if they can."""
+        yield self.query(sql)
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    @abstractmethod
+    def table_columns(self, table: Table) -> dict[str, str]:
+        """Existing raw table columns (lower-case name → warehouse type); empty when the table is missing."""
+
+    @abstractmethod
+    def ledger_keys(self, table: Table) -> set[str]:
+        """File keys already loaded into this table."""
+
+    @abstractmethod
+    def load_files(self, table: Table, files: Sequence[str]) -> LoadOutcome:
+        """Load the given lake files (keys relative to the lake root) and record them in the ledger."""
+
+    # -- shared behaviour
+    def setup(self) -> list[str]:
+        """Schema, stage, raw tables and the ledger; then reconcile drift. Returns the statements run."""
+        statements = self.dialect.setup_statements(self.resolved, reveal=True)
+        for statement in statements:
+            self.execute(statement)
+        self.execute(self.dialect.ledger_ddl())
+        executed = [self.resolved.redact(s) for s in statements]
+        for table in self.resolved.spec.tables:
+            executed.extend(self.reconcile_columns(table))
+        return executed
+
+    def reconcile_columns(self, table: Table) -> list[str]:
+        """Schema drift: add spec columns the raw table lacks; refuse a type that cannot be widened."""
+        existing = self.table_columns(table)
+        statements = []
+        for name, pg_type in raw_columns(table):
+            current = existing.get(name.lower())
+            wanted = self.dialect.column_type(pg_type)
+            if current is None:
+                statement = self.dialect.add_column_statement(table, name, pg_type)
+                self.execute(statement)
+                statements.append(statement)
+            elif not self.dialect.type_compatible(current, wanted):
+                raise StageError(
+                    f"raw table {table.raw_name!r} column {name!r} is {current} in the warehouse but the spec "
+                    f"declares {wanted}: this change cannot be widened in place; migrate the raw table "
+                    "(e.g. add a new column) or restore the declared type")
+        return statements

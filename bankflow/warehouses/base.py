@@ -1,0 +1,160 @@
+"""What a warehouse is to bankflow: a spec model that declares its capabilities, builds its dialect and connects.
+
+The interface is small on purpose. Everything the rest of bankflow needs from a warehouse goes through:
+
+- `WarehouseConfig`: the spec's `warehouse:` mapping for one `type` (pydantic, no client import). It declares
+  `capabilities`, builds its `dialect()`, opens its adapter with `connect()` (the client library is imported
+  only there) and renders its dbt profile output.
+- `Dialect`: pure SQL text for that warehouse: identifier quoting, string literals, the Postgres → warehouse type
+  map, raw-table DDL, setup statements and load statements, from Jinja templates in the variant's `templates/`.
+- `WarehouseAdapter` (`bankflow.warehouses.adapter`): the live connection: load + ledger, column reconciliation.
+
+Callers read `capabilities` instead of asking which warehouse this is; see `bankflow/warehouses/__init__.py` for
+the registry and what to add for a new warehouse.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from bankflow.spec.base import StrictModel
+from bankflow.spec.types import CDC_COLUMNS, PgType
+
+if TYPE_CHECKING:
+    from bankflow.spec.loader import ResolvedSpec
+    from bankflow.spec.models import Table, Transform
+    from bankflow.warehouses.adapter import WarehouseAdapter
+
+REDACTED = "****"
+FILES_PLACEHOLDER = "<files pending in the lake>"
+
+
+@dataclass(frozen=True)
+class WarehouseCapabilities:
+    """What a warehouse can do, as the load stage, `plan`, `validate` and `verify` read it."""
+
+    # Rows and their ledger entries commit in one transaction: a crash between the two cannot happen.
+    atomic_ledger: bool
+    # Days the warehouse itself remembers loaded files (a second guard when `atomic_ledger` is false); 0 = none.
+    load_metadata_days: int
+    # Lake URL schemes the warehouse can load from (`file` needs the warehouse on this machine).
+    lake_schemes: frozenset[str]
+    # At most this many files per load statement (Snowflake's FILES = (…) limit).
+    files_per_statement: int = 1000
+    # The ledger can be read without creating anything (plan stays side-effect free).
+    read_only_ledger: bool = True
+
+    def exactly_once(self) -> str:
+        """How this warehouse loads each file once, in words (the load stage reports it)."""
+        if self.atomic_ledger:
+            return "ledger rows commit in the same transaction as the loaded rows"
+        guard = (f"; the warehouse's own load metadata ({self.load_metadata_days} days) guards a crash in between"
+                 if self.load_metadata_days else "")
+        return "ledger rows are written after each load statement commits" + guard
+
+
+class Dialect(ABC):
+    """SQL text for one warehouse. Pure: no connection, so renderers and golden tests use it directly."""
+
+    name: ClassVar[str]
+    # Postgres type kind → this warehouse's type; `{p}`, `{s}`, `{n}` are filled from the PgType.
+    type_map: ClassVar[Mapping[str, str]]
+
+    def __init__(self, config: WarehouseConfig):
+        self.config = config
+
+    # -- names and literals
+    @abstractmethod
+    def quote(self, name: str) -> str:
+        """One identifier from a spec, validated and quoted as this warehouse resolves it."""
+
+    def qualify(self, *parts: str) -> str:
+        return ".".join(self.quote(part) for part in parts)
+
+    def string_literal(self, value: str) -> str:
+        """A single-quoted literal (standard SQL: a quote is doubled, a backslash is a plain character)."""
+        return "'" + value.replace("'", "''") + "'"
+
+    @abstractmethod
+    def raw_table(self, table: Table) -> str:
+        """The qualified raw table of a spec table."""
+
+    @abstractmethod
+    def ledger_table(self) -> str:
+        """The qualified table of bankflow's ledger of loaded files."""
+
+    # -- types
+    def column_type(self, pg_type: PgType) -> str:
+        return pg_type.fill(self.type_map[pg_type.kind])
+
+    def normalise_type(self, text: str) -> str:
+        """A type as the catalog reports it, in the form `column_type` writes (for drift checks)."""
+        return text.upper().replace(" ", "")
+
+    def type_compatible(self, current: str, wanted: str) -> bool:
+        current, wanted = self.normalise_type(current), self.normalise_type(wanted)
+        return current == wanted or current.split("(")[0] == wanted.split("(")[0] == "VARCHAR"
+
+    # -- statements
+    def render(self, template: str, **context: object) -> str:
+        from bankflow.render.templating import render_package_template
+
+        return render_package_template(type(self).__module__.rsplit(".", 1)[0], template, **context)
+
+    def raw_table_ddl(self, table: Table) -> str:
+        columns = [{"name": self.quote(name), "type": self.column_type(pg_type)}
+                   for name, pg_type in raw_columns(table)]
+        return self.render("raw_table.sql.j2", table=self.raw_table(table), columns=columns)
+
+    def add_column_statement(self, table: Table, column: str, pg_type: PgType) -> str:
+        return self.render("add_column.sql.j2", table=self.raw_table(table), column=self.quote(column),
+                           type=self.column_type(pg_type))
+
+    @abstractmethod
+    def setup_statements(self, resolved: ResolvedSpec, *, reveal: bool) -> list[str]:
+        """Schema (and stage, file format …) and raw tables, all idempotent."""
+
+    @abstractmethod
+    def load_statement(self, table: Table, files: Sequence[str] | None) -> str:
+        """One load statement for `files` (as the adapter names them); None renders a placeholder list."""
+
+    @abstractmethod
+    def ledger_ddl(self) -> str:
+        """CREATE TABLE IF NOT EXISTS for the ledger."""
+
+    def file_list(self, files: Sequence[str] | None) -> str:
+        return FILES_PLACEHOLDER if files is None else ", ".join(self.string_literal(f) for f in files)
+
+
+def raw_columns(table: Table) -> list[tuple[str, PgType]]:
+    """Source columns then CDC columns. Raw is a change log: every column nullable (deletes may carry keys only)."""
+    return [(c.name, c.pg_type) for c in table.columns] + list(CDC_COLUMNS)
+
+
+class WarehouseConfig(StrictModel):
+    """The `warehouse:` section for one `type`. Subclasses add `type: Literal[...]` and their own fields."""
+
+    capabilities: ClassVar[WarehouseCapabilities]
+    raw_schema: str = "raw"
+
+    def dialect(self) -> Dialect:
+        raise NotImplementedError
+
+    def connect(self, resolved: ResolvedSpec, *, read_only: bool = False) -> WarehouseAdapter | None:
+        """The live adapter. `read_only`: open nothing that would be created (None when there is nothing yet)."""
+        raise NotImplementedError
+
+    def dbt_profile(self, resolved: ResolvedSpec, transform: Transform) -> dict[str, Any]:
+        """The dbt output for this warehouse; secrets only as `env_var()` references."""
+        raise NotImplementedError
+
+    def dbt_environment(self, resolved: ResolvedSpec) -> dict[str, str]:
+        """Variables the dbt profile refers to that bankflow must export (secrets written in the spec itself)."""
+        return {}
+
+    def describe(self) -> str:
+        """One line for `plan`."""
+        return f"{getattr(self, 'type', '?')}, raw schema {self.raw_schema}"

@@ -1,0 +1,49 @@
+"""The spec's `warehouse: {type: duckdb}`: a DuckDB file beside the pipeline's state."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from pydantic import Field, field_validator
+
+from bankflow.spec.base import check_identifier
+from bankflow.warehouses.base import WarehouseCapabilities, WarehouseConfig
+
+if TYPE_CHECKING:
+    from bankflow.spec.loader import ResolvedSpec
+    from bankflow.spec.models import Transform
+    from bankflow.warehouses.adapter import WarehouseAdapter
+    from bankflow.warehouses.duckdb.dialect import DuckDBDialect
+
+
+class DuckDBWarehouse(WarehouseConfig):
+    capabilities: ClassVar[WarehouseCapabilities] = WarehouseCapabilities(
+        atomic_ledger=True, load_metadata_days=0, lake_schemes=frozenset({"file", "s3"}))
+
+    type: Literal["duckdb"] = "duckdb"
+    path: str = Field(".bankflow/warehouse.duckdb", description="relative paths: from the spec's directory")
+    raw_schema: str = "raw"
+
+    @field_validator("raw_schema")
+    @classmethod
+    def _ident(cls, value: str) -> str:
+        return check_identifier(value)
+
+    def dialect(self) -> DuckDBDialect:
+        from bankflow.warehouses.duckdb.dialect import DuckDBDialect
+
+        return DuckDBDialect(self)
+
+    def connect(self, resolved: ResolvedSpec, *, read_only: bool = False) -> WarehouseAdapter | None:
+        from bankflow.warehouses.duckdb.adapter import DuckDBAdapter
+
+        if read_only and not resolved.resolve_path(self.path).is_file():
+            return None  # nothing loaded yet; opening would create the file
+        return DuckDBAdapter(resolved, self, read_only=read_only)
+
+    def dbt_profile(self, resolved: ResolvedSpec, transform: Transform) -> dict[str, Any]:
+        return {"type": "duckdb", "path": str(resolved.resolve_path(self.path)),
+                "schema": transform.target_schema, "threads": transform.threads}
+
+    def describe(self) -> str:
+        return f"duckdb {self.path}, raw schema {self.raw_schema}"

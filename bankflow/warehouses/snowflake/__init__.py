@@ -1,0 +1,1 @@
+"""Snowflake, the `stack` warehouse: config (spec model), dialect (SQL text) and adapter (the connection)."""
