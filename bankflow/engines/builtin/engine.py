@@ -24,7 +24,7 @@ class BuiltinEngine(CdcEngine):
         # stream_to_lake creates the slot on first use, with the initial snapshot, and reports both.
         outcome = stream_to_lake(self.resolved, ctx.source_connect_kwargs(), follow=ctx.follow, stop=ctx.stop,
                                  progress=progress)
-        summary = outcome.to_dict()
+        summary = dict(vars(outcome))
         files = summary.pop("files", [])
         # Snapshot reads ('r') are change events too: the first run of a slot may have nothing else.
         events = int(summary.get("events", 0)) + int(summary.get("snapshot_rows", 0) or 0)
