@@ -1,23 +1,70 @@
 """The `bankflow` command: a thin layer over the library API.
 
-Exit codes: 0 success, 1 invalid spec or failed stage/check, 2 usage, 3 `plan` found differences.
-Errors bankflow raises on purpose are printed without a traceback (set BANKFLOW_DEBUG=1 to see one).
+Exit codes: 0 success, 1 invalid spec or failed stage/check (or an internal error), 2 usage, 3 `plan` found
+differences, 130 interrupted, 141 stdout closed early (`bankflow schema | head`).
+
+Nothing a user can type ends in a traceback: errors bankflow raises on purpose are one line each; anything else is
+one line naming the exception, with the full trace written to a file (shown with -v, or raised with
+BANKFLOW_DEBUG=1). Every command takes -v/--verbose (repeatable) and -q/--quiet, before or after its name.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
+import logging
 import os
 import sys
-from collections.abc import Sequence
+import tempfile
+import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bankflow.errors import BankflowError, SpecError
+from bankflow.errors import BankflowError, Issue, SpecError, UsageError
 from bankflow.spec.loader import ResolvedSpec, load_spec
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DIFFERS = 0, 1, 2, 3
+EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 130, 141
+STAGES = ("source", "cdc", "load", "transform")  # bankflow.stages.base.STAGE_ORDER, without importing stages
+
+log = logging.getLogger("bankflow.cli")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line: what is wrong and where to look."""
+
+    def error(self, message: str) -> Any:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _positive(kind: Callable[[str], Any], what: str) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+        return value
+
+    parse.__name__ = what  # argparse names the type in its messages
+    return parse
+
+
+positive_int = _positive(int, "a whole number")
+positive_float = _positive(float, "a number")
+
+
+def stage_list(text: str) -> list[str]:
+    stages = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown or not stages:
+        raise argparse.ArgumentTypeError(
+            f"unknown stage(s) {', '.join(repr(s) for s in unknown) or repr(text)}; "
+            f"give a comma-separated subset of {','.join(STAGES)}")
+    return stages
 
 
 def _add_spec(parser: argparse.ArgumentParser, many: bool = False) -> None:
@@ -29,126 +76,197 @@ def _add_spec(parser: argparse.ArgumentParser, many: bool = False) -> None:
                         help="environment overlay from the spec's environments: (default: the spec's default_env)")
 
 
+def _output_options(dest_suffix: str = "") -> argparse.ArgumentParser:
+    """-v/-q for the top-level parser and for every command (both places count)."""
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("output")
+    group.add_argument("-v", "--verbose", action="count", default=0, dest="verbose" + dest_suffix,
+                       help="more messages: -v info with timestamps (and tracebacks of internal errors), "
+                       "-vv debug")
+    group.add_argument("-q", "--quiet", action="store_true", dest="quiet" + dest_suffix,
+                       help="errors only, no progress display")
+    return parent
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="bankflow",
+    parser = _Parser(
+        prog="bankflow", parents=[_output_options("_global")],
         description="Declarative CDC pipelines: PostgreSQL → CDC → Kafka → Parquet lake → warehouse raw → dbt.",
     )
     parser.add_argument("--version", action="version", version="bankflow 0.1.0")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
+    output = [_output_options()]
 
-    p = commands.add_parser("validate", help="check spec files (fast; for CI)",
-                            description="Validate spec files: types, identifiers, references, dbt selectors.")
+    def command(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return commands.add_parser(name, parents=output, **kwargs)
+
+    p = command("validate", help="check spec files (fast; for CI)",
+                description="Validate spec files: types, identifiers, references, dbt selectors. A variable "
+                "that is not set is a note (apply needs it), not an error, unless the value must be typed.")
     _add_spec(p, many=True)
     p.add_argument("--json", action="store_true", help="machine-readable result on stdout")
     p.add_argument("--format", choices=["text", "github"], default="text",
                    help="github: workflow annotations (::error file=…,line=…::…)")
 
-    p = commands.add_parser("plan", help="render every artifact and show what changed",
-                            description="Render the Debezium connector config, warehouse SQL, consumer topology "
-                            "and dbt profile; compare with the previous plan in --out or the last applied state. "
-                            "Exit 3 when something differs.")
+    p = command("plan", help="render every artifact and show what changed",
+                description="Render the Debezium connector config, warehouse SQL, consumer topology "
+                "and dbt profile; compare with the previous plan in --out or the last applied state. "
+                "Exit 3 when something differs. With --offline, unset variables are notes and render as "
+                "references (${env:VAR}, env_var('VAR')).")
     _add_spec(p)
-    p.add_argument("--out", type=Path, help="directory to write the artifacts to")
+    p.add_argument("--out", type=Path, help="directory to write the artifacts to (created if missing)")
     p.add_argument("--json", action="store_true", help="machine-readable summary on stdout")
     p.add_argument("--offline", action="store_true", help="do not contact Kafka Connect or the lake")
 
-    commands.add_parser("schema", help="print the spec's JSON Schema (for editors)",
-                        description="Print the JSON Schema of pipeline specs.")
+    command("schema", help="print the spec's JSON Schema (for editors)",
+            description="Print the JSON Schema of pipeline specs.")
 
-    p = commands.add_parser("apply", help="run the pipeline: source → cdc → consume → load → transform",
-                            description="Run the stages in order; idempotent. Catches up to the source's current "
-                            "position and stops, unless --follow.")
+    p = command("apply", help="run the pipeline: source → cdc → consume → load → transform",
+                description="Run the stages in order; idempotent. Catches up to the source's current "
+                "position and stops, unless --follow.")
     _add_spec(p)
-    p.add_argument("--stages", help="comma-separated subset of: source,cdc,load,transform")
+    p.add_argument("--stages", type=stage_list, help=f"comma-separated subset of: {','.join(STAGES)}")
     p.add_argument("--follow", action="store_true", help="keep streaming until SIGINT/SIGTERM (then flush)")
     p.add_argument("--json", action="store_true", help="print the run report as JSON")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress display")
 
-    p = commands.add_parser("generate", help="write a realistic workload into the source database",
-                            description="Run the spec's workload (generate.workload) against the source.")
+    p = command("generate", help="write a realistic workload into the source database",
+                description="Run the spec's workload (generate.workload) against the source.")
     _add_spec(p)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--once", action="store_true", help="one modest iteration (the default)")
-    mode.add_argument("--rate", type=float, help="business transactions per second (with --duration)")
-    mode.add_argument("--transactions", type=int, help="bulk: insert this many transaction rows, fast")
-    p.add_argument("--duration", type=float, help="seconds to run at --rate")
+    mode.add_argument("--rate", type=positive_float, help="business transactions per second (with --duration)")
+    mode.add_argument("--transactions", type=positive_int, help="bulk: insert this many transaction rows, fast")
+    p.add_argument("--duration", type=positive_float, help="seconds to run at --rate")
     p.add_argument("--seed", type=int, help="random seed: the same seed on a fresh source gives the same data")
     p.add_argument("--json", action="store_true")
 
-    p = commands.add_parser("verify", help="reconcile source and warehouse; exit 1 on any difference",
-                            description="Compare the source with the warehouse: row counts and keys per table "
-                            "(latest state from raw), and the spec's verify checks.")
+    p = command("verify", help="reconcile source and warehouse; exit 1 on any difference",
+                description="Compare the source with the warehouse: row counts and keys per table "
+                "(latest state from raw), and the spec's verify checks.")
     _add_spec(p)
     p.add_argument("--json", action="store_true")
 
-    p = commands.add_parser("status", help="services, slot lag, lake and raw counts, last run",
-                            description="Show the pipeline's state.")
+    p = command("status", help="services, slot lag, lake and raw counts, last run",
+                description="Show the pipeline's state.")
     _add_spec(p)
     p.add_argument("--json", action="store_true")
 
-    p = commands.add_parser("down", help="stop the embedded services apply started",
-                            description="Stop embedded services (the data stays; apply restarts them).")
+    p = command("down", help="stop the embedded services apply started",
+                description="Stop embedded services (the data stays; apply restarts them).")
     _add_spec(p)
     p.add_argument("--drop-slot", action="store_true",
                    help="also drop the replication slot (otherwise it keeps WAL for the next run)")
 
-    p = commands.add_parser("consume", help="run Kafka consumer workers into the lake (stack)",
-                            description="Consume the spec's topics into the lake with N worker processes.")
+    p = command("consume", help="run Kafka consumer workers into the lake (stack)",
+                description="Consume the spec's topics into the lake with N worker processes.")
     _add_spec(p)
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--workers", type=positive_int, default=1, help="consumer processes (default 1)")
     p.add_argument("--follow", action="store_true", help="keep consuming until interrupted")
     p.add_argument("--json", action="store_true")
     return parser
 
 
-# ---------------------------------------------------------------- commands
+# ---------------------------------------------------------------- helpers
+
+class _Session:
+    """What main() needs to know when something goes wrong: the spec loaded (for the state dir, redaction)."""
+
+    resolved: ResolvedSpec | None = None
+
+
+def _load(args: argparse.Namespace, path: str | None = None, *, unset: str = "error") -> ResolvedSpec:
+    from bankflow import log as bankflow_log
+
+    resolved = load_spec(path or args.spec, env=args.env, unset=unset)
+    _Session.resolved = resolved
+    bankflow_log.add_secrets(resolved.secrets)
+    return resolved
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    return not (args.quiet or getattr(args, "json", False))
+
 
 def _print(text: str, resolved: ResolvedSpec | None = None) -> None:
     print(resolved.redact(text) if resolved else text)
 
 
+def _emit(issue: Issue, fmt: str = "text") -> None:
+    if fmt == "github":
+        print(issue.format_github())
+    else:
+        print(issue.format(one_line=True), file=sys.stderr)
+
+
+def _one_line(text: str, limit: int = 400) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# ---------------------------------------------------------------- commands
+
 def cmd_validate(args: argparse.Namespace) -> int:
     results: list[dict[str, Any]] = []
     exit_code = EXIT_OK
     for path in args.specs:
+        unset: tuple[str, ...] = ()
         try:
-            resolved = load_spec(path, env=args.env)
+            resolved = load_spec(path, env=args.env, unset="defer")
             issues = list(resolved.warnings)
+            unset = resolved.unset
             valid = True
         except SpecError as exc:
             issues, valid = exc.issues, False
             exit_code = EXIT_FAILED
-        results.append({"file": path, "valid": valid, "issues": [i.to_dict() for i in issues]})
+        results.append({"file": path, "valid": valid, "issues": [i.to_dict() for i in issues],
+                        "unset_variables": list(unset)})
         if args.json:
             continue
         for issue in issues:
-            print(issue.format_github() if args.format == "github" else issue.format(),
-                  file=sys.stdout if args.format == "github" else sys.stderr)
-        if valid and args.format == "text":
-            warnings = sum(1 for i in issues if i.severity == "warning")
-            print(f"{path}: valid" + (f" ({warnings} warning(s))" if warnings else ""))
+            if not args.quiet or issue.severity == "error":
+                _emit(issue, args.format)
+        if valid and args.format == "text" and not args.quiet:
+            counts = [f"{n} {kind}(s)" for kind in ("warning", "note")
+                      if (n := sum(1 for i in issues if i.severity == kind))]
+            print(f"{path}: valid" + (f" ({', '.join(counts)})" if counts else ""))
     if args.json:
         print(json.dumps({"valid": exit_code == EXIT_OK, "files": results}, indent=2))
     return exit_code
 
 
+def _check_out_dir(out: Path) -> None:
+    """`plan --out` names a directory (created if missing), never an existing file."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; give a directory to write the artifacts to (created if missing)")
+    probe = out
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"--out {out} cannot be created: {probe} is a file; give a directory path")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out}: {probe} is not writable; give a directory you can write to")
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     from bankflow.plan import plan
 
-    resolved = load_spec(args.spec, env=args.env)
+    if args.out is not None:
+        _check_out_dir(args.out)
+    resolved = _load(args, unset="defer" if args.offline else "error")
     pending = None
     if not args.offline:
         pending = _pending_files(resolved)
     result = plan(resolved, args.out, pending_files=pending, check_live=not args.offline)
+    spec_notes = [i.message for i in resolved.notes]
     if args.json:
         print(json.dumps({
             "spec": args.spec, "env": resolved.env, "files": sorted(result.files),
             "out": str(args.out) if args.out else None,
             "compared_with": str(result.compared_with) if result.compared_with else None,
-            "changed": sorted(result.changed), "notes": result.notes,
+            "changed": sorted(result.changed), "notes": spec_notes + result.notes,
+            "unset_variables": list(resolved.unset),
         }, indent=2))
-    else:
+    elif not args.quiet:
         spec = resolved.spec
         print(f"plan for {spec.name} (environment: {resolved.env or 'default'})")
         print(f"  source     postgres {spec.source.host}:{spec.source.port}/{spec.source.database} "
@@ -158,7 +276,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(f"  warehouse  {spec.warehouse.describe()}")
         if spec.transform:
             print(f"  transform  dbt: {' → '.join(s.label for s in spec.transform.steps)}")
-        for note in result.notes:
+        else:
+            print("  transform  none (the spec has no transform: section; no dbt profile is rendered)")
+        for note in spec_notes + result.notes:
             print(f"  note       {note}")
         for name in sorted(result.files):
             mark = "~" if name in result.changed else " "
@@ -181,7 +301,8 @@ def _pending_files(resolved: ResolvedSpec) -> dict[str, list[str]] | None:
 
     try:
         return plan_pending_files(resolved)
-    except Exception:  # unreachable lake or ledger, or a missing optional dependency: a placeholder in the plan
+    except Exception as exc:  # unreachable lake or ledger, or a missing optional dependency: a placeholder
+        log.info("pending lake files unknown (%s: %s); the plan shows a placeholder", type(exc).__name__, exc)
         return None
 
 
@@ -198,9 +319,8 @@ def cmd_schema(_: argparse.Namespace) -> int:
 def cmd_apply(args: argparse.Namespace) -> int:
     from bankflow.pipeline import Pipeline
 
-    resolved = load_spec(args.spec, env=args.env)
-    stages = [s.strip() for s in args.stages.split(",")] if args.stages else None
-    report = Pipeline(resolved).apply(stages=stages, follow=args.follow, progress=not (args.quiet or args.json))
+    resolved = _load(args)
+    report = Pipeline(resolved).apply(stages=args.stages, follow=args.follow, progress=_progress(args))
     if args.json:
         print(json.dumps(report.to_dict(), indent=2, default=str))
     return EXIT_OK if report.ok else EXIT_FAILED
@@ -210,11 +330,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from bankflow.pipeline import Pipeline
 
     if args.rate is not None and args.duration is None:
-        print("bankflow generate: --rate needs --duration", file=sys.stderr)
-        return EXIT_USAGE
-    resolved = load_spec(args.spec, env=args.env)
+        raise UsageError("--rate needs --duration (seconds to run at that rate)")
+    resolved = _load(args)
     result = Pipeline(resolved).generate(seed=args.seed, rate=args.rate, duration=args.duration,
-                                         transactions=args.transactions, progress=not args.json)
+                                         transactions=args.transactions, progress=_progress(args))
     if args.json:
         print(json.dumps(result, indent=2, default=str))
     return EXIT_OK
@@ -223,11 +342,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from bankflow.pipeline import Pipeline
 
-    resolved = load_spec(args.spec, env=args.env)
+    resolved = _load(args)
     report = Pipeline(resolved).verify()
     if args.json:
         print(json.dumps(report.to_dict(), indent=2, default=str))
-    else:
+    elif not args.quiet or not report.ok:
         print(report.format())
     return EXIT_OK if report.ok else EXIT_FAILED
 
@@ -235,7 +354,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from bankflow.pipeline import Pipeline
 
-    resolved = load_spec(args.spec, env=args.env)
+    resolved = _load(args)
     status = Pipeline(resolved).status()
     if args.json:
         print(json.dumps(status, indent=2, default=str))
@@ -249,17 +368,18 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_down(args: argparse.Namespace) -> int:
     from bankflow.pipeline import Pipeline
 
-    resolved = load_spec(args.spec, env=args.env)
+    resolved = _load(args)
     for line in Pipeline(resolved).down(drop_slot=args.drop_slot):
-        print(line)
+        if not args.quiet:
+            print(line)
     return EXIT_OK
 
 
 def cmd_consume(args: argparse.Namespace) -> int:
     from bankflow.pipeline import Pipeline
 
-    resolved = load_spec(args.spec, env=args.env)
-    result = Pipeline(resolved).consume(workers=args.workers, follow=args.follow, progress=not args.json)
+    resolved = _load(args)
+    result = Pipeline(resolved).consume(workers=args.workers, follow=args.follow, progress=_progress(args))
     if args.json:
         print(json.dumps(result, indent=2, default=str))
     return EXIT_OK
@@ -272,24 +392,100 @@ COMMANDS = {
 }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+# ---------------------------------------------------------------- main
+
+def _write_trace(command: str) -> Path | None:
+    """The current exception's traceback (redacted) under <state_dir>/logs/, or the temp dir; None if neither."""
+    from bankflow import log as bankflow_log
+
+    resolved = _Session.resolved
+    text = traceback.format_exc()
+    text = resolved.redact(text) if resolved is not None else bankflow_log.redact(text)
+    stamp = dt.datetime.now().strftime("%Y%m%dT%H%M%S")
+    name = f"{stamp}-{command}-{os.getpid()}.traceback.txt"
+    directories = [resolved.state_dir / "logs"] if resolved is not None else []
+    for directory in [*directories, Path(tempfile.gettempdir())]:
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            path = directory / (name if directory in directories else f"bankflow-{name}")
+            path.write_text(text, encoding="utf-8")
+            return path
+        except OSError:
+            continue
+    return None
+
+
+def _internal_error(command: str, exc: BaseException, verbose: int) -> int:
+    from bankflow import log as bankflow_log
+
+    path = _write_trace(command)
+    resolved = _Session.resolved
+    message = resolved.redact(str(exc)) if resolved is not None else bankflow_log.redact(str(exc))
+    if verbose:
+        sys.stderr.write(bankflow_log.redact(traceback.format_exc()))
+    where = f"; full trace written to {path}" if path else ""
+    print(f"bankflow {command}: internal error: {type(exc).__name__}: {_one_line(message)} "
+          f"(run with -v or BANKFLOW_DEBUG=1 for the traceback{where})", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def _silence_stdout() -> None:
+    """After a BrokenPipeError: point stdout (and stderr, if it was the same pipe) at /dev/null, so the flush at
+    exit does not fail again (the Python docs' recipe for SIGPIPE)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            os.dup2(devnull, stream.fileno())
+        except (OSError, ValueError, AttributeError):
+            continue
+
+
+def _run(args: argparse.Namespace, verbose: int) -> int:
     try:
         return COMMANDS[args.command](args)
     except SpecError as exc:
         fmt = getattr(args, "format", "text")
         for issue in exc.issues:
-            print(issue.format_github() if fmt == "github" else issue.format(), file=sys.stderr)
+            if not args.quiet or issue.severity == "error":
+                _emit(issue, fmt)
         return EXIT_FAILED
     except BankflowError as exc:
         if os.environ.get("BANKFLOW_DEBUG"):
             raise
-        print(f"bankflow {args.command}: error: {exc}", file=sys.stderr)
+        if verbose >= 2:
+            log.debug("traceback", exc_info=True)
+        resolved = _Session.resolved
+        print(f"bankflow {args.command}: error: {resolved.redact(str(exc)) if resolved else exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"bankflow {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        raise
+    except Exception as exc:  # the last resort: one line, the trace in a file
+        if os.environ.get("BANKFLOW_DEBUG"):
+            raise
+        return _internal_error(args.command, exc, verbose)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from bankflow import log as bankflow_log
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    verbose = args.verbose + args.verbose_global
+    args.quiet = args.quiet or args.quiet_global
+    if verbose and args.quiet:
+        parser.error("-v and -q cannot be combined")
+    bankflow_log.configure(verbose, args.quiet)
+    _Session.resolved = None
+    try:
+        code = _run(args, verbose)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:  # e.g. `bankflow schema | head -1`: the reader has what it wanted
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

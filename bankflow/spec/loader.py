@@ -148,7 +148,8 @@ def _to_python(node: yaml.Node, path: Path_, out: dict[Path_, tuple[int, int]], 
         return _scalar(node)
     except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:  # e.g. !!binary, a date 2024-13-45
         problem = exc.problem if isinstance(exc, yaml.MarkedYAMLError) and exc.problem else str(exc)
-        raise SpecError([Issue(file, line, column, _dotted(path), f"cannot read this value: {' '.join(problem.split())}",
+        raise SpecError([Issue(file, line, column, _dotted(path),
+                               f"cannot read this value: {' '.join(problem.split())}",
                                "quote it to make it a plain string, e.g. '2024-01-31'")]) from None
 
 

@@ -91,7 +91,7 @@ def test_validate_json(bad_and_warning: tuple[str, str], capsys: pytest.CaptureF
 def test_validate_json_valid(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["validate", str(MINIMAL), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {
-        "valid": True, "files": [{"file": str(MINIMAL), "valid": True, "issues": []}]}
+        "valid": True, "files": [{"file": str(MINIMAL), "valid": True, "issues": [], "unset_variables": []}]}
 
 
 def test_validate_github_format(bad_and_warning: tuple[str, str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -158,4 +158,5 @@ def test_usage_error_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["validate"])
     assert exit_info.value.code == 2
-    assert "usage:" in capsys.readouterr().err
+    assert capsys.readouterr().err == ("bankflow validate: error: the following arguments are required: SPEC "
+                                       "(see 'bankflow validate --help')\n")

@@ -55,7 +55,7 @@ def test_spec_error_issues_are_what_the_cli_prints(minimal: Path, capsys: pytest
     assert str(caught.value) == "\n".join(i.format() for i in issues)
     assert isinstance(caught.value, bankflow.BankflowError)
     assert main(["validate", str(minimal)]) == 1
-    assert capsys.readouterr().err == "".join(i.format() + "\n" for i in issues)
+    assert capsys.readouterr().err == "".join(i.format(one_line=True) + "\n" for i in issues)
 
 
 def test_issue_formats() -> None:
