@@ -4,11 +4,11 @@ The library part is generic (options, result counts, the runner, COPY helpers); 
 which tables is the workload module's business (see ``pipelines/workloads/banking.py``).
 """
 
-from bankflow.generate.contract import Progress, WorkloadError, WorkloadOptions, WorkloadResult
+from bankflow.generate.contract import ProgressCallback, WorkloadError, WorkloadOptions, WorkloadResult
 from bankflow.generate.runner import load_workload, run_workload
 
 __all__ = [
-    "Progress",
+    "ProgressCallback",
     "WorkloadError",
     "WorkloadOptions",
     "WorkloadResult",

@@ -122,5 +122,5 @@ class WorkloadResult:
         raise WorkloadError(f"a workload's run() must return a WorkloadResult or a mapping, got {type(value).__name__}")
 
 
-Progress = Callable[[dict[str, Any]], None]
+ProgressCallback = Callable[[dict[str, Any]], None]
 """Called after every committed batch with ``WorkloadResult.as_dict()`` of the running total."""

@@ -17,7 +17,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from bankflow.generate.contract import Progress, WorkloadError, WorkloadOptions, WorkloadResult
+from bankflow.generate.contract import ProgressCallback, WorkloadError, WorkloadOptions, WorkloadResult
 
 
 def load_workload(path: Path) -> ModuleType:
@@ -46,7 +46,7 @@ def load_workload(path: Path) -> ModuleType:
     return module
 
 
-def with_totals(options: WorkloadOptions, progress: Progress | None) -> Progress | None:
+def with_totals(options: WorkloadOptions, progress: ProgressCallback | None) -> ProgressCallback | None:
     """Wrap a progress callback so each report also says how far along the run is when that is known.
 
     Adds ``done``, ``total`` and ``unit`` to the running totals: transaction rows in bulk mode (and in paced mode
@@ -88,7 +88,7 @@ def run_workload(
     connect_kwargs: Mapping[str, Any],
     schema: str,
     options: WorkloadOptions,
-    progress: Progress | None = None,
+    progress: ProgressCallback | None = None,
 ) -> WorkloadResult:
     """Connect, point ``search_path`` at ``schema``, run the workload and return what it committed."""
     module = load_workload(path)

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, Decimal
 from typing import Any
 
-from bankflow.generate import Progress, WorkloadError, WorkloadOptions, WorkloadResult
+from bankflow.generate import ProgressCallback, WorkloadError, WorkloadOptions, WorkloadResult
 from bankflow.generate.pgcopy import copy_data, copy_line
 
 TABLES = ("customers", "accounts", "transactions")
@@ -700,7 +700,7 @@ def _bootstrap(bank: Bank, accounts: int) -> Plan | None:
     return Plan(customers=math.ceil(missing / (1 - PROSPECT_SHARE) * 0.8), accounts=missing)
 
 
-def run(conn: Any, options: WorkloadOptions, progress: Progress | None = None) -> WorkloadResult:
+def run(conn: Any, options: WorkloadOptions, progress: ProgressCallback | None = None) -> WorkloadResult:
     """Run the banking workload on ``conn`` (search_path already set) and return the committed counts."""
     seed = options.seed if options.seed is not None else random.SystemRandom().randrange(2**31)
     started = time.perf_counter()
