@@ -1,9 +1,10 @@
 """Exactly-once into the lake across crashes: replay reproduces the files a crashed run left behind.
 
-A file is written (durably) before its source position is acknowledged (slot ``flush_lsn``, Kafka commit).
-A crash in between leaves *orphans*: files whose events the source will send again. If the replay cut its
-files by time or size, it would write the same events under different keys, and the warehouse (which loads
-each key once) would load them twice. So on start, per stream:
+One mechanism for both engines. A file is written (durably) before its source position is acknowledged (slot
+``flush_lsn`` for the built-in reader, the group's committed offset for the Kafka consumer). A crash in between
+leaves *orphans*: files whose events the source will send again. If the replay cut its files by time or size,
+it would write the same events under different keys, and the warehouse (which loads each key once) would load
+them twice. So on start, per stream (a table for the built-in reader, a topic partition for Kafka):
 
 - files wholly after the acknowledged position (their first event is not acknowledged) are **cuts**: the replay
   flushes exactly after the event at each file's last position, reproducing the same key with the same rows
@@ -14,26 +15,63 @@ each key once) would load them twice. So on start, per stream:
   position;
 - time- and size-based flushing resumes only after the last cut.
 
+"Acknowledged" is one rule for every position kind: a position is acknowledged when it sorts before the
+*resume position*, the first position the source sends again (`lsn_resume`, `kafka_resume`).
+
 `ReplayPlan` holds that decision for one stream; the event source consults it per event while it is active.
+Batches whose events all became dead letters are batches too (`LakeWriter.list_batches` lists them), so their
+keys are reproduced the same way.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Generic, TypeVar
 
+from bankflow.lake.positions import KafkaPosition, LsnPosition
 from bankflow.lake.writer import LakeFile
+
+log = logging.getLogger(__name__)
+
+P = TypeVar("P", LsnPosition, KafkaPosition)
+
+
+def lsn_resume(confirmed_flush_lsn: int) -> LsnPosition:
+    """The slot sends again every transaction whose commit LSN is at or after its confirmed flush LSN."""
+    return LsnPosition(confirmed_flush_lsn, 0)
+
+
+def kafka_resume(partition: int, committed_offset: int) -> KafkaPosition:
+    """The group resumes a partition at its committed offset."""
+    return KafkaPosition(partition, committed_offset)
+
+
+def _same_stream(file: LakeFile, resume: LsnPosition | KafkaPosition) -> bool:
+    """A file is of the resumed stream when its positions are of the same kind (and Kafka partition)."""
+    if type(file.first) is not type(resume) or type(file.last) is not type(resume):
+        return False
+    return not isinstance(resume, KafkaPosition) or file.first.partition == resume.partition
 
 
 @dataclass
-class ReplayPlan:
+class ReplayPlan(Generic[P]):
     cuts: list[LakeFile] = field(default_factory=list)
-    skip_until: Any = None
+    skip_until: P | None = None
 
     @classmethod
-    def from_files(cls, files: Sequence[LakeFile], is_acked: Callable[[Any], bool]) -> ReplayPlan:
-        plan = cls()
+    def resume(cls, files: Sequence[LakeFile], resume: P) -> ReplayPlan[P]:
+        """The plan for a stream the source resends from `resume` on: positions before it are acknowledged.
+
+        Files of other streams in `files` (another Kafka partition, another position kind) are ignored.
+        """
+        mine = [f for f in files if _same_stream(f, resume)]
+        return cls.from_files(mine, lambda position: bool(position < resume))
+
+    @classmethod
+    def from_files(cls, files: Sequence[LakeFile], is_acked: Callable[[P], bool]) -> ReplayPlan[P]:
+        plan: ReplayPlan[P] = cls()
         for f in sorted(files, key=lambda f: (f.first, f.last)):
             if is_acked(f.last):
                 continue
@@ -48,7 +86,15 @@ class ReplayPlan:
     def active(self) -> bool:
         return bool(self.cuts) or self.skip_until is not None
 
-    def skip(self, position: Any) -> bool:
+    def describe(self) -> str:
+        """For the log line a replaying stream writes when it starts."""
+        text = f"{len(self.cuts)} file(s) to reproduce"
+        if self.skip_until is not None:
+            text += f", skipping events up to {self.skip_until} (durable in a file that straddles the " \
+                    "acknowledged position)"
+        return text
+
+    def skip(self, position: P) -> bool:
         """True for a replayed event that is already durable in a straddling file."""
         if self.skip_until is None:
             return False
@@ -57,8 +103,17 @@ class ReplayPlan:
         self.skip_until = None
         return False
 
-    def cut_due(self, position: Any) -> LakeFile | None:
-        """The orphan whose last event this is (flush now to reproduce it), else None."""
-        if self.cuts and position >= self.cuts[0].last:
-            return self.cuts.pop(0)
-        return None
+    def cut_due(self, position: P) -> LakeFile | None:
+        """The orphan whose last event this is (flush now, this event included, to reproduce it), else None.
+
+        If the replay passed an orphan's last position without meeting it (the source no longer has that
+        event), that orphan cannot be reproduced: it is dropped from the plan with a warning and the batch is
+        cut here, so the cuts after it stay aligned.
+        """
+        due = None
+        while self.cuts and position >= self.cuts[0].last:
+            due = self.cuts.pop(0)
+            if position != due.last:
+                log.warning("replay passed the end %s of orphan %s at %s without meeting it: the lake may "
+                            "hold duplicates of its events", due.last, due.key, position)
+        return due

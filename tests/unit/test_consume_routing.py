@@ -55,7 +55,7 @@ def consumer(tmp_path: Path) -> Any:
     resolved = load_spec(spec)
     run = _Consumer(resolved, None)
     table = resolved.spec.tables[0]
-    state = _Partition(TOPIC, 0, table, TableBatch(table, stream=TOPIC, schema="s", topic=TOPIC), 0, [])
+    state = _Partition(TOPIC, 0, table, TableBatch(table, stream=TOPIC, schema="s", topic=TOPIC), 0)
     run.states[(TOPIC, 0)] = state
     commits: list[int] = []
 
@@ -90,3 +90,103 @@ def test_runs_are_cut_at_max_rows_and_tombstones_commit_with_the_next_file(consu
     run._flush(state)
     assert commits == [4, 7, 9]
     assert run.result.rows == 7
+
+
+# ---------------------------------------------------------------- replay (bankflow.lake.replay.ReplayPlan)
+
+
+class RoutedMessage(Message):
+    """What `_handle` reads as well: topic, partition, error."""
+
+    def __init__(self, offset: int, tombstone: bool = False, value: bytes | None = None) -> None:
+        super().__init__(offset, tombstone)
+        if value is not None:
+            self._value = value
+
+    def topic(self) -> str:
+        return TOPIC
+
+    def partition(self) -> int:
+        return 0
+
+    def error(self) -> None:
+        return None
+
+
+def resumed(run: Any, start: int) -> tuple[_Partition, list[int]]:
+    """The partition as a new owner sees it after a crash: committed at `start`, the lake as the crash left it."""
+    table = run.tables[TOPIC]
+    batches = run.writer.list_batches(stream=TOPIC, table=table.name, schema=run.schema, topic=TOPIC)
+    plan = run._replay_plan(TOPIC, 0, start, batches)
+    state = _Partition(TOPIC, 0, table, TableBatch(table, stream=TOPIC, schema="s", topic=TOPIC), start, plan)
+    run.states[(TOPIC, 0)] = state
+    commits: list[int] = []
+
+    def record(state: _Partition) -> None:
+        if state.next_offset > state.committed:
+            commits.append(state.next_offset)
+            state.committed = state.next_offset
+
+    run._commit = record
+    return state, commits
+
+
+def lake_files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.suffix in (".parquet", ".jsonl")}
+
+
+def test_a_crash_before_the_commit_is_replayed_to_the_same_keys_whatever_the_flush_policy(
+        consumer: Any, tmp_path: Path) -> None:
+    run, state, commits = consumer
+    messages = [RoutedMessage(0), RoutedMessage(1), RoutedMessage(2, tombstone=True), RoutedMessage(3),
+                RoutedMessage(4), RoutedMessage(5), RoutedMessage(6), RoutedMessage(7)]
+    run._handle(messages)
+    run._flush(state)
+    before = lake_files(tmp_path)
+    assert len(before) == 3 and commits == [4, 7, 8]
+
+    # nothing was committed (the crash came between the files and the commits); a new owner has another policy
+    run.flush = run.flush.model_copy(update={"max_rows": 1000})
+    state, commits = resumed(run, 0)
+    assert len(state.plan.cuts) == 3 and run.result.orphans_replayed == 3
+    run._handle(messages[:5])  # a consume() batch that ends inside the second orphan
+    run._handle(messages[5:])
+    assert commits == [4, 7, 8], "cut and committed exactly where the crashed run did"
+    assert not state.plan.active and state.count == 0
+    assert lake_files(tmp_path) == before
+
+
+def test_a_file_straddling_the_committed_offset_is_skipped_not_rewritten(consumer: Any, tmp_path: Path) -> None:
+    run, state, commits = consumer
+    run._handle([RoutedMessage(i) for i in range(6)])  # files 0-2 and 3-5
+    before = lake_files(tmp_path)
+    state, commits = resumed(run, 4)  # as if the commit had stopped inside the second file
+    assert state.plan.skip_until is not None and not state.plan.cuts
+    run._handle([RoutedMessage(i) for i in range(4, 9)])
+    assert run.result.skipped_replayed == 2
+    assert commits == [9]  # offsets 6-8 make one file at max_rows, after the skipped, durable 4 and 5
+    after = lake_files(tmp_path)
+    assert len(after) == 3 and all(after[k] == v for k, v in before.items())
+
+
+def test_a_dead_letter_only_batch_is_reproduced_to_its_key(consumer: Any, tmp_path: Path) -> None:
+    run, state, commits = consumer
+    bad = [RoutedMessage(i, value=b"{not json") for i in range(3)]
+    run._handle(bad + [RoutedMessage(3)])
+    run._flush(state)
+    before = lake_files(tmp_path)
+    assert sorted(Path(k).suffix for k in before) == [".jsonl", ".parquet"]
+    state, commits = resumed(run, 0)
+    assert len(state.plan.cuts) == 2
+    run._handle(bad + [RoutedMessage(3)])
+    assert commits == [3, 4]
+    assert lake_files(tmp_path) == before
+
+
+def test_a_partition_revoked_mid_replay_drops_its_partial_batch_uncommitted(consumer: Any, tmp_path: Path) -> None:
+    run, state, commits = consumer
+    run._handle([RoutedMessage(i) for i in range(3)])
+    state, commits = resumed(run, 0)
+    run._handle([RoutedMessage(0), RoutedMessage(1)])
+    run._finish(state)
+    assert commits == [] and run.result.dropped_partial == 2

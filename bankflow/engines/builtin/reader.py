@@ -41,7 +41,7 @@ from bankflow.lake.batch import DeadLetter, TableBatch
 from bankflow.lake.filesystem import lake_filesystem
 from bankflow.lake.gctune import large_young_generation
 from bankflow.lake.positions import LsnPosition, lsn_text, parse_lsn
-from bankflow.lake.replay import ReplayPlan
+from bankflow.lake.replay import ReplayPlan, lsn_resume
 from bankflow.lake.writer import LakeWriter, WrittenFile, put_atomic
 from bankflow.render.sql import quote_pg
 from bankflow.spec.loader import ResolvedSpec
@@ -464,16 +464,9 @@ class BuiltinReader:
             batch = _stream_batch(self.resolved, table, table.name)
             files = self.writer.list_batches(stream=table.name, table=table.name, schema=self.schema,
                                              topic=spec.topic_for(table))
-            acked = confirmed
-
-            def is_acked(position: Any, acked: int = acked) -> bool:
-                return bool(position.commit < acked)
-
-            plan = ReplayPlan.from_files(files, is_acked)
+            plan = ReplayPlan.resume(files, lsn_resume(confirmed))
             if plan.active:
-                log.warning("table %s: replaying after an interrupted run: %d file(s) to reproduce%s",
-                            table.name, len(plan.cuts),
-                            f", skipping events up to {plan.skip_until}" if plan.skip_until else "")
+                log.warning("table %s: replaying after an interrupted run: %s", table.name, plan.describe())
             self._states[table.name] = _TableState(table, batch, plan)
         return target
 

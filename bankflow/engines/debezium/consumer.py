@@ -4,8 +4,9 @@ One confluent-kafka consumer in the spec's group, manual commits. Messages are r
 `TableBatch` per (topic, partition); a batch becomes one Parquet file whose key carries the partition and the
 offset range (`KafkaPosition`), and the offset is committed only after that file (and its dead letters) is
 durable. So a crash between "file written" and "offset committed" leaves an *orphan*: a file beyond the
-committed offset. When a partition is (re)assigned, its orphans are listed and the replay cuts its batches at
-exactly their end offsets, rewriting the same keys instead of writing overlapping files.
+committed offset. When a partition is (re)assigned, its batches in the lake give a `bankflow.lake.replay.ReplayPlan`
+(the same one the built-in reader uses) and the replay cuts its batches at exactly the orphans' end offsets,
+rewriting the same keys instead of writing overlapping files.
 
 Rules that keep it exactly once:
 
@@ -34,7 +35,8 @@ from bankflow.lake.batch import TableBatch
 from bankflow.lake.filesystem import lake_filesystem
 from bankflow.lake.gctune import large_young_generation
 from bankflow.lake.positions import KafkaPosition
-from bankflow.lake.writer import LakeWriter
+from bankflow.lake.replay import ReplayPlan, kafka_resume
+from bankflow.lake.writer import LakeFile, LakeWriter
 from bankflow.spec.loader import ResolvedSpec
 from bankflow.spec.models import Table
 
@@ -58,6 +60,7 @@ class ConsumeResult:
     dead_letter_files: int = 0
     commits: int = 0
     orphans_replayed: int = 0
+    skipped_replayed: int = 0
     dropped_partial: int = 0
     committed: dict[str, dict[int, int]] = field(default_factory=dict)
     seconds: float = 0.0
@@ -67,7 +70,8 @@ class ConsumeResult:
             "events": self.events, "tombstones": self.tombstones, "dead_letters": self.dead_letters,
             "rows": self.rows, "bytes": self.bytes, "files": list(self.files),
             "dead_letter_files": self.dead_letter_files, "commits": self.commits,
-            "orphans_replayed": self.orphans_replayed, "dropped_partial": self.dropped_partial,
+            "orphans_replayed": self.orphans_replayed, "skipped_replayed": self.skipped_replayed,
+            "dropped_partial": self.dropped_partial,
             "committed": {t: dict(p) for t, p in self.committed.items()}, "seconds": round(self.seconds, 3),
         }
 
@@ -97,24 +101,24 @@ class _Positions(Sequence[KafkaPosition]):
 
 
 class _Partition:
-    """Per-(topic, partition) state: the open batch, the consumed position and the orphan cut points.
+    """Per-(topic, partition) state: the open batch, the consumed position and the replay plan.
 
     Message values wait in `values`/`offsets` until the end of a `consume()` batch (or a flush point) and then
     go to the batch in one bulk call.
     """
 
-    __slots__ = ("batch", "committed", "count", "cuts", "next_offset", "offsets", "partition", "table", "topic",
+    __slots__ = ("batch", "committed", "count", "next_offset", "offsets", "partition", "plan", "table", "topic",
                  "values")
 
     def __init__(self, topic: str, partition: int, table: Table, batch: TableBatch, start: int,
-                 cuts: list[int]) -> None:
+                 plan: ReplayPlan[KafkaPosition] | None = None) -> None:
         self.topic = topic
         self.partition = partition
         self.table = table
         self.batch = batch
         self.next_offset = start  # offset after the last message consumed (tombstones included)
         self.committed = start
-        self.cuts = cuts  # end offsets of orphan files still to rewrite, ascending
+        self.plan: ReplayPlan[KafkaPosition] = plan if plan is not None else ReplayPlan()
         self.count = 0  # events (rows + dead letters) in the open batch, pending values included
         self.values: list[bytes] = []
         self.offsets: list[int] = []
@@ -179,13 +183,15 @@ class _Consumer:
 
     # ---- orphans
 
-    def _orphan_ends(self, topic: str, table: Table) -> dict[int, list[tuple[int, int]]]:
-        """(first, last) offsets of every batch of a topic in the lake (Parquet or dead letters only), per partition."""
-        spans: dict[int, set[tuple[int, int]]] = {}
-        for f in self.writer.list_batches(stream=topic, table=table.name, schema=self.schema, topic=topic):
-            if isinstance(f.first, KafkaPosition) and isinstance(f.last, KafkaPosition):
-                spans.setdefault(f.first.partition, set()).add((f.first.offset, f.last.offset))
-        return {p: sorted(s) for p, s in spans.items()}
+    def _replay_plan(self, topic: str, partition: int, start: int,
+                     batches: list[LakeFile]) -> ReplayPlan[KafkaPosition]:
+        """What a partition resumed at `start` must reproduce of the topic's batches in the lake."""
+        plan = ReplayPlan.resume(batches, kafka_resume(partition, start))
+        if plan.active:
+            log.info("%s[%d]: resuming at committed offset %d: %s, to the same keys", topic, partition, start,
+                     plan.describe())
+            self.result.orphans_replayed += len(plan.cuts)
+        return plan
 
     # ---- rebalance callbacks
 
@@ -197,7 +203,7 @@ class _Consumer:
         if not partitions:
             return
         committed = consumer.committed(partitions, timeout=30)
-        listings: dict[str, dict[int, list[tuple[int, int]]]] = {}
+        listings: dict[str, list[LakeFile]] = {}
         starts: list[Any] = []
         for tp in committed:
             topic, partition = tp.topic, tp.partition
@@ -209,20 +215,12 @@ class _Consumer:
                 starts.append(TopicPartition(topic, partition, OFFSET_BEGINNING))
             else:
                 starts.append(TopicPartition(topic, partition, start))
-            if topic not in listings:
-                listings[topic] = self._orphan_ends(topic, table)
-            spans = listings[topic].get(partition, [])
-            cuts = sorted({last for first, last in spans if last >= start})
-            overlapping = [(f, la) for f, la in spans if f < start <= la]
-            if overlapping:
-                log.warning("%s[%d]: lake files %s straddle the committed offset %d", topic, partition,
-                            overlapping, start)
-            if cuts:
-                log.info("%s[%d]: %d orphan file(s) beyond committed offset %d: replaying to the same keys",
-                         topic, partition, len(cuts), start)
-                self.result.orphans_replayed += len(cuts)
+            if topic not in listings:  # Parquet files and dead-letter-only batches, every partition
+                listings[topic] = self.writer.list_batches(stream=topic, table=table.name, schema=self.schema,
+                                                           topic=topic)
+            plan = self._replay_plan(topic, partition, start, listings[topic])
             batch = TableBatch(table, stream=topic, schema=self.schema, topic=topic)
-            self.states[(topic, partition)] = _Partition(topic, partition, table, batch, start, cuts)
+            self.states[(topic, partition)] = _Partition(topic, partition, table, batch, start, plan)
         consumer.assign(starts)
 
     def on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
@@ -249,8 +247,6 @@ class _Consumer:
             self.result.dead_letters += written.dead_letters
             if written.dead_letters:
                 self.result.dead_letter_files += 1
-            if state.cuts and isinstance(written.last, KafkaPosition) and written.last.offset == state.cuts[0]:
-                state.cuts.pop(0)
             state.count = 0
         self._commit(state)
 
@@ -268,7 +264,7 @@ class _Consumer:
 
     def _finish(self, state: _Partition) -> None:
         """Flush and commit, unless the partition is mid-replay: then drop the partial batch uncommitted."""
-        if state.cuts and state.count:
+        if state.plan.active and state.count:
             self.result.dropped_partial += state.count
             state.values, state.offsets = [], []
             state.batch.clear()
@@ -312,7 +308,7 @@ class _Consumer:
             state = states.get((topic, partition))
             if state is not None:  # else: a partition we no longer own
                 run = messages if j - i == n else messages[i:j]
-                if state.cuts:
+                if state.plan.active:
                     self._take_replay(state, run)
                 else:
                     self._take(state, run)
@@ -349,8 +345,10 @@ class _Consumer:
             values, offsets = values[room:], offsets[room:]
 
     def _take_replay(self, state: _Partition, run: list[Any]) -> None:
-        """A run for a partition replaying orphan files: cut at exactly their end offsets, message by message."""
-        cuts = state.cuts
+        """A run for a partition with a replay plan: message by message, skipping what a straddling file holds
+        and cutting at exactly the orphans' end offsets."""
+        plan = state.plan
+        partition = state.partition
         for msg in run:
             offset = msg.offset()
             value = msg.value()
@@ -358,16 +356,16 @@ class _Consumer:
             if value is None:
                 self.result.tombstones += 1
                 continue
+            position = KafkaPosition(partition, offset)
+            if plan.skip(position):
+                self.result.skipped_replayed += 1
+                continue
             self.result.events += 1
-            if cuts and offset > cuts[0]:  # replay drifted past an orphan's end: cut here, keep order
-                log.warning("%s[%d]: orphan end %d not met by replay", state.topic, state.partition, cuts[0])
-                while cuts and offset > cuts[0]:
-                    cuts.pop(0)
             state.values.append(value)
             state.offsets.append(offset)
             state.count += 1
-            if cuts:
-                if offset == cuts[0]:
+            if plan.active:
+                if plan.cut_due(position) is not None:
                     self._flush(state)
             elif state.count >= self.flush.max_rows:
                 self._flush(state)
@@ -376,7 +374,7 @@ class _Consumer:
         flush = self.flush
         for state in list(self.states.values()):
             batch = state.batch
-            if state.cuts:
+            if state.plan.active:
                 continue
             if state.count and (batch.approx_bytes >= flush.max_bytes or batch.age_seconds >= flush.max_seconds):
                 self._flush(state)
@@ -605,11 +603,12 @@ def run_workers(resolved: ResolvedSpec, *, workers: int, follow: bool, progress:
                 signal.signal(sig, handler)
     total: dict[str, Any] = {"workers": workers, "restarts": restarts, "failures": failures,
                              "events": 0, "tombstones": 0, "dead_letters": 0, "rows": 0, "bytes": 0,
-                             "files": [], "commits": 0, "orphans_replayed": 0, "dropped_partial": 0,
+                             "files": [], "commits": 0, "orphans_replayed": 0, "skipped_replayed": 0,
+                             "dropped_partial": 0,
                              "seconds": round(time.monotonic() - started, 3), "per_worker": results}
     for r in results:
         for key in ("events", "tombstones", "dead_letters", "rows", "bytes", "commits", "orphans_replayed",
-                    "dropped_partial"):
+                    "skipped_replayed", "dropped_partial"):
             total[key] += int(r.get(key, 0))
         total["files"].extend(r.get("files", []))
     total["files"] = sorted(set(total["files"]))
