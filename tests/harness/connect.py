@@ -9,17 +9,14 @@ state is never touched.
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import re
 import shutil
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
-from typing import Any
 
+from bankflow.engines.debezium.connect import ConnectClient
 from bankflow.process import ChildProcess, ServiceError, free_port, log_tail, port_open, spawn, terminate
 
 POSTGRES_CONNECTOR_CLASS = "io.debezium.connector.postgresql.PostgresConnector"
@@ -63,41 +60,52 @@ def _sources_files() -> list[Path]:
     return [f for f in files if f.is_file()]
 
 
-def _debian_entries() -> list[tuple[str, list[str], str | None]]:
+Entry = tuple[str, list[str], str | None]  # (uri, suites, signed_by)
+
+
+def _deb822_entries(text: str) -> list[Entry]:
+    """Entries of a deb822 ``.sources`` file: one stanza per block, `Types: deb` and not `Enabled: no`."""
+    entries: list[Entry] = []
+    for stanza in re.split(r"\n\s*\n", text):
+        fields: dict[str, str] = {}
+        for line in stanza.splitlines():
+            if line.startswith("#") or ":" not in line or line[:1].isspace():
+                continue
+            key, _, value = line.partition(":")
+            fields[key.strip().lower()] = value.strip()
+        if fields.get("enabled", "yes").lower() == "no" or "deb" not in fields.get("types", "").split():
+            continue
+        signed = fields.get("signed-by")
+        signed = signed if signed and signed.startswith("/") else None
+        entries += [(uri, fields.get("suites", "").split(), signed) for uri in fields.get("uris", "").split()]
+    return entries
+
+
+def _one_line_entries(text: str) -> list[Entry]:
+    """Entries of a one-line-style ``.list`` file: ``deb [options] uri suite components...``."""
+    entries: list[Entry] = []
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if not line.startswith("deb "):
+            continue
+        opts = re.search(r"\[([^\]]*)\]", line)
+        signed = None
+        if opts:
+            m = re.search(r"signed-by=(\S+)", opts.group(1))
+            signed = m.group(1) if m and m.group(1).startswith("/") else None
+            line = line[: opts.start()] + line[opts.end():]
+        parts = line.split()
+        if len(parts) >= 3:
+            entries.append((parts[1], [parts[2]], signed))
+    return entries
+
+
+def _debian_entries() -> list[Entry]:
     """(uri, suites, signed_by) for every enabled deb entry in the machine's APT sources."""
-    entries: list[tuple[str, list[str], str | None]] = []
+    entries: list[Entry] = []
     for path in _sources_files():
         text = path.read_text(errors="replace")
-        if path.suffix == ".sources":
-            for stanza in re.split(r"\n\s*\n", text):
-                fields: dict[str, str] = {}
-                for line in stanza.splitlines():
-                    if line.startswith("#") or ":" not in line or line[:1].isspace():
-                        continue
-                    key, _, value = line.partition(":")
-                    fields[key.strip().lower()] = value.strip()
-                if fields.get("enabled", "yes").lower() == "no":
-                    continue
-                if "deb" not in fields.get("types", "").split():
-                    continue
-                signed = fields.get("signed-by")
-                signed = signed if signed and signed.startswith("/") else None
-                for uri in fields.get("uris", "").split():
-                    entries.append((uri, fields.get("suites", "").split(), signed))
-        else:
-            for raw in text.splitlines():
-                line = raw.split("#", 1)[0].strip()
-                if not line.startswith("deb "):
-                    continue
-                opts = re.search(r"\[([^\]]*)\]", line)
-                signed = None
-                if opts:
-                    m = re.search(r"signed-by=(\S+)", opts.group(1))
-                    signed = m.group(1) if m and m.group(1).startswith("/") else None
-                    line = line[: opts.start()] + line[opts.end():]
-                parts = line.split()
-                if len(parts) >= 3:
-                    entries.append((parts[1], [parts[2]], signed))
+        entries += _deb822_entries(text) if path.suffix == ".sources" else _one_line_entries(text)
     return entries
 
 
@@ -262,6 +270,11 @@ class KafkaConnectWorker(ChildProcess):
             raise ServiceError("Kafka Connect worker has no port yet; call start() first")
         return f"http://{self.host}:{self.port}"
 
+    @property
+    def client(self) -> ConnectClient:
+        """The worker's REST API through bankflow's own client: tests talk to Connect the way the pipeline does."""
+        return ConnectClient(self.rest_url, timeout=30.0)
+
     def worker_properties(self) -> dict[str, str]:
         props = {
             "bootstrap.servers": self.bootstrap_servers,
@@ -317,16 +330,15 @@ class KafkaConnectWorker(ChildProcess):
         t0 = time.monotonic()
         self._proc = spawn(args, self.log_path, cwd=self.work_dir)
         deadline = t0 + timeout
+        probe = ConnectClient(self.rest_url, timeout=1.0)
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 raise ServiceError(f"Kafka Connect exited with {self._proc.returncode} during startup; "
                                    f"log {self.log_path}:\n{log_tail(self.log_path)}")
-            try:
-                self.request("GET", "/", timeout=1.0)
+            if probe.ready():
                 self.startup_seconds = time.monotonic() - t0
                 return self
-            except (OSError, ServiceError):
-                time.sleep(0.25)
+            time.sleep(0.25)
         self.stop()
         raise ServiceError(f"Kafka Connect REST did not answer on {self.rest_url} within {timeout:.0f}s; "
                            f"log {self.log_path}:\n{log_tail(self.log_path)}")
@@ -334,56 +346,6 @@ class KafkaConnectWorker(ChildProcess):
     def stop(self) -> None:
         terminate(self._proc, timeout=15.0)
         self._proc = None
-
-    # --- REST helpers (thin on purpose: bankflow.engines.debezium.connect owns the real client) ---------------
-
-    def request(self, method: str, path: str, body: Any = None, timeout: float = 30.0) -> Any:
-        """One REST call: parsed JSON (None if empty); HTTP errors raise ServiceError with the body."""
-        data = json.dumps(body).encode() if body is not None else None
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        req = urllib.request.Request(self.rest_url + path, data=data, method=method, headers=headers)
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                raw = resp.read()
-        except urllib.error.HTTPError as exc:
-            detail = exc.read().decode(errors="replace")
-            raise ServiceError(f"{method} {path} -> HTTP {exc.code}: {detail}") from exc
-        return json.loads(raw) if raw.strip() else None
-
-    def put_connector(self, name: str, config: dict[str, str]) -> Any:
-        return self.request("PUT", f"/connectors/{name}/config", config)
-
-    def delete_connector(self, name: str, missing_ok: bool = True) -> None:
-        """Delete a connector; its task stops and closes its replication connection (the slot stays)."""
-        try:
-            self.request("DELETE", f"/connectors/{name}")
-        except ServiceError as exc:
-            if not (missing_ok and "HTTP 404" in str(exc)):
-                raise
-
-    def connector_status(self, name: str) -> Any:
-        return self.request("GET", f"/connectors/{name}/status")
-
-    def wait_running(self, name: str, timeout: float = 60.0) -> Any:
-        """Wait until the connector and all its tasks are RUNNING; a FAILED task raises with its trace."""
-        deadline = time.monotonic() + timeout
-        status: Any = None
-        while time.monotonic() < deadline:
-            try:
-                status = self.connector_status(name)
-            except ServiceError:
-                time.sleep(0.2)
-                continue
-            tasks = status.get("tasks", [])
-            for task in tasks:
-                if task.get("state") == "FAILED":
-                    raise ServiceError(f"connector {name} task failed: {task.get('trace', '')[:4000]}")
-            if status.get("connector", {}).get("state") == "RUNNING" and tasks and all(
-                    t.get("state") == "RUNNING" for t in tasks):
-                return status
-            time.sleep(0.2)
-        raise ServiceError(f"connector {name} not RUNNING within {timeout:.0f}s: {status}\n"
-                           f"{log_tail(self.log_path)}")
 
     def __enter__(self) -> KafkaConnectWorker:
         return self.start()

@@ -237,10 +237,13 @@ def test_tansu_produce_consume_exactly_once_with_group_commit(tansu_broker: Tans
 # --- Kafka Connect + Debezium -------------------------------------------------------------------------------
 
 def test_connect_rest_lists_debezium_postgres(kafka_connect: KafkaConnectWorker) -> None:
-    root = kafka_connect.request("GET", "/")
-    assert root["version"].startswith("4.")
-    plugins = {p["class"] for p in kafka_connect.request("GET", "/connector-plugins")}
+    client = kafka_connect.client
+    assert client.ready()
+    assert client.server_info()["version"].startswith("4.")
+    plugins = {p["class"] for p in client.plugins()}
     assert POSTGRES_CONNECTOR_CLASS in plugins
+    assert client.status("bf_no_such_connector") is None
+    assert client.delete("bf_no_such_connector") is False
 
 
 def test_debezium_snapshot_and_update_reach_kafka(pg_server: EmbeddedPostgres, tansu_broker: TansuBroker,
@@ -284,9 +287,12 @@ def test_debezium_snapshot_and_update_reach_kafka(pg_server: EmbeddedPostgres, t
     }
     topic = f"{prefix}.public.accounts"
     consumer = _consumer(tansu_broker, _unique("dbz_group"))
+    client = kafka_connect.client
     try:
-        kafka_connect.put_connector(name, config)
-        kafka_connect.wait_running(name, timeout=60)
+        assert client.validate(POSTGRES_CONNECTOR_CLASS, {"name": name, **config}) == {}
+        assert client.put_config(name, config) is True  # created
+        client.wait_running(name, timeout=60)
+        assert name in client.connectors()
         _await_topic(tansu_broker, topic)
         consumer.subscribe([topic])
         snapshot = _await_event(consumer, topic, lambda e: e["op"] == "r")
@@ -303,7 +309,7 @@ def test_debezium_snapshot_and_update_reach_kafka(pg_server: EmbeddedPostgres, t
     finally:
         consumer.close()
         try:
-            kafka_connect.delete_connector(name)
+            client.delete(name)
         finally:
             _drop_slot(pg_server, slot, db, timeout=60)
             pg_server.execute(f'DROP PUBLICATION IF EXISTS "{publication}"', dbname=db)
