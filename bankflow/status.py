@@ -8,6 +8,13 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from bankflow.spec.loader import ResolvedSpec
 
+_RUN_STAGE_FIELDS = ("ok", "seconds", "events", "rows", "files")
+
+
+def _error(resolved: ResolvedSpec, exc: BaseException) -> str:
+    """An exception as one redacted line: `status` prints one line per part (libpq's messages span two)."""
+    return " ".join(resolved.redact(str(exc)).split()) or type(exc).__name__
+
 
 def _source_status(resolved: ResolvedSpec) -> dict[str, Any]:
     from bankflow.source import source_server
@@ -23,7 +30,7 @@ def _source_status(resolved: ResolvedSpec) -> dict[str, Any]:
 
         conn = psycopg2.connect(**server.connect_kwargs(start=False))
     except Exception as exc:
-        info.update(up=False, error=resolved.redact(str(exc).strip()))
+        info.update(up=False, error=_error(resolved, exc))
         return info
     info["up"] = True
     try:
@@ -61,7 +68,7 @@ def _lake_status(resolved: ResolvedSpec) -> dict[str, Any]:
         dead = f"{root.rstrip('/')}/{resolved.spec.lake.dead_letter}"
         info["dead_letter_files"] = len(fs.find(dead)) if fs.exists(dead) else 0
     except Exception as exc:
-        info["error"] = resolved.redact(str(exc).strip())
+        info["error"] = _error(resolved, exc)
     return info
 
 
@@ -73,7 +80,7 @@ def _warehouse_status(resolved: ResolvedSpec) -> dict[str, Any]:
     try:
         adapter = connect_warehouse(resolved)
     except Exception as exc:
-        info["error"] = resolved.redact(str(exc).strip())
+        info["error"] = _error(resolved, exc)
         return info
     try:
         for table in resolved.spec.tables:
@@ -88,9 +95,29 @@ def _warehouse_status(resolved: ResolvedSpec) -> dict[str, Any]:
     return info
 
 
+def _stage_summary(stage: dict[str, Any]) -> dict[str, Any]:
+    summary = {k: stage.get(k) for k in _RUN_STAGE_FIELDS}
+    if isinstance(summary["seconds"], (int, float)):
+        summary["seconds"] = round(summary["seconds"], 2)
+    return summary
+
+
+def _last_run(resolved: ResolvedSpec) -> dict[str, Any] | None:
+    """The last run's summary from `<state_dir>/last_run.json`; None before the first run."""
+    path = resolved.state_dir / "last_run.json"
+    try:
+        if not path.is_file():
+            return None
+        run = json.loads(path.read_text(encoding="utf-8"))
+        stages = run.get("stages") or []
+        return {k: run.get(k) for k in ("run_id", "started_at", "ok", "seconds")} | {"stages": {
+            str(s.get("name")): _stage_summary(s) for s in stages if isinstance(s, dict)}}
+    except (OSError, ValueError, AttributeError, TypeError) as exc:  # unreadable, not JSON, not the shape we write
+        return {"error": f"cannot read {path}: {_error(resolved, exc)}"}
+
+
 def collect_status(resolved: ResolvedSpec) -> dict[str, Any]:
-    last_run_path = resolved.state_dir / "last_run.json"
-    last_run = json.loads(last_run_path.read_text(encoding="utf-8")) if last_run_path.is_file() else None
+    """The status document (`status --json` prints it): every part says what it could not reach, nothing raises."""
     return {
         "pipeline": resolved.spec.name,
         "env": resolved.env,
@@ -99,45 +126,66 @@ def collect_status(resolved: ResolvedSpec) -> dict[str, Any]:
         **resolved.spec.cdc.engine_for(resolved).status(),
         "lake": _lake_status(resolved),
         "warehouse": _warehouse_status(resolved),
-        "last_run": None if last_run is None else {
-            k: last_run.get(k) for k in ("run_id", "started_at", "ok", "seconds")
-        } | {"stages": {s["name"]: {"ok": s["ok"], "seconds": round(s["seconds"], 2), "events": s["events"],
-                                    "rows": s["rows"], "files": s["files"]} for s in last_run.get("stages", [])}},
+        "last_run": _last_run(resolved),
     }
 
 
-def format_status(status: dict[str, Any]) -> str:
-    from bankflow.engines import ENGINES
-
-    lines = [f"pipeline {status['pipeline']} (environment: {status['env'] or 'default'})"]
-    source = status["source"]
-    lines.append(f"  source     {'up' if source.get('up') else 'down'}"
-                 + (f" ({source['server']})" if source.get("server") else "")
-                 + (f"  error: {source['error']}" if source.get("error") else ""))
+def _source_lines(source: dict[str, Any]) -> list[str]:
+    lines = [f"  source     {'up' if source.get('up') else 'down'}"
+             + (f" ({source['server']})" if source.get("server") else "")
+             + (f"  error: {source['error']}" if source.get("error") else "")]
     slot = source.get("slot")
     if slot:
         lines.append(f"  slot       {slot['name']}: confirmed {slot['confirmed_flush_lsn']}, lag "
                      f"{slot['lag_bytes']:,} bytes, {'active' if slot['active'] else 'idle'}")
     elif source.get("up"):
         lines.append("  slot       not created yet")
-    if status.get("engine") in ENGINES:
-        lines.extend(ENGINES[status["engine"]].engine_class().format_status(status))
-    lake = status["lake"]
-    for name, info in lake.get("tables", {}).items():
-        lines.append(f"  lake       {name}: {info['files']} file(s), {info['rows']:,} row(s)")
+    return lines
+
+
+def _engine_lines(status: dict[str, Any]) -> list[str]:
+    """The engine's own part (connector, consumer, ...), formatted by the engine the document names."""
+    from bankflow.engines import ENGINES
+
+    model = ENGINES.get(str(status.get("engine")))
+    return model.engine_class().format_status(status) if model is not None else []
+
+
+def _lake_lines(lake: dict[str, Any]) -> list[str]:
+    lines = [f"  lake       {name}: {info['files']} file(s), {info['rows']:,} row(s)"
+             for name, info in lake.get("tables", {}).items()]
     if lake.get("error"):
         lines.append(f"  lake       {lake['url']}: {lake['error']}")
     if lake.get("dead_letter_files"):
         lines.append(f"  dead letters: {lake['dead_letter_files']} file(s)")
-    for name, info in status["warehouse"].get("tables", {}).items():
+    return lines
+
+
+def _warehouse_lines(warehouse: dict[str, Any]) -> list[str]:
+    lines = []
+    for name, info in warehouse.get("tables", {}).items():
         rows = "-" if info["rows"] is None else f"{info['rows']:,}"
         lines.append(f"  raw        {name}: {rows} row(s), {info['files_loaded']} file(s) loaded")
-    if status["warehouse"].get("error"):
-        lines.append(f"  warehouse  error: {status['warehouse']['error']}")
-    run = status.get("last_run")
-    if run:
-        stages = ", ".join(f"{n} {s['seconds']}s" for n, s in run["stages"].items())
-        lines.append(f"  last run   {run['started_at']} {'ok' if run['ok'] else 'FAILED'} ({stages})")
-    else:
-        lines.append("  last run   none")
+    if warehouse.get("error"):
+        lines.append(f"  warehouse  error: {warehouse['error']}")
+    return lines
+
+
+def _run_lines(run: dict[str, Any] | None) -> list[str]:
+    if not run:
+        return ["  last run   none"]
+    if run.get("error"):
+        return [f"  last run   {run['error']}"]
+    stages = ", ".join(f"{n} {s['seconds']}s" for n, s in run["stages"].items())
+    return [f"  last run   {run['started_at']} {'ok' if run['ok'] else 'FAILED'} ({stages})"]
+
+
+def format_status(status: dict[str, Any]) -> str:
+    """The document as `bankflow status` prints it: one line per part, each saying what it could not reach."""
+    lines = [f"pipeline {status['pipeline']} (environment: {status['env'] or 'default'})",
+             *_source_lines(status["source"]),
+             *_engine_lines(status),
+             *_lake_lines(status["lake"]),
+             *_warehouse_lines(status["warehouse"]),
+             *_run_lines(status.get("last_run"))]
     return "\n".join(lines)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -31,6 +32,7 @@ def test_status_says_what_is_unreachable_in_one_line_each(tmp_path: Path, capfd:
     assert "cannot reach Kafka Connect" in status["connector"]["error"]
     assert status["consumer"]["error"].startswith(f"cannot read from Kafka at 127.0.0.1:{closed}")
     assert status["source"]["up"] is False
+    assert "Connection refused" in status["source"]["error"] and "\n" not in status["source"]["error"]
     text = format_status(status)
     assert f"connector  bankflow: cannot reach Kafka Connect at http://127.0.0.1:{closed}" in text
     assert f"consumer   group {resolved.spec.kafka.group}: cannot read from Kafka" in text
@@ -40,3 +42,20 @@ def test_status_says_what_is_unreachable_in_one_line_each(tmp_path: Path, capfd:
 def test_status_of_the_builtin_engine_has_no_kafka_sections(tmp_path: Path) -> None:
     status = collect_status(load_spec(copy_spec(MINIMAL, tmp_path)))
     assert "connector" not in status and "consumer" not in status
+
+
+def test_status_reads_the_last_run_and_says_when_it_cannot(tmp_path: Path) -> None:
+    resolved = load_spec(copy_spec(MINIMAL, tmp_path))
+    resolved.state_dir.mkdir(parents=True, exist_ok=True)
+    last_run = resolved.state_dir / "last_run.json"
+    last_run.write_text(json.dumps({"run_id": "r1", "started_at": "2026-01-01T00:00:00Z", "ok": True, "seconds": 3.2,
+                                    "stages": [{"name": "cdc", "ok": True, "seconds": 1.23456, "events": 5,
+                                                "rows": 5, "files": 1}]}))
+    status = collect_status(resolved)
+    assert status["last_run"]["stages"] == {"cdc": {"ok": True, "seconds": 1.23, "events": 5, "rows": 5, "files": 1}}
+    assert "  last run   2026-01-01T00:00:00Z ok (cdc 1.23s)" in format_status(status)
+
+    last_run.write_text("{not json")
+    status = collect_status(resolved)
+    assert status["last_run"]["error"].startswith(f"cannot read {last_run}: ")
+    assert f"  last run   cannot read {last_run}" in format_status(status)
