@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from bankflow import log as bankflow_log
 from bankflow.errors import BankflowError, Issue, SpecError, UsageError
 from bankflow.spec.loader import ResolvedSpec, load_spec
 
@@ -175,8 +176,6 @@ class _Session:
 
 
 def _load(args: argparse.Namespace, path: str | None = None, *, unset: str = "error") -> ResolvedSpec:
-    from bankflow import log as bankflow_log
-
     resolved = load_spec(path or args.spec, env=args.env, unset=unset)
     _Session.resolved = resolved
     bankflow_log.add_secrets(resolved.secrets)
@@ -195,7 +194,7 @@ def _emit(issue: Issue, fmt: str = "text") -> None:
     if fmt == "github":
         print(issue.format_github())
     else:
-        print(issue.format(one_line=True), file=sys.stderr)
+        bankflow_log.error_line(issue.format(one_line=True))
 
 
 def _one_line(text: str, limit: int = 400) -> str:
@@ -228,7 +227,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
         if valid and args.format == "text" and not args.quiet:
             counts = [f"{n} {kind}(s)" for kind in ("warning", "note")
                       if (n := sum(1 for i in issues if i.severity == kind))]
-            print(f"{path}: valid" + (f" ({', '.join(counts)})" if counts else ""))
+            if unset:
+                counts.append(f"apply needs {', '.join(unset)}")
+            print(f"{path}: valid" + (f" ({'; '.join(counts)})" if counts else ""))
     if args.json:
         print(json.dumps({"valid": exit_code == EXIT_OK, "files": results}, indent=2))
     return exit_code
@@ -396,8 +397,6 @@ COMMANDS = {
 
 def _write_trace(command: str) -> Path | None:
     """The current exception's traceback (redacted) under <state_dir>/logs/, or the temp dir; None if neither."""
-    from bankflow import log as bankflow_log
-
     resolved = _Session.resolved
     text = traceback.format_exc()
     text = resolved.redact(text) if resolved is not None else bankflow_log.redact(text)
@@ -416,16 +415,14 @@ def _write_trace(command: str) -> Path | None:
 
 
 def _internal_error(command: str, exc: BaseException, verbose: int) -> int:
-    from bankflow import log as bankflow_log
-
     path = _write_trace(command)
     resolved = _Session.resolved
     message = resolved.redact(str(exc)) if resolved is not None else bankflow_log.redact(str(exc))
     if verbose:
         sys.stderr.write(bankflow_log.redact(traceback.format_exc()))
     where = f"; full trace written to {path}" if path else ""
-    print(f"bankflow {command}: internal error: {type(exc).__name__}: {_one_line(message)} "
-          f"(run with -v or BANKFLOW_DEBUG=1 for the traceback{where})", file=sys.stderr)
+    bankflow_log.error_line(f"bankflow {command}: internal error: {type(exc).__name__}: {_one_line(message)} "
+                            f"(run with -v or BANKFLOW_DEBUG=1 for the traceback{where})")
     return EXIT_FAILED
 
 
@@ -455,10 +452,10 @@ def _run(args: argparse.Namespace, verbose: int) -> int:
         if verbose >= 2:
             log.debug("traceback", exc_info=True)
         resolved = _Session.resolved
-        print(f"bankflow {args.command}: error: {resolved.redact(str(exc)) if resolved else exc}", file=sys.stderr)
+        bankflow_log.error_line(f"bankflow {args.command}: error: {resolved.redact(str(exc)) if resolved else exc}")
         return exc.exit_code
     except KeyboardInterrupt:
-        print(f"bankflow {args.command}: interrupted", file=sys.stderr)
+        bankflow_log.error_line(f"bankflow {args.command}: interrupted")
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         raise
@@ -469,8 +466,6 @@ def _run(args: argparse.Namespace, verbose: int) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from bankflow import log as bankflow_log
-
     parser = build_parser()
     args = parser.parse_args(argv)
     verbose = args.verbose + args.verbose_global
@@ -486,6 +481,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `bankflow schema | head -1`: the reader has what it wanted
         _silence_stdout()
         return EXIT_BROKEN_PIPE
+    finally:
+        bankflow_log.reset()
+        _Session.resolved = None
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@ The library only logs (loggers named `bankflow.*`) and never configures logging;
 messages look. `bankflow` (the CLI) calls `configure()`:
 
     default   warnings and errors of the library, plus the progress display
-    -v        also INFO, every line with a timestamp
-    -vv       also DEBUG (and tracebacks of internal errors)
+    -v        also INFO, every line with a timestamp (and the traceback of an internal error)
+    -vv       also DEBUG
     -q        errors only, no progress display
 
 Every line that leaves through this handler has the spec's secret values redacted (`add_secrets`).
@@ -39,6 +39,13 @@ class Console:
         if cls.status_line_open:
             stream.write("\r\033[K")
             cls.status_line_open = False
+
+
+def error_line(text: str) -> None:
+    """Write one line to stderr for the CLI, after clearing an open progress status line."""
+    with _lock:
+        Console.clear_status_line(sys.stderr)
+        print(text, file=sys.stderr)
 
 
 def lock() -> threading.RLock:
@@ -87,20 +94,47 @@ def level_for(verbose: int, quiet: bool) -> int:
     return {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
 
 
+_saved: list[tuple[int, str | None]] = []  # (logger level, LEVEL_ENV) before configure(), for reset()
+
+
 def configure(verbose: int = 0, quiet: bool = False, *, prefix: str = "") -> int:
-    """Install bankflow's one handler on the `bankflow` logger (idempotent); return the level chosen."""
+    """Install bankflow's one handler on the `bankflow` logger (idempotent); return the level chosen.
+
+    `reset()` undoes it (the CLI calls both, so running `main()` in-process leaves logging as it was).
+    """
     level = level_for(verbose, quiet)
     logger = logging.getLogger(LOGGER)
-    for handler in list(logger.handlers):
-        if isinstance(handler, _Handler):
-            logger.removeHandler(handler)
+    if not any(isinstance(h, _Handler) for h in logger.handlers):
+        _saved.append((logger.level, os.environ.get(LEVEL_ENV)))
+    _remove_handlers(logger)
     handler = _Handler()
     handler.setFormatter(_Formatter(timestamps=level <= logging.INFO, prefix=prefix))
     logger.addHandler(handler)
     logger.setLevel(level)
-    logger.propagate = False  # the CLI owns the output; a library user's root handlers are not involved
     os.environ[LEVEL_ENV] = logging.getLevelName(level)
     return level
+
+
+def _remove_handlers(logger: logging.Logger) -> None:
+    for handler in list(logger.handlers):
+        if isinstance(handler, _Handler):
+            logger.removeHandler(handler)
+
+
+def reset() -> None:
+    """Remove bankflow's handler and restore the logger level and environment configure() changed."""
+    logger = logging.getLogger(LOGGER)
+    _remove_handlers(logger)
+    _secrets.clear()
+    Console.status_line_open = False
+    if _saved:
+        level, env = _saved.pop()
+        _saved.clear()
+        logger.setLevel(level)
+        if env is None:
+            os.environ.pop(LEVEL_ENV, None)
+        else:
+            os.environ[LEVEL_ENV] = env
 
 
 def configure_worker(name: str) -> None:
@@ -116,8 +150,3 @@ def configure_worker(name: str) -> None:
         return
     configure(verbose={logging.INFO: 1, logging.DEBUG: 2}.get(numeric, 0), quiet=numeric >= logging.ERROR,
               prefix=f"{name} %(process)d ")
-
-
-def progress_enabled() -> bool:
-    """False when the CLI was given -q (the progress display is off along with everything but errors)."""
-    return logging.getLogger(LOGGER).getEffectiveLevel() < logging.ERROR

@@ -315,7 +315,7 @@ def _interpolate(located: Located, environ: dict[str, str], file: str, *, defer:
                 unset.append(UnsetVariable(name, _dotted(path), line, column))
                 return match.group(0)
             issues.append(Issue(file, line, column, _dotted(path), f"environment variable {name} is not set",
-                                f"export {name}=… (or put it in a .env file next to the spec), "
+                                f"export {name}=…, put it in a .env file next to the spec, "
                                 f"or give a default: ${{{name}:-value}}"))
             return ""
 
@@ -333,8 +333,7 @@ def _unset_notes(unset: list[UnsetVariable], file: str) -> dict[str, Issue]:
     for name, uses in by_name.items():
         where = "; ".join(f"{u.field}, line {u.line}" if u.line else u.field for u in uses)
         notes[name] = Issue(file, uses[0].line, uses[0].column, "",
-                            f"environment variable {name} is not set: apply needs it ({where})",
-                            f"export {name}=… (or put it in a .env file next to the spec) before apply", "note")
+                            f"environment variable {name} is not set: apply needs it ({where})", "", "note")
     return notes
 
 
@@ -440,7 +439,7 @@ def _issues_from_validation(exc: ValidationError, located: Located, file: str,
         if variables:
             names = ", ".join(dict.fromkeys(variables))
             message = f"environment variable {names} is not set, and this value cannot be checked without it"
-            hint = (f"export {variables[0]}=… (or put it in a .env file next to the spec), "
+            hint = (f"export {variables[0]}=…, put it in a .env file next to the spec, "
                     f"or give a default: ${{{variables[0]}:-value}}")
         issues.append(Issue(file, line, column, dotted, message, hint))
     return issues
@@ -485,7 +484,8 @@ def load_spec(
     except ValidationError as exc:
         errors = _issues_from_validation(exc, merged, file, refs, deferred)
         failed = {i.field for i in errors}
-        failed_names = {u.variable for u in deferred if u.field in failed}
+        failed_names = {u.variable for u in deferred
+                        if u.field in failed or any(u.field.startswith(f + ".") for f in failed)}
         raise SpecError(errors + [n for name, n in notes.items() if name not in failed_names]) from None
     placeholders = {f"${{{u.variable}}}" for u in deferred}
     secrets = tuple(sorted({s for s in _secret_values(spec) if s and s not in placeholders}))
@@ -513,7 +513,7 @@ def _check_directories(resolved: ResolvedSpec, positions: dict[Path_, tuple[int,
             line, column = positions.get(tuple(field_name.split(".")), (None, None))
             what = "is a file" if probe == directory else f"is under {probe}, which is a file"
             issues.append(Issue(file, line, column, field_name, f"{directory} {what}, not a directory",
-                                f"point {field_name} at a directory (or move {probe} away)"))
+                                f"point {field_name} at a directory, or move {probe} away"))
     return issues
 
 
