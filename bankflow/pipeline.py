@@ -52,6 +52,7 @@ class Pipeline:
     """One spec in one environment. Every method is safe to re-run."""
 
     def __init__(self, resolved: ResolvedSpec):
+        resolved.require_set()  # a spec loaded with unset="defer" holds ${VAR} placeholders, not values
         self.resolved = resolved
         self.spec = resolved.spec
 
@@ -159,22 +160,25 @@ class Pipeline:
                  transactions: int | None = None, progress: bool = True) -> dict[str, Any]:
         """Run the spec's workload against the source (the source tables are created first)."""
         from bankflow.generate.contract import WorkloadError, WorkloadOptions
-        from bankflow.generate.runner import run_workload
+        from bankflow.generate.runner import describe, run_workload
         from bankflow.stages import source
 
         if self.spec.generate is None:
             raise BankflowError("the spec has no generate: section naming a workload")
+        once = rate is None and transactions is None and duration is None
+        try:  # options first: a bad one is reported before the source is started
+            options = WorkloadOptions(seed=seed, once=once, rate=rate, duration=duration, transactions=transactions)
+        except WorkloadError as exc:
+            raise StageError(str(exc)) from None
         ctx = RunContext(self.resolved, Progress(progress))
         source.run(ctx)
-        once = rate is None and transactions is None and duration is None
         display = ctx.progress
 
-        def report(info: dict[str, Any]) -> None:
-            display.update("generate", ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}"
-                                                 for k, v in info.items() if not isinstance(v, dict)))
+        def report(info: dict[str, Any]) -> None:  # with done/total when the run's size is known
+            display.update("generate", describe(info), done=info.get("done"), total=info.get("total"),
+                           unit=info.get("unit", ""))
 
         try:
-            options = WorkloadOptions(seed=seed, once=once, rate=rate, duration=duration, transactions=transactions)
             result = run_workload(self.resolved.resolve_path(self.spec.generate.workload),
                                   ctx.source_connect_kwargs(), self.spec.source.schema_name, options, report)
         except WorkloadError as exc:

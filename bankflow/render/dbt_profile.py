@@ -27,6 +27,8 @@ def render_profile(resolved: ResolvedSpec) -> str | None:
     output = profile_output(resolved)
     if output is None:
         return None
-    quoted = {k: json.dumps(v) if isinstance(v, str) else v for k, v in output.items()}
+    # A variable left unset (load_spec(unset="defer"), e.g. an offline plan) is dbt's reference to it, not a value.
+    deferred = {f"${{{name}}}": "{{ env_var('" + name + "') }}" for name in resolved.unset}
+    quoted = {k: json.dumps(deferred.get(v, v)) if isinstance(v, str) else v for k, v in output.items()}
     return render_template("dbt/profiles.yml.j2", spec_file=resolved.path.name, env=resolved.env or "default",
                            target=resolved.env or "default", output=quoted)

@@ -62,7 +62,7 @@ def _summarise(result: Any) -> dict[str, Any]:
 def run(ctx: RunContext) -> StageResult:
     resolved = ctx.resolved
     transform = resolved.spec.transform
-    result = StageResult("transform")
+    result = StageResult("transform", labels={"rows": "dbt nodes"})  # rows here: models, snapshots, tests run
     started = time.monotonic()
     if transform is None:
         result.details["skipped"] = "the spec has no transform section"

@@ -18,7 +18,9 @@ class BuiltinEngine(CdcEngine):
         def progress(info: dict[str, Any]) -> None:
             events = int(info.get("events", 0))
             rate = events / max(time.monotonic() - started, 1e-6)
-            ctx.progress.update("cdc", f"{events:,} events ({rate:,.0f}/s), {info.get('files', 0)} files")
+            # A phase whose size is known (the initial snapshot, from row estimates) reports done/total/unit.
+            ctx.progress.update("cdc", f"{events:,} events ({rate:,.0f}/s), {info.get('files', 0)} files",
+                                done=info.get("done"), total=info.get("total"), unit=info.get("unit", ""))
 
         ctx.progress.update("cdc", f"slot {self.spec.cdc.slot}", force=True)
         # stream_to_lake creates the slot on first use, with the initial snapshot, and reports both.

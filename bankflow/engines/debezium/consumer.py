@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -39,6 +38,7 @@ from bankflow.lake.replay import ReplayPlan, kafka_resume
 from bankflow.lake.writer import LakeFile, LakeWriter
 from bankflow.spec.loader import ResolvedSpec
 from bankflow.spec.models import Table
+from bankflow.stages.base import Progress
 
 log = logging.getLogger(__name__)
 
@@ -471,9 +471,11 @@ def _worker_main(index: int, resolved: ResolvedSpec, follow: bool, queue: Any, p
     The parent stops workers with SIGTERM rather than a shared multiprocessing.Event: setting such an event
     blocks forever once a process that waited on it was killed with SIGKILL.
     """
+    from bankflow.log import configure, configure_worker
+
+    configure_worker(f"worker{index}")  # the parent CLI's level and format (a spawned process has no handler)
     if os.environ.get("BANKFLOW_CONSUME_DEBUG"):
-        logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s worker{index} %(process)d %(message)s")
-        log.setLevel(logging.DEBUG)
+        configure(verbose=2, prefix=f"worker{index} %(process)d ")
         import faulthandler
 
         faulthandler.register(signal.SIGUSR1, all_threads=True)
@@ -519,6 +521,7 @@ def run_workers(resolved: ResolvedSpec, *, workers: int, follow: bool, progress:
     shared_stop = threading.Event()
     results: list[dict[str, Any]] = []
     progress_by_worker: dict[int, dict[str, Any]] = {}
+    display = Progress(progress)
     restarts = 0
     limit = 3 * workers if max_restarts is None else max_restarts
     failures: list[str] = []
@@ -548,8 +551,7 @@ def run_workers(resolved: ResolvedSpec, *, workers: int, follow: bool, progress:
                 total = sum(int(p.get("events", 0)) for p in progress_by_worker.values())
                 files = sum(int(p.get("files", 0)) for p in progress_by_worker.values())
                 rate = total / max(time.monotonic() - started, 1e-6)
-                print(f"consume: {len(procs)} workers, {total:,} events ({rate:,.0f}/s), {files} files",
-                      file=sys.stderr, flush=True)
+                display.update("consume", f"{len(procs)} workers, {total:,} events ({rate:,.0f}/s), {files} files")
 
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     in_main = threading.current_thread() is threading.main_thread()
