@@ -8,13 +8,23 @@ same file instead of recording the same bad event twice.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from bankflow.lake.batch import DeadLetter
+from bankflow.lake.atomic import put_atomic
 from bankflow.lake.positions import format_span, position_json
-from bankflow.lake.writer import put_atomic
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """An event that could not become a row: kept whole, with where it came from and why."""
+
+    table: str
+    position: Any
+    reason: str
+    event: Any
 
 
 def _default(value: Any) -> Any:

@@ -5,14 +5,11 @@ first and last event in the file (`bankflow.lake.positions.format_span`). `{date
 first event's commit time, `{partition}` the Kafka partition (0 for the built-in reader): both come from the
 data, never from the wall clock, so a replay lands in the same place.
 
-Writes are atomic: locally a temp file in the same directory is fsynced and renamed over the key (and the
-directory fsynced); on S3 one PUT is atomic. A reader never sees half a file.
+Writes are atomic and durable (`bankflow.lake.atomic.put_atomic`): a reader never sees half a file.
 """
 
 from __future__ import annotations
 
-import os
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -20,40 +17,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from bankflow.lake.atomic import put_atomic
 from bankflow.lake.batch import TableBatch
+from bankflow.lake.deadletter import DeadLetterStore
 from bankflow.lake.positions import KafkaPosition, format_span, parse_file_name
 from bankflow.spec.models import Lake
-
-
-def _is_local(fs: Any) -> bool:
-    protocol = getattr(fs, "protocol", "")
-    protocols = (protocol,) if isinstance(protocol, str) else tuple(protocol)
-    return "file" in protocols or "local" in protocols
-
-
-def put_atomic(fs: Any, path: str, data: bytes) -> None:
-    """Make `path` hold exactly `data`, all or nothing, durable when this returns."""
-    if _is_local(fs):
-        directory = os.path.dirname(path)
-        os.makedirs(directory, exist_ok=True)
-        tmp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    else:
-        fs.pipe_file(path, data)
 
 
 @dataclass(frozen=True)
@@ -79,8 +47,6 @@ class WrittenFile:
 
 class LakeWriter:
     def __init__(self, fs: Any, root: str, lake: Lake) -> None:
-        from bankflow.lake.deadletter import DeadLetterStore
-
         self.fs = fs
         self.root = root.rstrip("/")
         self.lake = lake

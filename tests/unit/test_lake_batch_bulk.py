@@ -19,9 +19,9 @@ from tests.fixtures.lake_types import text_batch as _text_batch
 def bulk_decoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Every test here runs with the C decoder in front and with msgspec alone (tables it cannot read)."""
     if request.param == "msgspec-only":
-        import bankflow.lake.batch as batch_module
+        import bankflow.lake.native as native_module
 
-        monkeypatch.setattr(batch_module, "_native_envelope", None)
+        monkeypatch.setattr(native_module, "extension", None)
     return str(request.param)
 
 
@@ -152,10 +152,10 @@ def test_bulk_bytes_and_flush_policy_still_work() -> None:
 
 
 def test_pieces_and_splits_keep_order_across_boundaries(monkeypatch: pytest.MonkeyPatch) -> None:
-    import bankflow.lake.batch as batch_module
+    import bankflow.lake.decode as decode_module
 
-    monkeypatch.setattr(batch_module, "_BULK_PIECE", 7)
-    monkeypatch.setattr(batch_module, "_BULK_LEAF", 2)
+    monkeypatch.setattr(decode_module, "_BULK_PIECE", 7)
+    monkeypatch.setattr(decode_module, "_BULK_LEAF", 2)
     values: list[bytes | str] = [orjson.dumps(_event(n)) for n in range(40)]
     for bad in (6, 7, 20, 21, 39):
         values[bad] = b"{broken"
@@ -209,9 +209,9 @@ def test_strict_types_dead_letter_in_both_paths_and_nothing_is_truncated() -> No
 
 
 def test_strict_values_inside_large_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
-    import bankflow.lake.batch as batch_module
+    import bankflow.lake.decode as decode_module
 
-    monkeypatch.setattr(batch_module, "_BULK_LEAF", 4)
+    monkeypatch.setattr(decode_module, "_BULK_LEAF", 4)
     values: list[bytes | str] = [orjson.dumps(_event(n)) for n in range(200)]
     strict = _strict_values()
     for k, value in enumerate(strict):

@@ -9,9 +9,10 @@ from typing import Any
 import orjson
 import pytest
 
-import bankflow.lake.batch as batch_module
+import bankflow.lake.native as native_module
 from bankflow.lake import _envelope
-from bankflow.lake.batch import TableBatch, _NativeDecoder
+from bankflow.lake.batch import TableBatch
+from bankflow.lake.native import NativeDecoder
 from bankflow.lake.positions import KafkaPosition
 from bankflow.spec.models import Column, Table
 from tests.fixtures.lake_types import ALL_TYPES
@@ -19,12 +20,12 @@ from tests.unit.test_lake_batch_bulk import _assert_same, _both, _event
 
 
 def _native_count(values: list[Any]) -> int:
-    return _NativeDecoder(ALL_TYPES).decode(values)[0]
+    return NativeDecoder(ALL_TYPES).decode(values)[0]
 
 
 def _msgspec_only(values: list[bytes | str], monkeypatch: pytest.MonkeyPatch) -> TableBatch:
     with monkeypatch.context() as patch:
-        patch.setattr(batch_module, "_native_envelope", None)
+        patch.setattr(native_module, "extension", None)
         batch = TableBatch(ALL_TYPES)
         batch.append_debezium_values(values, [KafkaPosition(3, 100 + i) for i in range(len(values))])
     return batch
@@ -43,11 +44,11 @@ def _good_values() -> list[bytes | str]:
 
 
 def test_the_c_decoder_is_built_and_used_for_every_supported_table() -> None:
-    assert batch_module._native_envelope is _envelope
-    assert _NativeDecoder(ALL_TYPES).available
+    assert native_module.extension is _envelope
+    assert NativeDecoder(ALL_TYPES).available
     floats = Table(name="f", primary_key=["id"], columns=[Column(name="id", type="bigint", nullable=False),
                                                           Column(name="x", type="double precision")])
-    assert not _NativeDecoder(floats).available  # msgspec reads those
+    assert not NativeDecoder(floats).available  # msgspec reads those
 
 
 def test_what_it_accepts_decodes_as_msgspec_and_the_per_event_path_do(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,218 @@
+"""Column values → Arrow arrays of the lake type, per Postgres type: one job, two inputs.
+
+- `text_converter`: Postgres text output (pgoutput, COPY; session TimeZone=UTC, DateStyle=ISO) → Arrow.
+- `json_converter`: Debezium JSON values (``decimal.handling.mode=string``,
+  ``time.precision.mode=adaptive_time_microseconds``) as Python objects → Arrow.
+- `json_input_type` / `json_finish`: the bulk decoders read a Debezium column straight into an Arrow array of
+  `json_input_type`; `json_finish` turns it into the lake type with the same conversions, vectorised.
+
+Numeric text becomes decimal128 exactly, never through float. `convert_column` converts a whole column in one
+Arrow cast and, when that fails, finds the culprit values one by one so only their rows become dead letters.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from bankflow.lake.arrow_schema import arrow_type
+from bankflow.spec.types import PgType
+
+Converter = Callable[[list[Any]], pa.Array]
+
+INT_KINDS = ("smallint", "integer", "bigint")
+_STRING_KINDS = ("text", "varchar", "char", "uuid", "json", "jsonb")
+TS_UTC = pa.timestamp("us", tz="UTC")
+# what a converter raises for a value it cannot convert (anything else is a bug, not bad input)
+CONVERSION_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError, TypeError,
+                     ValueError)
+
+
+def _text_bool(values: list[Any]) -> pa.Array:
+    arr = pa.array(values, pa.string())
+    ok = pc.is_in(arr, value_set=pa.array(["t", "f"]))
+    if not pc.all(pc.or_kleene(ok, pc.is_null(arr))).as_py():
+        raise pa.ArrowInvalid("boolean text must be 't' or 'f'")
+    return pc.equal(arr, "t")
+
+
+def _text_time(values: list[Any]) -> pa.Array:
+    arr = pa.array(values, pa.string())
+    stamped = pc.binary_join_element_wise("1970-01-01 ", arr, "").cast(pa.timestamp("us"))
+    return stamped.cast(pa.int64()).cast(pa.time64("us"))
+
+
+def _text_bytea(values: list[Any]) -> pa.Array:
+    out: list[bytes | None] = []
+    for value in values:
+        if value is None:
+            out.append(None)
+            continue
+        text = value.decode() if isinstance(value, (bytes, bytearray)) else value
+        if not text.startswith("\\x"):
+            raise pa.ArrowInvalid("bytea text must be in hex format (\\x…); set bytea_output=hex")
+        try:
+            out.append(bytes.fromhex(text[2:]))
+        except ValueError as exc:
+            raise pa.ArrowInvalid(f"bad bytea hex: {exc}") from None
+    return pa.array(out, pa.binary())
+
+
+def _json_bytea(values: list[Any]) -> pa.Array:
+    out: list[bytes | None] = []
+    for value in values:
+        if value is None:
+            out.append(None)
+            continue
+        if not isinstance(value, str):
+            raise pa.ArrowInvalid(f"bytea must be a base64 string, got {type(value).__name__}")
+        try:
+            out.append(base64.b64decode(value, validate=True))
+        except binascii.Error as exc:
+            raise pa.ArrowInvalid(f"bad base64: {exc}") from None
+    return pa.array(out, pa.binary())
+
+
+# Postgres and Debezium (decimal.handling.mode=string) write numerics plainly; pyarrow's decimal cast crashes the
+# process on some exponent forms ("0.0E-2000000001"), so anything else is refused before the cast.
+_PLAIN_DECIMAL = r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)$"
+
+
+def _decimal_text(arr: pa.Array, target: pa.DataType) -> pa.Array:
+    """Numeric text → decimal128 exactly (never through float)."""
+    plain = pc.match_substring_regex(arr, _PLAIN_DECIMAL)
+    if not pc.all(pc.or_kleene(plain, pc.is_null(arr))).as_py():
+        raise pa.ArrowInvalid("numeric text must be a plain decimal number: digits, an optional point and sign")
+    return arr.cast(target)
+
+
+def text_converter(pg: PgType) -> Converter:
+    """Postgres text output (as pgoutput and COPY send it, session TimeZone=UTC, DateStyle=ISO) → Arrow."""
+    target = arrow_type(pg)
+    kind = pg.kind
+    if kind in _STRING_KINDS:
+        return lambda v: pa.array(v, pa.string())
+    if kind == "boolean":
+        return _text_bool
+    if kind == "bytea":
+        return _text_bytea
+    if kind == "time":
+        return _text_time
+    if kind == "numeric":
+        return lambda v: _decimal_text(pa.array(v, pa.string()), target)
+    # ints, floats, date, timestamp, timestamptz ('+00' suffix is accepted)
+    return lambda v: pa.array(v, pa.string()).cast(target)
+
+
+def _json_ints(values: list[Any], arrow: pa.DataType) -> pa.Array:
+    """JSON integers only: `pa.array` would truncate 1.5 to 1, and a wrong number must be a dead letter."""
+    for value in values:
+        if value is not None and type(value) is not int:
+            raise pa.ArrowInvalid(f"expected an integer, got {type(value).__name__}")
+    return pa.array(values, arrow)
+
+
+def _json_floats(values: list[Any], arrow: pa.DataType) -> pa.Array:
+    """JSON numbers only: `pa.array` would read true as 1.0."""
+    for value in values:
+        if value is not None and type(value) is not float and type(value) is not int:
+            raise pa.ArrowInvalid(f"expected a number, got {type(value).__name__}")
+    return pa.array(values, arrow)
+
+
+def json_converter(pg: PgType) -> Converter:
+    """Debezium JSON values (string decimals, ISO timestamptz, epoch-based ints for date/time/timestamp) → Arrow."""
+    target = arrow_type(pg)
+    kind = pg.kind
+    if kind in INT_KINDS:
+        return lambda v: _json_ints(v, target)
+    if kind in ("real", "double precision"):
+        return lambda v: _json_floats(v, target)
+    if kind == "boolean":
+        return lambda v: pa.array(v, target)
+    if kind in _STRING_KINDS:
+        return lambda v: pa.array(v, pa.string())
+    if kind == "numeric":
+        return lambda v: _decimal_text(pa.array(v, pa.string()), target)
+    if kind == "bytea":
+        return _json_bytea
+    if kind == "date":
+        return lambda v: _json_ints(v, pa.int32()).cast(target)
+    if kind in ("time", "timestamp"):
+        return lambda v: _json_ints(v, pa.int64()).cast(target)
+    if kind == "timestamptz":
+        return lambda v: pa.array(v, pa.string()).cast(TS_UTC)
+    raise ValueError(f"no Debezium converter for {pg.sql}")
+
+
+def json_input_type(pg: PgType) -> pa.DataType:
+    """The Arrow type a Debezium JSON value of this column is read as (before `json_finish`)."""
+    kind = pg.kind
+    if kind in INT_KINDS or kind in ("real", "double precision", "boolean"):
+        return arrow_type(pg)
+    if kind == "date":
+        return pa.int32()
+    if kind in ("time", "timestamp"):
+        return pa.int64()
+    return pa.string()  # text kinds, numeric (decimal.handling.mode=string), bytea (base64), timestamptz (ISO)
+
+
+def json_python_type(pg: PgType) -> type:
+    """The Python type a Debezium JSON value of this column must decode to (msgspec checks it strictly),
+    derived from `json_input_type` so the decoder and the Arrow conversion cannot disagree."""
+    arrow = json_input_type(pg)
+    if pa.types.is_integer(arrow):
+        return int
+    if pa.types.is_floating(arrow):
+        return float
+    if pa.types.is_boolean(arrow):
+        return bool
+    return str
+
+
+def json_finish(pg: PgType) -> Callable[[pa.Array], pa.Array]:
+    """Array of `json_input_type` → the lake type; the same conversions as `json_converter`, vectorised."""
+    target = arrow_type(pg)
+    kind = pg.kind
+    if kind in INT_KINDS or kind in ("real", "double precision", "boolean") or kind in _STRING_KINDS:
+        return lambda a: a
+    if kind == "bytea":
+        return lambda a: _json_bytea(a.to_pylist())
+    if kind == "timestamptz":
+        return lambda a: a.cast(TS_UTC)
+    if kind == "numeric":
+        return lambda a: _decimal_text(a, target)
+    if kind in ("date", "time", "timestamp"):
+        return lambda a: a.cast(target)
+    raise ValueError(f"no Debezium converter for {pg.sql}")
+
+
+def convert_column(convert: Converter, values: list[Any], name: str, nullable: bool,
+                   bad: dict[int, str]) -> pa.Array:
+    """Bulk convert; on failure find the bad values one by one, null them, record the rows, convert again.
+
+    `bad` maps a row index to the dead-letter reason of its first failing column.
+    """
+    try:
+        arr = convert(values)
+    except CONVERSION_ERRORS:
+        values = list(values)
+        for i, value in enumerate(values):
+            if value is None:
+                continue
+            try:
+                convert([value])
+            except Exception as exc:
+                shown = value.decode(errors="replace") if isinstance(value, bytes) else value
+                bad.setdefault(i, f"column {name!r}: cannot convert {shown!r}: {exc}")
+                values[i] = None
+        arr = convert(values)
+    if not nullable and arr.null_count:
+        for i in pc.indices_nonzero(arr.is_null()).to_pylist():
+            bad.setdefault(i, f"column {name!r} is NOT NULL but the event has no value for it")
+    return arr
