@@ -21,7 +21,11 @@ from bankflow.generate.contract import ProgressCallback, WorkloadError, Workload
 
 
 def load_workload(path: Path) -> ModuleType:
-    """Import the workload module at ``path``; it must define ``run(conn, options, progress)``."""
+    """Import the workload module at ``path``; it must define ``run(conn, options, progress)``.
+
+    Optionally ``COUNTED_TABLE``: the table whose inserted rows ``WorkloadOptions.transactions`` counts, so a
+    progress display can show a percentage and the time left.
+    """
     path = Path(path)
     if not path.is_file():
         raise WorkloadError(f"workload file not found: {path}")
@@ -46,11 +50,13 @@ def load_workload(path: Path) -> ModuleType:
     return module
 
 
-def with_totals(options: WorkloadOptions, progress: ProgressCallback | None) -> ProgressCallback | None:
+def with_totals(options: WorkloadOptions, progress: ProgressCallback | None,
+                counted_table: str | None = None) -> ProgressCallback | None:
     """Wrap a progress callback so each report also says how far along the run is when that is known.
 
-    Adds ``done``, ``total`` and ``unit`` to the running totals: transaction rows in bulk mode (and in paced mode
-    with a row cap), seconds in paced mode with a duration. A display turns them into a percentage and time left.
+    Adds ``done``, ``total`` and ``unit`` to the running totals: the rows inserted into ``counted_table`` (the
+    table whose rows ``options.transactions`` counts; a workload names it as ``COUNTED_TABLE``) when there is a
+    row target, seconds in paced mode with a duration. A display turns them into a percentage and time left.
     """
     if progress is None:
         return None
@@ -59,9 +65,9 @@ def with_totals(options: WorkloadOptions, progress: ProgressCallback | None) -> 
     def report(info: dict[str, Any]) -> None:
         info = dict(info)
         inserted = info.get("inserted") or {}
-        if options.mode != "once" and options.transactions is not None:
-            info.update(done=int(inserted.get("transactions", 0)), total=options.transactions,
-                        unit="transaction rows")
+        if options.mode != "once" and options.transactions is not None and counted_table:
+            info.update(done=int(inserted.get(counted_table, 0)), total=options.transactions,
+                        unit=f"rows in {counted_table}")
         elif options.mode == "paced" and options.duration is not None:
             info.update(done=int(float(info.get("seconds", 0.0))), total=int(options.duration), unit="s")
         callback(info)
@@ -124,8 +130,9 @@ def run_workload(
         conn.commit()
         started = time.perf_counter()
         options = dataclasses.replace(options, connect=connect)
+        counted = getattr(module, "COUNTED_TABLE", None)  # what --transactions N counts, for a percentage
         try:
-            result = WorkloadResult.coerce(module.run(conn, options, with_totals(options, progress)))
+            result = WorkloadResult.coerce(module.run(conn, options, with_totals(options, progress, counted)))
         except psycopg2.Error as exc:
             # e.g. source tables whose columns differ from what the workload writes: say so without a traceback
             raise WorkloadError(f"workload {Path(path).name} failed in the database: {str(exc).strip()}") from exc

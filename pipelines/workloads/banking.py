@@ -43,6 +43,7 @@ from bankflow.generate import ProgressCallback, WorkloadError, WorkloadOptions, 
 from bankflow.generate.pgcopy import copy_data, copy_line
 
 TABLES = ("customers", "accounts", "transactions")
+COUNTED_TABLE = "transactions"  # what --transactions N counts (the runner's progress shows a percentage of it)
 CURRENCIES = ("USD", "EUR", "GBP")
 CURRENCY_WEIGHTS = (60, 25, 15)
 ACCOUNT_TYPES = ("CHECKING", "SAVINGS", "CREDIT")

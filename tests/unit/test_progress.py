@@ -124,11 +124,11 @@ def test_transform_counts_dbt_nodes() -> None:
 
 def test_generate_reports_its_total() -> None:
     seen: list[dict[str, object]] = []
-    bulk = with_totals(WorkloadOptions(transactions=1000), seen.append)
+    bulk = with_totals(WorkloadOptions(transactions=1000), seen.append, "transactions")
     assert bulk is not None
     bulk({"inserted": {"transactions": 250, "accounts": 3}, "updated": {}, "deleted": {}, "db_transactions": 2,
           "seconds": 1.0})
-    assert (seen[-1]["done"], seen[-1]["total"], seen[-1]["unit"]) == (250, 1000, "transaction rows")
+    assert (seen[-1]["done"], seen[-1]["total"], seen[-1]["unit"]) == (250, 1000, "rows in transactions")
     assert seen[-1]["inserted"] == {"transactions": 250, "accounts": 3}  # the running totals, unchanged
     paced = with_totals(WorkloadOptions(rate=10, duration=60), seen.append)
     assert paced is not None
@@ -139,6 +139,10 @@ def test_generate_reports_its_total() -> None:
     once({"inserted": {"transactions": 5}})
     assert "total" not in seen[-1]
     assert with_totals(WorkloadOptions(), None) is None
+    unknown = with_totals(WorkloadOptions(transactions=1000), seen.append)  # the workload names no table
+    assert unknown is not None
+    unknown({"inserted": {"transactions": 5}})
+    assert "total" not in seen[-1]
 
 
 def test_generate_progress_text() -> None:
