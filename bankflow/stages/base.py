@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 import threading
 import time
@@ -54,9 +55,10 @@ class Progress:
     """One status line per stage on stderr, rewritten in place on a terminal, throttled otherwise.
 
     `update(stage, message, done=…, total=…, unit=…)`: when the total is known (a bulk generate, a snapshot
-    whose row counts were estimated), the line also says how far along it is and the time left, e.g.
-    `[generate] 250,000 of 1,000,000 transaction rows (25.0%), 48 s left`. Log records (bankflow.log) clear an
-    open terminal status line before they are written, so the two never mix.
+    whose row counts were estimated), the line first says how far along it is and the time left, e.g.
+    `[generate] 250,000 of 1,000,000 rows in transactions (25.0%), 48 s left; 251,210 rows inserted`.
+    On a terminal the line is cut to its width; log records (bankflow.log) clear it before they are written,
+    so the two never mix.
     """
 
     def __init__(self, enabled: bool = True, interval: float = 0.5):
@@ -80,7 +82,7 @@ class Progress:
         elapsed = now - started
         if done > first and elapsed >= 1.0 and done < total:
             text += f", {_duration((total - done) * elapsed / (done - first))} left"
-        return f"{message}: {text}" if message else text
+        return f"{text}; {message}" if message else text
 
     def update(self, stage: str, message: str, *, done: int | None = None, total: int | None = None,
                unit: str = "", force: bool = False) -> None:
@@ -92,8 +94,10 @@ class Progress:
             return
         self._last = now
         with lock():
-            if self._tty:
-                sys.stderr.write(f"\r\033[K[{stage}] {text}")
+            if self._tty:  # one terminal row: a wrapped line could not be rewritten in place
+                width = shutil.get_terminal_size().columns - 1
+                line = f"[{stage}] {text}"
+                sys.stderr.write("\r\033[K" + (line if len(line) <= width else line[: max(width - 1, 0)] + "…"))
                 Console.status_line_open = True
             else:
                 sys.stderr.write(f"[{stage}] {text}\n")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 
 import pytest
 
@@ -36,7 +37,7 @@ def test_percentage_and_time_left(clock: Clock) -> None:
         "250,000 of 1,000,000 transaction rows (25.0%), 30 s left")
     clock.now += 30
     assert display.describe("generate", "x", 500_000, 1_000_000, "transaction rows") == (
-        "x: 500,000 of 1,000,000 transaction rows (50.0%), 40 s left")
+        "500,000 of 1,000,000 transaction rows (50.0%), 40 s left; x")
     clock.now += 3600
     assert display.describe("generate", "", 600_000, 1_000_000, "") == "600,000 of 1,000,000 (60.0%), 40 min 27 s left"
     slow = Progress(True)
@@ -74,7 +75,7 @@ def test_non_tty_lines_are_throttled(clock: Clock, capsys: pytest.CaptureFixture
     display.update("generate", "c", done=3, total=10)
     display.update("generate", "d", force=True)
     assert capsys.readouterr().err.splitlines() == [
-        "[generate] a: 1 of 10 (10.0%)", "[generate] c: 3 of 10 (30.0%), 21 s left", "[generate] d"]
+        "[generate] 1 of 10 (10.0%); a", "[generate] 3 of 10 (30.0%), 21 s left; c", "[generate] d"]
 
 
 def test_disabled_prints_nothing(capsys: pytest.CaptureFixture[str]) -> None:
@@ -82,6 +83,18 @@ def test_disabled_prints_nothing(capsys: pytest.CaptureFixture[str]) -> None:
     display.update("cdc", "x", force=True)
     display.done(StageResult("cdc", events=3))
     assert capsys.readouterr() == ("", "")
+
+
+def test_tty_line_is_cut_to_the_terminal_width(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Tty()
+    monkeypatch.setattr("sys.stderr", stream)
+    monkeypatch.setattr(base.shutil, "get_terminal_size", lambda: os.terminal_size((30, 24)))
+    Progress(True).update("generate", "x" * 100, force=True)
+    assert stream.getvalue() == "\r\033[K[generate] " + "x" * 17 + "…"
 
 
 def test_tty_rewrites_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
