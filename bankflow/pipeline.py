@@ -5,8 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import signal
-import threading
 import time
 import traceback
 import uuid
@@ -17,6 +15,7 @@ from typing import Any
 from bankflow.errors import BankflowError, StageError
 from bankflow.spec.loader import ResolvedSpec
 from bankflow.stages.base import STAGE_ORDER, Progress, RunContext, StageResult
+from bankflow.stopping import stop_on_signals
 
 RUNS_DIR = "runs"
 
@@ -71,60 +70,37 @@ class Pipeline:
         report = RunReport(uuid.uuid4().hex[:12], self.spec.name, self.resolved.env,
                            dt.datetime.now(dt.timezone.utc).isoformat())
         started = time.monotonic()
-        restore = self._install_signal_handlers(ctx.stop)
-        try:
-            for name in STAGE_ORDER:
-                if name not in selected:
-                    continue
-                stage_started = time.monotonic()
-                try:
-                    result = runners[name](ctx)
-                except BankflowError as exc:
-                    result = StageResult(name, ok=False, seconds=time.monotonic() - stage_started,
-                                         error=self.resolved.redact(str(exc)))
-                except Exception as exc:  # an unexpected failure: report it, keep the trace
-                    if os.environ.get("BANKFLOW_DEBUG"):
-                        raise
-                    log = self._save_traceback(report.run_id, name)
-                    result = StageResult(name, ok=False, seconds=time.monotonic() - stage_started,
-                                         error=self.resolved.redact(f"{type(exc).__name__}: {exc}")
-                                         + f" (traceback in {log})")
-                result.details["peak_rss_mb"] = peak_rss_mb()
-                report.stages.append(result)
-                ctx.progress.done(result)
-                if not result.ok:
-                    break
-                if follow and name == "cdc":
-                    break  # a follow run ends when interrupted; the next apply loads and transforms
-        finally:
-            restore()
-            report.seconds = time.monotonic() - started
-            self._save_report(report)
-            if report.ok:
-                self._save_applied()
+        with stop_on_signals(ctx.stop):  # the cdc stage flushes its batches, acks and returns
+            try:
+                for name in STAGE_ORDER:
+                    if name not in selected:
+                        continue
+                    stage_started = time.monotonic()
+                    try:
+                        result = runners[name](ctx)
+                    except BankflowError as exc:
+                        result = StageResult(name, ok=False, seconds=time.monotonic() - stage_started,
+                                             error=self.resolved.redact(str(exc)))
+                    except Exception as exc:  # an unexpected failure: report it, keep the trace
+                        if os.environ.get("BANKFLOW_DEBUG"):
+                            raise
+                        log = self._save_traceback(report.run_id, name)
+                        result = StageResult(name, ok=False, seconds=time.monotonic() - stage_started,
+                                             error=self.resolved.redact(f"{type(exc).__name__}: {exc}")
+                                             + f" (traceback in {log})")
+                    result.details["peak_rss_mb"] = peak_rss_mb()
+                    report.stages.append(result)
+                    ctx.progress.done(result)
+                    if not result.ok:
+                        break
+                    if follow and name == "cdc":
+                        break  # a follow run ends when interrupted; the next apply loads and transforms
+            finally:
+                report.seconds = time.monotonic() - started
+                self._save_report(report)
+                if report.ok:
+                    self._save_applied()
         return report
-
-    @staticmethod
-    def _install_signal_handlers(stop: threading.Event) -> Any:
-        """SIGINT/SIGTERM set the stop flag: the cdc stage flushes its batches, acks and returns."""
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None
-        previous: dict[int, Any] = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-
-        def handler(signum: int, frame: Any) -> None:
-            if stop.is_set():  # a second interrupt: give up immediately
-                signal.signal(signum, previous[signum])
-                raise KeyboardInterrupt
-            stop.set()
-
-        for sig in previous:
-            signal.signal(sig, handler)
-
-        def restore() -> None:
-            for sig, old in previous.items():
-                signal.signal(sig, old)
-
-        return restore
 
     def _save_traceback(self, run_id: str, stage: str) -> Path:
         directory = self.resolved.state_dir / "logs"
