@@ -293,7 +293,7 @@ def test_two_workers_one_killed_exactly_once(tmp_path: Path, tansu_broker: Tansu
                                              s3_server: S3Server) -> None:
     import multiprocessing
 
-    from bankflow.engines.debezium.consumer import run_workers
+    from bankflow.engines.debezium.workers import run_workers
 
     path, prefix = write_spec(tmp_path, tansu_broker, s3_server, max_rows=100, partitions=2)
     events = make_events(6000, seed=5)

@@ -9,8 +9,8 @@ from typing import Any
 import orjson
 import pytest
 
-from bankflow.engines.debezium.consumer import _Consumer, _Partition
-from bankflow.lake.batch import TableBatch
+from bankflow.engines.debezium.consumer import _Consumer
+from bankflow.engines.debezium.partitions import Partition
 from bankflow.process import free_port
 from bankflow.spec.loader import load_spec
 
@@ -48,23 +48,26 @@ class Message:
         return self._value
 
 
+def recorded_commits(run: Any) -> list[int]:
+    """The offsets the partitions commit, recorded instead of a synchronous commit to the broker."""
+    commits: list[int] = []
+
+    def record(topic: str, partition: int, offset: int) -> None:
+        assert (topic, partition) == (TOPIC, 0)
+        commits.append(offset)
+
+    run.partitions.commit_offset = record
+    return commits
+
+
 @pytest.fixture
 def consumer(tmp_path: Path) -> Any:
     spec = tmp_path / "spec.yaml"
     spec.write_text(SPEC.format(port=free_port("127.0.0.1")))
     resolved = load_spec(spec)
     run = _Consumer(resolved, None)
-    table = resolved.spec.tables[0]
-    state = _Partition(TOPIC, 0, table, TableBatch(table, stream=TOPIC, schema="s", topic=TOPIC), 0)
-    run.states[(TOPIC, 0)] = state
-    commits: list[int] = []
-
-    def record(state: _Partition) -> None:  # instead of a synchronous commit to the broker
-        if state.next_offset > state.committed:
-            commits.append(state.next_offset)
-            state.committed = state.next_offset
-
-    run._commit = record
+    state = run.partitions.open(TOPIC, 0, resolved.spec.tables[0], 0, [])
+    commits = recorded_commits(run)
     yield run, state, commits
     run.consumer.close()
 
@@ -87,7 +90,7 @@ def test_runs_are_cut_at_max_rows_and_tombstones_commit_with_the_next_file(consu
     assert run.result.events == 6 and run.result.tombstones == 2
     assert state.next_offset == 8 and state.count == 0
     run._take(state, [Message(8)])
-    run._flush(state)
+    run.partitions.flush(state)
     assert commits == [4, 7, 9]
     assert run.result.rows == 7
 
@@ -113,22 +116,12 @@ class RoutedMessage(Message):
         return None
 
 
-def resumed(run: Any, start: int) -> tuple[_Partition, list[int]]:
+def resumed(run: Any, start: int) -> tuple[Partition, list[int]]:
     """The partition as a new owner sees it after a crash: committed at `start`, the lake as the crash left it."""
     table = run.tables[TOPIC]
-    batches = run.writer.list_batches(stream=TOPIC, table=table.name, schema=run.schema, topic=TOPIC)
-    plan = run._replay_plan(TOPIC, 0, start, batches)
-    state = _Partition(TOPIC, 0, table, TableBatch(table, stream=TOPIC, schema="s", topic=TOPIC), start, plan)
-    run.states[(TOPIC, 0)] = state
-    commits: list[int] = []
-
-    def record(state: _Partition) -> None:
-        if state.next_offset > state.committed:
-            commits.append(state.next_offset)
-            state.committed = state.next_offset
-
-    run._commit = record
-    return state, commits
+    batches = run.writer.list_batches(stream=TOPIC, table=table.name, schema=run.partitions.schema, topic=TOPIC)
+    state = run.partitions.open(TOPIC, 0, table, start, batches)
+    return state, recorded_commits(run)
 
 
 def lake_files(root: Path) -> dict[str, bytes]:
@@ -141,7 +134,7 @@ def test_a_crash_before_the_commit_is_replayed_to_the_same_keys_whatever_the_flu
     messages = [RoutedMessage(0), RoutedMessage(1), RoutedMessage(2, tombstone=True), RoutedMessage(3),
                 RoutedMessage(4), RoutedMessage(5), RoutedMessage(6), RoutedMessage(7)]
     run._handle(messages)
-    run._flush(state)
+    run.partitions.flush(state)
     before = lake_files(tmp_path)
     assert len(before) == 3 and commits == [4, 7, 8]
 
@@ -172,13 +165,13 @@ def test_a_file_straddling_the_committed_offset_is_skipped_not_rewritten(consume
 def test_a_dead_letter_only_batch_is_reproduced_to_its_key(consumer: Any, tmp_path: Path) -> None:
     run, state, commits = consumer
     bad = [RoutedMessage(i, value=b"{not json") for i in range(3)]
-    run._handle(bad + [RoutedMessage(3)])
-    run._flush(state)
+    run._handle([*bad, RoutedMessage(3)])
+    run.partitions.flush(state)
     before = lake_files(tmp_path)
     assert sorted(Path(k).suffix for k in before) == [".jsonl", ".parquet"]
     state, commits = resumed(run, 0)
     assert len(state.plan.cuts) == 2
-    run._handle(bad + [RoutedMessage(3)])
+    run._handle([*bad, RoutedMessage(3)])
     assert commits == [3, 4]
     assert lake_files(tmp_path) == before
 
@@ -188,5 +181,5 @@ def test_a_partition_revoked_mid_replay_drops_its_partial_batch_uncommitted(cons
     run._handle([RoutedMessage(i) for i in range(3)])
     state, commits = resumed(run, 0)
     run._handle([RoutedMessage(0), RoutedMessage(1)])
-    run._finish(state)
+    run.partitions.finish(state)
     assert commits == [] and run.result.dropped_partial == 2

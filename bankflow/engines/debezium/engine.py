@@ -155,6 +155,6 @@ class DebeziumEngine(CdcEngine):
         return lines
 
     def consume(self, *, workers: int, follow: bool, progress: bool) -> dict[str, Any]:
-        from bankflow.engines.debezium.consumer import run_workers
+        from bankflow.engines.debezium.workers import run_workers
 
         return run_workers(self.resolved, workers=workers, follow=follow, progress=progress)

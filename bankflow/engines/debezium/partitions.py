@@ -1,0 +1,199 @@
+"""The Kafka consumer's partitions: per (topic, partition) the open batch, the consumed and committed offsets and
+the replay plan, and the rule that keeps the lake exactly once: an offset is committed only after the file that
+holds the events before it (and their dead letters) is durable.
+
+So a crash between "file written" and "offset committed" leaves an *orphan*: a file beyond the committed
+offset. When a partition is opened, its batches in the lake give a `bankflow.lake.replay.ReplayPlan` (the same
+one the built-in reader uses); while the plan is active the consume loop cuts batches at exactly the orphans'
+end offsets, rewriting the same keys instead of writing overlapping files, and a partition closed mid-replay
+drops its partial batch uncommitted: the next owner replays the same range.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, overload
+
+from bankflow.lake.batch import TableBatch
+from bankflow.lake.positions import KafkaPosition
+from bankflow.lake.replay import ReplayPlan, kafka_resume
+from bankflow.lake.writer import LakeFile, LakeWriter
+from bankflow.spec.models import Table
+
+log = logging.getLogger(__name__)
+
+Commit = Callable[[str, int, int], None]  # (topic, partition, next offset): synchronous, done when it returns
+
+
+@dataclass
+class ConsumeResult:
+    """What one consumer run did; `files` are the lake keys written (rewrites of orphans included)."""
+
+    events: int = 0
+    tombstones: int = 0
+    dead_letters: int = 0
+    rows: int = 0
+    bytes: int = 0
+    files: list[str] = field(default_factory=list)
+    dead_letter_files: int = 0
+    commits: int = 0
+    orphans_replayed: int = 0
+    skipped_replayed: int = 0
+    dropped_partial: int = 0
+    committed: dict[str, dict[int, int]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "events": self.events, "tombstones": self.tombstones, "dead_letters": self.dead_letters,
+            "rows": self.rows, "bytes": self.bytes, "files": list(self.files),
+            "dead_letter_files": self.dead_letter_files, "commits": self.commits,
+            "orphans_replayed": self.orphans_replayed, "skipped_replayed": self.skipped_replayed,
+            "dropped_partial": self.dropped_partial,
+            "committed": {t: dict(p) for t, p in self.committed.items()}, "seconds": round(self.seconds, 3),
+        }
+
+
+class Positions(Sequence[KafkaPosition]):
+    """`KafkaPosition`s of one partition, built only when looked at (the bulk path needs first and last)."""
+
+    __slots__ = ("offsets", "partition")
+
+    def __init__(self, partition: int, offsets: list[int]) -> None:
+        self.partition = partition
+        self.offsets = offsets
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    @overload
+    def __getitem__(self, index: int) -> KafkaPosition: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Positions: ...
+
+    def __getitem__(self, index: int | slice) -> KafkaPosition | Positions:
+        if isinstance(index, slice):
+            return Positions(self.partition, self.offsets[index])
+        return KafkaPosition(self.partition, self.offsets[index])
+
+
+class Partition:
+    """One (topic, partition): the open batch, the consumed and committed offsets, the replay plan.
+
+    Message values wait in `values`/`offsets` until the end of a `consume()` batch (or a flush point) and then
+    go to the batch in one bulk call; `count` is the open batch's events, pending values included.
+    """
+
+    __slots__ = ("batch", "committed", "count", "next_offset", "offsets", "partition", "plan", "topic", "values")
+
+    def __init__(self, topic: str, partition: int, batch: TableBatch, start: int,
+                 plan: ReplayPlan[KafkaPosition] | None = None) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.batch = batch
+        self.next_offset = start  # offset after the last message consumed (tombstones included)
+        self.committed = start
+        self.plan: ReplayPlan[KafkaPosition] = plan if plan is not None else ReplayPlan()
+        self.count = 0
+        self.values: list[bytes] = []
+        self.offsets: list[int] = []
+
+    def add(self, values: list[bytes], offsets: list[int]) -> None:
+        self.values.extend(values)
+        self.offsets.extend(offsets)
+        self.count += len(values)
+
+    def drain(self) -> None:
+        """Hand the pending message values to the batch (one bulk conversion)."""
+        if self.values:
+            values, offsets = self.values, self.offsets
+            self.values, self.offsets = [], []
+            self.batch.append_debezium_values(values, Positions(self.partition, offsets))
+
+    def drop(self) -> int:
+        """Forget the open batch, written and committed nowhere; returns how many events it held."""
+        dropped = self.count
+        self.values, self.offsets = [], []
+        self.batch.clear()
+        self.count = 0
+        return dropped
+
+
+class Partitions:
+    """The partitions one consumer owns, keyed by (topic, partition), and how their batches become durable files
+    and committed offsets. `commit` is the group's synchronous offset commit."""
+
+    def __init__(self, writer: LakeWriter, schema: str, commit: Commit, result: ConsumeResult) -> None:
+        self.writer = writer
+        self.schema = schema
+        self.commit_offset = commit
+        self.result = result
+        self.states: dict[tuple[str, int], Partition] = {}
+
+    def open(self, topic: str, partition: int, table: Table, start: int, batches: list[LakeFile]) -> Partition:
+        """Own a partition resumed at offset `start`; `batches` are the topic's batches in the lake."""
+        state = Partition(topic, partition, TableBatch(table, stream=topic, schema=self.schema, topic=topic), start,
+                          self.replay_plan(topic, partition, start, batches))
+        self.states[(topic, partition)] = state
+        return state
+
+    def replay_plan(self, topic: str, partition: int, start: int,
+                    batches: list[LakeFile]) -> ReplayPlan[KafkaPosition]:
+        """What a partition resumed at `start` must reproduce of the topic's batches in the lake."""
+        plan = ReplayPlan.resume(batches, kafka_resume(partition, start))
+        if plan.active:
+            log.info("%s[%d]: resuming at committed offset %d: %s, to the same keys", topic, partition, start,
+                     plan.describe())
+            self.result.orphans_replayed += len(plan.cuts)
+        return plan
+
+    def flush(self, state: Partition, through: int | None = None) -> None:
+        """Write the open batch durably, then commit up to `through` (default: everything consumed)."""
+        state.drain()
+        if state.count:
+            written = self.writer.write_batch(state.batch)
+            result = self.result
+            if written.key is not None:
+                result.files.append(written.key)
+            result.rows += written.rows
+            result.bytes += written.bytes
+            result.dead_letters += written.dead_letters
+            if written.dead_letters:
+                result.dead_letter_files += 1
+            state.count = 0
+        self.commit(state, state.next_offset if through is None else through)
+
+    def commit(self, state: Partition, offset: int) -> None:
+        if offset <= state.committed:
+            return
+        log.debug("commit %s[%d] %d", state.topic, state.partition, offset)
+        self.commit_offset(state.topic, state.partition, offset)
+        state.committed = offset
+        self.result.commits += 1
+        self.result.committed.setdefault(state.topic, {})[state.partition] = offset
+
+    def finish(self, state: Partition) -> None:
+        """Flush and commit, unless the partition is mid-replay: then drop the partial batch uncommitted."""
+        if state.plan.active and state.count:
+            self.result.dropped_partial += state.drop()
+            return
+        self.flush(state)
+
+    def close(self, topic: str, partition: int) -> None:
+        """Give a partition up cleanly (revoked): its batch becomes a file and its offset is committed first."""
+        state = self.states.pop((topic, partition), None)
+        if state is not None:
+            self.finish(state)
+
+    def close_all(self) -> None:
+        for key in list(self.states):
+            self.close(*key)
+
+    def lose(self, topic: str, partition: int) -> None:
+        """A partition lost (session expired): someone else may own it already, so write and commit nothing."""
+        state = self.states.pop((topic, partition), None)
+        if state is not None and state.count:
+            self.result.dropped_partial += state.count
