@@ -96,10 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version="bankflow 0.1.0")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
-    output = [_output_options()]
+    output: list[argparse.ArgumentParser] = [_output_options()]
 
     def command(name: str, **kwargs: Any) -> argparse.ArgumentParser:
-        return commands.add_parser(name, parents=output, **kwargs)
+        return commands.add_parser(name, parents=output, **kwargs)  # type: ignore[arg-type]
 
     p = command("validate", help="check spec files (fast; for CI)",
                 description="Validate spec files: types, identifiers, references, dbt selectors. A variable "

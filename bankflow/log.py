@@ -75,7 +75,7 @@ class _Formatter(logging.Formatter):
         return redact(super().format(record))
 
 
-class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
+class _Handler(logging.StreamHandler):
     """Writes to the current sys.stderr (tests swap it), after clearing an open progress status line."""
 
     def __init__(self) -> None:

@@ -98,12 +98,15 @@ def _compose(text: str, file: str) -> yaml.Node | None:
         raise SpecError([Issue(file, line, column, "", message, hint)]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        line, column = (mark.line + 1, mark.column + 1) if mark else (None, None)
+        where: tuple[int | None, int | None] = (mark.line + 1, mark.column + 1) if mark else (None, None)
         problem = exc.problem or str(exc)
         raise SpecError(
-            [Issue(file, line, column, "", f"YAML syntax error: {problem}",
+            [Issue(file, *where, "", f"YAML syntax error: {problem}",
                    "check indentation, quoting and that every 'key: value' has a space after the colon")]
         ) from None
+    except RecursionError:
+        raise SpecError([Issue(file, None, None, "", "the spec is nested too deeply",
+                               "a spec is a few levels of mappings and lists: flatten it")]) from None
     except yaml.YAMLError as exc:
         raise SpecError([Issue(file, None, None, "", f"YAML error: {' '.join(str(exc).split())}",
                                "check the file is a YAML mapping, e.g. a copy of pipelines/banking.yaml")]) from None

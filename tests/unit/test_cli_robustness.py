@@ -130,7 +130,11 @@ def test_spec_that_is_not_utf8(data: bytes, message: str, workdir: Path, capsys:
      "e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e]\n",
      r"error: .*the spec expands to more than 100,000 values"),
     ("? [a, b]\n: c\n", r"^spec\.yaml:1:3: error: mapping keys must be plain strings"),
-], ids=["bad-date", "bad-int-tag", "python-tag", "recursive-alias", "alias-bomb", "list-as-key"])
+    ("a: " + "[" * 5000 + "]" * 5000 + "\n", r"^spec\.yaml: error: the spec is nested too deeply"),
+    ("a:\n" + "".join("  " * i + "b:\n" for i in range(1, 3000)),
+     r"^spec\.yaml: error: the spec is nested too deeply"),
+], ids=["bad-date", "bad-int-tag", "python-tag", "recursive-alias", "alias-bomb", "list-as-key", "deep-flow",
+        "deep-block"])
 def test_yaml_values_that_cannot_be_read(text: str, message: str, workdir: Path,
                                          capsys: pytest.CaptureFixture[str]) -> None:
     (workdir / "spec.yaml").write_text(text, encoding="utf-8")
