@@ -93,15 +93,25 @@ class Progress:
         if not force and now - self._last < self.interval:
             return
         self._last = now
+        if self._tty:  # one terminal row: a wrapped line could not be rewritten in place
+            width = shutil.get_terminal_size().columns - 1
+            line = f"[{stage}] {text}"
+            self._write("\r\033[K" + (line if len(line) <= width else line[: max(width - 1, 0)] + "…"), open_line=True)
+        else:
+            self._write(f"[{stage}] {text}\n")
+
+    def _write(self, text: str, *, open_line: bool = False, clear: bool = False) -> None:
+        """A display that cannot be written (stderr closed, `2>&1 | head`) turns itself off; the run goes on."""
         with lock():
-            if self._tty:  # one terminal row: a wrapped line could not be rewritten in place
-                width = shutil.get_terminal_size().columns - 1
-                line = f"[{stage}] {text}"
-                sys.stderr.write("\r\033[K" + (line if len(line) <= width else line[: max(width - 1, 0)] + "…"))
-                Console.status_line_open = True
-            else:
-                sys.stderr.write(f"[{stage}] {text}\n")
-            sys.stderr.flush()
+            try:
+                if clear:
+                    Console.clear_status_line(sys.stderr)
+                sys.stderr.write(text)
+                sys.stderr.flush()
+            except (OSError, ValueError):
+                self.enabled = False
+                return
+            Console.status_line_open = open_line
 
     def done(self, result: StageResult) -> None:
         self._phase.pop(result.name, None)
@@ -112,12 +122,8 @@ class Progress:
         parts = [f"{result.seconds:7.2f}s", *result.figures()]
         if skipped:
             parts.append(str(skipped))
-        with lock():
-            Console.clear_status_line(sys.stderr)
-            sys.stderr.write(f"[{result.name:<9}] {state:<6} {'  '.join(parts)}\n")
-            if result.error:
-                sys.stderr.write(f"            {result.error}\n")
-            sys.stderr.flush()
+        text = f"[{result.name:<9}] {state:<6} {'  '.join(parts)}\n"
+        self._write(text + (f"            {result.error}\n" if result.error else ""), clear=True)
 
 
 @dataclass

@@ -163,3 +163,16 @@ def test_generate_progress_text() -> None:
                      "deleted": {}, "db_transactions": 41}) == (
         "12,020 rows inserted, 300 updated in 41 db transactions")
     assert describe({}) == "0 rows inserted"
+
+
+def test_a_display_that_cannot_write_turns_itself_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`bankflow apply 2>&1 | head -1`: the display stops; the stage does not fail because of it."""
+    class Closed(io.StringIO):
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr("sys.stderr", Closed())
+    display = Progress(True)
+    display.update("cdc", "x", force=True)
+    assert display.enabled is False
+    display.done(StageResult("cdc"))  # nothing raised
