@@ -257,7 +257,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
     pending = None
     if not args.offline:
         pending = _pending_files(resolved)
-    result = plan(resolved, args.out, pending_files=pending, check_live=not args.offline)
+    try:
+        result = plan(resolved, args.out, pending_files=pending, check_live=not args.offline)
+    except OSError as exc:  # writing --out (an error elsewhere is not the plan directory's)
+        written = Path(exc.filename) if exc.filename else None
+        if args.out is None or written is None or args.out not in (written, *written.parents):
+            raise
+        raise BankflowError(f"cannot write the plan to {args.out}: {exc.strerror or exc} "
+                            "(give a directory you can write to)") from None
     spec_notes = [i.message for i in resolved.notes]
     if args.json:
         print(json.dumps({

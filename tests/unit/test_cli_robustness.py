@@ -206,6 +206,18 @@ def test_plan_out_is_an_existing_file(workdir: Path, capsys: pytest.CaptureFixtu
              r"^bankflow plan: error: --out plan\.txt/sub cannot be created: plan\.txt is a file", code=2)
 
 
+def test_plan_out_cannot_be_written(workdir: Path, monkeypatch: pytest.MonkeyPatch,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    import bankflow.plan
+
+    def refuse(files: object, directory: Path) -> None:
+        raise PermissionError(13, "Permission denied", str(directory / "topology.json"))
+
+    monkeypatch.setattr(bankflow.plan, "write_files", refuse)
+    one_line(["plan", "spec.yaml", "--offline", "--out", "out"], capsys,
+             r"^bankflow plan: error: cannot write the plan to out: Permission denied \(give a directory", code=1)
+
+
 # ---------------------------------------------------------------- options
 
 @pytest.mark.parametrize(("argv", "message"), [
