@@ -178,7 +178,8 @@ def _read_text(path: Path, file: str, what: str = "spec") -> str:
                                "pass the path of a pipeline YAML, e.g. pipelines/banking.yaml")]) from None
     except PermissionError:
         raise SpecError([Issue(file, None, None, "", f"cannot read the {what} file: permission denied",
-                               "make it readable for this user (e.g. chmod u+r) or run as its owner")]) from None
+                               f"make it readable for this user, e.g. chmod u+r {file}, or run as its owner")]
+                        ) from None
     except OSError as exc:
         raise SpecError([Issue(file, None, None, "", f"cannot read the {what} file: {exc.strerror or exc}",
                                "pass a readable pipeline YAML file")]) from None
