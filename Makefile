@@ -6,12 +6,13 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 SPEC   ?= pipelines/banking.yaml
 
-.PHONY: venv demo test test-unit lint bench clean down
+.PHONY: venv demo test test-unit lint wheel-smoke constraints bench clean down
 
-$(BIN)/bankflow: pyproject.toml
+# constraints.txt pins the whole resolution, so the pip a new virtualenv ships installs it without backtracking (no
+# pip upgrade first). Through PIP_CONSTRAINT (rather than -c) it also pins the build backend in pip's build env.
+$(BIN)/bankflow: pyproject.toml setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	PIP_CONSTRAINT=$(CURDIR)/constraints.txt $(BIN)/pip install --quiet -e '.[dev]'
 	@touch $@
 
 venv: $(BIN)/bankflow
@@ -34,6 +35,14 @@ test-unit: venv
 lint: venv
 	$(BIN)/ruff check bankflow tests benchmarks
 	$(BIN)/mypy
+
+# The built wheel, installed into a new venv outside the checkout, runs the local pipeline from a temp folder.
+wheel-smoke:
+	PYTHON=$(PYTHON) bash .ci/wheel_smoke.sh
+
+# After changing a dependency in pyproject.toml: resolve again and rewrite constraints.txt.
+constraints:
+	bash .ci/update_constraints.sh python3.10 python3.11
 
 bench: venv
 	$(BIN)/python benchmarks/run_all.py
