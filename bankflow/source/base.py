@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from bankflow.spec.loader import ResolvedSpec
@@ -17,9 +17,6 @@ SESSION_OPTIONS = "-c TimeZone=UTC -c DateStyle=ISO"
 
 
 class PostgresServer(ABC):
-    # bankflow starts and stops this server itself (`down` stops it; `status` can tell "down" without connecting).
-    runs_server: ClassVar[bool]
-
     def __init__(self, resolved: ResolvedSpec):
         self.resolved = resolved
         self.source = resolved.spec.source

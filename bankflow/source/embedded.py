@@ -22,7 +22,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 from bankflow.process import ServiceError, free_port, log_tail, port_open
 from bankflow.source.base import PostgresServer
@@ -435,8 +435,6 @@ class EmbeddedPostgres:
 
 class EmbeddedSource(PostgresServer):
     """The `local` environment's source: an EmbeddedPostgres under the pipeline's state dir."""
-
-    runs_server: ClassVar[bool] = True
 
     def __init__(self, resolved: ResolvedSpec):
         super().__init__(resolved)

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 from bankflow.source.base import PostgresServer
 
 
 class ExternalPostgres(PostgresServer):
-    runs_server: ClassVar[bool] = False
-
     def server_kwargs(self, *, start: bool) -> dict[str, Any]:
         del start  # somebody else runs it
         source = self.source

@@ -44,8 +44,6 @@ class WarehouseCapabilities:
     lake_schemes: frozenset[str]
     # At most this many files per load statement (Snowflake's FILES = (…) limit).
     files_per_statement: int = 1000
-    # The ledger can be read without creating anything (plan stays side-effect free).
-    read_only_ledger: bool = True
 
     def exactly_once(self) -> str:
         """How this warehouse loads each file once, in words (the load stage reports it)."""
