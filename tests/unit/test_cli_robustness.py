@@ -289,7 +289,10 @@ def test_apply_bookkeeping_without_transform(workdir: Path, capsys: pytest.Captu
 # ---------------------------------------------------------------- the last resort
 
 @pytest.fixture
-def broken_validate(monkeypatch: pytest.MonkeyPatch) -> None:
+def broken_validate(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`validate` fails unexpectedly; with no spec loaded its trace goes to the temp dir, here the test's own."""
+    monkeypatch.setattr("tempfile.tempdir", str(workdir))
+
     def boom(args: object) -> int:
         raise RuntimeError("something\nunexpected")
 
