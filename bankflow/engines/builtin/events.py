@@ -5,8 +5,10 @@ Matches the connector settings bankflow renders for the `stack` environment: ``d
 µs since midnight, timestamp → µs since epoch), timestamptz → ISO-8601 UTC string ("…T12:34:56.123456Z"),
 uuid/json/jsonb → string, bytea → base64 string, boolean → true/false.
 
-With this, the built-in reader can hand Debezium-shaped events to anything written for Kafka (`iter_events`),
-and tests prove both paths into `TableBatch` yield the same Arrow table.
+The built-in engine's stream does not go through these events (its fast path appends the text values to
+column batches directly); this is the reference image of a change that both engines' data must equal, and the
+tests use it to prove that both paths into `TableBatch` (Debezium JSON from Kafka, pgoutput text) yield the
+same Arrow table.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import date, datetime, timezone
 from datetime import time as dtime
 from typing import Any
@@ -43,6 +45,32 @@ def iso_utc(value: datetime) -> str:
     return text + "Z"
 
 
+def _time_us(text: str) -> int:
+    t = dtime.fromisoformat(text)
+    return ((t.hour * 60 + t.minute) * 60 + t.second) * 1_000_000 + t.microsecond
+
+
+def _bytea(text: str) -> str:
+    if not text.startswith("\\x"):
+        return text
+    return base64.b64encode(bytes.fromhex(text[2:])).decode()
+
+
+# Postgres type kind → (its text → its Debezium JSON value); a kind not here is passed through as text.
+_CONVERTERS: dict[str, Callable[[str], Any]] = {
+    **{kind: str for kind in _STRING_KINDS},
+    **{kind: int for kind in _INT_KINDS},
+    "boolean": {"t": True, "f": False}.__getitem__,
+    "timestamptz": lambda text: iso_utc(datetime.fromisoformat(text)),
+    "timestamp": lambda text: _micros(datetime.fromisoformat(text) - _EPOCH),
+    "date": lambda text: date.fromisoformat(text).toordinal() - _EPOCH_ORDINAL,
+    "time": _time_us,
+    "bytea": _bytea,
+    "real": float,
+    "double precision": float,
+}
+
+
 def text_to_debezium(pg: PgType, value: Any) -> Any:
     """One Postgres text value (bytes or str, as pgoutput/COPY send it) → its Debezium JSON value.
 
@@ -52,32 +80,13 @@ def text_to_debezium(pg: PgType, value: Any) -> Any:
     if value is None:
         return None
     text = bytes(value).decode() if isinstance(value, (bytes, bytearray, memoryview)) else str(value)
-    kind = pg.kind
+    convert = _CONVERTERS.get(pg.kind)
+    if convert is None:
+        return text
     try:
-        if kind in _STRING_KINDS:
-            return text
-        if kind in _INT_KINDS:
-            return int(text)
-        if kind == "boolean":
-            return {"t": True, "f": False}[text]
-        if kind == "timestamptz":
-            return iso_utc(datetime.fromisoformat(text))
-        if kind == "timestamp":
-            return _micros(datetime.fromisoformat(text) - _EPOCH)
-        if kind == "date":
-            return date.fromisoformat(text).toordinal() - _EPOCH_ORDINAL
-        if kind == "time":
-            t = dtime.fromisoformat(text)
-            return ((t.hour * 60 + t.minute) * 60 + t.second) * 1_000_000 + t.microsecond
-        if kind == "bytea":
-            if not text.startswith("\\x"):
-                return text
-            return base64.b64encode(bytes.fromhex(text[2:])).decode()
-        if kind in ("real", "double precision"):
-            return float(text)
+        return convert(text)
     except (ValueError, KeyError, OverflowError):
         return text
-    return text
 
 
 def row_to_debezium(table: Table, values: Sequence[Any] | Mapping[str, Any] | None) -> dict[str, Any] | None:

@@ -4,15 +4,16 @@ Messages (https://www.postgresql.org/docs/current/protocol-logicalrep-message-fo
 Origin, Relation, Type, Insert, Update (with an optional 'K' key or 'O' old tuple), Delete, Truncate and
 logical decoding Messages. Tuple values are 'n' (NULL), 'u' (unchanged TOAST value: not sent) or 't' (text).
 
-Two levels: `decode_message` builds small message objects for everything (Relation, Begin, …; also used by
-`iter_events`); the built-in reader's hot path decodes Insert tuples itself straight into column lists and
-only borrows `read_tuple`/`tuple_end` from here. Values stay `bytes` (the text form); conversion to Arrow types
+Two levels: `decode_message` builds small message objects for everything (Relation, Begin, Update, …); the
+stream loop's hot path (`bankflow.engines.builtin.stream`) decodes Insert tuples itself straight into column
+lists. Values stay `bytes` (the text form); conversion to Arrow types
 happens in bulk in `bankflow.lake.batch`.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -173,77 +174,105 @@ def read_tuple(buf: bytes, pos: int) -> tuple[list[Any], int]:
     return values, pos
 
 
+def _begin(payload: bytes) -> Begin:
+    final_lsn, ts, xid = _BEGIN(payload, 1)
+    return Begin(final_lsn, ts + PG_EPOCH_US, xid)
+
+
+def _commit(payload: bytes) -> Commit:
+    flags, commit_lsn, end_lsn, ts = _COMMIT(payload, 1)
+    return Commit(flags, commit_lsn, end_lsn, ts + PG_EPOCH_US)
+
+
+def _insert(payload: bytes) -> Insert:
+    (relid,) = _u32(payload, 1)
+    if payload[5] != 78:
+        raise ProtocolError("Insert without 'N' tuple")
+    new, _ = read_tuple(payload, 6)
+    return Insert(relid, new)
+
+
+def _update(payload: bytes) -> Update:
+    (relid,) = _u32(payload, 1)
+    pos = 5
+    old_kind = None
+    old = None
+    if payload[pos] in (75, 79):  # 'K' | 'O'
+        old_kind = chr(payload[pos])
+        old, pos = read_tuple(payload, pos + 1)
+    if payload[pos] != 78:
+        raise ProtocolError("Update without 'N' tuple")
+    new, _ = read_tuple(payload, pos + 1)
+    return Update(relid, old_kind, old, new)
+
+
+def _delete(payload: bytes) -> Delete:
+    (relid,) = _u32(payload, 1)
+    old_kind = chr(payload[5])
+    if old_kind not in ("K", "O"):
+        raise ProtocolError(f"Delete with old tuple kind {old_kind!r}")
+    old, _ = read_tuple(payload, 6)
+    return Delete(relid, old_kind, old)
+
+
+def _relation(payload: bytes) -> Relation:
+    (relid,) = _u32(payload, 1)
+    namespace, pos = _cstring(payload, 5)
+    name, pos = _cstring(payload, pos)
+    identity = chr(payload[pos])
+    (ncols,) = _i16(payload, pos + 1)
+    pos += 3
+    columns = []
+    for _ in range(ncols):
+        flags = payload[pos]
+        column, pos = _cstring(payload, pos + 1)
+        type_oid, typmod = struct.unpack_from(">Ii", payload, pos)
+        pos += 8
+        columns.append(RelationColumn(column, type_oid, typmod, bool(flags & 1)))
+    return Relation(relid, namespace or "pg_catalog", name, identity, tuple(columns))
+
+
+def _truncate(payload: bytes) -> Truncate:
+    (nrels,) = _i32(payload, 1)
+    options = payload[5]
+    relids = struct.unpack_from(f">{nrels}I", payload, 6)
+    return Truncate(options, tuple(relids))
+
+
+def _origin(payload: bytes) -> Origin:
+    (commit_lsn,) = _u64(payload, 1)
+    name, _ = _cstring(payload, 9)
+    return Origin(commit_lsn, name)
+
+
+def _type(payload: bytes) -> TypeMessage:
+    (oid,) = _u32(payload, 1)
+    namespace, pos = _cstring(payload, 5)
+    name, _ = _cstring(payload, pos)
+    return TypeMessage(oid, namespace, name)
+
+
+def _logical_message(payload: bytes) -> LogicalMessage:
+    transactional = bool(payload[1])
+    (lsn,) = _u64(payload, 2)
+    prefix, pos = _cstring(payload, 10)
+    (length,) = _i32(payload, pos)
+    return LogicalMessage(transactional, lsn, prefix, payload[pos + 4:pos + 4 + length])
+
+
+_DECODERS: dict[int, Callable[[bytes], Any]] = {
+    ord("B"): _begin, ord("C"): _commit, ord("I"): _insert, ord("U"): _update, ord("D"): _delete,
+    ord("R"): _relation, ord("T"): _truncate, ord("O"): _origin, ord("Y"): _type, ord("M"): _logical_message,
+}
+
+
 def decode_message(payload: bytes) -> Any:
     """One pgoutput message → Begin | Commit | Origin | Relation | TypeMessage | Insert | Update | Delete |
     Truncate | LogicalMessage."""
-    kind = payload[0]
-    if kind == 66:  # 'B'
-        final_lsn, ts, xid = _BEGIN(payload, 1)
-        return Begin(final_lsn, ts + PG_EPOCH_US, xid)
-    if kind == 67:  # 'C'
-        flags, commit_lsn, end_lsn, ts = _COMMIT(payload, 1)
-        return Commit(flags, commit_lsn, end_lsn, ts + PG_EPOCH_US)
-    if kind == 73:  # 'I'
-        (relid,) = _u32(payload, 1)
-        if payload[5] != 78:
-            raise ProtocolError("Insert without 'N' tuple")
-        new, _ = read_tuple(payload, 6)
-        return Insert(relid, new)
-    if kind == 85:  # 'U'
-        (relid,) = _u32(payload, 1)
-        pos = 5
-        old_kind = None
-        old = None
-        if payload[pos] in (75, 79):  # 'K' | 'O'
-            old_kind = chr(payload[pos])
-            old, pos = read_tuple(payload, pos + 1)
-        if payload[pos] != 78:
-            raise ProtocolError("Update without 'N' tuple")
-        new, _ = read_tuple(payload, pos + 1)
-        return Update(relid, old_kind, old, new)
-    if kind == 68:  # 'D'
-        (relid,) = _u32(payload, 1)
-        old_kind = chr(payload[5])
-        if old_kind not in ("K", "O"):
-            raise ProtocolError(f"Delete with old tuple kind {old_kind!r}")
-        old, _ = read_tuple(payload, 6)
-        return Delete(relid, old_kind, old)
-    if kind == 82:  # 'R'
-        (relid,) = _u32(payload, 1)
-        namespace, pos = _cstring(payload, 5)
-        name, pos = _cstring(payload, pos)
-        identity = chr(payload[pos])
-        (ncols,) = _i16(payload, pos + 1)
-        pos += 3
-        columns = []
-        for _ in range(ncols):
-            flags = payload[pos]
-            column, pos = _cstring(payload, pos + 1)
-            type_oid, typmod = struct.unpack_from(">Ii", payload, pos)
-            pos += 8
-            columns.append(RelationColumn(column, type_oid, typmod, bool(flags & 1)))
-        return Relation(relid, namespace or "pg_catalog", name, identity, tuple(columns))
-    if kind == 84:  # 'T'
-        (nrels,) = _i32(payload, 1)
-        options = payload[5]
-        relids = struct.unpack_from(f">{nrels}I", payload, 6)
-        return Truncate(options, tuple(relids))
-    if kind == 79:  # 'O'
-        (commit_lsn,) = _u64(payload, 1)
-        name, _ = _cstring(payload, 9)
-        return Origin(commit_lsn, name)
-    if kind == 89:  # 'Y'
-        (oid,) = _u32(payload, 1)
-        namespace, pos = _cstring(payload, 5)
-        name, _ = _cstring(payload, pos)
-        return TypeMessage(oid, namespace, name)
-    if kind == 77:  # 'M'
-        transactional = bool(payload[1])
-        (lsn,) = _u64(payload, 2)
-        prefix, pos = _cstring(payload, 10)
-        (length,) = _i32(payload, pos)
-        return LogicalMessage(transactional, lsn, prefix, payload[pos + 4:pos + 4 + length])
-    raise ProtocolError(f"unknown pgoutput message type {chr(kind)!r}")
+    decoder = _DECODERS.get(payload[0])
+    if decoder is None:
+        raise ProtocolError(f"unknown pgoutput message type {chr(payload[0])!r}")
+    return decoder(payload)
 
 
 def resolve_unchanged(new: list[Any], old: list[Any] | None, old_kind: str | None,
