@@ -22,11 +22,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from bankflow.engines.builtin import reader as builtin
-from bankflow.engines.builtin.reader import BuiltinReader, drop_slot, ensure_slot, stream_to_lake
+from bankflow.engines.builtin import pgoutput
+from bankflow.engines.builtin import snapshot as builtin_snapshot
+from bankflow.engines.builtin.connection import connect
+from bankflow.engines.builtin.events import to_debezium_event
+from bankflow.engines.builtin.reader import drop_slot, ensure_slot, stream_to_lake
+from bankflow.engines.builtin.stream import StreamReader
 from bankflow.lake.batch import TableBatch
 from bankflow.lake.deadletter import DeadLetterStore
-from bankflow.lake.positions import LsnPosition
+from bankflow.lake.filesystem import lake_filesystem
+from bankflow.lake.positions import LsnPosition, parse_lsn
 from bankflow.spec.loader import ResolvedSpec, load_spec
 
 pytestmark = pytest.mark.integration
@@ -237,6 +242,53 @@ def test_changes_arrive_exact_with_ops_before_images_and_transactions(source: So
         source.drop(resolved)
 
 
+def peek_debezium_events(source: Source, resolved: ResolvedSpec) -> list[tuple[dict[str, Any], LsnPosition]]:
+    """The slot's pending changes as Debezium events, without consuming them: pg_logical_slot_peek_binary_changes
+    runs pgoutput in this (session-pinned) connection, and the test renders what it decodes."""
+    table = resolved.spec.tables[0]
+    conn = connect(source.kwargs)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT lsn::text, data FROM pg_logical_slot_peek_binary_changes(%s, NULL, NULL, "
+                        "'proto_version', '1', 'publication_names', %s)", (source.slot, source.publication))
+            rows = cur.fetchall()
+    finally:
+        conn.close()
+    events: list[tuple[dict[str, Any], LsnPosition]] = []
+    names: tuple[str, ...] = ()
+    tx: Any = None
+    prev_commit = None
+
+    def by_name(values: list[Any] | None) -> dict[str, Any] | None:
+        return None if values is None else {
+            n: v for n, v in zip(names, values, strict=False) if v is not pgoutput.UNCHANGED}
+
+    for lsn_spelled, data in rows:
+        message = pgoutput.decode_message(bytes(data))
+        lsn = parse_lsn(lsn_spelled)
+        if isinstance(message, pgoutput.Begin):
+            tx = message
+        elif isinstance(message, pgoutput.Commit):
+            prev_commit = message.commit_lsn
+        elif isinstance(message, pgoutput.Relation):
+            names = message.column_names
+        elif isinstance(message, (pgoutput.Insert, pgoutput.Update, pgoutput.Delete)):
+            before = after = None
+            if isinstance(message, pgoutput.Insert):
+                op, after = "c", message.new
+            elif isinstance(message, pgoutput.Update):
+                op = "u"
+                before = message.old if message.old_kind == "O" else None
+                after, _ = pgoutput.resolve_unchanged(message.new, message.old, message.old_kind, names)
+            else:
+                op, before = "d", message.old
+            event = to_debezium_event(table, op, before=by_name(before), after=by_name(after), lsn=lsn,
+                                      xid=tx.xid, commit_ts_us=tx.commit_ts_us, topic_prefix="test",
+                                      database=source.db, schema=source.schema, last_commit_lsn=prev_commit)
+            events.append((event, LsnPosition(tx.final_lsn, lsn)))
+    return events
+
+
 def test_fast_path_and_debezium_events_give_the_same_arrow_table(source: Source) -> None:
     source.sql(ALL_TYPES_DDL)
     source.publish("everything")
@@ -245,9 +297,8 @@ def test_fast_path_and_debezium_events_give_the_same_arrow_table(source: Source)
     try:
         ensure_slot(resolved, source.kwargs)
         source.sql(ALL_TYPES_ROWS)
-        reader = BuiltinReader(resolved, source.kwargs)
         batch = TableBatch(table)
-        events = list(reader.iter_events())
+        events = peek_debezium_events(source, resolved)
         assert [e["op"] for e, _ in events] == ["c", "c", "c", "u", "d"]
         assert events[0][0]["after"]["m"] == "9999999999999999.99"
         assert events[0][0]["after"]["tstz"] == "2024-01-01T12:34:56.654321Z"
@@ -257,7 +308,7 @@ def test_fast_path_and_debezium_events_give_the_same_arrow_table(source: Source)
             assert batch.append_debezium(event, position)
         from_events = batch.to_arrow("k")
         assert not batch.dead_letters
-        # nothing was acknowledged by iter_events: the fast path sees the same changes
+        # peeking consumed nothing: the fast path sees the same changes
         result = stream_to_lake(resolved, source.kwargs)
         assert result.events == 5 and result.dead_letters == 0
         fast = read_lake(source.lake, "everything")
@@ -295,7 +346,7 @@ def test_unchanged_toast_and_unknown_columns_go_to_dead_letters(source: Source) 
         rows = read_lake(source.lake, "docs").to_pylist()
         assert [(r["_op"], r["body"] == big) for r in rows] == [("c", True)]
         store = DeadLetterStore(None, "", "")
-        store.fs, store.base = builtin.lake_filesystem(resolved)[0], str(source.lake / "_dead_letter")
+        store.fs, store.base = lake_filesystem(resolved)[0], str(source.lake / "_dead_letter")
         records = store.read_all()
         reasons = sorted(r["reason"] for r in records)
         assert reasons[0] == "TRUNCATE"
@@ -315,7 +366,7 @@ def test_unchanged_toast_and_unknown_columns_go_to_dead_letters(source: Source) 
 # ---------------------------------------------------------------- exactly once
 
 
-class _CrashAfterWrite(BuiltinReader):
+class _CrashAfterWrite(StreamReader):
     """A run that writes files but dies before acknowledging anything (the orphan window)."""
 
     def _update_ack(self, force: bool = False) -> None:
@@ -368,7 +419,7 @@ def test_snapshot_interrupted_midway_is_redone_from_scratch(source: Source, monk
     source.sql("INSERT INTO {schema}.accounts SELECT g, 'n', g, NULL, now(), NULL FROM generate_series(1, 25) g")
     source.publish("accounts")
     resolved = source.spec(ACCOUNTS_YAML, max_rows=10)
-    real_write = builtin._write
+    real_write = builtin_snapshot._write
     calls = {"n": 0}
 
     def crash_on_second(writer: Any, batch: Any) -> list[str]:
@@ -378,17 +429,39 @@ def test_snapshot_interrupted_midway_is_redone_from_scratch(source: Source, monk
         return real_write(writer, batch)
 
     try:
-        monkeypatch.setattr(builtin, "_write", crash_on_second)
+        monkeypatch.setattr(builtin_snapshot, "_write", crash_on_second)
         with pytest.raises(KeyboardInterrupt):
             ensure_slot(resolved, source.kwargs)
         assert len(lake_files(source.lake, "accounts")) == 1
-        monkeypatch.setattr(builtin, "_write", real_write)
+        monkeypatch.setattr(builtin_snapshot, "_write", real_write)
         source.sql("INSERT INTO {schema}.accounts VALUES (100, 'after', 1, NULL, now(), NULL)")
         result = stream_to_lake(resolved, source.kwargs)
         assert result.snapshot_rows == 26 and result.events == 0
         lake = read_lake(source.lake, "accounts")
         assert sorted(lake["id"].to_pylist()) == [*range(1, 26), 100]
         assert set(lake["_op"].to_pylist()) == {"r"} and len(set(lake["_lsn"].to_pylist())) == 1
+    finally:
+        source.drop(resolved)
+
+
+def test_snapshot_reports_rows_done_of_an_estimated_total(source: Source) -> None:
+    source.sql(ACCOUNTS_DDL)
+    source.sql("INSERT INTO {schema}.accounts SELECT g, 'n', g, NULL, now(), NULL FROM generate_series(1, 30) g")
+    source.publish("accounts")
+    resolved = source.spec(ACCOUNTS_YAML, max_rows=10)
+    reports: list[dict[str, Any]] = []
+    try:
+        # never analyzed: no planner estimate, so the rows are counted inside the snapshot
+        assert ensure_slot(resolved, source.kwargs, progress=reports.append).snapshot_rows == 30
+        assert reports[0]["done"] == 0 and reports[-1]["done"] == 30
+        assert {r["total"] for r in reports} == {30} and reports[-1]["unit"] == "snapshot rows"
+        assert [r["done"] for r in reports] == sorted(r["done"] for r in reports)
+        drop_slot(resolved, source.kwargs)
+        source.sql("INSERT INTO {schema}.accounts SELECT g, 'n', g, NULL, now(), NULL FROM generate_series(31, 40) g")
+        source.sql("ANALYZE {schema}.accounts")
+        reports.clear()
+        assert ensure_slot(resolved, source.kwargs, progress=reports.append).snapshot_rows == 40
+        assert reports[-1]["done"] == 40 and abs(reports[-1]["total"] - 40) <= 4  # the planner's estimate
     finally:
         source.drop(resolved)
 

@@ -1,0 +1,555 @@
+"""The stream loop of the built-in engine: replication messages → per-table batches → lake → acknowledgement.
+
+Events are decoded straight into per-table column batches (`bankflow.lake.batch.TableBatch`, text fast path
+for inserts whose relation matches the spec; updates, deletes and anything unusual take the slow path through
+`pgoutput.decode_message`), flushed to Parquet by the spec's flush policy in a background writer thread, and
+the slot is acknowledged (``send_feedback(flush_lsn=…)``) only up to the end of the last transaction whose
+events are all durable in the lake. A crash loses nothing (unacknowledged transactions are sent again) and
+duplicates nothing: file keys come from source positions and a replay reproduces the crashed run's files
+exactly (`bankflow.lake.replay`).
+
+Positions are `LsnPosition(commit LSN, change LSN)`: pgoutput sends whole transactions in commit order, so the
+commit LSN orders the stream and the change LSN orders events inside a transaction.
+
+Modes: catch-up (default) reads `pg_current_wal_lsn()` at start and returns once every transaction committed
+up to it is received and flushed; follow runs until `stop` is set, flushing by rows/bytes/seconds. When
+nothing is buffered and no transaction is open, the server's position is acknowledged even without changes of
+the spec's tables (idle acks), so the slot never holds WAL of other tables forever.
+
+TRUNCATE is not a row change, so it cannot become rows of the table's change log. It is recorded (with a
+warning) as a record in ``<dead_letter>/_truncates/`` keyed by its position, so it is visible and nothing is
+silently lost; downstream models decide what a truncate means.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import select
+import struct
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from bankflow.engines.builtin import pgoutput
+from bankflow.engines.builtin.connection import connect, replication_connect
+from bankflow.engines.builtin.slot import catalog_primary_keys, idle_slot, slot_row
+from bankflow.engines.builtin.snapshot import new_batch
+from bankflow.lake.batch import DeadLetter, TableBatch
+from bankflow.lake.filesystem import lake_filesystem
+from bankflow.lake.gctune import large_young_generation
+from bankflow.lake.positions import LsnPosition, lsn_text, parse_lsn
+from bankflow.lake.replay import ReplayPlan, lsn_resume
+from bankflow.lake.writer import LakeWriter, WrittenFile
+from bankflow.spec.loader import ResolvedSpec
+from bankflow.spec.models import Table
+
+log = logging.getLogger(__name__)
+
+_IDLE_WAIT = 0.2  # seconds to wait for the server when nothing is buffered
+_ACK_INTERVAL = 0.5  # acknowledge completed transactions at least this often when no flush does it
+_PERIODIC_EVERY = 4096  # messages between clock checks on a busy stream
+_MAX_INFLIGHT = 2  # batches being written in the background before the reader waits (bounds memory)
+_unpack_relid = struct.Struct(">I").unpack_from
+_unpack_len = struct.Struct(">i").unpack_from
+_OPS = {"Insert": "c", "Update": "u", "Delete": "d"}
+
+
+@dataclass
+class CdcRunResult:
+    events: int = 0
+    events_by_table: dict[str, int] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)
+    dead_letters: int = 0
+    truncates: int = 0
+    snapshot_rows: int = 0
+    skipped_replayed: int = 0
+    start_lsn: str | None = None
+    end_lsn: str | None = None  # catch-up target (pg_current_wal_lsn() at start)
+    confirmed_lsn: str | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class _TableState:
+    """One spec table's open batch (and the lists the fast path appends to), replay plan and event count."""
+
+    __slots__ = ("batch", "cols", "events", "lsns", "ops", "plan", "replaying", "table", "tx")
+
+    def __init__(self, table: Table, batch: TableBatch, plan: ReplayPlan[LsnPosition]) -> None:
+        self.table = table
+        self.batch = batch
+        self.plan = plan
+        self.replaying = plan.active
+        self.tx: Any = None  # the transaction whose run the fast path is appending to
+        self.events = 0
+        self.cols, self.ops, self.lsns = batch.text_sink()
+
+    def refresh(self) -> None:
+        self.tx = None
+        self.cols, self.ops, self.lsns = self.batch.text_sink()
+
+
+class _Rel:
+    """A relation as the server announced it, bound to the spec table it feeds (or None: not in the spec)."""
+
+    __slots__ = ("fast", "mapping", "names", "relation", "state", "unknown", "width")
+
+    def __init__(self, relation: pgoutput.Relation, state: _TableState | None) -> None:
+        self.relation = relation
+        self.state = state
+        self.names = relation.column_names
+        self.fast = False  # the relation's columns are the spec's, in the spec's order
+        self.mapping: list[int | None] = []
+        self.unknown: list[str] = []
+        self.width = 0
+        if state is not None:
+            spec_names = state.batch.names
+            self.width = len(spec_names)
+            self.fast = tuple(spec_names) == self.names
+            index = {n: i for i, n in enumerate(spec_names)}
+            self.mapping = [index.get(n) for n in self.names]
+            self.unknown = [n for n in self.names if n not in index]
+
+    def in_spec_order(self, values: list[Any]) -> list[Any]:
+        if self.fast:
+            return values
+        row: list[Any] = [None] * self.width  # a spec column the relation lacks stays NULL
+        for i, value in zip(self.mapping, values, strict=True):
+            if i is not None:
+                row[i] = value
+        return row
+
+
+def _row_of(rel: _Rel, message: Any) -> tuple[str, list[Any], str | None]:
+    """(op, values, reason to dead-letter it or None) of an Insert, Update or Delete."""
+    if isinstance(message, pgoutput.Insert):  # an unchanged TOAST marker here would be a server bug: refused
+        op = "c"
+        values, reason = pgoutput.resolve_unchanged(message.new, None, None, rel.names)
+    elif isinstance(message, pgoutput.Update):
+        op = "u"
+        values, reason = pgoutput.resolve_unchanged(message.new, message.old, message.old_kind, rel.names)
+    else:
+        op, values, reason = "d", message.old, None
+    if reason is None and rel.unknown:
+        reason = f"unknown column(s) {rel.unknown} for table {rel.relation.name!r}"
+    return op, values, reason
+
+
+class StreamReader:
+    """Reads the slot into the lake; `run()` once per reader (see the module docstring)."""
+
+    def __init__(self, resolved: ResolvedSpec, connect_kwargs: dict[str, Any], *,
+                 progress: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.resolved = resolved
+        self.spec = resolved.spec
+        self.connect_kwargs = connect_kwargs
+        self.progress = progress
+        fs, root = lake_filesystem(resolved)
+        self.writer = LakeWriter(fs, root, self.spec.lake)
+        self.schema = self.spec.source.schema_name
+        self.flush = self.spec.lake.flush
+        self.result = CdcRunResult(events_by_table={t.name: 0 for t in self.spec.tables})
+        self._rels: dict[int, _Rel] = {}
+        self._states: dict[str, _TableState] = {}
+        self._done: deque[tuple[int, int]] = deque()  # (commit lsn, end lsn) of received transactions
+        self._acked = 0
+        self._ack_target = 0
+        self._last_ack_time = 0.0
+        self._last_keepalive_request = 0.0
+        self._last_end = 0
+        self._in_tx = False
+        self._tx: Any = None  # (commit LSN, xid, commit time µs) of the open transaction
+        self._follow = False
+        self._target = 0
+        self._cursor: Any = None
+        self._pool: Any = None
+        self._inflight: deque[tuple[int, Any]] = deque()  # (first commit LSN, future) of batches being written
+
+    # ---- setup
+
+    def _prepare(self, conn: Any) -> int:
+        """Read the catch-up target, the slot's confirmed position and the replay plans; return the target."""
+        spec = self.spec
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_current_wal_lsn()::text")
+            target = parse_lsn(cur.fetchone()[0])
+        confirmed = idle_slot(conn, spec.cdc.slot).confirmed_flush_lsn or 0
+        self._acked = self._ack_target = confirmed
+        self.result.start_lsn = lsn_text(confirmed)
+        self.result.end_lsn = lsn_text(target)
+        primary_keys = catalog_primary_keys(conn, self.schema, [t.name for t in spec.tables])
+        for table in spec.tables:
+            catalog = primary_keys.get(table.name)
+            if catalog is not None and catalog != list(table.primary_key):
+                log.warning("table %s: primary key in the catalog %s differs from the spec %s", table.name,
+                            catalog, table.primary_key)
+            self._states[table.name] = self._table_state(table, confirmed)
+        return target
+
+    def _table_state(self, table: Table, confirmed: int) -> _TableState:
+        """A table's state, with the plan that reproduces the files a crashed run left after `confirmed`."""
+        files = self.writer.list_batches(stream=table.name, table=table.name, schema=self.schema,
+                                         topic=self.spec.topic_for(table))
+        plan = ReplayPlan.resume(files, lsn_resume(confirmed))
+        if plan.active:
+            log.warning("table %s: replaying after an interrupted run: %s", table.name, plan.describe())
+        return _TableState(table, new_batch(self.resolved, table, table.name), plan)
+
+    def _start(self) -> tuple[Any, Any, int]:
+        conn = connect(self.connect_kwargs)
+        try:
+            target = self._prepare(conn)
+        finally:
+            conn.close()
+        rconn = replication_connect(self.connect_kwargs)
+        cur = rconn.cursor()
+        cur.start_replication(slot_name=self.spec.cdc.slot, decode=False, status_interval=10,
+                              options={"proto_version": "1", "publication_names": self.spec.cdc.publication})
+        self._cursor = cur
+        return rconn, cur, target
+
+    # ---- messages other than inserts: (payload, change LSN) → True when a catch-up run is complete
+
+    def _handlers(self) -> dict[int, Callable[[bytes, int], bool | None]]:
+        # 'Y' type, 'O' origin, 'M' message: nothing to record
+        return {66: self._on_begin, 67: self._on_commit, 85: self._on_row_change, 68: self._on_row_change,
+                82: self._on_relation, 84: self._on_truncate}
+
+    def _on_begin(self, payload: bytes, _lsn: int) -> None:
+        begin = pgoutput.decode_message(payload)
+        self._tx = (begin.final_lsn, begin.xid, begin.commit_ts_us)
+        self._in_tx = True
+
+    def _on_commit(self, payload: bytes, _lsn: int) -> bool:
+        commit = pgoutput.decode_message(payload)
+        self._done.append((commit.commit_lsn, commit.end_lsn))
+        self._last_end = commit.end_lsn
+        self._in_tx = False
+        return not self._follow and commit.end_lsn >= self._target
+
+    def _on_row_change(self, payload: bytes, lsn: int) -> None:
+        rel = self._rels.get(_unpack_relid(payload, 1)[0])
+        if rel is not None and rel.state is not None:
+            self._change(rel, pgoutput.decode_message(payload), lsn)
+
+    def _on_relation(self, payload: bytes, _lsn: int) -> None:
+        relation: pgoutput.Relation = pgoutput.decode_message(payload)
+        state = self._states.get(relation.name) if relation.namespace == self.schema else None
+        rel = _Rel(relation, state)
+        if state is None:
+            log.info("ignoring changes of %s.%s: not a table of the spec", relation.namespace, relation.name)
+        else:
+            if rel.unknown:
+                log.warning("table %s has column(s) %s that the spec does not declare: its events go to the "
+                            "dead-letter store until the spec or the publication matches", relation.name,
+                            rel.unknown)
+            if relation.replica_identity != "f" and state.table.replica_identity == "full":
+                log.warning("table %s: the spec says replica_identity full but the source has %r; "
+                            "updates lose before-images", relation.name, relation.replica_identity)
+        self._rels[relation.relid] = rel
+
+    def _on_truncate(self, payload: bytes, lsn: int) -> None:
+        message: pgoutput.Truncate = pgoutput.decode_message(payload)
+        tx = self._tx
+        position = LsnPosition(tx[0], lsn)
+        for relid in message.relids:
+            rel = self._rels.get(relid)
+            if rel is None or rel.state is None:
+                continue
+            name = rel.relation.name
+            log.warning("TRUNCATE of %s at %s recorded in %s/_truncates (no row events are written for it)",
+                        name, lsn_text(lsn), self.spec.lake.dead_letter)
+            record = DeadLetter(name, position, "TRUNCATE", {
+                "op": "truncate", "table": name, "schema": rel.relation.namespace, "cascade": message.cascade,
+                "restart_identity": message.restart_identity,
+                "source": {"lsn": lsn, "txId": tx[1], "ts_us": tx[2], "commit_lsn": tx[0]}})
+            self.writer.dead_letters.write("_truncates", name, position, position, [record])
+            self.result.truncates += 1
+
+    # ---- inserts: the hot path
+
+    def _inserts(self, msg: Any, read: Callable[[], Any]) -> tuple[Any, int]:
+        """Insert messages from `msg` on, while they come (at most `_PERIODIC_EVERY`): an insert whose relation
+        matches the spec has its text values appended straight to the column lists. Returns the first message
+        not handled (None: nothing buffered) and how many were.
+
+        One call per run of inserts, not per insert: inside a transaction they come back to back, and the
+        per-row call would cost more than the loop around it.
+        """
+        rels = self._rels
+        result = self.result
+        max_rows, max_bytes = self.flush.max_rows, self.flush.max_bytes
+        unpack_relid, unpack_len = _unpack_relid, _unpack_len
+        tx = self._tx  # a run of inserts is inside one transaction
+        for n in range(1, _PERIODIC_EVERY + 1):
+            payload = msg.payload
+            rel = rels.get(unpack_relid(payload, 1)[0])
+            if rel is not None and (state := rel.state) is not None:
+                if rel.fast and not state.replaying:
+                    lsn = msg.data_start
+                    if state.tx is not tx:
+                        state.batch.begin_text_tx(tx[0], tx[1], tx[2], lsn)
+                        state.tx = tx
+                    pos = 8  # 'I', relid, 'N', natts
+                    for col in state.cols:
+                        k = payload[pos]
+                        if k == 116:  # 't'
+                            length = unpack_len(payload, pos + 1)[0]
+                            pos += 5
+                            col.append(payload[pos:pos + length])
+                            pos += length
+                        elif k == 110:  # 'n'
+                            col.append(None)
+                            pos += 1
+                        else:
+                            self._unusual_insert(rel, state, payload, lsn)
+                            break
+                    else:
+                        state.ops.append("c")
+                        state.lsns.append(lsn)
+                        state.events += 1
+                        result.events += 1
+                        batch = state.batch
+                        batch.approx_bytes += len(payload)
+                        if len(state.ops) >= max_rows or batch.approx_bytes >= max_bytes:
+                            self._flush_state(state)
+                else:
+                    self._change(rel, pgoutput.decode_message(payload), msg.data_start)
+            msg = read()
+            if msg is None or msg.payload[0] != 73:
+                return msg, n
+        return msg, _PERIODIC_EVERY
+
+    def _unusual_insert(self, rel: _Rel, state: _TableState, payload: bytes, lsn: int) -> None:
+        """A value kind the fast path does not take (e.g. unchanged TOAST): undo the row's partial append and
+        take the slow path."""
+        n = len(state.ops)
+        for col in state.cols:
+            del col[n:]
+        self._change(rel, pgoutput.decode_message(payload), lsn)
+
+    # ---- the slow path: updates, deletes, replays, relations that differ from the spec
+
+    def _change(self, rel: _Rel, message: Any, lsn: int) -> None:
+        state = rel.state
+        if state is None:
+            return
+        tx = self._tx
+        position = LsnPosition(tx[0], lsn)
+        if state.replaying and state.plan.skip(position):
+            self.result.skipped_replayed += 1
+            return
+        state.events += 1
+        self.result.events += 1
+        batch = state.batch
+        op, values, reason = _row_of(rel, message)
+        if reason is not None:
+            batch.dead_letter(position, reason, self._event_for(rel, message, lsn), tx[2])
+        else:
+            batch.append_text_row(op, rel.in_spec_order(values), position, tx[1], tx[2])
+            state.tx = tx
+        if state.replaying:
+            self._replay_step(state, position)
+        elif batch.rows >= self.flush.max_rows or batch.approx_bytes >= self.flush.max_bytes:
+            self._flush_state(state)
+
+    def _replay_step(self, state: _TableState, position: LsnPosition) -> None:
+        orphan = state.plan.cut_due(position)
+        if orphan is not None:
+            first = state.batch.first_position
+            if first != orphan.first:
+                log.warning("replay of %s did not reproduce %s (starts at %s here): the lake may hold "
+                            "duplicates of these events", state.table.name, orphan.key, first)
+            self._flush_state(state)
+        state.replaying = state.plan.active
+
+    def _event_for(self, rel: _Rel, message: Any, lsn: int) -> dict[str, Any]:
+        """A Debezium-like rendering of a change that keeps raw text (for the dead-letter store)."""
+        def image(values: list[Any] | None) -> dict[str, Any] | None:
+            if values is None:
+                return None
+            return {n: (v.decode(errors="replace") if isinstance(v, bytes) else
+                        ("__unchanged_toast__" if v is pgoutput.UNCHANGED else v))
+                    for n, v in zip(rel.names, values, strict=False)}
+        tx = self._tx
+        return {"before": image(getattr(message, "old", None)), "after": image(getattr(message, "new", None)),
+                "op": _OPS[type(message).__name__],
+                "source": {"schema": rel.relation.namespace, "table": rel.relation.name, "lsn": lsn,
+                           "txId": tx[1], "ts_us": tx[2], "commit_lsn": tx[0]}}
+
+    # ---- flushing and acknowledging
+
+    def _flush_state(self, state: _TableState) -> None:
+        """Hand the batch to the writer thread and start a new one.
+
+        Conversion and Parquet encoding overlap with decoding; a written file counts (for acknowledging and
+        in the result) only once the writer has finished it, and files are reaped in submission order.
+        """
+        batch = state.batch
+        if batch.empty:
+            return
+        state.batch = new_batch(self.resolved, state.table, batch.stream)
+        state.refresh()
+        first_commit = batch.first_position.commit  # before the writer thread clears the batch
+        self._inflight.append((first_commit, self._pool.submit(self.writer.write_batch, batch)))
+        self._reap(block=len(self._inflight) > _MAX_INFLIGHT)
+
+    def _reap(self, block: bool = False, wait_all: bool = False) -> None:
+        """Collect finished writes (oldest first); a failed write raises here, before anything is acked."""
+        inflight = self._inflight
+        reaped = False
+        while inflight and (inflight[0][1].done() or block or wait_all):
+            _commit, future = inflight.popleft()
+            written: WrittenFile = future.result()
+            if written.key:
+                self.result.files.append(written.key)
+            self.result.dead_letters += written.dead_letters
+            reaped = True
+            block = False
+        if reaped:
+            self._update_ack(force=True)
+            self._report()
+
+    def _update_ack(self, force: bool = False) -> None:
+        """Acknowledge the end of the last transaction before the first one with events not yet durable."""
+        pending = [s.batch.first_position.commit for s in self._states.values() if not s.batch.empty]
+        pending += [commit for commit, _future in self._inflight]
+        limit = min(pending) if pending else None
+        done = self._done
+        while done and (limit is None or done[0][0] < limit):
+            self._ack_target = done.popleft()[1]
+        now = time.monotonic()
+        if self._ack_target > self._acked and (force or now - self._last_ack_time >= _ACK_INTERVAL):
+            self._cursor.send_feedback(write_lsn=self._ack_target, flush_lsn=self._ack_target, force=True)
+            self._acked = self._ack_target
+            self._last_ack_time = now
+
+    def _ack_idle(self) -> None:
+        """Nothing buffered and no transaction open: everything the server sent is durable, ack its position.
+
+        Without this a slot whose tables see no changes never advances and holds WAL of other tables forever.
+        """
+        if self._in_tx or self._inflight or any(not s.batch.empty for s in self._states.values()):
+            return
+        wal_end = self._cursor.wal_end or 0
+        if self._done:
+            self._ack_target = max(self._ack_target, self._done[-1][1])
+            self._done.clear()
+        if wal_end > self._ack_target:
+            self._ack_target = wal_end
+
+    def _periodic(self, now: float) -> None:
+        self._reap()
+        for state in self._states.values():
+            if not state.replaying and not state.batch.empty and state.batch.should_flush(self.flush):
+                self._flush_state(state)
+        self._update_ack()
+
+    def _report(self) -> None:
+        if self.progress is not None:
+            self.progress({"events": self.result.events, "files": len(self.result.files),
+                           "dead_letters": self.result.dead_letters, "acked_lsn": lsn_text(self._acked)})
+
+    def _finish(self) -> None:
+        for state in self._states.values():
+            if state.plan.cuts:
+                log.warning("table %s: %d orphan file(s) were not reached by the replay", state.table.name,
+                            len(state.plan.cuts))
+            self._flush_state(state)
+        self._reap(wait_all=True)
+        self._ack_idle()
+        self._update_ack(force=True)
+        self.result.confirmed_lsn = lsn_text(self._acked)
+        self._wait_confirmed(self._acked)
+
+    def _wait_confirmed(self, lsn: int, timeout: float = 5.0) -> None:
+        """Make sure the server has recorded our last acknowledgement before we disconnect."""
+        conn = connect(self.connect_kwargs)
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                row = slot_row(conn, self.spec.cdc.slot)
+                if row is None or (row.confirmed_flush_lsn or 0) >= lsn:
+                    return
+                self._cursor.send_feedback(write_lsn=lsn, flush_lsn=lsn, force=True)
+                time.sleep(0.02)
+            log.warning("the server did not confirm LSN %s in %.0f s", lsn_text(lsn), timeout)
+        finally:
+            conn.close()
+
+    # ---- the main loop
+
+    def run(self, *, follow: bool = False, stop: threading.Event | None = None) -> CdcRunResult:
+        """Stream into the lake until caught up (or, with `follow`, until `stop` is set)."""
+        t0 = time.monotonic()
+        rconn, cur, target = self._start()
+        self._follow, self._target = follow, target
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bankflow-lake-writer")
+        try:
+            with large_young_generation():
+                self._loop(rconn, cur, stop)
+                self._finish()
+        finally:
+            self._pool.shutdown(wait=True)
+            rconn.close()
+        self.result.events_by_table = {name: s.events for name, s in self._states.items()}
+        self.result.seconds = time.monotonic() - t0
+        return self.result
+
+    def _caught_up(self) -> bool:
+        if self._in_tx:
+            return False
+        return max(self._last_end, self._cursor.wal_end or 0) >= self._target
+
+    def _idle(self, rconn: Any, cur: Any, stop: threading.Event | None) -> bool:
+        """Nothing to read: flush by time, ack, ask for the server's position, wait. True to end the run."""
+        now = time.monotonic()
+        if stop is not None and stop.is_set():
+            return True
+        self._periodic(now)
+        if not self._follow and self._caught_up():
+            return True
+        if not self._in_tx:
+            self._ack_idle()
+            self._update_ack()
+            if not self._follow and now - self._last_keepalive_request > _IDLE_WAIT:
+                cur.send_feedback(reply=True)  # the keepalive answer carries the server's position
+                self._last_keepalive_request = now
+        select.select([rconn], [], [], _IDLE_WAIT)
+        return False
+
+    def _loop(self, rconn: Any, cur: Any, stop: threading.Event | None) -> None:
+        read = cur.read_message
+        inserts = self._inserts
+        handlers = self._handlers()
+        count = 0
+        msg = read()
+        while True:
+            if msg is None:
+                if self._idle(rconn, cur, stop):
+                    return
+                msg = read()
+                continue
+            if count >= _PERIODIC_EVERY:
+                count = 0
+                if stop is not None and stop.is_set() and not self._in_tx:
+                    return
+                self._periodic(time.monotonic())
+            payload = msg.payload
+            kind = payload[0]
+            if kind == 73:  # 'I'
+                msg, n = inserts(msg, read)
+                count += n
+                continue
+            count += 1
+            handler = handlers.get(kind)
+            if handler is not None and handler(payload, msg.data_start):
+                return
+            msg = read()
