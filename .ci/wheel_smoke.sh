@@ -106,7 +106,7 @@ status=$?
 set -e
 # plan exits 3 when it found differences (here: everything is new); anything but 0 or 3 is a failure.
 case "$status" in
-  0|3) echo "plan exited $status (3: differences found)" ;;
+  0|3) echo "plan exited $status (0: nothing differs, 3: differences found; both are fine here)" ;;
   *) echo "plan exited $status" >&2; exit 1 ;;
 esac
 [ -n "$(ls -A plan-out 2>/dev/null)" ] || { echo "plan --out wrote nothing into plan-out/" >&2; exit 1; }
