@@ -58,7 +58,7 @@ class DeadLetterStore:
         return len(lines)
 
     def read_all(self) -> list[dict[str, Any]]:
-        """Every record in the store (tests, `bankflow status`)."""
+        """Every record in the store, file by file in key order (to inspect or replay dead letters)."""
         out: list[dict[str, Any]] = []
         if not self.fs.exists(self.base):
             return out

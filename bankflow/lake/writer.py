@@ -40,9 +40,6 @@ class WrittenFile:
     rows: int
     bytes: int
     dead_letters: int
-    first: Any
-    last: Any
-    events: int
 
 
 class LakeWriter:
@@ -73,7 +70,7 @@ class LakeWriter:
 
     def write_batch(self, batch: TableBatch) -> WrittenFile:
         """Write the batch's Parquet file and its dead letters, durably; then clear the batch."""
-        first, last, events = batch.first_position, batch.last_position, batch.events
+        first, last = batch.first_position, batch.last_position
         key = self.key_for(batch)
         table = batch.to_arrow(key)
         size = 0
@@ -84,7 +81,7 @@ class LakeWriter:
         dead = self.dead_letters.write(batch.table.name, batch.stream, first, last, batch.dead_letters)
         rows = table.num_rows
         batch.clear()
-        return WrittenFile(written_key, rows, size, dead, first, last, events)
+        return WrittenFile(written_key, rows, size, dead)
 
     def write_table(self, key: str, table: pa.Table) -> int:
         """One Parquet file, written atomically. Dictionary encoding only for text columns: on numbers, decimals

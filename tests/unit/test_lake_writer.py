@@ -48,7 +48,7 @@ def test_key_layout_date_comes_from_commit_time_and_write_is_atomic(tmp_path: Pa
     written = writer.write_batch(batch)
     expected = (f"{tmp_path}/public/bank.public.accounts/accounts/p=2/date=2024-03-05/"
                 "bank.public.accounts-p00002-00000000000000000040-00000000000000000042.parquet")
-    assert written.key == expected and written.rows == 3 and written.events == 3
+    assert written.key == expected and written.rows == 3 and written.dead_letters == 0
     assert batch.empty
     table = pq.read_table(expected)
     assert table["_file"].to_pylist() == [expected] * 3
