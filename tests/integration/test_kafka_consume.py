@@ -321,3 +321,46 @@ def test_two_workers_one_killed_exactly_once(tmp_path: Path, tansu_broker: Tansu
     assert killed is not None, "the workers finished before one could be killed"
     assert out["restarts"] >= 1
     assert_exactly_once(resolved, events)
+
+
+_WORKERS_CHILD = """
+import sys
+from bankflow.engines.debezium.workers import run_workers
+from bankflow.spec.loader import load_spec
+out = run_workers(load_spec(sys.argv[1]), workers=2, follow=True, progress=False)
+assert not out["failures"], out["failures"]
+print(out["events"], out["dropped_partial"])
+"""
+
+
+def test_ctrl_c_stops_following_workers_cleanly(tmp_path: Path, tansu_broker: TansuBroker,
+                                                s3_server: S3Server) -> None:
+    """SIGINT to the whole process group (a Ctrl-C in the terminal): the supervisor stops its workers once,
+    each flushes and commits its open batches, and the run exits 0 with every event in the lake."""
+    path, prefix = write_spec(tmp_path, tansu_broker, s3_server, max_rows=150, partitions=2)
+    events = make_events(2000, seed=17)
+    produce(tansu_broker, prefix, events, partitions=2)
+    resolved = load_spec(path)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", _WORKERS_CHILD, str(path)], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and proc.poll() is None:
+            fs, root = lake_filesystem(resolved)
+            fs.invalidate_cache()
+            if fs.exists(root) and sum(1 for p in fs.find(root) if p.endswith(".parquet")) >= 10:
+                break  # the workers are streaming, with partial batches open
+            time.sleep(0.1)
+        assert proc.poll() is None, "the follow run ended by itself"
+        time.sleep(1.0)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0
+    assert out.split() == [str(len(events)), "0"]
+    assert_exactly_once(resolved, events)
+    assert sum(committed(resolved, prefix, partitions=2).values()) == len(events)
