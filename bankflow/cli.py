@@ -275,32 +275,35 @@ def cmd_plan(args: argparse.Namespace) -> int:
             "unset_variables": list(resolved.unset),
         }, indent=2))
     elif not args.quiet:
-        spec = resolved.spec
-        print(f"plan for {spec.name} (environment: {resolved.env or 'default'})")
-        print(f"  source     postgres {spec.source.host}:{spec.source.port}/{spec.source.database} "
-              f"schema {spec.source.schema_name}, {len(spec.tables)} table(s)")
-        print(f"  cdc        {spec.cdc.describe()}")
-        print(f"  lake       {spec.lake.url}/{spec.lake.layout}")
-        print(f"  warehouse  {spec.warehouse.describe()}")
-        if spec.transform:
-            print(f"  transform  dbt: {' → '.join(s.label for s in spec.transform.steps)}")
-        else:
-            print("  transform  none (the spec has no transform: section; no dbt profile is rendered)")
-        for note in spec_notes + result.notes:
-            print(f"  note       {note}")
-        for name in sorted(result.files):
-            mark = "~" if name in result.changed else " "
-            print(f"  {mark} {name}")
-        if args.out:
-            print(f"wrote {len(result.files)} artifact(s) to {args.out}")
-        if result.compared_with is not None or result.changed:
-            if result.changed:
-                print(f"{len(result.changed)} change(s) against {result.compared_with or 'live state'}:")
-                for diff in result.changed.values():
-                    _print(diff.rstrip("\n") or "(new)", resolved)
-            else:
-                print(f"no changes against {result.compared_with}")
+        _print_plan(args, resolved, result, spec_notes)
     return EXIT_DIFFERS if result.differs else EXIT_OK
+
+
+def _print_plan(args: argparse.Namespace, resolved: ResolvedSpec, result: Any, notes: list[str]) -> None:
+    spec = resolved.spec
+    print(f"plan for {spec.name} (environment: {resolved.env or 'default'})")
+    print(f"  source     postgres {spec.source.host}:{spec.source.port}/{spec.source.database} "
+          f"schema {spec.source.schema_name}, {len(spec.tables)} table(s)")
+    print(f"  cdc        {spec.cdc.describe()}")
+    print(f"  lake       {spec.lake.url}/{spec.lake.layout}")
+    print(f"  warehouse  {spec.warehouse.describe()}")
+    if spec.transform:
+        print(f"  transform  dbt: {' → '.join(s.label for s in spec.transform.steps)}")
+    else:
+        print("  transform  none (the spec has no transform: section; no dbt profile is rendered)")
+    for note in notes + result.notes:
+        print(f"  note       {note}")
+    for name in sorted(result.files):
+        mark = "~" if name in result.changed else " "
+        print(f"  {mark} {name}")
+    if args.out:
+        print(f"wrote {len(result.files)} artifact(s) to {args.out}")
+    if result.changed:
+        print(f"{len(result.changed)} change(s) against {result.compared_with or 'live state'}:")
+        for diff in result.changed.values():
+            _print(diff.rstrip("\n") or "(new)", resolved)
+    elif result.compared_with is not None:
+        print(f"no changes against {result.compared_with}")
 
 
 def _pending_files(resolved: ResolvedSpec) -> dict[str, list[str]] | None:

@@ -10,6 +10,7 @@ from bankflow.errors import Issue
 
 if TYPE_CHECKING:
     from bankflow.spec.loader import ResolvedSpec
+    from bankflow.spec.models import Table
 
 Positions = dict[tuple[Any, ...], tuple[int, int]]
 
@@ -17,101 +18,129 @@ Positions = dict[tuple[Any, ...], tuple[int, int]]
 def check_spec(resolved: ResolvedSpec, positions: Positions, *, check_dbt: bool = True,
                file: str | None = None) -> list[Issue]:
     """`file`: the spec's path as the user gave it (issues name it the same way the loader's do)."""
+    checker = _Checker(resolved, positions, file or str(resolved.path))
     spec = resolved.spec
-    file = file or str(resolved.path)
-    issues: list[Issue] = []
-
-    def add(path: tuple[Any, ...], field: str, message: str, hint: str = "", severity: str = "error") -> None:
-        probe: tuple[Any, ...] | None = path
-        position = None
-        while position is None and probe is not None:
-            position = positions.get(probe)
-            probe = probe[:-1] if probe else None
-        line, column = position or (None, None)
-        issues.append(Issue(file, line, column, field, message, hint, severity))
-
-    names = [t.name for t in spec.tables]
-    duplicated = {n for n in names if names.count(n) > 1}
-    for index, table in enumerate(spec.tables):
-        where = ("tables", index)
-        if table.name in names[:index]:
-            add((*where, "name"), f"tables[{index}].name", f"table {table.name!r} is declared twice",
-                "each source table appears once: remove or rename this entry")
-        for col_index, column in enumerate(table.columns):
-            if column.references:
-                ref_table, ref_column = column.references.split(".")
-                target = next((t for t in spec.tables if t.name == ref_table), None)
-                if target is None or ref_column not in [c.name for c in target.columns]:
-                    add((*where, "columns", col_index, "references"),
-                        f"tables[{index}].columns[{col_index}].references",
-                        f"{column.references!r} is not a column of a declared table",
-                        f"declared tables: {', '.join(names)}")
-        for key in table.primary_key:
-            if table.column(key).nullable:
-                add((*where, "primary_key"), f"tables[{index}].primary_key",
-                    f"primary key column {key!r} is nullable", f"set nullable: false on column {key!r}")
-        if table.replica_identity != "full":
-            add((*where, "replica_identity"), f"tables[{index}].replica_identity",
-                f"table {table.name!r} without REPLICA IDENTITY FULL: updates carry no before-image and deletes "
-                "carry only the key", "set replica_identity: full where updates/deletes must be complete",
-                "warning")
-
-    # Topics: unique, and derived from the connector's prefix (Debezium names them so; a mismatch means a
-    # consumer subscribed to a topic nobody writes).
-    topics: dict[str, str] = {}
-    for index, table in enumerate(spec.tables):
-        if table.name in duplicated:
-            continue  # reported above; its topic and raw table collide for the same reason
-        topic = spec.topic_for(table)
-        if topic in topics:
-            add(("tables", index, "topic"), f"tables[{index}].topic",
-                f"topic {topic!r} is used by tables {topics[topic]!r} and {table.name!r}",
-                "every table needs its own topic")
-        topics[topic] = table.name
-        expected = f"{spec.cdc.topic_prefix}.{spec.source.schema_name}.{table.name}"
-        if table.topic is not None and table.topic != expected:
-            add(("tables", index, "topic"), f"tables[{index}].topic",
-                f"topic {table.topic!r} does not match the connector's naming {expected!r}",
-                "Debezium writes {topic_prefix}.{schema}.{table}: remove 'topic:' or change cdc.topic_prefix")
-
-    raw_targets: dict[str, str] = {}
-    for index, table in enumerate(spec.tables):
-        if table.name in duplicated:
-            continue
-        if table.raw_name in raw_targets:
-            add(("tables", index, "raw_table"), f"tables[{index}].raw_table",
-                f"raw table {table.raw_name!r} is the target of tables {raw_targets[table.raw_name]!r} and "
-                f"{table.name!r}", "give each table its own raw_table")
-        raw_targets.setdefault(table.raw_name, table.name)
-
-    if spec.cdc.heartbeat_interval_ms == 0:
-        add(("cdc", "heartbeat_interval_ms"), "cdc.heartbeat_interval_ms",
-            "a replication slot without heartbeats holds WAL while the captured tables are idle",
-            "set heartbeat_interval_ms, e.g. 10000", "warning")
-    for found in spec.cdc.check(spec, resolved.env_refs):
-        add(found.at, ".".join(str(p) for p in found.at), found.message, found.hint, found.severity)
-    schemes = spec.warehouse.capabilities.lake_schemes
-    if spec.lake.scheme not in schemes:
-        add(("lake", "url"), "lake.url",
-            f"the {spec.warehouse.type} warehouse cannot load from a {spec.lake.scheme}:// lake: the lake must be on "
-            + " or ".join(f"{s}://" for s in sorted(schemes)),
-            f"set lake.url to {' or '.join(s + '://…' for s in sorted(schemes))} in this environment")
-
-    for index, check in enumerate(spec.verify.checks):
-        for key in ("source_sql", "warehouse_sql"):
-            sql = getattr(check, key).strip().rstrip(";")
-            if ";" in sql or not re.match(r"(?is)^\s*(select|with)\b", sql):
-                add(("verify", "checks", index, key), f"verify.checks[{index}].{key}",
-                    "a verify query must be a single SELECT", "remove statements other than one SELECT")
-
+    checker.tables()
+    checker.topics()
+    checker.raw_targets()
+    checker.variants()
+    checker.verify_queries()
     if spec.transform is not None and check_dbt:
-        issues.extend(_check_dbt(resolved, add))
+        checker.issues.extend(_check_dbt(resolved, checker.add))
     if spec.generate is not None:
         workload = resolved.resolve_path(spec.generate.workload)
         if not workload.is_file():
-            add(("generate", "workload"), "generate.workload", f"workload file {workload} not found",
-                "give a path relative to the spec's directory")
-    return issues
+            checker.add(("generate", "workload"), "generate.workload", f"workload file {workload} not found",
+                        "give a path relative to the spec's directory")
+    return checker.issues
+
+
+class _Checker:
+    """Collects issues, each located at the closest line the spec has for its path."""
+
+    def __init__(self, resolved: ResolvedSpec, positions: Positions, file: str):
+        self.resolved = resolved
+        self.spec = resolved.spec
+        self.positions = positions
+        self.file = file
+        self.issues: list[Issue] = []
+        names = [t.name for t in self.spec.tables]
+        self.names = names
+        self.duplicated = {n for n in names if names.count(n) > 1}
+
+    def add(self, path: tuple[Any, ...], field: str, message: str, hint: str = "", severity: str = "error") -> None:
+        probe: tuple[Any, ...] | None = path
+        position = None
+        while position is None and probe is not None:
+            position = self.positions.get(probe)
+            probe = probe[:-1] if probe else None
+        line, column = position or (None, None)
+        self.issues.append(Issue(self.file, line, column, field, message, hint, severity))
+
+    def tables(self) -> None:
+        for index, table in enumerate(self.spec.tables):
+            where = ("tables", index)
+            if table.name in self.names[:index]:
+                self.add((*where, "name"), f"tables[{index}].name", f"table {table.name!r} is declared twice",
+                         "each source table appears once: remove or rename this entry")
+            self._references(index, table)
+            for key in table.primary_key:
+                if table.column(key).nullable:
+                    self.add((*where, "primary_key"), f"tables[{index}].primary_key",
+                             f"primary key column {key!r} is nullable", f"set nullable: false on column {key!r}")
+            if table.replica_identity != "full":
+                self.add((*where, "replica_identity"), f"tables[{index}].replica_identity",
+                         f"table {table.name!r} without REPLICA IDENTITY FULL: updates carry no before-image and "
+                         "deletes carry only the key",
+                         "set replica_identity: full where updates/deletes must be complete", "warning")
+
+    def _references(self, index: int, table: Table) -> None:
+        for col_index, column in enumerate(table.columns):
+            if not column.references:
+                continue
+            ref_table, ref_column = column.references.split(".")
+            target = next((t for t in self.spec.tables if t.name == ref_table), None)
+            if target is None or ref_column not in [c.name for c in target.columns]:
+                self.add(("tables", index, "columns", col_index, "references"),
+                         f"tables[{index}].columns[{col_index}].references",
+                         f"{column.references!r} is not a column of a declared table",
+                         f"declared tables: {', '.join(self.names)}")
+
+    def topics(self) -> None:
+        """Unique, and derived from the connector's prefix (Debezium names them so; a mismatch means a consumer
+        subscribed to a topic nobody writes)."""
+        spec = self.spec
+        topics: dict[str, str] = {}
+        for index, table in enumerate(spec.tables):
+            if table.name in self.duplicated:
+                continue  # reported already; its topic and raw table collide for the same reason
+            topic = spec.topic_for(table)
+            if topic in topics:
+                self.add(("tables", index, "topic"), f"tables[{index}].topic",
+                         f"topic {topic!r} is used by tables {topics[topic]!r} and {table.name!r}",
+                         "every table needs its own topic")
+            topics[topic] = table.name
+            expected = f"{spec.cdc.topic_prefix}.{spec.source.schema_name}.{table.name}"
+            if table.topic is not None and table.topic != expected:
+                self.add(("tables", index, "topic"), f"tables[{index}].topic",
+                         f"topic {table.topic!r} does not match the connector's naming {expected!r}",
+                         "Debezium writes {topic_prefix}.{schema}.{table}: remove 'topic:' or change "
+                         "cdc.topic_prefix")
+
+    def raw_targets(self) -> None:
+        targets: dict[str, str] = {}
+        for index, table in enumerate(self.spec.tables):
+            if table.name in self.duplicated:
+                continue
+            if table.raw_name in targets:
+                self.add(("tables", index, "raw_table"), f"tables[{index}].raw_table",
+                         f"raw table {table.raw_name!r} is the target of tables {targets[table.raw_name]!r} and "
+                         f"{table.name!r}", "give each table its own raw_table")
+            targets.setdefault(table.raw_name, table.name)
+
+    def variants(self) -> None:
+        """What the engine and the warehouse say about the rest of the spec (read off their capabilities)."""
+        spec = self.spec
+        if spec.cdc.heartbeat_interval_ms == 0:
+            self.add(("cdc", "heartbeat_interval_ms"), "cdc.heartbeat_interval_ms",
+                     "a replication slot without heartbeats holds WAL while the captured tables are idle",
+                     "set heartbeat_interval_ms, e.g. 10000", "warning")
+        for found in spec.cdc.check(spec, self.resolved.env_refs):
+            self.add(found.at, ".".join(str(p) for p in found.at), found.message, found.hint, found.severity)
+        schemes = spec.warehouse.capabilities.lake_schemes
+        if spec.lake.scheme not in schemes:
+            self.add(("lake", "url"), "lake.url",
+                     f"the {spec.warehouse.type} warehouse cannot load from a {spec.lake.scheme}:// lake: the lake "
+                     "must be on " + " or ".join(f"{s}://" for s in sorted(schemes)),
+                     f"set lake.url to {' or '.join(s + '://…' for s in sorted(schemes))} in this environment")
+
+    def verify_queries(self) -> None:
+        for index, check in enumerate(self.spec.verify.checks):
+            for key in ("source_sql", "warehouse_sql"):
+                sql = getattr(check, key).strip().rstrip(";")
+                if ";" in sql or not re.match(r"(?is)^\s*(select|with)\b", sql):
+                    self.add(("verify", "checks", index, key), f"verify.checks[{index}].{key}",
+                             "a verify query must be a single SELECT", "remove statements other than one SELECT")
 
 
 # ---------------------------------------------------------------- dbt selectors
@@ -194,29 +223,31 @@ def dbt_nodes(project_dir: Path) -> dict[str, set[str]]:
     for kind, key in PATH_KEYS.items():
         for directory in config.get(key, [PATH_DEFAULTS[kind]]):
             root = project_dir / directory
-            if not root.is_dir():
-                continue
-            for path in sorted(root.rglob("*")):
-                if not path.is_file():
-                    continue
-                relative = path.relative_to(project_dir).with_suffix("").as_posix()
-                if path.suffix == ".sql":
-                    text = _dbt_text(path, project_dir)
-                    if kind == "snapshot" or "{% snapshot" in text:
-                        for name in re.findall(r"{%-?\s*snapshot\s+(\w+)", text):
-                            nodes["snapshot"].add(f"{name}|{relative}")
-                        if kind == "snapshot":
-                            continue
-                    nodes[kind].add(f"{path.stem}|{relative}")
-                elif path.suffix in (".yml", ".yaml") and kind in ("snapshot", "model"):
-                    doc = _dbt_yaml(path, project_dir)
-                    snapshots = doc.get("snapshots") if isinstance(doc, dict) else None
-                    for snap in snapshots if isinstance(snapshots, list) else []:
-                        if isinstance(snap, dict) and isinstance(snap.get("name"), str):
-                            nodes["snapshot"].add(f"{snap['name']}|{relative}")
-                elif path.suffix == ".csv" and kind == "seed":
-                    nodes["seed"].add(f"{path.stem}|{relative}")
+            if root.is_dir():
+                for path in sorted(p for p in root.rglob("*") if p.is_file()):
+                    _add_dbt_file(nodes, kind, path, project_dir)
     return nodes
+
+
+def _add_dbt_file(nodes: dict[str, set[str]], kind: str, path: Path, project_dir: Path) -> None:
+    """The nodes one file of a `kind` directory (model, snapshot, seed, test) declares."""
+    relative = path.relative_to(project_dir).with_suffix("").as_posix()
+    if path.suffix == ".sql":
+        text = _dbt_text(path, project_dir)
+        if kind == "snapshot" or "{% snapshot" in text:
+            for name in re.findall(r"{%-?\s*snapshot\s+(\w+)", text):
+                nodes["snapshot"].add(f"{name}|{relative}")
+            if kind == "snapshot":
+                return
+        nodes[kind].add(f"{path.stem}|{relative}")
+    elif path.suffix in (".yml", ".yaml") and kind in ("snapshot", "model"):
+        doc = _dbt_yaml(path, project_dir)
+        snapshots = doc.get("snapshots") if isinstance(doc, dict) else None
+        for snap in snapshots if isinstance(snapshots, list) else []:
+            if isinstance(snap, dict) and isinstance(snap.get("name"), str):
+                nodes["snapshot"].add(f"{snap['name']}|{relative}")
+    elif path.suffix == ".csv" and kind == "seed":
+        nodes["seed"].add(f"{path.stem}|{relative}")
 
 
 def selector_matches(selector: str, nodes: dict[str, set[str]], project_name: str) -> bool:

@@ -379,6 +379,26 @@ def _got(value: Any, variable: str | None) -> str:
     return f"got the value of ${{{variable}}}" if variable else f"got {value!r}"
 
 
+def _unknown_key(key: str, parent: tuple[Any, ...]) -> tuple[str, str]:
+    """(message, hint) for a key the model does not have, with the closest allowed one."""
+    allowed = _fields_of(PipelineSpec, parent)
+    close = difflib.get_close_matches(key, [a for a in allowed if a != key], n=1)
+    hint = (f"did you mean {close[0]!r}? " if close else "") + (
+        f"allowed keys here: {', '.join(allowed)}" if allowed else "")
+    return f"unknown key {key!r}", hint
+
+
+def _unknown_variant(error: Any, loc: tuple[Any, ...], message: str) -> tuple[tuple[Any, ...], str, str]:
+    """(loc, message, hint) for a `type:`/`engine:` naming no registered variant."""
+    ctx = error.get("ctx") or {}
+    key = str(ctx.get("discriminator", "")).strip("'").removeprefix("_").removesuffix("_of()")
+    if key in VARIANT_KEYS and key != "type":  # a callable discriminator: name the key it reads
+        loc = (*loc, key)
+        expected = [tag.strip() for tag in str(ctx.get("expected_tags", "")).split(",")]
+        message = f"{key} {ctx.get('tag')!r} is not known: input should be {' or '.join(expected)}"
+    return loc, message, f"{key or 'type'} must be one of the listed values"
+
+
 def _issues_from_validation(exc: ValidationError, located: Located, file: str,
                             refs: dict[str, str] | None = None,
                             unset: list[UnsetVariable] | None = None) -> list[Issue]:
@@ -405,12 +425,7 @@ def _issues_from_validation(exc: ValidationError, located: Located, file: str,
             loc = (*loc, *getattr(cause, "at", ()))
         dotted = _dotted(loc)
         if kind == "extra_forbidden":
-            key = str(loc[-1])
-            allowed = _fields_of(PipelineSpec, tuple(error["loc"])[:-1])
-            close = difflib.get_close_matches(key, [a for a in allowed if a != key], n=1)
-            message = f"unknown key {key!r}"
-            hint = (f"did you mean {close[0]!r}? " if close else "") + (
-                f"allowed keys here: {', '.join(allowed)}" if allowed else "")
+            message, hint = _unknown_key(str(loc[-1]), tuple(error["loc"])[:-1])
             position = located.positions.get((*loc, "__key__"))
         elif kind == "missing":
             message = "required field is missing"
@@ -422,14 +437,8 @@ def _issues_from_validation(exc: ValidationError, located: Located, file: str,
         elif kind.endswith("_type") or kind.endswith("_parsing"):
             hint = _got(error.get("input"), refs.get(dotted))
         elif kind == "union_tag_invalid":
-            ctx = error.get("ctx") or {}
-            key = str(ctx.get("discriminator", "")).strip("'").removeprefix("_").removesuffix("_of()")
-            if key in VARIANT_KEYS and key != "type":  # a callable discriminator: name the key it reads
-                loc = (*loc, key)
-                dotted = _dotted(loc)
-                expected = [tag.strip() for tag in str(ctx.get("expected_tags", "")).split(",")]
-                message = f"{key} {ctx.get('tag')!r} is not known: input should be {' or '.join(expected)}"
-            hint = f"{key or 'type'} must be one of the listed values"
+            loc, message, hint = _unknown_variant(error, loc, message)
+            dotted = _dotted(loc)
         if not hint and isinstance(error.get("input"), (str, int, float, bool)):
             hint = _got(error["input"], refs.get(dotted))
         # The closest located ancestor (a missing field points at its parent mapping).
