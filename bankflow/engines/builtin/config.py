@@ -15,7 +15,8 @@ class BuiltinCdc(CdcConfig):
     capabilities: ClassVar[EngineCapabilities] = EngineCapabilities(
         uses_kafka=False,
         snapshot_modes=frozenset({"initial", "when_needed", "no_data", "never"}),
-        file_key_scheme="{layout}/lsn-{start_lsn:016X}-{end_lsn:016X}.parquet  (LSN range of the file's events)",
+        file_key_scheme="{layout}/{table}[-snapshot]-{commit:016X}.{lsn:016X}-{commit:016X}.{lsn:016X}.parquet  "
+                        "(commit LSN and change LSN of the file's first and last events)",
         event_source="postgres-logical-replication",
         label="built-in engine",
         snapshot_note="it snapshots once, when it creates the slot, and then streams",

@@ -19,7 +19,8 @@ class DebeziumCdc(CdcConfig):
     capabilities: ClassVar[EngineCapabilities] = EngineCapabilities(
         uses_kafka=True,
         snapshot_modes=frozenset({"initial", "no_data", "always", "never", "when_needed", "initial_only"}),
-        file_key_scheme="{layout}/p{partition}-{start_offset:020d}-{end_offset:020d}.parquet  (Kafka offset range)",
+        file_key_scheme="{layout}/{topic}-p{partition:05d}-{first_offset:020d}-{last_offset:020d}.parquet  "
+                        "(Kafka partition and offset range)",
         event_source="kafka",
         label="Debezium engine",
         passes_source_password=True,
