@@ -40,9 +40,11 @@ lint: venv
 wheel-smoke:
 	PYTHON=$(PYTHON) bash .ci/wheel_smoke.sh
 
-# After changing a dependency in pyproject.toml: resolve again and rewrite constraints.txt.
+# After changing a dependency in pyproject.toml: resolve again and rewrite constraints.txt (one interpreter per
+# Python version the pins must cover, oldest first; e.g. CONSTRAINT_PYTHONS="/opt/py310/bin/python3 python3.11").
+CONSTRAINT_PYTHONS ?= python3.10 python3.11
 constraints:
-	bash .ci/update_constraints.sh python3.10 python3.11
+	bash .ci/update_constraints.sh $(CONSTRAINT_PYTHONS)
 
 bench: venv
 	$(BIN)/python benchmarks/run_all.py
