@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import Field, field_validator
 
 from bankflow.errors import BankflowError
-from bankflow.spec.base import SLOT_RE, TOPIC_RE, SpecValueError, StrictModel
+from bankflow.spec.base import SLOT_RE, SpecValueError, StrictModel, check_topic_name
 
 if TYPE_CHECKING:
     from bankflow.spec.loader import ResolvedSpec
@@ -121,9 +121,7 @@ class CdcConfig(StrictModel):
     @field_validator("topic_prefix")
     @classmethod
     def _topicish(cls, value: str) -> str:
-        if not TOPIC_RE.match(value):
-            raise SpecValueError(f"{value!r} is not a valid name", "use only letters, digits, '.', '_' and '-'")
-        return value
+        return check_topic_name(value)
 
     @field_validator("slot", "publication")
     @classmethod

@@ -35,6 +35,13 @@ def check_identifier(value: str, what: str = "identifier") -> str:
     return value
 
 
+def check_topic_name(value: str) -> str:
+    """Kafka topic and connector names: what Kafka and Kafka Connect accept without quoting games."""
+    if not TOPIC_RE.match(value):
+        raise SpecValueError(f"{value!r} is not a valid name", "use only letters, digits, '.', '_' and '-' (max 249)")
+    return value
+
+
 Identifier = Annotated[str, Field(description="A plain SQL identifier: [a-z_][a-z0-9_]*")]
 
 

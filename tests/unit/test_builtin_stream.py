@@ -21,6 +21,7 @@ from bankflow.engines.builtin import stream as stream_mod
 from bankflow.engines.builtin.stream import StreamReader
 from bankflow.lake.replay import ReplayPlan
 from bankflow.spec.loader import load_spec
+from tests.fixtures.pgoutput_messages import tuple_data
 
 SPEC = """\
 version: 1
@@ -39,19 +40,6 @@ lake:
   flush: {max_rows: 4, max_seconds: 600}
 warehouse: {type: duckdb, path: wh.duckdb}
 """
-
-
-def tuple_data(*values: bytes | str | None) -> bytes:
-    out = struct.pack(">h", len(values))
-    for value in values:
-        if value is None:
-            out += b"n"
-        elif value == "u":
-            out += b"u"
-        else:
-            assert isinstance(value, bytes)
-            out += b"t" + struct.pack(">i", len(value)) + value
-    return out
 
 
 def relation(*columns: str) -> bytes:

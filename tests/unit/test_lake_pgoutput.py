@@ -8,19 +8,7 @@ import pytest
 
 from bankflow.engines.builtin import pgoutput
 from bankflow.engines.builtin.pgoutput import UNCHANGED, decode_message, resolve_unchanged
-
-
-def _tuple(*values: bytes | str | None) -> bytes:
-    out = struct.pack(">h", len(values))
-    for value in values:
-        if value is None:
-            out += b"n"
-        elif value == "u":
-            out += b"u"
-        else:
-            assert isinstance(value, bytes)
-            out += b"t" + struct.pack(">i", len(value)) + value
-    return out
+from tests.fixtures.pgoutput_messages import tuple_data
 
 
 def test_begin_commit_times_are_unix_microseconds() -> None:
@@ -41,14 +29,14 @@ def test_relation_flags_and_types() -> None:
 
 
 def test_insert_update_delete_tuples() -> None:
-    ins = decode_message(b"I" + struct.pack(">I", 7) + b"N" + _tuple(b"1", None, b"0.10"))
+    ins = decode_message(b"I" + struct.pack(">I", 7) + b"N" + tuple_data(b"1", None, b"0.10"))
     assert ins == pgoutput.Insert(7, [b"1", None, b"0.10"])
-    upd = decode_message(b"U" + struct.pack(">I", 7) + b"O" + _tuple(b"1", b"old", b"x") + b"N"
-                         + _tuple(b"1", "u", b"y"))
+    upd = decode_message(b"U" + struct.pack(">I", 7) + b"O" + tuple_data(b"1", b"old", b"x") + b"N"
+                         + tuple_data(b"1", "u", b"y"))
     assert upd.old_kind == "O" and upd.old == [b"1", b"old", b"x"] and upd.new == [b"1", UNCHANGED, b"y"]
-    plain = decode_message(b"U" + struct.pack(">I", 7) + b"N" + _tuple(b"2"))
+    plain = decode_message(b"U" + struct.pack(">I", 7) + b"N" + tuple_data(b"2"))
     assert plain.old_kind is None and plain.old is None and plain.new == [b"2"]
-    dele = decode_message(b"D" + struct.pack(">I", 7) + b"K" + _tuple(b"1", None, None))
+    dele = decode_message(b"D" + struct.pack(">I", 7) + b"K" + tuple_data(b"1", None, None))
     assert dele == pgoutput.Delete(7, "K", [b"1", None, None])
 
 

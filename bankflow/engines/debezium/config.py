@@ -8,7 +8,7 @@ from pydantic import Field, field_validator
 
 from bankflow.engines.base import CdcConfig, EngineCapabilities
 from bankflow.errors import BankflowError
-from bankflow.spec.base import TOPIC_RE, SpecValueError
+from bankflow.spec.base import check_topic_name
 
 if TYPE_CHECKING:
     from bankflow.engines.debezium.engine import DebeziumEngine
@@ -38,9 +38,7 @@ class DebeziumCdc(CdcConfig):
     @field_validator("connector")
     @classmethod
     def _connector(cls, value: str) -> str:
-        if not TOPIC_RE.match(value):
-            raise SpecValueError(f"{value!r} is not a valid name", "use only letters, digits, '.', '_' and '-'")
-        return value
+        return check_topic_name(value)
 
     @classmethod
     def engine_class(cls) -> type[DebeziumEngine]:
