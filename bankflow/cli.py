@@ -282,11 +282,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def _print_plan(args: argparse.Namespace, resolved: ResolvedSpec, result: Any, notes: list[str]) -> None:
     spec = resolved.spec
     print(f"plan for {spec.name} (environment: {resolved.env or 'default'})")
-    print(f"  source     postgres {spec.source.host}:{spec.source.port}/{spec.source.database} "
-          f"schema {spec.source.schema_name}, {len(spec.tables)} table(s)")
-    print(f"  cdc        {spec.cdc.describe()}")
-    print(f"  lake       {spec.lake.url}/{spec.lake.layout}")
-    print(f"  warehouse  {spec.warehouse.describe()}")
+    _print(f"  source     postgres {spec.source.host}:{spec.source.port}/{spec.source.database} "
+           f"schema {spec.source.schema_name}, {len(spec.tables)} table(s)", resolved)
+    _print(f"  cdc        {spec.cdc.describe()}", resolved)  # URLs may carry user-info: a secret
+    _print(f"  lake       {spec.lake.url}/{spec.lake.layout}", resolved)
+    _print(f"  warehouse  {spec.warehouse.describe()}", resolved)
     if spec.transform:
         print(f"  transform  dbt: {' → '.join(s.label for s in spec.transform.steps)}")
     else:
@@ -368,11 +368,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     resolved = _load(args)
     status = Pipeline(resolved).status()
     if args.json:
-        print(json.dumps(status, indent=2, default=str))
+        _print(json.dumps(status, indent=2, default=str), resolved)
     else:
         from bankflow.pipeline import format_status
 
-        print(format_status(status))
+        _print(format_status(status), resolved)
     return EXIT_OK
 
 

@@ -13,10 +13,14 @@ Every line that leaves through this handler has the spec's secret values redacte
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import os
+import re
 import sys
 import threading
+import urllib.parse
 from collections.abc import Iterable
 from typing import TextIO
 
@@ -58,10 +62,40 @@ def add_secrets(values: Iterable[str]) -> None:
     _secrets.update(v for v in values if v)
 
 
+REDACTED = "****"
+
+
+def secret_forms(secret: str) -> set[str]:
+    """The ways a secret value shows up in text: as written, URL-encoded (a password in a URL or a form) and
+    JSON-escaped (a password with a quote or backslash inside a JSON document)."""
+    return {secret, urllib.parse.quote(secret, safe=""), urllib.parse.quote_plus(secret),
+            urllib.parse.quote(secret, safe="/:"), json.dumps(secret)[1:-1],
+            json.dumps(secret, ensure_ascii=False)[1:-1]}
+
+
+@functools.lru_cache(maxsize=64)
+def _pattern(secrets: frozenset[str]) -> re.Pattern[str] | None:
+    forms = sorted({form for secret in secrets if secret for form in secret_forms(secret)}, key=len, reverse=True)
+    if not forms:
+        return None
+    # A whole value only: not preceded or followed by a letter or digit (a secret `ab` is not inside `banking`).
+    return re.compile(r"(?<![^\W_])(?:" + "|".join(map(re.escape, forms)) + r")(?![^\W_])")
+
+
+def redact_values(text: str, secrets: Iterable[str]) -> str:
+    """`text` with every whole occurrence of a secret (as written, URL-encoded or JSON-escaped) replaced by ****.
+
+    An occurrence counts when the characters either side are not letters or digits (or it starts or ends the
+    text): a short value inside a longer word is a different word, not the secret.
+    """
+    pattern = _pattern(frozenset(secrets))
+    return text if pattern is None else pattern.sub(REDACTED, text)
+
+
 def redact(text: str) -> str:
-    for secret in sorted(_secrets, key=len, reverse=True):
-        text = text.replace(secret, "****")
-    return text
+    with _lock:
+        secrets = frozenset(_secrets)
+    return redact_values(text, secrets)
 
 
 class _Formatter(logging.Formatter):

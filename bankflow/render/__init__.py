@@ -41,4 +41,5 @@ def render_all(resolved: ResolvedSpec) -> Artifacts:
         files["dbt/profiles.yml"] = profile
     files[f"{warehouse_dir(resolved)}/setup.sql"] = render_setup_sql(resolved, reveal=False)
     files[load_sql_name(resolved)] = render_load_sql(resolved, None)
-    return Artifacts(files)
+    # Whatever a renderer let through (e.g. URL user-info in an endpoint) is still a secret: redact every file.
+    return Artifacts({name: resolved.redact(text) for name, text in files.items()})

@@ -70,10 +70,11 @@ class ResolvedSpec:
         return self.resolve_path(self.spec.state_dir)
 
     def redact(self, text: str) -> str:
-        for secret in sorted(self.secrets, key=len, reverse=True):
-            if secret:
-                text = text.replace(secret, "****")
-        return text
+        """`text` with every secret replaced by **** where it appears as a whole value (also URL-encoded or
+        JSON-escaped): a secret inside a longer word is another word (`bankflow.log.redact_values`)."""
+        from bankflow.log import redact_values
+
+        return redact_values(text, self.secrets)
 
 
 # ---------------------------------------------------------------- YAML with positions
@@ -500,12 +501,15 @@ def load_spec(
         failed_names = {u.variable for u in deferred
                         if u.field in failed or any(u.field.startswith(f + ".") for f in failed)}
         raise SpecError(errors + [n for name, n in notes.items() if name not in failed_names]) from None
+    # A deferred `${VAR}` is a placeholder, not a secret (nor part of one): neither redacted nor checked.
     placeholders = {f"${{{u.variable}}}" for u in deferred}
-    secrets = tuple(sorted({s for s in _secret_values(spec) if s and s not in placeholders}))
+    found = [s for s in _secret_values(spec) if s.value and not any(p in s.value for p in placeholders)]
+    secrets = tuple(sorted({s.value for s in found}))
     names = tuple(dict.fromkeys(u.variable for u in deferred))
     resolved = ResolvedSpec(spec, spec_path.resolve(), env, secrets, refs, unset=names)
     problems = check_spec(resolved, merged.positions, check_dbt=check_dbt, file=file)
     problems += _check_directories(resolved, merged.positions, file)
+    problems += _short_secrets(found, merged.positions, file)
     if any(p.severity == "error" for p in problems):
         raise SpecError(problems + list(notes.values()))
     return ResolvedSpec(spec, spec_path.resolve(), env, secrets, refs, tuple(problems) + tuple(notes.values()),
@@ -530,18 +534,65 @@ def _check_directories(resolved: ResolvedSpec, positions: dict[Path_, tuple[int,
     return issues
 
 
-def _secret_values(model: BaseModel) -> list[str]:
-    """Values of every field marked secret in the schema, anywhere in the spec."""
-    found: list[str] = []
+# A secret shorter than this cannot be told apart from ordinary words in a message, so it cannot be redacted.
+MIN_SECRET_LENGTH = 8
+_SHORT_SECRET_HINT = "a secret this short cannot be redacted reliably: use a longer value"
+# URL user-info (`scheme://user:password@host`): always a secret, whatever field the URL is in.
+_URL_USERINFO_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://([^/?#@\s]+)@")
+# Host lists without a scheme (`user:password@host:9092,host2:9092`).
+_ITEM_USERINFO_RE = re.compile(r"(?:^|,)\s*([^/?#@\s,]+)@")
+
+
+@dataclass(frozen=True)
+class SecretValue:
+    """A secret found in the spec: the value, the field path it is in, and what it is (for messages)."""
+
+    path: Path_
+    value: str
+    what: str
+
+
+def _userinfo_secrets(path: Path_, value: str) -> list[SecretValue]:
+    """The user-info of every URL in a (non-secret) string: the whole `user:password` and the password alone."""
+    userinfos = [m.group(1) for m in _URL_USERINFO_RE.finditer(value)]
+    if str(path[-1]).endswith("servers"):
+        userinfos += [m.group(1) for m in _ITEM_USERINFO_RE.finditer(value)]
+    found = []
+    for userinfo in dict.fromkeys(userinfos):
+        what = f"the user-info (user:password@) of the URL in {_dotted(path)}"
+        found.append(SecretValue(path, userinfo, what))
+        password = userinfo.partition(":")[2]
+        if password:
+            found.append(SecretValue(path, password, f"the password in {what.removeprefix('the ')}"))
+    return found
+
+
+def _secret_values(model: BaseModel, path: Path_ = ()) -> list[SecretValue]:
+    """Values of every field marked secret in the schema, and the user-info of every URL, anywhere in the spec."""
+    found: list[SecretValue] = []
     for name, info in type(model).model_fields.items():
         value = getattr(model, name)
+        here = (*path, info.alias or name)
         extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-        if extra.get("secret") and isinstance(value, str):
-            found.append(value)
+        if isinstance(value, str):
+            found.extend([SecretValue(here, value, _dotted(here))] if extra.get("secret")
+                         else _userinfo_secrets(here, value))
         elif isinstance(value, BaseModel):
-            found.extend(_secret_values(value))
+            found.extend(_secret_values(value, here))
         elif isinstance(value, list):
-            for item in value:
+            for index, item in enumerate(value):
                 if isinstance(item, BaseModel):
-                    found.extend(_secret_values(item))
+                    found.extend(_secret_values(item, (*here, index)))
     return found
+
+
+def _short_secrets(secrets: list[SecretValue], positions: dict[Path_, tuple[int, int]], file: str) -> list[Issue]:
+    """An error for each secret too short to redact (its length only: the value itself is never shown)."""
+    issues = []
+    for secret in secrets:
+        if len(secret.value) < MIN_SECRET_LENGTH:
+            line, column = positions.get(secret.path, (None, None))
+            issues.append(Issue(file, line, column, _dotted(secret.path),
+                                f"{secret.what} is a secret of {len(secret.value)} character(s), "
+                                f"fewer than {MIN_SECRET_LENGTH}", _SHORT_SECRET_HINT))
+    return issues

@@ -12,8 +12,8 @@ from typing import Any
 
 from bankflow.process import ServiceError, free_port, log_tail, spawn, terminate, wait_for_port
 
-ACCESS_KEY = "test"
-SECRET_KEY = "test"
+ACCESS_KEY = "test-access-key"  # moto takes any; 8+ characters, as bankflow requires of secrets
+SECRET_KEY = "test-secret-key"
 REGION = "us-east-1"
 
 

@@ -68,8 +68,8 @@ def write_spec(tmp_path: Path, broker: TansuBroker, s3: S3Server, *, max_rows: i
         lake:
           url: s3://{bucket}/lake
           s3_endpoint: {s3.endpoint_url}
-          s3_key: test
-          s3_secret: test
+          s3_key: test-access-key
+          s3_secret: test-secret-key
           flush: {{max_rows: {max_rows}, max_bytes: 67108864, max_seconds: 600}}
         warehouse: {{type: duckdb, path: wh.duckdb}}
         """))

@@ -68,9 +68,10 @@ def fakesnow_project(root: Path) -> Path:
 
 def stack_spec(root: Path, endpoint: str, server: dict[str, Any]) -> ResolvedSpec:
     """pipelines/banking.yaml in its `stack` environment, pointed at moto and the fakesnow server."""
-    environ = {"LAKE_BUCKET": BUCKET, "S3_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test",
-               "AWS_SECRET_ACCESS_KEY": "test", "PGPASSWORD": "unused", "SNOWFLAKE_ACCOUNT": server["account"],
-               "SNOWFLAKE_USER": server["user"], "SNOWFLAKE_PASSWORD": server["password"]}
+    environ = {"LAKE_BUCKET": BUCKET, "S3_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test-access-key",
+               "AWS_SECRET_ACCESS_KEY": "test-secret-key", "PGPASSWORD": "unused-password",
+               "SNOWFLAKE_ACCOUNT": server["account"], "SNOWFLAKE_USER": server["user"],
+               "SNOWFLAKE_PASSWORD": server["password"]}
     resolved = load_spec(REPO / "pipelines" / "banking.yaml", env="stack", environ=environ, check_dbt=False)
     spec = resolved.spec
     assert spec.transform is not None
@@ -144,8 +145,8 @@ def fakesnow_server() -> Iterator[dict[str, Any]]:
         time.sleep(0.05)
     assert server.started, "fakesnow server did not start"
     try:
-        yield {"user": "fake", "password": "snow", "account": "fakesnow", "host": "127.0.0.1", "port": port,
-               "protocol": "http"}
+        yield {"user": "fake", "password": "fakesnow-password", "account": "fakesnow", "host": "127.0.0.1",
+               "port": port, "protocol": "http"}
     finally:
         server.should_exit = True
         thread.join(timeout=30)

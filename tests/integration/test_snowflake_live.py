@@ -43,7 +43,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     suffix = uuid.uuid4().hex[:8]
     bucket_url = os.environ["LIVE_LAKE_URL"].rstrip("/")
     bucket, _, prefix = bucket_url.removeprefix("s3://").partition("/")
-    environ = {**os.environ, "LAKE_BUCKET": bucket, "PGPASSWORD": os.environ.get("PGPASSWORD", "unused"),
+    environ = {**os.environ, "LAKE_BUCKET": bucket, "PGPASSWORD": os.environ.get("PGPASSWORD", "unused-password"),
                "SNOWFLAKE_AUTHENTICATOR": "key_pair" if os.environ.get("SNOWFLAKE_PRIVATE_KEY_PATH") else "password"}
     resolved = load_spec(REPO / "pipelines" / "banking.yaml", env="stack", environ=environ, check_dbt=False)
     root = tmp_path_factory.mktemp("sf_live")

@@ -66,7 +66,7 @@ def write_spec(directory: Path, endpoint: str, bucket: str, columns: list[str]) 
           url: s3://{bucket}/banking
           layout: "{{table}}/date={{date}}"
           s3_endpoint: {endpoint}
-          s3_key: test
+          s3_key: test-access-key
           s3_secret: ${{LAKE_SECRET}}
         warehouse:
           type: snowflake
@@ -79,7 +79,7 @@ def write_spec(directory: Path, endpoint: str, bucket: str, columns: list[str]) 
         """)
     path = directory / "pipeline.yaml"
     path.write_text(body, encoding="utf-8")
-    return load_spec(path, environ={"LAKE_SECRET": "test", "SF_PASSWORD": "snow-secret"}, check_dbt=False)
+    return load_spec(path, environ={"LAKE_SECRET": "test-secret-key", "SF_PASSWORD": "snow-secret"}, check_dbt=False)
 
 
 def write_file(s3: Any, resolved: ResolvedSpec, key: str, first_id: int, n: int,
@@ -156,7 +156,7 @@ def test_setup_creates_stage_tables_and_ledger(fake_snowflake: None, lake: tuple
     adapter = _adapter(resolved)
     try:
         executed = adapter.setup()
-        assert not any("snow-secret" in s or "AWS_SECRET_KEY = 'test'" in s for s in executed)
+        assert not any("snow-secret" in s or "AWS_SECRET_KEY = 'test-secret-key'" in s for s in executed)
         tables = {r[0] for r in adapter.query(
             "SELECT table_name FROM banking.information_schema.tables WHERE table_schema = 'RAW'")}
         assert {"CUSTOMERS", "_BANKFLOW_LOADED_FILES"} <= tables

@@ -67,7 +67,7 @@ def test_minio_init_creates_the_lake_bucket() -> None:
 def test_stack_environment_points_at_compose_by_default() -> None:
     environ = {**load_dotenv(ENV_EXAMPLE), "SNOWFLAKE_ACCOUNT": "acct", "SNOWFLAKE_USER": "user"}
     environ = {k: v for k, v in environ.items() if not k.startswith(("PG", "KAFKA", "CONNECT", "S3_"))}
-    environ |= {"PGPASSWORD": "x"}
+    environ |= {"PGPASSWORD": "x-password"}
     spec = load_spec(REPO / "pipelines" / "banking.yaml", env="stack", environ=environ, check_dbt=False).spec
     assert (spec.source.host, spec.source.port) == ("127.0.0.1", 5432)
     assert spec.kafka.bootstrap_servers == "127.0.0.1:9092"

@@ -1,18 +1,23 @@
-"""ConnectClient against a scripted HTTP server: the answers Kafka Connect gives, and none at all."""
+"""ConnectClient against a scripted HTTP server: the answers Kafka Connect gives, and none at all; basic auth."""
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bankflow.cli import main
 from bankflow.engines.debezium.connect import ConnectClient, ConnectUnreachable
-from bankflow.errors import StageError
+from bankflow.errors import SpecError, StageError
 from bankflow.process import free_port
+from bankflow.spec.loader import load_spec
+from tests.specs.support import MINIMAL, copy_spec
 
 RUNNING = {"connector": {"state": "RUNNING"}, "tasks": [{"id": 0, "state": "RUNNING"}]}
 
@@ -23,6 +28,7 @@ class _Script:
     def __init__(self) -> None:
         self.answers: dict[tuple[str, str], list[tuple[int, Any]]] = {}
         self.calls: list[tuple[str, str, Any]] = []
+        self.headers: list[dict[str, str]] = []  # each call's request headers
 
     def on(self, method: str, path: str, *answers: tuple[int, Any]) -> None:
         self.answers[(method, path)] = list(answers)
@@ -41,6 +47,7 @@ def connect() -> Iterator[tuple[ConnectClient, _Script]]:
             length = int(self.headers.get("Content-Length") or 0)
             body = json.loads(self.rfile.read(length)) if length else None
             script.calls.append((self.command, self.path, body))
+            script.headers.append(dict(self.headers.items()))
             status, payload = script.answer(self.command, self.path)
             raw = b"" if payload is None else (payload.encode() if isinstance(payload, str)
                                               else json.dumps(payload).encode())
@@ -137,3 +144,102 @@ def test_names_are_quoted_into_paths(connect: tuple[ConnectClient, _Script]) -> 
     client, script = connect
     client.status("a b/c")
     assert script.calls[-1][:2] == ("GET", "/connectors/a%20b%2Fc/status")
+
+
+# ---------------------------------------------------------------- basic auth
+
+CONNECT_PASSWORD = "connect-S3CRET-5e6f7a"
+
+
+def _basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def test_basic_auth_is_sent_on_every_request(connect: tuple[ConnectClient, _Script]) -> None:
+    client, script = connect
+    authed = ConnectClient(client.url, timeout=5.0, auth=("bankflow", CONNECT_PASSWORD))
+    script.on("GET", "/", (200, {"version": "4.3.0"}))
+    authed.server_info()
+    authed.status("bf")
+    assert [h.get("Authorization") for h in script.headers] == [_basic("bankflow", CONNECT_PASSWORD)] * 2
+    client.server_info()
+    assert "Authorization" not in script.headers[-1]  # no credentials: no header
+    assert CONNECT_PASSWORD not in repr(authed)
+
+
+def test_userinfo_in_a_url_becomes_basic_auth_never_the_host(connect: tuple[ConnectClient, _Script]) -> None:
+    client, script = connect
+    port = client.url.rsplit(":", 1)[1]
+    with_userinfo = ConnectClient(f"http://bankflow:{CONNECT_PASSWORD.replace('-', '%2D')}@127.0.0.1:{port}")
+    assert with_userinfo.url == f"http://127.0.0.1:{port}"
+    with_userinfo.status("bf")
+    assert script.headers[-1]["Authorization"] == _basic("bankflow", CONNECT_PASSWORD)
+    gone = ConnectClient(f"http://bankflow:{CONNECT_PASSWORD}@127.0.0.1:{free_port()}", timeout=1.0)
+    with pytest.raises(ConnectUnreachable) as exc:
+        gone.status("x")
+    assert CONNECT_PASSWORD not in str(exc.value) and "bankflow:" not in str(exc.value)
+
+
+def _stack_spec(tmp_path: Path, cdc: str) -> Path:
+    """tests/specs/minimal.yaml with a Debezium `stack` environment whose cdc has the given extra lines."""
+    spec = copy_spec(MINIMAL, tmp_path)
+    text = spec.read_text(encoding="utf-8")
+    stack = "  stack:\n    cdc:\n      engine: debezium\n"
+    assert stack in text
+    port = free_port()  # nothing listens: the source is down
+    overlay = (f"  stack:\n    source: {{port: {port}}}\n    kafka: {{bootstrap_servers: '127.0.0.1:{free_port()}'}}\n"
+               f"    cdc:\n      engine: debezium\n" + "".join(f"      {line}\n" for line in cdc.splitlines()))
+    spec.write_text(text.replace(stack, overlay), encoding="utf-8")
+    return spec
+
+
+def test_connect_url_with_credentials_is_refused_with_a_hint(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    spec = _stack_spec(tmp_path, f"connect_url: http://bankflow:{CONNECT_PASSWORD}@127.0.0.1:8083")
+    with pytest.raises(SpecError) as exc:
+        load_spec(spec, env="stack", environ={})
+    [issue] = exc.value.issues
+    line = next(n for n, text in enumerate(spec.read_text().splitlines(), 1) if "connect_url" in text)
+    assert (issue.line, issue.field) == (line, "cdc.connect_url")
+    assert "connect_user" in issue.hint and "connect_password" in issue.hint
+    for argv in (["validate", str(spec), "--env", "stack"], ["validate", str(spec), "--env", "stack", "--json"],
+                 ["plan", str(spec), "--env", "stack", "--offline"]):
+        assert main(argv) == 1
+        captured = capsys.readouterr()
+        assert CONNECT_PASSWORD not in captured.out + captured.err, argv
+        assert "connect_url carries credentials" in captured.out + captured.err
+
+
+def test_connect_password_needs_a_user(tmp_path: Path) -> None:
+    spec = _stack_spec(tmp_path, "connect_password: ${CONNECT_PASSWORD}")
+    with pytest.raises(SpecError, match="connect_password is set without connect_user"):
+        load_spec(spec, env="stack", environ={"CONNECT_PASSWORD": CONNECT_PASSWORD})
+
+
+def test_spec_credentials_reach_connect_as_basic_auth_and_no_output(
+        connect: tuple[ConnectClient, _Script], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    client, script = connect
+    spec = _stack_spec(tmp_path, f"connect_url: {client.url}\nconnect_user: bankflow\n"
+                                 "connect_password: ${CONNECT_PASSWORD}")
+    monkeypatch.setenv("CONNECT_PASSWORD", CONNECT_PASSWORD)
+    resolved = load_spec(spec, env="stack")
+    assert CONNECT_PASSWORD in resolved.secrets
+    script.on("GET", "/connectors/bankflow/status", (200, RUNNING))
+    out = tmp_path / "plan"
+    outputs = []
+    for argv in (["status", str(spec), "--env", "stack"], ["status", str(spec), "--env", "stack", "--json"],
+                 ["plan", str(spec), "--env", "stack", "--out", str(out)],
+                 ["plan", str(spec), "--env", "stack", "--json"],
+                 ["validate", str(spec), "--env", "stack", "--json"], ["schema"]):
+        main(argv)
+        captured = capsys.readouterr()
+        outputs.append(captured.out + captured.err)
+    assert "RUNNING" in outputs[0] and '"RUNNING"' in outputs[1]  # status did ask the scripted Connect
+    assert any(path == "/connectors/bankflow/config" for _, path, _ in script.calls)  # and plan too (live diff)
+    assert script.headers and all(h.get("Authorization") == _basic("bankflow", CONNECT_PASSWORD)
+                                  for h in script.headers)
+    written = [p.read_text(encoding="utf-8", errors="replace") for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(written) > 5
+    for text in outputs + written:
+        assert CONNECT_PASSWORD not in text

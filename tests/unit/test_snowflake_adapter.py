@@ -20,8 +20,8 @@ BUCKET = "plan-lake"
 
 
 def stack_environ(endpoint: str) -> dict[str, str]:
-    return {"LAKE_BUCKET": BUCKET, "S3_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test",
-            "AWS_SECRET_ACCESS_KEY": "test", "PGPASSWORD": "pg-secret", "SNOWFLAKE_ACCOUNT": "fakesnow",
+    return {"LAKE_BUCKET": BUCKET, "S3_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test-access-key",
+            "AWS_SECRET_ACCESS_KEY": "test-secret-key", "PGPASSWORD": "pg-secret", "SNOWFLAKE_ACCOUNT": "fakesnow",
             "SNOWFLAKE_USER": "fake", "SNOWFLAKE_PASSWORD": "sf-secret-value"}
 
 

@@ -20,12 +20,11 @@ MARKER_PREFIX = "bankflow.catchup"  # logical decoding messages; Debezium publis
 
 def register_connector(ctx: RunContext, timeout: float = 90.0) -> dict[str, Any]:
     """Validate, then create-or-update the connector (PUT is idempotent), then wait until it runs."""
-    from bankflow.engines.debezium.connect import ConnectClient
     from bankflow.engines.debezium.connector import CONNECTOR_CLASS, connector_config
 
     spec = ctx.resolved.spec
     cdc = debezium_cdc(spec)
-    client = ConnectClient(cdc.connect_url)
+    client = cdc.connect_client()
     config = connector_config(ctx.resolved, reveal=True)
     ctx.progress.update("cdc", f"validating connector {cdc.connector}", force=True)
     errors = client.validate(CONNECTOR_CLASS, {"name": cdc.connector, **config})
@@ -74,11 +73,10 @@ def wait_for_debezium(ctx: RunContext, timeout: float = 600.0, poll: float = 0.2
     """
     import psycopg2
 
-    from bankflow.engines.debezium.connect import ConnectClient
 
     spec = ctx.resolved.spec
     cdc = debezium_cdc(spec)
-    client = ConnectClient(cdc.connect_url)
+    client = cdc.connect_client()
     started = time.monotonic()
     deadline = started + timeout
     conn = psycopg2.connect(**ctx.source_connect_kwargs())

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from bankflow.engines.base import CdcConfig, EngineCapabilities
 from bankflow.errors import BankflowError
-from bankflow.spec.base import check_topic_name
+from bankflow.spec.base import SpecValueError, check_topic_name
 
 if TYPE_CHECKING:
+    from bankflow.engines.debezium.connect import ConnectClient
     from bankflow.engines.debezium.engine import DebeziumEngine
     from bankflow.spec.models import PipelineSpec
 
@@ -28,7 +29,11 @@ class DebeziumCdc(CdcConfig):
 
     engine: Literal["debezium"] = "debezium"
     connector: str = "bankflow"
-    connect_url: str = "http://127.0.0.1:8083"
+    connect_url: str = Field("http://127.0.0.1:8083", description="Kafka Connect's REST API, without credentials "
+                             "(they go in connect_user and connect_password)")
+    connect_user: str | None = Field(None, description="HTTP basic auth user for Kafka Connect's REST API")
+    connect_password: str | None = Field(None, json_schema_extra={"secret": True},
+                                         description="HTTP basic auth password, e.g. ${CONNECT_PASSWORD}")
     connect_database_host: str | None = Field(
         None, description="the source host as Kafka Connect reaches it (e.g. a compose service name); "
         "default source.host")
@@ -39,6 +44,32 @@ class DebeziumCdc(CdcConfig):
     @classmethod
     def _connector(cls, value: str) -> str:
         return check_topic_name(value)
+
+    @field_validator("connect_url")
+    @classmethod
+    def _connect_url(cls, value: str) -> str:
+        # Never echo the value: it may hold a password.
+        if "@" in value.split("://", 1)[-1].split("/", 1)[0]:
+            raise SpecValueError(
+                "connect_url carries credentials (user:password@): they would be shown wherever the URL is and "
+                "sent to the resolver as part of the host name",
+                "remove them from the URL and set cdc.connect_user and cdc.connect_password "
+                "(e.g. connect_password: ${CONNECT_PASSWORD}): bankflow sends them as HTTP basic auth")
+        return value
+
+    @model_validator(mode="after")
+    def _connect_auth(self) -> DebeziumCdc:
+        if self.connect_password and not self.connect_user:
+            raise SpecValueError("connect_password is set without connect_user",
+                                 "set cdc.connect_user too: HTTP basic auth needs both", at=("connect_password",))
+        return self
+
+    def connect_client(self, timeout: float = 10.0) -> ConnectClient:
+        """The REST client for this spec's Kafka Connect, with its basic auth when the spec has credentials."""
+        from bankflow.engines.debezium.connect import ConnectClient
+
+        auth = (self.connect_user, self.connect_password or "") if self.connect_user else None
+        return ConnectClient(self.connect_url, timeout=timeout, auth=auth)
 
     @classmethod
     def engine_class(cls) -> type[DebeziumEngine]:

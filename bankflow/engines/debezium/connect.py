@@ -6,6 +6,7 @@ and the test harness's worker (tests/harness/connect.py) uses it for every REST 
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import time
@@ -37,15 +38,38 @@ def _quote(name: str) -> str:
     return urllib.parse.quote(name, safe="")
 
 
+def _split_userinfo(url: str) -> tuple[str, tuple[str, str] | None]:
+    """(the URL without `user:password@`, (user, password) or None): credentials never travel in the host name."""
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, None
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    bare = urllib.parse.urlunsplit(parts._replace(netloc=host))
+    return bare, (urllib.parse.unquote(user), urllib.parse.unquote(password))
+
+
 class ConnectClient:
-    def __init__(self, url: str, timeout: float = 10.0):
-        self.url = url.rstrip("/")
+    """`auth`: (user, password) sent as HTTP basic auth on every request. Credentials written into the URL
+    (`http://user:password@host`) are taken out of it and sent the same way."""
+
+    def __init__(self, url: str, timeout: float = 10.0, auth: tuple[str, str] | None = None):
+        bare, in_url = _split_userinfo(url)
+        self.url = bare.rstrip("/")
         self.timeout = timeout
+        credentials = auth or in_url
+        self._headers = dict(_HEADERS)
+        if credentials is not None:
+            token = base64.b64encode(f"{credentials[0]}:{credentials[1]}".encode()).decode("ascii")
+            self._headers["Authorization"] = f"Basic {token}"
+
+    def __repr__(self) -> str:  # never the credentials
+        return f"ConnectClient({self.url!r})"
 
     def _request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         """(HTTP status, parsed body) for any answer; ConnectUnreachable when nothing answers."""
         data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.url + path, data=data, method=method, headers=_HEADERS)
+        request = urllib.request.Request(self.url + path, data=data, method=method, headers=self._headers)
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 return response.status, _parse(response.read())

@@ -49,11 +49,11 @@ class DebeziumEngine(CdcEngine):
         """Compare the connector config live on Kafka Connect with the rendered one."""
         import difflib
 
-        from bankflow.engines.debezium.connect import ConnectClient, ConnectUnreachable
+        from bankflow.engines.debezium.connect import ConnectUnreachable
         from bankflow.engines.debezium.connector import connector_config
 
         cdc = self.cdc
-        client = ConnectClient(cdc.connect_url, timeout=timeout)
+        client = cdc.connect_client(timeout=timeout)
         try:
             live = client.connector_config(cdc.connector)
         except ConnectUnreachable as exc:
@@ -80,12 +80,12 @@ class DebeziumEngine(CdcEngine):
 
     def _connector_status(self) -> dict[str, Any]:
         """The connector's state and its tasks' states, as Kafka Connect reports them."""
-        from bankflow.engines.debezium.connect import ConnectClient, ConnectUnreachable
+        from bankflow.engines.debezium.connect import ConnectUnreachable
 
         cdc = self.cdc
         info: dict[str, Any] = {"name": cdc.connector, "url": cdc.connect_url}
         try:
-            body = ConnectClient(cdc.connect_url, timeout=5.0).status(cdc.connector)
+            body = cdc.connect_client(timeout=5.0).status(cdc.connector)
         except ConnectUnreachable as exc:
             info["error"] = str(exc)
             return info
