@@ -15,6 +15,12 @@ if TYPE_CHECKING:
     from bankflow.spec.loader import ResolvedSpec
 
 
+# No telemetry: dbt's anonymous usage statistics (snowplow events to dbt Labs) are off for every invocation, by
+# the environment (what dbt reads whatever the project and profile say) and by the command line (which wins).
+NO_TRACKING_ENV = {"DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
+NO_TRACKING_ARG = "--no-send-anonymous-usage-stats"
+
+
 def write_profile(resolved: ResolvedSpec) -> Path:
     """Render the dbt profile into the state dir (secrets stay env_var() references) and export them."""
     from bankflow.render.dbt_profile import render_profile
@@ -27,6 +33,7 @@ def write_profile(resolved: ResolvedSpec) -> Path:
     (directory / "profiles.yml").write_text(profile, encoding="utf-8")
     # Secrets written in the spec (not taken from a variable) reach dbt through bankflow's own variable names.
     os.environ.update(resolved.spec.warehouse.dbt_environment(resolved))
+    os.environ.update(NO_TRACKING_ENV)
     return directory
 
 
@@ -42,6 +49,7 @@ def dbt_args(resolved: ResolvedSpec, command: str, select: list[str]) -> list[st
         "--target-path", str(state / "target"),
         "--log-path", str(state / "logs"),
         "--vars", json.dumps({"raw_schema": resolved.spec.warehouse.raw_schema}),
+        NO_TRACKING_ARG,
     ]
     if select:
         args += ["--select", *select]
