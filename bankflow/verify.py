@@ -16,12 +16,13 @@ from decimal import Decimal
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from bankflow.errors import StageError
 from bankflow.render.sql import quote_pg
 from bankflow.render.warehouse import qualified_raw_table
 
 if TYPE_CHECKING:
     from bankflow.spec.loader import ResolvedSpec
-    from bankflow.spec.models import Table
+    from bankflow.spec.models import Table, VerifyCheck
     from bankflow.warehouses.adapter import WarehouseAdapter
 
 SAMPLE = 5
@@ -168,48 +169,101 @@ def fill(resolved: ResolvedSpec, sql: str) -> str:
             .replace("{target_schema}", target))
 
 
-def verify(resolved: ResolvedSpec, source_kwargs: dict[str, Any], adapter: WarehouseAdapter) -> VerifyReport:
+def verify(resolved: ResolvedSpec, source_kwargs: dict[str, Any],
+           adapter: WarehouseAdapter | None = None) -> VerifyReport:
+    """Every check, on connections that cannot write: the source in a READ ONLY transaction, the warehouse opened
+    read-only (DuckDB: no file access either). The spec's own queries are checked again before they run
+    (bankflow.sqlguard) and run as parsed. `adapter`: a caller's read-write connection to the warehouse, closed
+    first (DuckDB cannot open a file read-only while this process holds it read-write); verify opens its own."""
+    if adapter is not None:
+        adapter.close()
+    reader = resolved.spec.warehouse.connect(resolved, read_only=True)
+    if reader is None:
+        raise StageError(f"nothing to verify: the {resolved.spec.warehouse.describe()} warehouse does not exist "
+                         "yet (run bankflow apply first)")
+    try:
+        conn = source_connection(source_kwargs)
+        try:
+            return _Verifier(resolved, conn, reader).run()
+        finally:
+            conn.close()
+    finally:
+        reader.close()
+
+
+# Bounds one statement on the source (a FETCH of a server-side cursor is one): verify holds a snapshot, and a
+# runaway query would hold back vacuum on the user's production database.
+STATEMENT_TIMEOUT = "15min"
+
+
+def source_connection(source_kwargs: dict[str, Any]) -> Any:
+    """A psycopg2 connection that cannot write: every transaction READ ONLY (the session default too, so even a
+    COMMIT cannot start a writable one), standard strings (the guard parses them so), statements bounded."""
     import psycopg2
 
-    spec = resolved.spec
-    checks: list[CheckResult] = []
-    conn = psycopg2.connect(**source_kwargs)
+    settings = ["default_transaction_read_only=on", "standard_conforming_strings=on",
+                f"statement_timeout={STATEMENT_TIMEOUT}"]
+    options = " ".join([source_kwargs.get("options") or "", *(f"-c {s}" for s in settings)]).strip()
+    conn = psycopg2.connect(**{**source_kwargs, "options": options})
     conn.set_session(isolation_level="REPEATABLE READ", readonly=True)
-    cursors = 0
+    return conn
 
-    def source(sql: str) -> Callable[[], Iterator[list[tuple[Any, ...]]]]:
+
+class _Verifier:
+    def __init__(self, resolved: ResolvedSpec, conn: Any, adapter: WarehouseAdapter):
+        self.resolved = resolved
+        self.conn = conn
+        self.adapter = adapter
+        self.cursors = 0
+        self.checks: list[CheckResult] = []
+        self.warehouse_dialect = resolved.spec.warehouse.dialect().sqlglot_dialect
+
+    def run(self) -> VerifyReport:
+        spec = self.resolved.spec
+        for table in spec.tables:
+            columns = ", ".join(quote_pg(c.name) for c in table.columns)
+            source_sql = f"SELECT {columns} FROM {quote_pg(spec.source.schema_name)}.{quote_pg(table.name)}"
+            norm = row_normaliser([i for i, c in enumerate(table.columns) if c.pg_type.kind in ("json", "jsonb")])
+            name = f"{table.name}: raw latest state equals source rows"
+            self.attempt(name, partial(compare, name, self.source(source_sql),
+                                       self.warehouse(latest_state_sql(self.resolved, table)), norm))
+        for check in spec.verify.checks:
+            self.attempt(check.name, partial(self.spec_check, check))
+        return VerifyReport(self.checks)
+
+    def spec_check(self, check: VerifyCheck) -> CheckResult:
+        """The spec's own queries: refused (the check fails, nothing runs) unless each is one read-only SELECT."""
+        from bankflow.sqlguard import SOURCE_DIALECT
+
+        source_sql = self.guarded("source_sql", check.source_sql, SOURCE_DIALECT)
+        warehouse_sql = self.guarded("warehouse_sql", check.warehouse_sql, self.warehouse_dialect)
+        return compare(check.name, self.source(source_sql), self.warehouse(warehouse_sql))
+
+    def guarded(self, key: str, sql: str, dialect: str) -> str:
+        from bankflow.sqlguard import QueryRefused, checked_query
+
+        try:
+            return checked_query(fill(self.resolved, sql), dialect)
+        except QueryRefused as refused:
+            raise QueryRefused(f"{key} refused: it {refused.reason} (hint: {refused.hint})", refused.hint) from None
+
+    def source(self, sql: str) -> Callable[[], Iterator[list[tuple[Any, ...]]]]:
         def run() -> Iterator[list[tuple[Any, ...]]]:
             # One snapshot for every source query (the transaction); server-side cursors stream large tables.
-            nonlocal cursors
-            cursors += 1
-            with conn.cursor(name=f"bankflow_verify_{cursors}") as cur:
+            self.cursors += 1
+            with self.conn.cursor(name=f"bankflow_verify_{self.cursors}") as cur:
                 cur.itersize = 50_000
                 cur.execute(sql)
                 while rows := cur.fetchmany(50_000):
                     yield rows
         return run
 
-    def warehouse(sql: str) -> Callable[[], Iterator[list[tuple[Any, ...]]]]:
-        return lambda: adapter.iter_query(sql)
+    def warehouse(self, sql: str) -> Callable[[], Iterator[list[tuple[Any, ...]]]]:
+        return lambda: self.adapter.iter_query(sql)
 
-    def attempt(name: str, run: Callable[[], CheckResult]) -> None:
+    def attempt(self, name: str, run: Callable[[], CheckResult]) -> None:
         try:
-            checks.append(run())
+            self.checks.append(run())
         except Exception as exc:  # report, keep checking the rest
-            conn.rollback()
-            checks.append(CheckResult(name, False, 0, 0, error=resolved.redact(str(exc).strip())))
-
-    try:
-        for table in spec.tables:
-            columns = ", ".join(quote_pg(c.name) for c in table.columns)
-            source_sql = f"SELECT {columns} FROM {quote_pg(spec.source.schema_name)}.{quote_pg(table.name)}"
-            norm = row_normaliser([i for i, c in enumerate(table.columns) if c.pg_type.kind in ("json", "jsonb")])
-            name = f"{table.name}: raw latest state equals source rows"
-            attempt(name, partial(compare, name, source(source_sql),
-                                  warehouse(latest_state_sql(resolved, table)), norm))
-        for check in spec.verify.checks:
-            attempt(check.name, partial(compare, check.name, source(fill(resolved, check.source_sql)),
-                                        warehouse(fill(resolved, check.warehouse_sql))))
-    finally:
-        conn.close()
-    return VerifyReport(checks)
+            self.conn.rollback()
+            self.checks.append(CheckResult(name, False, 0, 0, error=self.resolved.redact(str(exc).strip())))

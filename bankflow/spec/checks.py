@@ -135,12 +135,28 @@ class _Checker:
                      f"set lake.url to {' or '.join(s + '://…' for s in sorted(schemes))} in this environment")
 
     def verify_queries(self) -> None:
-        for index, check in enumerate(self.spec.verify.checks):
-            for key in ("source_sql", "warehouse_sql"):
-                sql = getattr(check, key).strip().rstrip(";")
-                if ";" in sql or not re.match(r"(?is)^\s*(select|with)\b", sql):
+        """Each verify query: one SELECT that only reads (bankflow.sqlguard), parsed in its server's dialect."""
+        checks = self.spec.verify.checks
+        if not checks:
+            return  # sqlglot is imported only for a spec that has queries to judge
+        try:
+            import sqlglot  # noqa: F401
+        except ImportError:
+            self.add(("verify", "checks"), "verify.checks", "verify queries not checked: sqlglot is not installed",
+                     "install bankflow with the 'local' or 'stack' extra (verify refuses to run without it)",
+                     "warning")
+            return
+        from bankflow.sqlguard import SOURCE_DIALECT, refusal
+        from bankflow.verify import fill
+
+        dialects = {"source_sql": SOURCE_DIALECT, "warehouse_sql": self.spec.warehouse.dialect().sqlglot_dialect}
+        for index, check in enumerate(checks):
+            for key, dialect in dialects.items():
+                refused = refusal(fill(self.resolved, getattr(check, key)), dialect)
+                if refused is not None:
                     self.add(("verify", "checks", index, key), f"verify.checks[{index}].{key}",
-                             "a verify query must be a single SELECT", "remove statements other than one SELECT")
+                             f"a verify query must be a single SELECT that only reads: it {refused.reason}",
+                             refused.hint)
 
 
 # ---------------------------------------------------------------- dbt selectors

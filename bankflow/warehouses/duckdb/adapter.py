@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from bankflow.errors import StageError
 from bankflow.render.warehouse import chunked
 from bankflow.warehouses.adapter import LoadOutcome, WarehouseAdapter
 
@@ -15,18 +17,25 @@ if TYPE_CHECKING:
 
 
 class DuckDBAdapter(WarehouseAdapter):
+    """`read_only`: opened read-only with file access off and the configuration locked, so a query can neither
+    write nor read a file (what `verify` and `plan` need); every query also runs in a READ ONLY transaction."""
+
     def __init__(self, resolved: ResolvedSpec, warehouse: DuckDBWarehouse, read_only: bool = False):
         super().__init__(resolved, warehouse)
         import duckdb
 
         path = resolved.resolve_path(warehouse.path)
-        if not read_only:
-            path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.con = duckdb.connect(str(path), read_only=read_only)
-        if not read_only:
-            self.con.execute("SET TimeZone = 'UTC'")
+        self.read_only = read_only
+        # True when the read-only open had to share this process's read-write database (see _open_read_only)
+        self.shared = False
         self.schema = warehouse.raw_schema
+        if read_only:
+            self.con = self._open_read_only()
+            return  # a read-only connection loads nothing: no lake filesystem
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.con = duckdb.connect(str(path))
+        self.con.execute("SET TimeZone = 'UTC'")
         if resolved.spec.lake.scheme == "s3":
             # httpfs cannot be downloaded here (and needs no network on a laptop either): read s3:// via s3fs.
             from bankflow.lake.filesystem import lake_filesystem
@@ -37,17 +46,61 @@ class DuckDBAdapter(WarehouseAdapter):
                     self.con.list_filesystems()):
                 self.con.register_filesystem(fs)
 
+    def _open_read_only(self) -> Any:
+        import duckdb
+
+        try:
+            con = duckdb.connect(str(self.path), read_only=True)
+        except duckdb.ConnectionException:
+            # This process holds the file read-write already (a load, or dbt-duckdb's connection after a
+            # transform), and DuckDB opens one file one way per process: share that database. Its settings are
+            # the writer's, so files stay readable; the READ ONLY transactions still refuse every write, and
+            # `verify` refuses file-reading functions before it runs a query (bankflow.sqlguard).
+            self.shared = True
+            return duckdb.connect(str(self.path))
+        con.execute("SET enable_external_access = false")  # no file, URL or extension, whatever the query says
+        con.execute("SET lock_configuration = true")  # and no query can SET it back
+        return con
+
+    @contextmanager
+    def _reading(self) -> Iterator[Any]:
+        """A cursor whose statements run in a READ ONLY transaction (rolled back afterwards)."""
+        cursor = self.con.cursor()
+        try:
+            cursor.execute("BEGIN TRANSACTION READ ONLY")
+            yield cursor
+        finally:
+            try:
+                cursor.execute("ROLLBACK")
+            except Exception:
+                pass  # the transaction ended with the error being raised
+            cursor.close()
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise StageError(f"the DuckDB warehouse {self.path} is open read-only here")
+
     @property
     def ledger(self) -> str:
         return self.dialect.ledger_table()
 
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> None:
+        self._writable()
         self.con.execute(sql, params or [])
 
     def query(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
+        if self.read_only:
+            with self._reading() as cursor:
+                return cursor.execute(sql, params or []).fetchall()
         return self.con.execute(sql, params or []).fetchall()
 
     def iter_query(self, sql: str, batch: int = 50_000) -> Iterator[list[tuple[Any, ...]]]:
+        if self.read_only:
+            with self._reading() as cursor:
+                cursor.execute(sql)
+                while rows := cursor.fetchmany(batch):
+                    yield rows
+            return
         cursor = self.con.cursor()
         try:
             cursor.execute(sql)
@@ -77,6 +130,7 @@ class DuckDBAdapter(WarehouseAdapter):
 
     def load_files(self, table: Table, files: Sequence[str]) -> LoadOutcome:
         """One transaction per chunk: the rows and their ledger entries commit together or not at all."""
+        self._writable()
         outcome = LoadOutcome()
         target = self.dialect.raw_table(table)
         for keys in chunked(files, self.capabilities.files_per_statement):

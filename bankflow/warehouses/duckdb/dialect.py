@@ -18,6 +18,8 @@ LEDGER_TABLE = "_bankflow_loaded_files"
 
 class DuckDBDialect(Dialect):
     name: ClassVar[str] = "duckdb"
+    # sqlglot's name for this SQL: the verify guard (bankflow.sqlguard) parses warehouse_sql with it
+    sqlglot_dialect: ClassVar[str] = "duckdb"
     type_map: ClassVar[dict[str, str]] = {
         "smallint": "SMALLINT", "integer": "INTEGER", "bigint": "BIGINT", "numeric": "DECIMAL({p},{s})",
         "real": "REAL", "double precision": "DOUBLE", "boolean": "BOOLEAN", "text": "VARCHAR",

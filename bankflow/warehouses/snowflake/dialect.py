@@ -18,6 +18,8 @@ LEDGER_TABLE = "_bankflow_loaded_files"
 
 class SnowflakeDialect(Dialect):
     name: ClassVar[str] = "snowflake"
+    # sqlglot's name for this SQL: the verify guard (bankflow.sqlguard) parses warehouse_sql with it
+    sqlglot_dialect: ClassVar[str] = "snowflake"
     type_map: ClassVar[dict[str, str]] = {
         "smallint": "NUMBER(5,0)", "integer": "NUMBER(10,0)", "bigint": "NUMBER(19,0)",
         "numeric": "NUMBER({p},{s})", "real": "FLOAT", "double precision": "FLOAT", "boolean": "BOOLEAN",
