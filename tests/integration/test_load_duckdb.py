@@ -118,3 +118,12 @@ def test_a_type_that_cannot_be_widened_is_a_clear_error(tmp_path: Path) -> None:
                                     for c in COLUMNS])
     with pytest.raises(StageError, match=r"column 'email' is VARCHAR .* declares BIGINT"):
         run_load(changed)
+
+
+def test_a_source_column_named_filename_loads(tmp_path: Path) -> None:
+    """The ledger counts rows from the files' footers: no helper column can collide with a source column."""
+    resolved = write_spec(tmp_path, [*COLUMNS, "{name: filename, type: text}"])
+    write_file(resolved, "clients/date=2026-11-23/clients-a.parquet", rows(1, 3, 100, filename="statement.pdf"))
+    assert run_load(resolved) == {"files": 1, "rows": 3}
+    assert raw(resolved, "SELECT rows FROM raw._bankflow_loaded_files") == [(3,)]
+    assert raw(resolved, "SELECT DISTINCT filename FROM raw.clients") == [("statement.pdf",)]

@@ -142,10 +142,8 @@ class DuckDBAdapter(WarehouseAdapter):
                 before = self.query(f"SELECT count(*) FROM {target}")[0][0]
                 self.con.execute(statement)
                 after = self.query(f"SELECT count(*) FROM {target}")[0][0]
-                counts = dict(self.query(
-                    "SELECT filename, count(*) FROM read_parquet(?, filename = true, hive_partitioning = false) "
-                    "GROUP BY filename",
-                    [chunk_urls]))
+                # From the files' footers: no column is added to the rows, so a source column may be `filename`.
+                counts = dict(self.query("SELECT file_name, num_rows FROM parquet_file_metadata(?)", [chunk_urls]))
                 self.con.executemany(
                     f"INSERT INTO {self.ledger} (file_key, raw_table, rows) VALUES (?, ?, ?)",
                     [[by_url[u], table.raw_name, int(counts.get(u, 0))] for u in chunk_urls])
