@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bankflow.errors import Issue
+from bankflow.spec.types import INTEGER_KINDS, PgType
 
 if TYPE_CHECKING:
     from bankflow.spec.loader import ResolvedSpec
@@ -23,6 +24,7 @@ def check_spec(resolved: ResolvedSpec, positions: Positions, *, check_dbt: bool 
     checker.tables()
     checker.topics()
     checker.raw_targets()
+    checker.reference_cycles()
     checker.variants()
     checker.verify_queries()
     if spec.transform is not None and check_dbt:
@@ -33,6 +35,26 @@ def check_spec(resolved: ResolvedSpec, positions: Positions, *, check_dbt: bool 
             checker.add(("generate", "workload"), "generate.workload", f"workload file {workload} not found",
                         "give a path relative to the spec's directory")
     return checker.issues
+
+
+def _comparable(left: PgType, right: PgType) -> bool:
+    """Postgres can enforce a foreign key between these types (same kind, or two integer kinds)."""
+    return left.kind == right.kind or (left.kind in INTEGER_KINDS and right.kind in INTEGER_KINDS)
+
+
+def _cycle_from(start: str, parents: dict[str, set[str]]) -> list[str] | None:
+    """The first cycle of foreign keys through `start` (as table names, start … start), or None."""
+    stack = [(start, [start])]
+    seen: set[str] = set()
+    while stack:
+        name, path = stack.pop()
+        for parent in sorted(parents.get(name, ())):
+            if parent == start:
+                return [*path, start]
+            if parent not in seen:
+                seen.add(parent)
+                stack.append((parent, [*path, parent]))
+    return None
 
 
 class _Checker:
@@ -78,13 +100,32 @@ class _Checker:
         for col_index, column in enumerate(table.columns):
             if not column.references:
                 continue
+            where = ("tables", index, "columns", col_index, "references")
+            field = f"tables[{index}].columns[{col_index}].references"
             ref_table, ref_column = column.references.split(".")
             target = next((t for t in self.spec.tables if t.name == ref_table), None)
             if target is None or ref_column not in [c.name for c in target.columns]:
-                self.add(("tables", index, "columns", col_index, "references"),
-                         f"tables[{index}].columns[{col_index}].references",
-                         f"{column.references!r} is not a column of a declared table",
+                self.add(where, field, f"{column.references!r} is not a column of a declared table",
                          f"declared tables: {', '.join(self.names)}")
+                continue
+            if target.primary_key != [ref_column]:
+                self.add(where, field, f"{column.references!r} is not the primary key of {ref_table!r}: a foreign "
+                         "key must point at a unique key", f"reference {ref_table}.{', '.join(target.primary_key)}")
+            elif not _comparable(column.pg_type, target.column(ref_column).pg_type):
+                self.add(where, field, f"column {column.name!r} is {column.type} but {column.references!r} is "
+                         f"{target.column(ref_column).type}", "give both columns the same type")
+
+    def reference_cycles(self) -> None:
+        """Tables are created parents first: a cycle of foreign keys between tables cannot be created."""
+        parents = {t.name: {c.references.split(".")[0] for c in t.columns if c.references} - {t.name}
+                   for t in self.spec.tables}
+        for index, table in enumerate(self.spec.tables):
+            path = _cycle_from(table.name, parents)
+            if path:
+                self.add(("tables", index, "name"), f"tables[{index}].name",
+                         f"foreign keys form a cycle: {' → '.join(path)}",
+                         "drop one of the references (a cycle needs deferred constraints bankflow does not create)")
+                return  # one report per cycle is enough
 
     def topics(self) -> None:
         """Unique, and derived from the connector's prefix (Debezium names them so; a mismatch means a consumer

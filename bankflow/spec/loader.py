@@ -306,6 +306,11 @@ def _interpolate(located: Located, environ: dict[str, str], file: str, *, defer:
         whole = _VAR_RE.fullmatch(value)
         if whole and whole.group(1):
             refs[_dotted(path)] = whole.group(1)
+        malformed = _malformed_reference(value)
+        if malformed:
+            line, column = located.positions.get(path, (None, None))
+            issues.append(Issue(file, line, column, _dotted(path), malformed[0], malformed[1]))
+            return value
 
         def substitute(match: re.Match[str]) -> str:
             if match.group(0) == "$$":
@@ -327,6 +332,18 @@ def _interpolate(located: Located, environ: dict[str, str], file: str, *, defer:
         return _VAR_RE.sub(substitute, value)
 
     return walk(located.data, ()), refs, issues, unset
+
+
+def _malformed_reference(value: str) -> tuple[str, str] | None:
+    """(message, hint) when `${…}` is unterminated or nested, which would otherwise be taken literally."""
+    for match in _VAR_RE.finditer(value):
+        if match.group(2) and "${" in match.group(2):
+            return (f"nested variable reference {match.group(0)}…: a default cannot name another variable",
+                    "give a literal default (${VAR:-value}), or set the variable")
+    if "${" in _VAR_RE.sub("", value):
+        return ("unterminated or malformed variable reference (a '${' without a matching '}' or a name that is "
+                "not letters, digits and underscores)", "write ${NAME} or ${NAME:-default}; write $$ for a literal $")
+    return None
 
 
 def _unset_notes(unset: list[UnsetVariable], file: str) -> dict[str, Issue]:

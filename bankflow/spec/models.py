@@ -25,7 +25,7 @@ from bankflow.spec.base import (
     StrictModel,
     check_identifier,
 )
-from bankflow.spec.types import CDC_COLUMN_NAMES, PgType, parse_pg_type
+from bankflow.spec.types import CDC_COLUMN_NAMES, INTEGER_KINDS, UNKEYABLE_KINDS, PgType, parse_pg_type
 from bankflow.warehouses import WAREHOUSES, WarehouseSpec
 from bankflow.warehouses.duckdb.config import DuckDBWarehouse
 from bankflow.warehouses.snowflake.config import SnowflakeWarehouse
@@ -35,6 +35,17 @@ __all__ = [
     "Lake", "PipelineSpec", "PostgresSource", "SnowflakeWarehouse", "SpecValueError", "Table", "Transform",
     "Verify", "VerifyCheck", "check_identifier",
 ]
+
+RESERVED_PREFIX = "_bankflow"
+
+
+def _not_bankflows(name: str, what: str) -> str:
+    """bankflow's own objects (heartbeat table, ledger, verify's helper columns) start with `_bankflow`."""
+    if name.startswith(RESERVED_PREFIX):
+        raise SpecValueError(f"{what} name {name!r} starts with {RESERVED_PREFIX!r}, which bankflow keeps for its "
+                             "own tables and columns", f"rename the {what}")
+    return name
+
 
 # ---------------------------------------------------------------- source
 
@@ -73,7 +84,7 @@ class Column(StrictModel):
         if value in CDC_COLUMN_NAMES:
             raise SpecValueError(f"column name {value!r} is reserved for CDC metadata",
                                  f"rename the column: bankflow adds {', '.join(CDC_COLUMN_NAMES)} to every raw table")
-        return value
+        return _not_bankflows(value, "column")
 
     @field_validator("type")
     @classmethod
@@ -91,6 +102,14 @@ class Column(StrictModel):
         for part in parts:
             check_identifier(part)
         return value
+
+    @model_validator(mode="after")
+    def _identity_is_an_integer(self) -> Column:
+        if self.identity and self.pg_type.kind not in INTEGER_KINDS:
+            raise SpecValueError(f"column {self.name!r} is {self.type}: an identity column must be an integer",
+                                 "use bigint (or integer, smallint) for identity: true, or drop identity",
+                                 at=("identity",))
+        return self
 
     @property
     def pg_type(self) -> PgType:
@@ -110,7 +129,7 @@ class Table(StrictModel):
     @field_validator("name", "raw_table")
     @classmethod
     def _ident(cls, value: str | None) -> str | None:
-        return None if value is None else check_identifier(value, "table name")
+        return None if value is None else _not_bankflows(check_identifier(value, "table name"), "table")
 
     @field_validator("topic")
     @classmethod
@@ -133,6 +152,13 @@ class Table(StrictModel):
                     f"primary key column {key!r} is not a column of table {self.name!r}",
                     f"use one of the table's columns: {', '.join(names)}", at=("primary_key", index),
                 )
+            if self.column(key).pg_type.kind in UNKEYABLE_KINDS:
+                raise SpecValueError(f"primary key column {key!r} is {self.column(key).type}, which has no equality",
+                                     "key on another column (jsonb, text or a number can be keys)",
+                                     at=("primary_key", index))
+            if key in self.primary_key[:index]:
+                raise SpecValueError(f"primary key lists column {key!r} twice", "list each key column once",
+                                     at=("primary_key", index))
         return self
 
     def column(self, name: str) -> Column:
@@ -184,11 +210,31 @@ class Lake(StrictModel):
         if not (value.startswith("file://") or value.startswith("s3://")):
             raise SpecValueError(f"lake url {value!r} must start with file:// or s3://",
                                  "use file://path (relative to the spec) or s3://bucket/prefix")
+        scheme, rest = value.split("://", 1)
+        if not rest.strip("/"):
+            raise SpecValueError(f"lake url {value!r} names no {'bucket' if scheme == 's3' else 'directory'}",
+                                 "use file://path (relative to the spec) or s3://bucket/prefix")
+        if scheme == "s3" and (rest.startswith("/") or not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]",
+                                                                        rest.split("/", 1)[0])):
+            raise SpecValueError(f"lake url {value!r} does not start with a valid bucket name",
+                                 "write s3://bucket/prefix (bucket: 3-63 lower-case letters, digits, '.', '-')")
         return value.rstrip("/")
+
+    @field_validator("dead_letter")
+    @classmethod
+    def _dead_letter(cls, value: str) -> str:
+        parts = value.strip("/").split("/")
+        if value.startswith("/") or ".." in parts or not value.strip("/") or "\\" in value:
+            raise SpecValueError(f"dead_letter {value!r} must be a relative path under the lake without '..'",
+                                 "e.g. dead_letter: _dead_letter")
+        return value.strip("/")
 
     @field_validator("layout")
     @classmethod
     def _layout(cls, value: str) -> str:
+        if value.count("{") != value.count("}") or re.search(r"\{[^}]*\{|\}[^{]*\}", value):
+            raise SpecValueError(f"layout {value!r} has unbalanced braces",
+                                 'each placeholder is {name}, e.g. layout: "{table}/date={date}"')
         for name in re.findall(r"\{([^}]*)\}", value):
             if name not in LAKE_PLACEHOLDERS:
                 raise SpecValueError(

@@ -55,6 +55,11 @@ _ALIASES = {
 
 _TYPE_RE = re.compile(r"^\s*([a-z][a-z0-9 ]*?)\s*(?:\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\))?\s*$")
 
+MAX_CHAR_LENGTH = 10_485_760  # Postgres' limit for varchar(n) and char(n)
+INTEGER_KINDS = ("smallint", "integer", "bigint")
+# Kinds Postgres has no btree equality for: they cannot be (part of) a primary key.
+UNKEYABLE_KINDS = ("json",)
+
 SUPPORTED_TYPES = sorted(set(_KINDS) | set(_ALIASES))
 
 
@@ -132,6 +137,9 @@ def parse_pg_type(text: str) -> PgType:
     if kind in ("varchar", "char"):
         if second is not None:
             raise PgTypeError(f"type {text!r} takes one length", f"e.g. {kind}(3)")
+        if first is not None and not 1 <= int(first) <= MAX_CHAR_LENGTH:
+            raise PgTypeError(f"type {text!r}: a length must be 1..{MAX_CHAR_LENGTH} (Postgres' limit)",
+                              f"e.g. {kind}(255), or text for unbounded strings")
         return PgType(kind, length=int(first) if first is not None else None)
     if first is not None:
         raise PgTypeError(f"type {text!r} takes no parameters", f"write {kind} without (…)")
