@@ -36,6 +36,9 @@ __all__ = [
     "Verify", "VerifyCheck", "check_identifier",
 ]
 
+# dbt's node selection syntax, one selector per item: `[@][N+]method:value[+N]`, joined by commas (intersection).
+_DBT_ATOM = r"@?(?:\d*\+)?(?:[a-z_]+(?:\.[a-z_]+)*:)?[A-Za-z0-9_][A-Za-z0-9_.*/\-]*(?:\+\d*)?"
+DBT_SELECTOR_RE = re.compile(rf"{_DBT_ATOM}(?:,{_DBT_ATOM})*")
 RESERVED_PREFIX = "_bankflow"
 
 
@@ -272,6 +275,17 @@ class DbtStep(StrictModel):
     @classmethod
     def _split(cls, value: object) -> object:
         return value.split() if isinstance(value, str) else value
+
+    @field_validator("select")
+    @classmethod
+    def _selectors(cls, value: list[str]) -> list[str]:
+        """Each item becomes one dbt argument: it must be a selector, never an option (`--target-path=…`)."""
+        for index, selector in enumerate(value):
+            if not DBT_SELECTOR_RE.fullmatch(selector):
+                raise SpecValueError(f"{selector!r} is not a dbt selector",
+                                     "write node names, paths or method:value, with optional @, +, N+ and commas "
+                                     "(e.g. staging, +marts, tag:daily, path:models/marts)", at=(index,))
+        return value
 
     @property
     def label(self) -> str:
