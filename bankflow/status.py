@@ -21,7 +21,7 @@ def _source_status(resolved: ResolvedSpec) -> dict[str, Any]:
 
     spec = resolved.spec
     server = source_server(resolved)
-    info: dict[str, Any] = {"server": server.label}
+    info: dict[str, Any] = {"server": server.label, "connection": server.connection_info()}
     if server.is_running() is False:
         info["up"] = False
         return info
@@ -130,10 +130,27 @@ def collect_status(resolved: ResolvedSpec) -> dict[str, Any]:
     }
 
 
+def _connect_hint(connection: dict[str, Any]) -> str:
+    """A psql command line for the source, with where its password is (never the password)."""
+    from shlex import quote
+
+    port = connection.get("port")
+    command = (f"psql -h {quote(str(connection.get('host')))} -p {port if port is not None else '?'} "
+               f"-U {quote(str(connection.get('user')))} -d {quote(str(connection.get('database')))}")
+    if connection.get("password_file"):
+        return f"PGPASSFILE={quote(str(connection['password_file']))} {command}"
+    if connection.get("password_env"):
+        return f"{command}  (password in ${connection['password_env']})"
+    return command
+
+
 def _source_lines(source: dict[str, Any]) -> list[str]:
     lines = [f"  source     {'up' if source.get('up') else 'down'}"
              + (f" ({source['server']})" if source.get("server") else "")
              + (f"  error: {source['error']}" if source.get("error") else "")]
+    connection = source.get("connection")
+    if connection:
+        lines.append(f"  connect    {_connect_hint(connection)}")
     slot = source.get("slot")
     if slot:
         lines.append(f"  slot       {slot['name']}: confirmed {slot['confirmed_flush_lsn']}, lag "

@@ -41,7 +41,7 @@ version: 1
 name: latency
 state_dir: state-{engine}
 source: {{type: postgres, database: bench, schema: bench, host: 127.0.0.1, port: {port}, embedded: false,
-          sslmode: disable}}
+          sslmode: disable, password: "${{BENCH_PGPASSWORD}}"}}
 tables:
   - name: events
     primary_key: [id]
@@ -205,6 +205,7 @@ def main() -> int:
     try:
         pg.start()
         pg.create_database("bench")
+        os.environ["BENCH_PGPASSWORD"] = pg.password  # the spec (and the Connect worker started below) read it
 
         def spec_for(engine: str, connect_url: str, bootstrap: str) -> ResolvedSpec:
             path = tmp / f"{engine}.yaml"

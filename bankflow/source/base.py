@@ -36,6 +36,16 @@ class PostgresServer(ABC):
         """True/False when bankflow can tell without connecting; None when only a connection can tell."""
         return None
 
+    def connection_info(self) -> dict[str, Any]:
+        """How a person reaches the server (`status` shows it): host, port, user, database, and where the
+        password comes from (``password_env``, ``password_file``), never the password itself."""
+        info: dict[str, Any] = {"host": self.source.host, "port": self.source.port, "user": self.source.user,
+                                "database": self.source.database}
+        variable = self.resolved.env_refs.get("source.password")
+        if variable:
+            info["password_env"] = variable
+        return info
+
     def stop(self) -> str:
         """Stop the server if bankflow runs it; a line saying what happened."""
         return "nothing to stop: this environment uses external services"

@@ -6,6 +6,12 @@ binary runs as ``nobody`` through ``setpriv``; that user must be able to travers
 the cluster. When it cannot (a venv or a pytest tmp dir under a 0700 directory), the binaries are copied
 once to a world-readable cache and the cluster lives under /var/tmp, with a state file in ``data_dir``
 pointing at it.
+
+Locked down: the superuser has a generated password (scram-sha-256, set by ``initdb --pwfile``) kept in
+``data_dir/bankflow-postgres.pgpass`` (a libpq password file, mode 0600, owned by the user running bankflow);
+pg_hba asks every connection, socket or 127.0.0.1, for it; the socket and its directory are 0700, the data
+dir 0700 and the files bankflow writes 0600. A cluster from an earlier bankflow (trust auth, no password
+file) is refused with a message naming the directory to delete.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -33,6 +40,7 @@ if TYPE_CHECKING:
 STATE_FILE = "bankflow-postgres.json"
 LOCK_FILE = ".bankflow-postgres.lock"
 CONFIG_FILE = "bankflow.conf"
+PASSWORD_FILE = "bankflow-postgres.pgpass"
 SUPERUSER = "postgres"
 NOBODY = (65534, 65534)
 SHARED_ROOT = Path("/var/tmp")
@@ -61,11 +69,39 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+HBA = """# written by bankflow on every start: a password (scram-sha-256) for every connection, nothing else
+local   all          all                  scram-sha-256
+host    all          all  127.0.0.1/32    scram-sha-256
+local   replication  all                  scram-sha-256
+host    replication  all  127.0.0.1/32    scram-sha-256
+"""
+
+
+def _private_dir(path: Path) -> None:
+    """Create `path` (and parents) and make it 0700 when it is ours."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.stat().st_uid == os.geteuid():
+        os.chmod(path, 0o700)
+
+
+def _write_private(path: Path, text: str, owner: tuple[int, int] | None = None) -> None:
+    """Replace `path` atomically by a 0600 file holding `text`, owned by `owner` (else by us)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    if owner is not None:
+        os.chown(tmp, *owner)
+    tmp.replace(path)
+
+
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
     """Serialise start/stop of one cluster across processes (parallel test sessions, CLI + tests)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -74,7 +110,8 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 class EmbeddedPostgres:
-    """One PostgreSQL cluster on 127.0.0.1, trust auth, superuser ``postgres``, ``wal_level=logical``.
+    """One PostgreSQL cluster on 127.0.0.1, superuser ``postgres`` with a generated password (scram-sha-256),
+    ``wal_level=logical``.
 
     ``start()`` is idempotent and reuses a server that is already running on the same ``data_dir`` (also one
     started by another process), so a CLI run and a test session can share it.
@@ -107,11 +144,38 @@ class EmbeddedPostgres:
         return dict(self._state_cache)
 
     def _save_state(self, state: dict[str, Any]) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
-        tmp.replace(self.state_path)
+        _private_dir(self.data_dir)
+        _write_private(self.state_path, json.dumps(state, indent=2, sort_keys=True) + "\n")
         self._state_cache = dict(state)
+
+    @property
+    def password_path(self) -> Path:
+        """The superuser's password as a libpq password file (``PGPASSFILE=… psql …``), mode 0600."""
+        return self.data_dir / PASSWORD_FILE
+
+    @property
+    def password(self) -> str:
+        """The superuser's password (a secret: never log or print it, nor ``connect_kwargs()`` / ``dsn()``)."""
+        try:
+            line = self.password_path.read_text().splitlines()[0]
+        except (OSError, IndexError):
+            self._refuse_trust_cluster()
+            raise ServiceError(f"no password file {self.password_path} for the embedded PostgreSQL in "
+                               f"{self.data_dir}; start() it first") from None
+        return line.split(":", 4)[4]
+
+    def _write_password(self, password: str) -> None:
+        entries = "".join(f"{host}:*:*:{SUPERUSER}:{password}\n" for host in (self.host, "localhost"))
+        _private_dir(self.data_dir)
+        _write_private(self.password_path, entries)
+
+    def _refuse_trust_cluster(self) -> None:
+        """A cluster without a password file was made by an earlier bankflow with trust auth: refuse it."""
+        if (self.cluster_dir / "PG_VERSION").is_file() and not self.password_path.is_file():
+            raise ServiceError(
+                f"the embedded PostgreSQL in {self.data_dir} was created by an earlier bankflow without a password "
+                f"(trust auth: any local user could connect as superuser); stop it (bankflow down), delete "
+                f"{self.data_dir} and run again to get a new, password-protected cluster")
 
     @property
     def cluster_dir(self) -> Path:
@@ -137,7 +201,7 @@ class EmbeddedPostgres:
         state = self._load_state()
         if state.get("cluster_dir"):
             return state
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        _private_dir(self.data_dir)
         root = self.data_dir
         if self.run_as is not None and not self._usable_by_run_user(["test", "-x", str(self.data_dir)]):
             root = SHARED_ROOT / f"bankflow-pgdata-{_digest(str(self.data_dir))}"
@@ -264,7 +328,10 @@ class EmbeddedPostgres:
     def start(self, timeout: float = 60.0) -> EmbeddedPostgres:
         """initdb if needed, then start; reuse the server if it is already running."""
         t0 = time.monotonic()
+        self._refuse_trust_cluster()  # before the chmod: an old in-place cluster's server must still reach it
+        _private_dir(self.data_dir)
         with _locked(self.data_dir / LOCK_FILE):
+            self._refuse_trust_cluster()
             if self.is_running():
                 self._adopt_running()
                 return self
@@ -275,6 +342,7 @@ class EmbeddedPostgres:
             for directory in (cluster.parent, socket_dir):
                 directory.mkdir(parents=True, exist_ok=True)
             self._chown(socket_dir)
+            os.chmod(socket_dir, 0o700)
             if not (cluster / "PG_VERSION").is_file():
                 self._initdb(bin_dir, cluster)
             port = self._pick_port(state)
@@ -320,8 +388,20 @@ class EmbeddedPostgres:
         cluster.mkdir(parents=True, exist_ok=True)
         self._chown(cluster)
         os.chmod(cluster, 0o700)
-        proc = self._run([str(bin_dir / "initdb"), "-D", str(cluster), "-U", SUPERUSER, "--auth=trust",
-                          "--encoding=UTF8", "--locale=C", "--no-instructions"])
+        password = secrets.token_urlsafe(32)
+        self._write_password(password)
+        # initdb (run as the server user) reads the password from a 0600 file it owns, removed right after
+        fd, name = tempfile.mkstemp(prefix=".bankflow-initdb-", dir=cluster.parent)
+        pwfile = Path(name)
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(password + "\n")
+            self._chown(pwfile)
+            proc = self._run([str(bin_dir / "initdb"), "-D", str(cluster), "-U", SUPERUSER,
+                              "--auth-local=scram-sha-256", "--auth-host=scram-sha-256", f"--pwfile={pwfile}",
+                              "--encoding=UTF8", "--locale=C", "--no-instructions"])
+        finally:
+            pwfile.unlink(missing_ok=True)
         if proc.returncode != 0:
             raise ServiceError(f"initdb failed ({proc.returncode}) for {cluster}:\n"
                                f"{proc.stdout}{proc.stderr}")
@@ -340,10 +420,11 @@ class EmbeddedPostgres:
             "timezone": "'UTC'",
             "log_timezone": "'UTC'",
             "fsync": "on",
+            "password_encryption": "'scram-sha-256'",
+            "unix_socket_permissions": "0700",
         }
-        path = cluster / CONFIG_FILE
-        path.write_text("".join(f"{k} = {v}\n" for k, v in settings.items()))
-        self._chown(path)
+        _write_private(cluster / CONFIG_FILE, "".join(f"{k} = {v}\n" for k, v in settings.items()), self.run_as)
+        _write_private(cluster / "pg_hba.conf", HBA, self.run_as)
 
     def stop(self, timeout: float = 60.0) -> None:
         """Fast shutdown (disconnects clients, keeps data); a no-op when not running."""
@@ -366,7 +447,7 @@ class EmbeddedPostgres:
             targets.append(Path(state["socket_dir"]))
         for target in targets:
             shutil.rmtree(target, ignore_errors=True)
-        for leftover in (self.state_path, self.data_dir / LOCK_FILE):
+        for leftover in (self.state_path, self.password_path, self.data_dir / LOCK_FILE):
             with contextlib.suppress(OSError):
                 leftover.unlink()
         self._state_cache = {}
@@ -375,11 +456,25 @@ class EmbeddedPostgres:
     # --- clients --------------------------------------------------------------------------------------
 
     def connect_kwargs(self, dbname: str = "postgres") -> dict[str, Any]:
-        """Keyword arguments for psycopg2.connect / psycopg.connect."""
-        return {"host": self.host, "port": self.port, "user": SUPERUSER, "dbname": dbname}
+        """Keyword arguments for psycopg2.connect / psycopg.connect; they hold the password: never print them."""
+        return {"host": self.host, "port": self.port, "user": SUPERUSER, "password": self.password,
+                "dbname": dbname}
 
     def dsn(self, dbname: str = "postgres") -> str:
-        return f"postgresql://{SUPERUSER}@{self.host}:{self.port}/{dbname}"
+        """A connection URL with the password in it: never print it."""
+        from urllib.parse import quote
+
+        return f"postgresql://{SUPERUSER}:{quote(self.password, safe='')}@{self.host}:{self.port}/{dbname}"
+
+    def connection_info(self, dbname: str = "postgres") -> dict[str, Any]:
+        """How a person reaches the server: host, port, user, database, socket and password file (not the
+        password). The port is None before the first start."""
+        try:
+            port: int | None = self.port
+        except ServiceError:
+            port = None
+        return {"host": self.host, "port": port, "user": SUPERUSER, "database": dbname,
+                "socket_dir": str(self.socket_dir), "password_file": str(self.password_path)}
 
     def connect(self, dbname: str = "postgres", **kwargs: Any) -> Any:
         """A psycopg2 connection (imported lazily so importing this module stays cheap)."""
@@ -442,12 +537,16 @@ class EmbeddedSource(PostgresServer):
 
     def server_kwargs(self, *, start: bool) -> dict[str, Any]:
         if start:
+            _private_dir(self.resolved.state_dir)  # bankflow's state (runs, logs, lake, warehouse) is private
             self.server.start()
             self.server.create_database(self.source.database)
         return self.server.connect_kwargs(self.source.database)
 
     def is_running(self) -> bool:
         return self.server.is_running()
+
+    def connection_info(self) -> dict[str, Any]:
+        return self.server.connection_info(self.source.database)
 
     def stop(self) -> str:
         if not self.server.is_running():

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from bankflow.source.embedded import EmbeddedPostgres
+from tests.fixtures.services import PG_PASSWORD_VAR
 from tests.harness.connect import POSTGRES_CONNECTOR_CLASS, KafkaConnectWorker
 from tests.harness.s3 import S3Server
 from tests.harness.tansu import TansuBroker
@@ -48,7 +49,8 @@ def test_postgres_runs_with_logical_wal(pg_server: EmbeddedPostgres) -> None:
     assert pg_server.execute("SHOW TimeZone") == [("UTC",)]
     assert int(pg_server.execute("SHOW max_replication_slots")[0][0]) >= 16
     assert pg_server.execute("SHOW listen_addresses") == [("127.0.0.1",)]
-    assert pg_server.dsn("x") == f"postgresql://postgres@127.0.0.1:{pg_server.port}/x"
+    assert pg_server.dsn("x") == f"postgresql://postgres:{pg_server.password}@127.0.0.1:{pg_server.port}/x"
+    assert pg_server.execute("SHOW password_encryption") == [("scram-sha-256",)]
     assert pg_server.server_log.is_file()
 
 
@@ -267,7 +269,7 @@ def test_debezium_snapshot_and_update_reach_kafka(pg_server: EmbeddedPostgres, t
         "database.hostname": pg_server.host,
         "database.port": str(pg_server.port),
         "database.user": "postgres",
-        "database.password": "",
+        "database.password": "${env:" + PG_PASSWORD_VAR + "}",  # the worker's environment holds it
         "database.dbname": db,
         "topic.prefix": prefix,
         "plugin.name": "pgoutput",

@@ -32,6 +32,7 @@ from bankflow.spec.loader import ResolvedSpec, load_spec
 from bankflow.spec.models import DuckDBWarehouse
 from bankflow.stages.base import Progress, RunContext
 from bankflow.status import format_status
+from tests.fixtures.services import PG_PASSWORD_VAR
 from tests.harness.connect import KafkaConnectWorker
 from tests.harness.s3 import S3Server
 from tests.harness.tansu import TansuBroker
@@ -40,7 +41,7 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = "stack_test"
-PASSWORD_VAR = "BANKFLOW_STACK_TEST_PGPASSWORD"
+PASSWORD_VAR = PG_PASSWORD_VAR  # the Connect worker's environment holds pg_server's password under it
 
 
 @dataclass
@@ -65,14 +66,14 @@ def write_spec(path: Path, *, tag: str, database: str, port: int, connect_url: s
     base = yaml.safe_load((REPO / "pipelines" / "banking.yaml").read_text())
     env: dict[str, Any] = {
         "source": {"host": "127.0.0.1", "port": port, "user": "postgres", "embedded": False, "sslmode": "disable",
-                   # trust auth ignores it; it is here to prove it never shows up in clear
+                   # the embedded server's password, from the environment: it must never show up in clear
                    "password": "${" + PASSWORD_VAR + "}"},
         "cdc": {"engine": "debezium", "connect_url": connect_url, "connector": f"bankflow-{tag}",
                 "topic_prefix": f"bank{tag}", "slot": f"bf_{tag}", "publication": f"bf_{tag}",
                 "snapshot_mode": "initial"},  # heartbeats as in banking.yaml (10 s): the wait must not need them
         "kafka": {"bootstrap_servers": bootstrap, "group": f"bankflow-{tag}", "partitions": 1},
-        "lake": {"url": f"s3://{bucket}/banking", "s3_endpoint": s3_endpoint, "s3_key": "test",
-                 "s3_secret": "test"},
+        "lake": {"url": f"s3://{bucket}/banking", "s3_endpoint": s3_endpoint, "s3_key": "test-access-key",
+                 "s3_secret": "test-secret-key"},
         "warehouse": {"type": "duckdb", "path": str(state_dir / "warehouse.duckdb"), "raw_schema": "raw"},
     }
     for section, values in (overrides or {}).items():
@@ -106,9 +107,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pg_server: EmbeddedPostgres,
     pg_server.create_database(database)
     s3_server.create_bucket(bucket)
     root = tmp_path_factory.mktemp("stack")
-    password = f"pw-{uuid.uuid4().hex}"
-    previous = os.environ.get(PASSWORD_VAR)
-    os.environ[PASSWORD_VAR] = password
+    password = pg_server.password
+    assert os.environ.get(PASSWORD_VAR) == password  # set by the kafka_connect fixture, before the JVM started
     path = write_spec(root / "banking.yaml", tag=tag, database=database, port=pg_server.port,
                       connect_url=kafka_connect.rest_url, bootstrap=tansu_broker.bootstrap_servers,
                       s3_endpoint=s3_server.endpoint_url, bucket=bucket, state_dir=root / "state")
@@ -120,10 +120,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pg_server: EmbeddedPostgres,
         ConnectClient(kafka_connect.rest_url).delete(spec.cdc.connector)
         drop_slot(pg_server, database, spec.cdc.slot)
         pg_server.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        if previous is None:
-            os.environ.pop(PASSWORD_VAR, None)
-        else:
-            os.environ[PASSWORD_VAR] = previous
 
 
 def drop_slot(pg: EmbeddedPostgres, database: str, slot: str, timeout: float = 30.0) -> None:
