@@ -39,6 +39,7 @@ __all__ = [
 # dbt's node selection syntax, one selector per item: `[@][N+]method:value[+N]`, joined by commas (intersection).
 _DBT_ATOM = r"@?(?:\d*\+)?(?:[a-z_]+(?:\.[a-z_]+)*:)?[A-Za-z0-9_][A-Za-z0-9_.*/\-]*(?:\+\d*)?"
 DBT_SELECTOR_RE = re.compile(rf"{_DBT_ATOM}(?:,{_DBT_ATOM})*")
+S3_ENDPOINT_RE = re.compile(r"https?://(?:[^@/\s'\"\\]+@)?[A-Za-z0-9.-]+(?::\d{1,5})?/?")
 RESERVED_PREFIX = "_bankflow"
 
 
@@ -214,6 +215,9 @@ class Lake(StrictModel):
             raise SpecValueError(f"lake url {value!r} must start with file:// or s3://",
                                  "use file://path (relative to the spec) or s3://bucket/prefix")
         scheme, rest = value.split("://", 1)
+        if scheme == "s3" and re.search(r"['\"\\\s\x00-\x1f]", rest):
+            raise SpecValueError(f"lake url {value!r} holds a quote, backslash, space or control character",
+                                 "use letters, digits and - _ . / = in the bucket and prefix")
         if not rest.strip("/"):
             raise SpecValueError(f"lake url {value!r} names no {'bucket' if scheme == 's3' else 'directory'}",
                                  "use file://path (relative to the spec) or s3://bucket/prefix")
@@ -222,6 +226,14 @@ class Lake(StrictModel):
             raise SpecValueError(f"lake url {value!r} does not start with a valid bucket name",
                                  "write s3://bucket/prefix (bucket: 3-63 lower-case letters, digits, '.', '-')")
         return value.rstrip("/")
+
+    @field_validator("s3_endpoint")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value is not None and not S3_ENDPOINT_RE.fullmatch(value):
+            raise SpecValueError(f"s3_endpoint {value!r} is not an http(s)://host[:port] URL",
+                                 "e.g. s3_endpoint: http://127.0.0.1:9000 (keys go in s3_key and s3_secret)")
+        return value
 
     @field_validator("dead_letter")
     @classmethod

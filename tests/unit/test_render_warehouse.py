@@ -201,3 +201,28 @@ def test_duckdb_setup_and_load_run(tmp_path: Path) -> None:
                       'FROM "landing"."products"').fetchone()
     assert row == (product, decimal.Decimal("1234567890123456789012345678.0123456789"), datetime.date(2024, 2, 29),
                    datetime.datetime(2024, 5, 1, 12, 0, 0, 123456), "c", 42, None)
+
+
+HOSTILE = "x\\' FILE_FORMAT = (TYPE = CSV) URL = 's3://evil/"
+
+
+@pytest.mark.parametrize("field", ["url", "s3_endpoint", "s3_key", "s3_secret"])
+def test_hostile_lake_strings_stay_inside_their_snowflake_literals(field: str) -> None:
+    """A quote or backslash-quote in any string of the stage cannot end its literal and add a property: the stage
+    parses to exactly the template's properties, and the literal holds the value as given."""
+    import dataclasses
+
+    resolved = load_case("banking-stack")
+    lake = resolved.spec.lake
+    value = {"url": f"{lake.url}/{HOSTILE}", "s3_endpoint": f"http://minio:9000/{HOSTILE}"}.get(field, HOSTILE)
+    # model_copy skips validation on purpose: the dialect must hold even for a value the validators would refuse.
+    spec = resolved.spec.model_copy(update={"lake": lake.model_copy(update={field: value})})
+    hostile = dataclasses.replace(resolved, spec=spec)
+    (stage,) = [s for s in setup_statements(hostile, reveal=True) if "CREATE STAGE" in s]
+    (parsed,) = parse_snowflake(stage)
+    properties = [p.name.upper() if type(p) is exp.Property else type(p).__name__
+                  for p in parsed.args["properties"].expressions]
+    assert properties == ["URL", "ENDPOINT", "CredentialsProperty", "FileFormatProperty"], properties
+    literals = [lit.this for lit in parsed.find_all(exp.Literal) if lit.is_string]
+    assert any(HOSTILE.rstrip("/") in text for text in literals), literals
+    assert not any(text == "s3://evil/" for text in literals)
