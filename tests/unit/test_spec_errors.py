@@ -203,6 +203,8 @@ BAD = [
     Bad("s3-endpoint-that-is-not-a-url", '  layout: "{table}/date={date}"\n',
         '  layout: "{table}/date={date}"\n  s3_endpoint: "minio:9000\'"\n', 21, "lake.s3_endpoint",
         "is not an http(s)://host[:port] URL", "e.g. s3_endpoint: http://127.0.0.1:9000"),
+    Bad("state-dir-with-a-line-break", "name: mini\n", 'name: mini\nstate_dir: "st\\nwork_mem = 1"\n', 4,
+        "state_dir", "holds a line break or control character", "use a plain directory path"),
     Bad("dbt-option-as-a-selector", "    - {command: run, select: [staging]}\n",
         '    - {command: run, select: ["--target-path=/elsewhere:models/marts"]}\n', 27,
         "transform.steps[0].select[0]", "is not a dbt selector", "write node names"),
