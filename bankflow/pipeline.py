@@ -169,14 +169,9 @@ class Pipeline:
     def verify(self) -> Any:
         from bankflow.source import source_connect_kwargs
         from bankflow.verify import verify
-        from bankflow.warehouses import connect_warehouse
 
-        kwargs = source_connect_kwargs(self.resolved, start=True)
-        adapter = connect_warehouse(self.resolved)
-        try:
-            return verify(self.resolved, kwargs, adapter)
-        finally:
-            adapter.close()
+        # verify opens read-only connections of its own (nothing is created when the warehouse does not exist)
+        return verify(self.resolved, source_connect_kwargs(self.resolved, start=True))
 
     def status(self) -> dict[str, Any]:
         from bankflow.status import collect_status

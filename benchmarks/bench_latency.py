@@ -49,8 +49,8 @@ tables:
       - {{name: id, type: bigint, nullable: false}}
       - {{name: payload, type: text, nullable: false}}
       - {{name: created_at, type: timestamptz, nullable: false}}
-cdc: {{engine: {engine}, connector: lat-{tag}, topic_prefix: lat{tag}, slot: lat_{engine}_{tag},
-       publication: lat_{tag}, connect_url: "{connect_url}", heartbeat_interval_ms: 0}}
+cdc: {{engine: {engine}, topic_prefix: lat{tag}, slot: lat_{engine}_{tag}, publication: lat_{tag},
+       heartbeat_interval_ms: 0{connector}}}
 kafka: {{bootstrap_servers: "{bootstrap}", group: lat-{tag}, partitions: 1}}
 lake:
   url: file://{lake}
@@ -209,7 +209,9 @@ def main() -> int:
 
         def spec_for(engine: str, connect_url: str, bootstrap: str) -> ResolvedSpec:
             path = tmp / f"{engine}.yaml"
-            path.write_text(SPEC.format(engine=engine, port=pg.port, tag=tag, connect_url=connect_url,
+            # connector settings are the Debezium engine's own
+            connector = f', connector: lat-{tag}, connect_url: "{connect_url}"' if engine == "debezium" else ""
+            path.write_text(SPEC.format(engine=engine, port=pg.port, tag=tag, connector=connector,
                                         bootstrap=bootstrap, lake=tmp / f"lake-{engine}",
                                         max_seconds=args.max_seconds))
             return load_spec(path)
