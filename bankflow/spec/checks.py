@@ -168,6 +168,10 @@ class _Checker:
                      "set heartbeat_interval_ms, e.g. 10000", "warning")
         for found in spec.cdc.check(spec, self.resolved.env_refs):
             self.add(found.at, ".".join(str(p) for p in found.at), found.message, found.hint, found.severity)
+        if spec.transform is not None and spec.transform.target_schema == spec.warehouse.raw_schema:
+            self.add(("transform", "target_schema"), "transform.target_schema",
+                     f"dbt's target schema is the raw schema {spec.warehouse.raw_schema!r}: models would be built "
+                     "among the raw tables bankflow loads", "give transform.target_schema its own name, e.g. analytics")
         schemes = spec.warehouse.capabilities.lake_schemes
         if spec.lake.scheme not in schemes:
             self.add(("lake", "url"), "lake.url",

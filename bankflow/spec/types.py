@@ -112,6 +112,9 @@ def parse_pg_type(text: str) -> PgType:
     `numeric` needs an explicit precision and scale: an unconstrained numeric has no exact Arrow or
     Snowflake image, and guessing one is how money turns into floats.
     """
+    if text.strip().endswith("]") or text.strip().lower().startswith(("_", "array")):
+        raise PgTypeError(f"type {text!r} is an array: bankflow cannot carry array columns exactly yet",
+                          "leave the column out of the spec, or keep it as jsonb in the source (to_jsonb(col))")
     match = _TYPE_RE.match(text.lower())
     if not match:
         raise PgTypeError(f"unknown column type {text!r}", f"use one of: {', '.join(SUPPORTED_TYPES)}")

@@ -40,6 +40,7 @@ OTHER_TABLE = ("  - name: other\n{extra}    primary_key: [id]\n    columns:\n"
 SNOWFLAKE = ("warehouse:\n  type: snowflake\n  account: acc\n  user: usr\n  warehouse: wh\n  database: db\n"
              "  stage_credentials: keys\n")
 DUCKDB = "warehouse:\n  type: duckdb\n  path: wh.duckdb\n"
+VERIFY = ("verify:\n  checks:\n    - name: sneaky\n      source_sql: select 1\n      warehouse_sql: select 1\n")
 
 
 @dataclass(frozen=True)
@@ -205,6 +206,21 @@ BAD = [
         "is not an http(s)://host[:port] URL", "e.g. s3_endpoint: http://127.0.0.1:9000"),
     Bad("state-dir-with-a-line-break", "name: mini\n", 'name: mini\nstate_dir: "st\\nwork_mem = 1"\n', 4,
         "state_dir", "holds a line break or control character", "use a plain directory path"),
+    Bad("array-column", "{name: label, type: text}", '{name: label, type: "integer[]"}', 13,
+        "tables[0].columns[1].type", "is an array", "keep it as jsonb"),
+    Bad("dbt-builds-into-the-raw-schema", "  project_dir: minimal_dbt\n",
+        "  project_dir: minimal_dbt\n  target_schema: raw\n", 26, "transform.target_schema",
+        "models would be built among the raw tables", "give transform.target_schema its own name"),
+    Bad("verify-deletes-in-a-cte", "environments:\n", VERIFY.replace(
+        "warehouse_sql: select 1", "warehouse_sql: with x as (delete from raw.items returning *) select * from x")
+        + "environments:\n", 32, "verify.checks[0].warehouse_sql", "it contains DELETE",
+        "one SELECT that only reads tables"),
+    Bad("verify-reads-a-server-file", "environments:\n", VERIFY.replace(
+        "source_sql: select 1", "source_sql: select pg_read_file('/etc/passwd')") + "environments:\n", 31,
+        "verify.checks[0].source_sql", "it calls pg_read_file()", "one SELECT that only reads tables"),
+    Bad("verify-drops-a-slot", "environments:\n", VERIFY.replace(
+        "source_sql: select 1", "source_sql: select pg_drop_replication_slot('bankflow')") + "environments:\n", 31,
+        "verify.checks[0].source_sql", "pg_drop_replication_slot", "one SELECT that only reads tables"),
     Bad("dbt-option-as-a-selector", "    - {command: run, select: [staging]}\n",
         '    - {command: run, select: ["--target-path=/elsewhere:models/marts"]}\n', 27,
         "transform.steps[0].select[0]", "is not a dbt selector", "write node names"),
