@@ -167,11 +167,12 @@ class Pipeline:
     # ------------------------------------------------------------ verify, status, down, consume
 
     def verify(self) -> Any:
-        from bankflow.source import source_connect_kwargs
+        from bankflow.source import source_server
         from bankflow.verify import verify
 
-        # verify opens read-only connections of its own (nothing is created when the warehouse does not exist)
-        return verify(self.resolved, source_connect_kwargs(self.resolved, start=True))
+        # Read-only connections only: the source as a role that can only read (where bankflow runs the server),
+        # the warehouse opened read-only by verify itself (nothing is created when it does not exist yet).
+        return verify(self.resolved, source_server(self.resolved).reader_kwargs(start=True))
 
     def status(self) -> dict[str, Any]:
         from bankflow.status import collect_status

@@ -32,6 +32,11 @@ class PostgresServer(ABC):
         kwargs.setdefault("connect_timeout", 10)
         return kwargs
 
+    def reader_kwargs(self, *, start: bool = True) -> dict[str, Any]:
+        """psycopg2 kwargs for reading only (`verify`). A server bankflow runs has a role that can do nothing
+        else; for one somebody else runs, these are the spec's own credentials (give bankflow a read-only role)."""
+        return self.connect_kwargs(start=start)
+
     def is_running(self) -> bool | None:
         """True/False when bankflow can tell without connecting; None when only a connection can tell."""
         return None

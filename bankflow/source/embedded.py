@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bankflow.process import ServiceError, free_port, log_tail, port_open
-from bankflow.source.base import PostgresServer
+from bankflow.source.base import SESSION_OPTIONS, PostgresServer
 
 if TYPE_CHECKING:
     from bankflow.spec.loader import ResolvedSpec
@@ -41,6 +41,7 @@ STATE_FILE = "bankflow-postgres.json"
 LOCK_FILE = ".bankflow-postgres.lock"
 CONFIG_FILE = "bankflow.conf"
 PASSWORD_FILE = "bankflow-postgres.pgpass"
+READER = "bankflow_reader"  # what `verify` connects as: reads every table, can change nothing
 SUPERUSER = "postgres"
 NOBODY = (65534, 65534)
 SHARED_ROOT = Path("/var/tmp")
@@ -165,13 +166,42 @@ class EmbeddedPostgres:
     @property
     def password(self) -> str:
         """The superuser's password (a secret: never log or print it, nor ``connect_kwargs()`` / ``dsn()``)."""
-        try:
-            line = self.password_path.read_text().splitlines()[0]
-        except (OSError, IndexError):
+        password = self._password_of(SUPERUSER)
+        if password is None:
             self._refuse_trust_cluster()
             raise ServiceError(f"no password file {self.password_path} for the embedded PostgreSQL in "
-                               f"{self.data_dir}; start() it first") from None
-        return line.split(":", 4)[4]
+                               f"{self.data_dir}; start() it first")
+        return password
+
+    def _password_of(self, user: str) -> str | None:
+        try:
+            lines = self.password_path.read_text().splitlines()
+        except OSError:
+            return None
+        return next((line.split(":", 4)[4] for line in lines if line.count(":") >= 4
+                     and line.split(":", 4)[3] == user), None)
+
+    def ensure_reader(self, dbname: str = "postgres") -> dict[str, Any]:
+        """Connect kwargs for ``bankflow_reader``: a login that can read every table and nothing more (no
+        superuser, no replication, read-only transactions), for `verify`. Created on first use."""
+        password = self._password_of(READER)
+        if password is None:
+            password = secrets.token_urlsafe(32)
+            entries = "".join(f"{host}:*:*:{READER}:{password}\n" for host in (self.host, "localhost"))
+            _write_private(self.password_path, self.password_path.read_text() + entries)
+        conn = self.connect()
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (READER,))
+                verb = "ALTER" if cur.fetchone() else "CREATE"
+                cur.execute(f"{verb} ROLE {READER} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
+                            "NOBYPASSRLS PASSWORD %s", (password,))
+                cur.execute(f"GRANT pg_read_all_data TO {READER}")
+                cur.execute(f"ALTER ROLE {READER} SET default_transaction_read_only = on")
+        finally:
+            conn.close()
+        return {**self.connect_kwargs(dbname), "user": READER, "password": password}
 
     def _write_password(self, password: str) -> None:
         entries = "".join(f"{host}:*:*:{SUPERUSER}:{password}\n" for host in (self.host, "localhost"))
@@ -550,6 +580,11 @@ class EmbeddedSource(PostgresServer):
             self.server.start()
             self.server.create_database(self.source.database)
         return self.server.connect_kwargs(self.source.database)
+
+    def reader_kwargs(self, *, start: bool = True) -> dict[str, Any]:
+        self.connect_kwargs(start=start)  # the server runs and has the spec's database
+        return {**self.server.ensure_reader(self.source.database), "options": SESSION_OPTIONS,
+                "connect_timeout": 10}
 
     def is_running(self) -> bool:
         return self.server.is_running()

@@ -258,3 +258,42 @@ def test_a_hostile_path_cannot_add_a_setting_to_postgresql_conf(tmp_path: Path) 
     with EmbeddedPostgres(hostile / "pg") as pg:
         assert pg.execute("SHOW work_mem")[0][0] != "77MB"
         assert pg.execute("SHOW wal_level")[0][0] == "logical"
+
+
+def test_the_reader_role_reads_everything_and_can_change_nothing(pg_server: EmbeddedPostgres) -> None:
+    """What `verify` connects as: even a query the parser guard missed is refused by the server itself."""
+    import psycopg2
+
+    pg_server.execute("CREATE TABLE IF NOT EXISTS reader_probe (id int PRIMARY KEY)")
+    pg_server.execute("INSERT INTO reader_probe VALUES (1) ON CONFLICT DO NOTHING")
+    pg_server.execute("SELECT pg_create_logical_replication_slot('reader_probe_slot', 'pgoutput') "
+                      "WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = 'reader_probe_slot')")
+    try:
+        kwargs = pg_server.ensure_reader()
+        assert kwargs["user"] == "bankflow_reader" and kwargs["password"] != pg_server.password
+        assert pg_server.ensure_reader()["password"] == kwargs["password"]  # created once, then reused
+        refused = {
+            "DELETE FROM reader_probe": "read-only transaction",
+            "SELECT pg_drop_replication_slot('reader_probe_slot')": "permission denied",
+            "SELECT pg_read_file('/etc/passwd')": "permission denied",
+            "CREATE TABLE reader_made (id int)": "read-only transaction",
+        }
+        for sql, reason in refused.items():
+            conn = psycopg2.connect(**kwargs)
+            try:
+                with conn.cursor() as cur, pytest.raises(psycopg2.Error, match=reason):
+                    cur.execute(sql)
+            finally:
+                conn.close()
+        conn = psycopg2.connect(**kwargs)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT count(*) FROM reader_probe")
+                assert cur.fetchone() == (1,)
+        finally:
+            conn.close()
+        assert pg_server.execute("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'reader_probe_slot'"
+                                 ) == [(1,)]
+    finally:
+        pg_server.execute("SELECT pg_drop_replication_slot('reader_probe_slot')")
+        pg_server.execute("DROP TABLE reader_probe")
