@@ -68,6 +68,13 @@ def stage_list(text: str) -> list[str]:
     return stages
 
 
+def _name_list(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated table names, got {text!r}")
+    return names
+
+
 def _add_spec(parser: argparse.ArgumentParser, many: bool = False) -> None:
     if many:
         parser.add_argument("specs", nargs="+", metavar="SPEC", help="pipeline YAML file(s)")
@@ -164,6 +171,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=positive_int, default=1, help="consumer processes (default 1)")
     p.add_argument("--follow", action="store_true", help="keep consuming until interrupted")
     p.add_argument("--json", action="store_true")
+    p = command("init", help="scaffold a pipeline project (spec, dbt project, .env.example, README)",
+                description="Write a pipeline project into DIR: pipelines/NAME.yaml (local and stack "
+                "environments), a dbt project (sources, one staging model per table), .env.example and a README. "
+                "With --from-postgres, the tables come from the catalog of --schema (read-only). A column or "
+                "table bankflow cannot carry exactly is never guessed: it is named with a hint, and nothing is "
+                "written (exit 1) unless --allow-partial (then it is left out of the spec with a comment).")
+    p.add_argument("directory", metavar="DIR", type=Path, help="project directory (new or empty, unless --force)")
+    p.add_argument("--name", help="pipeline name (default: from DIR), a plain identifier")
+    p.add_argument("--from-postgres", metavar="URL",
+                   help="read the tables from this database, e.g. postgresql://user@host:5432/db (a password in "
+                   "the URL is used to connect, never written or printed; or use PGPASSWORD)")
+    p.add_argument("--schema", help="the source schema to read (with --from-postgres)")
+    p.add_argument("--tables", type=_name_list, help="comma-separated tables of --schema (default: all)")
+    p.add_argument("--allow-partial", action="store_true",
+                   help="write the project even when columns or tables had to be left out")
+    p.add_argument("--force", action="store_true", help="write into a non-empty DIR (replaces same-named files)")
+    p.add_argument("--json", action="store_true", help="print what was written (and left out) as JSON")
     return parser
 
 
@@ -396,10 +420,35 @@ def cmd_consume(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    from urllib.parse import unquote, urlsplit
+
+    from bankflow.scaffold import init_project
+
+    if args.from_postgres and (password := urlsplit(args.from_postgres).password):
+        bankflow_log.add_secrets([password, unquote(password)])  # never printed, even in an internal error
+    result = init_project(args.directory, args.name, from_postgres=args.from_postgres, schema=args.schema,
+                          tables=args.tables, force=args.force, allow_partial=args.allow_partial)
+    for omission in result.omissions:
+        bankflow_log.error_line(f"bankflow init: {'warning' if result.written else 'error'}: {omission.line()}")
+    if args.json:
+        print(json.dumps({"directory": str(result.directory), "name": result.name, "written": result.written,
+                          "complete": result.complete, "files": result.files if result.written else [],
+                          "left_out": [o.line() for o in result.omissions]}, indent=2))
+    elif not result.written:
+        bankflow_log.error_line(f"bankflow init: error: {len(result.omissions)} column(s)/table(s) cannot be "
+                                "carried exactly; nothing written (rerun with --allow-partial to write the "
+                                "project without them)")
+    elif not args.quiet:
+        print(f"wrote {len(result.files)} file(s) to {result.directory}: pipelines/{result.name}.yaml, dbt/, "
+              ".env.example, README.md" + (f" ({len(result.omissions)} left out)" if result.omissions else ""))
+    return EXIT_OK if result.written else EXIT_FAILED
+
+
 COMMANDS = {
     "validate": cmd_validate, "plan": cmd_plan, "schema": cmd_schema, "apply": cmd_apply,
     "generate": cmd_generate, "verify": cmd_verify, "status": cmd_status, "down": cmd_down,
-    "consume": cmd_consume,
+    "consume": cmd_consume, "init": cmd_init,
 }
 
 
