@@ -13,7 +13,8 @@ from bankflow.spec.loader import ResolvedSpec
 APPLIED_DIR = "applied"
 # What a plan directory holds. Other files there are not the plan's: never reported as removed, never deleted.
 ARTIFACT_RE = re.compile(
-    r"^(debezium/[^/]+\.json|topology\.json|dbt/profiles\.yml|warehouse/[a-z0-9_]+/[a-z0-9_]+\.sql)$")
+    r"^(debezium/[^/]+\.json|topology\.json|dbt/profiles\.yml|warehouse/[a-z0-9_]+/[a-z0-9_]+\.sql"
+    r"|source/setup\.sql)$")
 # Pending-file lists change with every run: apply does not record them, so they are not compared with it.
 LOAD_SQL_RE = re.compile(r"^warehouse/[a-z0-9_]+/load\.sql$")
 
@@ -77,9 +78,30 @@ def plan(resolved: ResolvedSpec, out: Path | None = None, *, pending_files: dict
             result.notes.append(note)
         if diff:
             result.changed["live deployment"] = diff
+        result.notes += source_contract_notes(resolved)
+    else:
+        result.notes.append("offline: the source contract (live catalog vs spec) was not checked")
     if out is not None:
         write_files(files, out)
     return result
+
+
+def source_contract_notes(resolved: ResolvedSpec) -> list[str]:
+    """The source contract as plan notes: each difference with the spec's file:line, or why it was not checked."""
+    from bankflow.source import source_server
+    from bankflow.source.contract import check_contract
+
+    server = source_server(resolved)
+    if server.is_running() is False:
+        return ["the source is not running: the source contract (live catalog vs spec) was not checked"]
+    try:
+        findings = check_contract(resolved, server.connect_kwargs(start=False))
+    except Exception as exc:  # unreachable, no such database, no permission: plan goes on
+        reason = " ".join(resolved.redact(str(exc)).split()) or type(exc).__name__
+        return [f"the source is not reachable ({reason}): the source contract was not checked"]
+    if not findings:
+        return ["source contract: the live catalog matches the spec's tables"]
+    return [f"source contract {f.severity}: {f}" for f in findings]
 
 
 def write_files(files: dict[str, str], directory: Path) -> None:

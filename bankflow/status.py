@@ -43,9 +43,25 @@ def _source_status(resolved: ResolvedSpec) -> dict[str, Any]:
             info["slot"] = None if row is None else {
                 "name": spec.cdc.slot, "active": row[0], "confirmed_flush_lsn": row[1], "lag_bytes": row[2],
                 "current_wal_lsn": row[3]}
+        info["contract"] = _contract(resolved, conn)
     finally:
         conn.close()
     return info
+
+
+def _contract(resolved: ResolvedSpec, conn: Any) -> dict[str, Any]:
+    """The source contract: every difference between the live catalog and the spec, with the spec's file:line."""
+    from bankflow.source.contract import compare, read_catalog
+
+    try:
+        with conn.cursor() as cur:
+            catalog = read_catalog(cur, resolved.spec.source.schema_name, [t.name for t in resolved.spec.tables])
+    except Exception as exc:
+        return {"error": _error(resolved, exc)}
+    findings = compare(resolved, catalog)
+    return {"ok": not any(f.severity == "error" for f in findings),
+            "differences": [{"severity": f.severity, "table": f.table, "column": f.column, "message": f.message,
+                             "where": f.where} for f in findings]}
 
 
 def _lake_status(resolved: ResolvedSpec) -> dict[str, Any]:
@@ -157,7 +173,19 @@ def _source_lines(source: dict[str, Any]) -> list[str]:
                      f"{slot['lag_bytes']:,} bytes, {'active' if slot['active'] else 'idle'}")
     elif source.get("up"):
         lines.append("  slot       not created yet")
-    return lines
+    return lines + _contract_lines(source.get("contract"))
+
+
+def _contract_lines(contract: dict[str, Any] | None) -> list[str]:
+    if not contract:
+        return []
+    if contract.get("error"):
+        return [f"  contract   not checked: {contract['error']}"]
+    differences = contract.get("differences") or []
+    if not differences:
+        return ["  contract   the source matches the spec"]
+    return [f"  contract   {d['severity']}: {d['where']}: "
+            f"{d['table']}{'.' + d['column'] if d.get('column') else ''}: {d['message']}" for d in differences]
 
 
 def _engine_lines(status: dict[str, Any]) -> list[str]:

@@ -58,3 +58,12 @@ class PostgresServer(ABC):
     @property
     def label(self) -> str:
         return "external"
+
+    @property
+    def owns_schema(self) -> bool:
+        """True when bankflow runs the server and creates its tables (the embedded source)."""
+        return False
+
+    def manages(self, item: str) -> bool:
+        """May bankflow create or change `item` (publication, replica_identity, heartbeat, slot) here?"""
+        return self.owns_schema or item in self.source.manage

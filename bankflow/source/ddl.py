@@ -1,4 +1,6 @@
-"""The DDL bankflow runs on a source it owns (the embedded `local` one): schema, tables, heartbeat table.
+"""The DDL bankflow runs on a source: all of it on one it owns (the embedded `local` one: schema, tables,
+heartbeat table), and on one somebody else runs only what `source.manage` allows (publication, replica
+identity, heartbeat, slot), never a table; `setup_sql` is every statement for a DBA (`plan`'s source/setup.sql).
 
 Pure: statements as text, so `plan` can show them and tests can check them without a server.
 """
@@ -45,10 +47,85 @@ def source_statements(resolved: ResolvedSpec) -> list[str]:
     statements = [f"CREATE SCHEMA IF NOT EXISTS {schema}"]
     for table in parents_first(spec.tables):
         statements.extend(table_ddl(resolved, table))
-    statements.append(
-        f"CREATE TABLE IF NOT EXISTS {schema}.{quote_pg(HEARTBEAT_TABLE)} "
-        "(id integer PRIMARY KEY, beat_at timestamptz NOT NULL)")
+    statements.append(heartbeat_statements(resolved)[0])
     return statements
+
+
+def pg_literal(value: str) -> str:
+    """A Postgres string literal (standard_conforming_strings: a quote doubled is the only escape)."""
+    if "\x00" in value:
+        raise ValueError("a Postgres string cannot contain a NUL character")
+    return "'" + value.replace("'", "''") + "'"
+
+
+def qualified(resolved: ResolvedSpec, name: str) -> str:
+    return f"{quote_pg(resolved.spec.source.schema_name)}.{quote_pg(name)}"
+
+
+def heartbeats_on(resolved: ResolvedSpec) -> bool:
+    return resolved.spec.cdc.heartbeat_interval_ms > 0
+
+
+def publication_statement(resolved: ResolvedSpec, *, exists: bool) -> str:
+    """The publication lists exactly the spec's tables (a filtered publication, as Debezium's autocreate)."""
+    tables = ", ".join(qualified(resolved, t.name) for t in resolved.spec.tables)
+    name = quote_pg(resolved.spec.cdc.publication)
+    return f"ALTER PUBLICATION {name} SET TABLE {tables}" if exists else f"CREATE PUBLICATION {name} FOR TABLE {tables}"
+
+
+def replica_identity_statement(resolved: ResolvedSpec, table: Table) -> str:
+    identity = "FULL" if table.replica_identity == "full" else "DEFAULT"
+    return f"ALTER TABLE {qualified(resolved, table.name)} REPLICA IDENTITY {identity}"
+
+
+def heartbeat_statements(resolved: ResolvedSpec) -> list[str]:
+    table = qualified(resolved, HEARTBEAT_TABLE)
+    return [f"CREATE TABLE IF NOT EXISTS {table} (id integer PRIMARY KEY, beat_at timestamptz NOT NULL)",
+            f"GRANT SELECT, INSERT, UPDATE ON {table} TO {quote_pg(resolved.spec.source.user)}"]
+
+
+def slot_statement(resolved: ResolvedSpec) -> str:
+    return f"SELECT pg_create_logical_replication_slot({pg_literal(resolved.spec.cdc.slot)}, 'pgoutput')"
+
+
+def grant_statements(resolved: ResolvedSpec) -> list[str]:
+    """What the replication user needs: the REPLICATION attribute, USAGE on the schema, SELECT on the tables."""
+    user = quote_pg(resolved.spec.source.user)
+    tables = ", ".join(qualified(resolved, t.name) for t in resolved.spec.tables)
+    return [f"ALTER ROLE {user} WITH REPLICATION",
+            f"GRANT USAGE ON SCHEMA {quote_pg(resolved.spec.source.schema_name)} TO {user}",
+            f"GRANT SELECT ON {tables} TO {user}"]
+
+
+def setup_sql(resolved: ResolvedSpec, *, owns_schema: bool, manage: list[str]) -> str:
+    """source/setup.sql: every statement bankflow needs on the source, for a DBA to read or run.
+
+    For a source bankflow does not run it holds no CREATE TABLE for the application's tables."""
+    spec = resolved.spec
+
+    def by(item: str) -> str:
+        return "bankflow runs this" if owns_schema or item in manage else \
+            f"for a DBA to run, or add {item} to source.manage"
+
+    out = [f"-- Setup of the source {spec.source.database}.{spec.source.schema_name} for pipeline {spec.name}",
+           "-- (rendered by `bankflow plan`; the source needs wal_level = logical)", ""]
+    if owns_schema:
+        out += ["-- the embedded source: bankflow runs the server and creates its schema and tables"]
+        out += [f"{s};" for s in source_statements(resolved)]
+    else:
+        out += ["-- grants the replication user needs (for a DBA to give)"]
+        out += [f"{s};" for s in grant_statements(resolved)]
+        out += ["", f"-- replica identity, as the spec declares it ({by('replica_identity')})"]
+        out += [f"{replica_identity_statement(resolved, t)};" for t in spec.tables]
+        if heartbeats_on(resolved):
+            out += ["", f"-- heartbeat table: keeps the slot advancing while the tables are idle ({by('heartbeat')})"]
+            out += [f"{s};" for s in heartbeat_statements(resolved)]
+    out += ["", f"-- publication: exactly the spec's tables ({by('publication')})",
+            f"{publication_statement(resolved, exists=False)};",
+            "", f"-- replication slot ({by('slot')}): the CDC engine creates it on the first apply",
+            "-- and takes the initial snapshot in the slot's exported snapshot; created by hand it would be:",
+            f"-- {slot_statement(resolved)};", ""]
+    return "\n".join(out)
 
 
 def parents_first(tables: list[Table]) -> list[Table]:

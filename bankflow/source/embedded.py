@@ -601,3 +601,7 @@ class EmbeddedSource(PostgresServer):
     @property
     def label(self) -> str:
         return "embedded"
+
+    @property
+    def owns_schema(self) -> bool:
+        return True

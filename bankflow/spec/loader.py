@@ -43,6 +43,16 @@ class ResolvedSpec:
     warnings: tuple[Issue, ...] = ()  # warnings and notes
     # Variables left as `${VAR}` text (load_spec(unset="defer")): fine to validate and render, not to run.
     unset: tuple[str, ...] = ()
+    # (line, column) of every key and value, by path (("tables", 0, "columns", 2) …): where a finding points.
+    positions: dict[Path_, tuple[int, int]] = field(default_factory=dict, compare=False, repr=False)
+
+    def line_of(self, *path: str | int) -> int | None:
+        """The spec line of `path` (the nearest enclosing value that has one), None when unknown."""
+        for end in range(len(path), -1, -1):
+            position = self.positions.get(tuple(path[:end]))
+            if position is not None:
+                return position[0]
+        return None
 
     @property
     def notes(self) -> tuple[Issue, ...]:
@@ -530,7 +540,7 @@ def load_spec(
     if any(p.severity == "error" for p in problems):
         raise SpecError(problems + list(notes.values()))
     return ResolvedSpec(spec, spec_path.resolve(), env, secrets, refs, tuple(problems) + tuple(notes.values()),
-                        unset=names)
+                        unset=names, positions=merged.positions)
 
 
 def _check_directories(resolved: ResolvedSpec, positions: dict[Path_, tuple[int, int]], file: str) -> list[Issue]:

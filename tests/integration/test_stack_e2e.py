@@ -67,7 +67,9 @@ def write_spec(path: Path, *, tag: str, database: str, port: int, connect_url: s
     env: dict[str, Any] = {
         "source": {"host": "127.0.0.1", "port": port, "user": "postgres", "embedded": False, "sslmode": "disable",
                    # the embedded server's password, from the environment: it must never show up in clear
-                   "password": "${" + PASSWORD_VAR + "}"},
+                   "password": "${" + PASSWORD_VAR + "}",
+                   # a throwaway database: bankflow may manage what CDC needs (never the tables: see the fixture)
+                   "manage": ["publication", "replica_identity", "heartbeat", "slot"]},
         "cdc": {"engine": "debezium", "connect_url": connect_url, "connector": f"bankflow-{tag}",
                 "topic_prefix": f"bank{tag}", "slot": f"bf_{tag}", "publication": f"bf_{tag}",
                 "snapshot_mode": "initial"},  # heartbeats as in banking.yaml (10 s): the wait must not need them
@@ -113,6 +115,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pg_server: EmbeddedPostgres,
                       connect_url=kafka_connect.rest_url, bootstrap=tansu_broker.bootstrap_servers,
                       s3_endpoint=s3_server.endpoint_url, bucket=bucket, state_dir=root / "state")
     stack = Stack(path, database, tag, pg_server, kafka_connect, password)
+    create_application_tables(stack)
     try:
         yield stack
     finally:
@@ -120,6 +123,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pg_server: EmbeddedPostgres,
         ConnectClient(kafka_connect.rest_url).delete(spec.cdc.connector)
         drop_slot(pg_server, database, spec.cdc.slot)
         pg_server.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+def create_application_tables(stack: Stack) -> None:
+    """The application team's tables: bankflow does not create tables on a source it does not run."""
+    from bankflow.source.ddl import parents_first, table_ddl
+
+    resolved = stack.resolved()
+    statements = [f'CREATE SCHEMA IF NOT EXISTS "{resolved.spec.source.schema_name}"']
+    for table in parents_first(resolved.spec.tables):
+        statements += table_ddl(resolved, table)
+    stack.pg.execute(";\n".join(statements), dbname=stack.database)
 
 
 def drop_slot(pg: EmbeddedPostgres, database: str, slot: str, timeout: float = 30.0) -> None:

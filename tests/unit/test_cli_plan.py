@@ -26,7 +26,8 @@ from tests.specs.support import (
 )
 
 # The local environment runs the built-in engine: no Kafka Connect, so no connector JSON.
-DUCKDB_FILES = ["dbt/profiles.yml", "topology.json", "warehouse/duckdb/load.sql", "warehouse/duckdb/setup.sql"]
+DUCKDB_FILES = ["dbt/profiles.yml", "source/setup.sql", "topology.json", "warehouse/duckdb/load.sql",
+                "warehouse/duckdb/setup.sql"]
 
 
 @pytest.fixture
@@ -47,7 +48,7 @@ def test_plan_writes_then_no_changes_then_differs(inventory: Path, tmp_path: Pat
     assert main(argv) == 0
     first = capsys.readouterr().out
     assert first.startswith("plan for inventory (environment: local)\n")
-    assert "wrote 4 artifact(s)" in first
+    assert "wrote 5 artifact(s)" in first
     assert "change(s)" not in first
     files = written(out)
     assert sorted(files) == DUCKDB_FILES
@@ -58,15 +59,16 @@ def test_plan_writes_then_no_changes_then_differs(inventory: Path, tmp_path: Pat
     assert f"no changes against {out}" in second
     assert "~ " not in second
 
-    # Add a column: the raw DDL and the topology change; the connector and profile do not.
+    # Add a column: the raw DDL, the topology and the (embedded) source's setup change; the profile does not.
     text = inventory.read_text(encoding="utf-8")
     anchor = "      - {name: updated_at, type: timestamp without time zone, nullable: false}\n"
     inventory.write_text(text.replace(anchor, anchor + "      - {name: colour, type: varchar(12)}\n"),
                          encoding="utf-8")
     assert main(argv) == 3
     third = capsys.readouterr().out
-    assert f"2 change(s) against {out}:" in third
+    assert f"3 change(s) against {out}:" in third
     assert "  ~ warehouse/duckdb/setup.sql" in third and "  ~ topology.json" in third
+    assert "  ~ source/setup.sql" in third
     assert "    dbt/profiles.yml" in third
     assert "+++ b/warehouse/duckdb/setup.sql" in third
     assert '+  "colour" VARCHAR,' in third
@@ -130,7 +132,7 @@ def test_plan_stack_with_connect_unreachable(tmp_path: Path, monkeypatch: pytest
     assert f"127.0.0.1:{port}" in unreachable[0] and "rendered offline" in unreachable[0]
     assert "Traceback" not in captured.out + captured.err
     files = written(out)
-    assert sorted(files) == ["dbt/profiles.yml", "debezium/connector.json", "topology.json",
+    assert sorted(files) == ["dbt/profiles.yml", "debezium/connector.json", "source/setup.sql", "topology.json",
                              "warehouse/snowflake/load.sql", "warehouse/snowflake/setup.sql"]
     assert FILES_PLACEHOLDER in files["warehouse/snowflake/load.sql"]
     assert json.loads(files["debezium/connector.json"])["config"]["database.password"] == "${env:PGPASSWORD}"
@@ -163,11 +165,11 @@ def test_switching_environment_in_one_out_dir(tmp_path: Path, monkeypatch: pytes
     assert "change(s)" not in capsys.readouterr().out  # NOTES.md is no earlier plan
     assert main(["plan", str(spec), "--env", "cloud", "--out", str(out), "--offline", "--json"]) == 3
     switched = json.loads(capsys.readouterr().out)
-    assert switched["changed"] == ["dbt/profiles.yml", "debezium/connector.json", "topology.json",
+    assert switched["changed"] == ["dbt/profiles.yml", "debezium/connector.json", "source/setup.sql", "topology.json",
                                    "warehouse/duckdb/load.sql", "warehouse/duckdb/setup.sql",
                                    "warehouse/snowflake/load.sql", "warehouse/snowflake/setup.sql"]
     assert main(["plan", str(spec), "--env", "cloud", "--out", str(out), "--offline", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["changed"] == [] and report["compared_with"] == str(out)
-    assert sorted(written(out)) == ["NOTES.md", "dbt/profiles.yml", "debezium/connector.json", "topology.json",
-                                    "warehouse/snowflake/load.sql", "warehouse/snowflake/setup.sql"]
+    assert sorted(written(out)) == ["NOTES.md", "dbt/profiles.yml", "debezium/connector.json", "source/setup.sql",
+                                    "topology.json", "warehouse/snowflake/load.sql", "warehouse/snowflake/setup.sql"]

@@ -14,7 +14,8 @@ from bankflow.render.warehouse import render_load_sql
 from bankflow.spec.loader import ResolvedSpec
 from tests.specs.support import CASES, GOLDEN, SECRETS, check_golden, load_case, normalise
 
-ARTIFACTS = ("debezium/connector.json", "topology.json", "dbt/profiles.yml", "setup.sql", "load.sql")
+ARTIFACTS = ("debezium/connector.json", "topology.json", "dbt/profiles.yml", "setup.sql", "load.sql",
+             "source/setup.sql")
 
 
 def pending_files(resolved: ResolvedSpec) -> dict[str, list[str]]:
@@ -44,13 +45,14 @@ def rendered(case: str) -> dict[str, str]:
         "setup.sql": files[f"warehouse/{kind}/setup.sql"],
         "load.sql": files[f"warehouse/{kind}/load.sql"],
         "load-with-files.sql": render_load_sql(resolved, pending_files(resolved)),
+        "source/setup.sql": files["source/setup.sql"],
     }
     engine_files = set()
     if resolved.spec.cdc.capabilities.uses_kafka:  # the connector is rendered where Kafka Connect runs it
         out["debezium/connector.json"] = files["debezium/connector.json"]
         engine_files.add("debezium/connector.json")
     assert set(files) == {"topology.json", "dbt/profiles.yml", f"warehouse/{kind}/setup.sql",
-                          f"warehouse/{kind}/load.sql", *engine_files}
+                          f"warehouse/{kind}/load.sql", "source/setup.sql", *engine_files}
     return {name: normalise(text) for name, text in out.items()}
 
 

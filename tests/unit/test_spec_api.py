@@ -35,8 +35,8 @@ def test_public_api() -> None:
     assert isinstance(resolved, bankflow.ResolvedSpec)
     assert resolved.env == "local"  # the spec's default_env
     artifacts = bankflow.render(resolved)
-    assert sorted(artifacts.files) == ["dbt/profiles.yml", "topology.json", "warehouse/duckdb/load.sql",
-                                       "warehouse/duckdb/setup.sql"]
+    assert sorted(artifacts.files) == ["dbt/profiles.yml", "source/setup.sql", "topology.json",
+                                       "warehouse/duckdb/load.sql", "warehouse/duckdb/setup.sql"]
     importlib.import_module("bankflow.plan")  # imports the render package: bankflow.render(...) must still work
     importlib.import_module("bankflow.render.warehouse")  # a submodule import must not rebind bankflow.render
 

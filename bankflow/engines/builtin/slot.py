@@ -38,6 +38,7 @@ class SlotInfo:
 
     snapshot_rows: int = 0
     snapshot_files: list[str] = field(default_factory=list)
+    created: bool = False  # the slot was created in this run
 
 
 class SlotRow(NamedTuple):
@@ -152,24 +153,50 @@ def _create(resolved: ResolvedSpec, connect_kwargs: dict[str, Any], writer: Lake
     slot = resolved.spec.cdc.slot
     export = wants_snapshot(resolved)
     rconn = replication_connect(connect_kwargs)
+    consistent: int | None = None
     try:
         rcur = rconn.cursor()
         rcur.execute(f"CREATE_REPLICATION_SLOT {quote_pg(slot)} LOGICAL pgoutput "
                      f"{'EXPORT_SNAPSHOT' if export else 'NOEXPORT_SNAPSHOT'}")
         _name, consistent_point, snapshot_name, _plugin = rcur.fetchone()
-        info = SlotInfo()
+        consistent = parse_lsn(consistent_point)
+        info = SlotInfo(created=True)
         if export:
-            consistent = parse_lsn(consistent_point)
             markers.write(markers.started, {"slot": slot, "consistent_lsn": consistent})
             taken = take_snapshot(resolved, connect_kwargs, writer, snapshot_name, consistent, progress)
-            info = SlotInfo(taken.rows, taken.files)
+            info = SlotInfo(taken.rows, taken.files, created=True)
             markers.write(markers.complete, {
                 "slot": slot, "consistent_lsn": consistent, "consistent_lsn_text": lsn_text(consistent),
                 "rows": taken.rows, "files": taken.files})
             markers.remove(markers.started)
         return info
+    except Exception:  # a failure; an interrupt is a crash, which the next run recovers from (module docstring)
+        rconn.close()  # it holds the slot: close it before dropping
+        if consistent is not None:
+            _abandon(resolved, connect_kwargs, writer, markers, consistent)
+        raise
     finally:
         rconn.close()
+
+
+def _abandon(resolved: ResolvedSpec, connect_kwargs: dict[str, Any], writer: LakeWriter, markers: SnapshotMarkers,
+             consistent: int) -> None:
+    """A slot created in this run whose snapshot failed: drop it (it would hold WAL) and its partial snapshot.
+
+    Only `_create` calls this, for the slot it has just created: a slot that existed before this run is never
+    dropped here (its position is what exactly-once resumes from)."""
+    slot = resolved.spec.cdc.slot
+    try:
+        conn = connect(connect_kwargs)
+        try:
+            _drop(conn, slot)
+        finally:
+            conn.close()
+        removed = _remove_snapshot_files(resolved, writer, consistent)
+        markers.remove(markers.started)
+        log.warning("the first snapshot failed: dropped the new slot %s and %d partial file(s)", slot, removed)
+    except Exception as exc:  # the snapshot's own error is the one to report; the next run redoes this cleanup
+        log.warning("could not drop the new slot %s after a failed snapshot: %s", slot, exc)
 
 
 def ensure_slot(resolved: ResolvedSpec, connect_kwargs: dict[str, Any], *,

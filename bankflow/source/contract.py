@@ -1,0 +1,156 @@
+"""The source contract: the live catalog of the source against the spec's tables.
+
+`compare` is pure (catalog rows in, findings out) so it is tested without a server; `read_catalog` is the
+small reader of pg_catalog that feeds it. `plan`, `apply` (before anything streams) and `status` run both.
+Each finding names the spec's file:line of the table or column it is about.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from bankflow.spec.types import PgTypeError, parse_pg_type
+
+if TYPE_CHECKING:
+    from bankflow.spec.loader import ResolvedSpec
+    from bankflow.spec.models import Table
+
+REPLICA_IDENTITY = {"d": "default", "f": "full", "n": "nothing", "i": "index"}
+
+
+@dataclass(frozen=True)
+class CatalogColumn:
+    name: str
+    type: str  # format_type(): numeric(18,2), character varying(64), timestamp with time zone, …
+    not_null: bool
+
+
+@dataclass
+class CatalogTable:
+    name: str
+    columns: list[CatalogColumn] = field(default_factory=list)
+    primary_key: list[str] = field(default_factory=list)
+    replica_identity: str = "default"  # default | full | nothing | index
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One difference between the spec and the source. `error`: apply stops; `warning`: reported."""
+
+    severity: str
+    table: str
+    column: str | None
+    message: str
+    where: str  # file:line of the spec's table or column ("file" alone when the line is unknown)
+
+    def __str__(self) -> str:
+        what = f"{self.table}.{self.column}" if self.column else self.table
+        return f"{self.where}: {what}: {self.message}"
+
+
+def normalise_type(text: str) -> str:
+    """A catalog type as the spec writes it (`character varying(64)` → `varchar(64)`); unknown types unchanged."""
+    try:
+        return parse_pg_type(text).sql
+    except PgTypeError:
+        return text
+
+
+def _where(resolved: ResolvedSpec, *path: str | int) -> str:
+    line = resolved.line_of(*path)
+    return f"{resolved.path}:{line}" if line else str(resolved.path)
+
+
+def _compare_columns(resolved: ResolvedSpec, index: int, table: Table, live: CatalogTable) -> list[Finding]:
+    findings = []
+    by_name = {c.name: c for c in live.columns}
+    for j, column in enumerate(table.columns):
+        where = _where(resolved, "tables", index, "columns", j)
+        found = by_name.get(column.name)
+        if found is None:
+            findings.append(Finding("error", table.name, column.name, "declared in the spec, missing in the source "
+                                    "table (remove it from the spec or add it to the table)", where))
+            continue
+        source_type = normalise_type(found.type)
+        if source_type != column.pg_type.sql:
+            findings.append(Finding("error", table.name, column.name,
+                                    f"type {column.pg_type.sql} in the spec, {found.type} in the source", where))
+        if found.not_null == column.nullable:
+            spec_null, source_null = ("NOT NULL", "nullable") if not column.nullable else ("nullable", "NOT NULL")
+            findings.append(Finding("warning", table.name, column.name,
+                                    f"{spec_null} in the spec, {source_null} in the source", where))
+    declared = {c.name for c in table.columns}
+    for extra in (c for c in live.columns if c.name not in declared):
+        findings.append(Finding("warning", table.name, extra.name,
+                                f"in the source ({extra.type}), not in the spec: it would not be carried",
+                                _where(resolved, "tables", index, "columns", "__key__")))
+    return findings
+
+
+def compare(resolved: ResolvedSpec, catalog: dict[str, CatalogTable]) -> list[Finding]:
+    """Every difference between the spec's tables and the catalog (`read_catalog`'s tables by name)."""
+    findings: list[Finding] = []
+    schema = resolved.spec.source.schema_name
+    for index, table in enumerate(resolved.spec.tables):
+        live = catalog.get(table.name)
+        where = _where(resolved, "tables", index)
+        if live is None:
+            findings.append(Finding("error", table.name, None, f"no table {schema}.{table.name} in the source",
+                                    where))
+            continue
+        findings += _compare_columns(resolved, index, table, live)
+        if live.primary_key != list(table.primary_key):
+            source_key = f"({', '.join(live.primary_key)})" if live.primary_key else "none"
+            findings.append(Finding("error", table.name, None, f"primary key ({', '.join(table.primary_key)}) "
+                                    f"in the spec, {source_key} in the source",
+                                    _where(resolved, "tables", index, "primary_key")))
+        if live.replica_identity != table.replica_identity:
+            findings.append(Finding("warning", table.name, None, f"replica identity {table.replica_identity} in "
+                                    f"the spec, {live.replica_identity} in the source",
+                                    _where(resolved, "tables", index, "replica_identity")))
+    return findings
+
+
+_COLUMNS_SQL = """
+SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull, c.relreplident
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+WHERE n.nspname = %s AND c.relname = ANY(%s) AND c.relkind IN ('r', 'p')
+ORDER BY c.relname, a.attnum
+"""
+_KEYS_SQL = """
+SELECT c.relname, a.attname FROM pg_index i
+JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true
+JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
+WHERE i.indisprimary AND n.nspname = %s AND c.relname = ANY(%s) ORDER BY c.relname, k.ord
+"""
+
+
+def read_catalog(cur: Any, schema: str, tables: list[str]) -> dict[str, CatalogTable]:
+    """The catalog of `tables` in `schema` (those that exist): columns, types, nullability, key, replica identity."""
+    catalog: dict[str, CatalogTable] = {}
+    cur.execute(_COLUMNS_SQL, (schema, tables))
+    for relname, column, type_text, not_null, replident in cur.fetchall():
+        table = catalog.setdefault(relname, CatalogTable(relname, replica_identity=REPLICA_IDENTITY.get(
+            replident, replident)))
+        if column is not None:
+            table.columns.append(CatalogColumn(column, type_text, bool(not_null)))
+    cur.execute(_KEYS_SQL, (schema, tables))
+    for relname, column in cur.fetchall():
+        catalog[relname].primary_key.append(column)
+    return catalog
+
+
+def check_contract(resolved: ResolvedSpec, connect_kwargs: dict[str, Any]) -> list[Finding]:
+    """Connect, read the catalog, compare (for `plan` and `status`)."""
+    import psycopg2
+
+    conn = psycopg2.connect(**connect_kwargs)
+    try:
+        with conn.cursor() as cur:
+            catalog = read_catalog(cur, resolved.spec.source.schema_name, [t.name for t in resolved.spec.tables])
+    finally:
+        conn.close()
+    return compare(resolved, catalog)

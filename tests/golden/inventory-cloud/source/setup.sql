@@ -1,0 +1,22 @@
+-- Setup of the source warehouse_ops.inv for pipeline inventory
+-- (rendered by `bankflow plan`; the source needs wal_level = logical)
+
+-- grants the replication user needs (for a DBA to give)
+ALTER ROLE "inventory_reader" WITH REPLICATION;
+GRANT USAGE ON SCHEMA "inv" TO "inventory_reader";
+GRANT SELECT ON "inv"."products", "inv"."stock_levels" TO "inventory_reader";
+
+-- replica identity, as the spec declares it (for a DBA to run, or add replica_identity to source.manage)
+ALTER TABLE "inv"."products" REPLICA IDENTITY FULL;
+ALTER TABLE "inv"."stock_levels" REPLICA IDENTITY FULL;
+
+-- heartbeat table: keeps the slot advancing while the tables are idle (for a DBA to run, or add heartbeat to source.manage)
+CREATE TABLE IF NOT EXISTS "inv"."_bankflow_heartbeat" (id integer PRIMARY KEY, beat_at timestamptz NOT NULL);
+GRANT SELECT, INSERT, UPDATE ON "inv"."_bankflow_heartbeat" TO "inventory_reader";
+
+-- publication: exactly the spec's tables (for a DBA to run, or add publication to source.manage)
+CREATE PUBLICATION "inv_pub" FOR TABLE "inv"."products", "inv"."stock_levels";
+
+-- replication slot (for a DBA to run, or add slot to source.manage): the CDC engine creates it on the first apply
+-- and takes the initial snapshot in the slot's exported snapshot; created by hand it would be:
+-- SELECT pg_create_logical_replication_slot('inv_slot', 'pgoutput');

@@ -1,0 +1,197 @@
+"""Consent and the source contract on a source bankflow does not run (pg_server used as an external source).
+
+The application's tables are created here, by "the application team"; bankflow must not create or alter them,
+must run its setup statements only where `source.manage` allows, and must stop with what is missing otherwise.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bankflow.pipeline import Pipeline
+from bankflow.source.embedded import EmbeddedPostgres
+from bankflow.spec.loader import ResolvedSpec, load_spec
+
+pytestmark = pytest.mark.integration
+
+PASSWORD_VAR = "CONSENT_PG_PASSWORD"
+
+APP_DDL = """
+CREATE SCHEMA shop;
+CREATE TABLE shop.items (id bigint PRIMARY KEY, label text, price numeric(12,2), note varchar(40));
+CREATE FUNCTION shop.touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
+CREATE TRIGGER items_touch BEFORE UPDATE ON shop.items FOR EACH ROW EXECUTE FUNCTION shop.touch();
+INSERT INTO shop.items VALUES (1, 'one', 1.50, 'a'), (2, 'two', 2.25, NULL);
+"""
+
+SPEC = """\
+version: 1
+name: consent
+state_dir: {state_dir}
+source:
+  type: postgres
+  embedded: false
+  host: {host}
+  port: {port}
+  user: {user}
+  password: ${{{variable}}}
+  database: {database}
+  schema: shop
+  sslmode: disable
+{manage}tables:
+  - name: items
+    primary_key: [id]
+    columns:
+      - {{name: id, type: bigint, nullable: false}}
+      - {{name: label, type: text}}
+      - {{name: price, type: "numeric(12,2)"}}
+{extra}cdc:
+  engine: builtin
+  topic_prefix: consent_{tag}
+  slot: consent_{tag}
+  publication: consent_{tag}
+  heartbeat_interval_ms: 5000
+lake:
+  url: file://lake
+  layout: "{{table}}/date={{date}}"
+warehouse:
+  type: duckdb
+  path: wh.duckdb
+"""
+
+CATALOG_QUERIES = {
+    "tables": "SELECT table_name, table_type FROM information_schema.tables WHERE table_schema = 'shop' ORDER BY 1",
+    "columns": "SELECT table_name, column_name, data_type, is_nullable, numeric_precision, numeric_scale, "
+               "character_maximum_length FROM information_schema.columns WHERE table_schema = 'shop' ORDER BY 1, 2",
+    "relations": "SELECT c.relname, c.relkind, c.relreplident FROM pg_class c "
+                 "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'shop' ORDER BY 1",
+    "publications": "SELECT pubname, puballtables FROM pg_publication ORDER BY 1",
+    "publication_tables": "SELECT pubname, schemaname, tablename FROM pg_publication_tables ORDER BY 1, 2, 3",
+    "slots": "SELECT slot_name, plugin, database FROM pg_replication_slots ORDER BY 1",
+    "triggers": "SELECT tgrelid::regclass::text, tgname, tgenabled FROM pg_trigger WHERE NOT tgisinternal "
+                "ORDER BY 1, 2",
+    "grants": "SELECT grantee, table_name, privilege_type FROM information_schema.role_table_grants "
+              "WHERE table_schema = 'shop' ORDER BY 1, 2, 3",
+}
+
+
+@dataclass
+class Source:
+    pg: EmbeddedPostgres
+    database: str
+    tag: str
+    root: Path
+
+    def spec(self, name: str, *, manage: list[str] | None = None, extra_column: str | None = None) -> ResolvedSpec:
+        kwargs = self.pg.connect_kwargs(self.database)
+        manage_text = f"  manage: [{', '.join(manage)}]\n" if manage else ""
+        extra = f"      - {{name: {extra_column}, type: text}}\n" if extra_column else ""
+        path = self.root / f"{name}.yaml"
+        path.write_text(SPEC.format(state_dir=self.root / f"state-{name}", host=kwargs["host"], port=kwargs["port"],
+                                    user=kwargs["user"], variable=PASSWORD_VAR, database=self.database,
+                                    manage=manage_text, extra=extra, tag=self.tag), encoding="utf-8")
+        return load_spec(path)
+
+    def catalog(self) -> dict[str, list[tuple[Any, ...]]]:
+        return {name: self.pg.execute(sql, dbname=self.database) for name, sql in CATALOG_QUERIES.items()}
+
+    def slot_exists(self) -> bool:
+        return bool(self.pg.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s",
+                                    (f"consent_{self.tag}",)))
+
+
+@pytest.fixture
+def source(pg_server: EmbeddedPostgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Source]:
+    tag = uuid.uuid4().hex[:8]
+    database = f"consent_{tag}"
+    pg_server.create_database(database)
+    pg_server.execute(APP_DDL, dbname=database)
+    monkeypatch.setenv(PASSWORD_VAR, pg_server.password)
+    try:
+        yield Source(pg_server, database, tag, tmp_path)
+    finally:
+        slot = f"consent_{tag}"
+        if pg_server.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (slot,)):
+            pg_server.execute("SELECT pg_drop_replication_slot(%s)", (slot,), dbname=database)
+        pg_server.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+def failed_source_stage(report: Any) -> str:
+    assert not report.ok
+    stage = report.stages[-1]
+    assert stage.name == "source", report.to_dict()
+    return str(stage.error)
+
+
+def test_management_off_changes_nothing_and_lists_what_is_missing(source: Source) -> None:
+    resolved = source.spec("off")
+    before = source.catalog()
+    report = Pipeline(resolved).apply(stages=["source", "cdc"], progress=False)
+    error = failed_source_stage(report)
+    assert source.catalog() == before  # tables, columns, replica identity, publications, slots, triggers
+    assert f"no publication consent_{source.tag}" in error
+    assert "items has replica identity default, the spec says full" in error
+    assert "no heartbeat table" in error
+    assert f"no replication slot consent_{source.tag}" in error
+    assert "source/setup.sql" in error
+    assert source.pg.password not in error
+
+
+def test_manage_everything_applies(source: Source) -> None:
+    resolved = source.spec("all", manage=["publication", "replica_identity", "heartbeat", "slot"])
+    before = source.catalog()
+    report = Pipeline(resolved).apply(stages=["source", "cdc"], progress=False)
+    assert report.ok, report.to_dict()
+    after = source.catalog()
+    assert before["columns"] == [row for row in after["columns"] if row[0] != "_bankflow_heartbeat"]
+    assert before["triggers"] == after["triggers"]
+    assert ("items", "r", "f") in after["relations"]
+    assert ("consent_" + source.tag, "shop", "items") in after["publication_tables"]
+    assert source.slot_exists()
+    warnings = report.stages[0].details.get("warnings", [])
+    assert any("items.note" in w and "not be carried" in w for w in warnings), warnings
+    assert report.stages[1].details  # the snapshot ran
+
+    from bankflow.plan import plan
+    from bankflow.status import collect_status
+
+    notes = plan(resolved).notes
+    assert any("source contract warning" in n and "items.note" in n for n in notes), notes
+    contract = collect_status(resolved)["source"]["contract"]
+    assert contract["ok"] and [d["column"] for d in contract["differences"]] == ["note"], contract
+
+
+def test_a_spec_column_missing_in_the_table_stops_before_anything_is_created(source: Source) -> None:
+    resolved = source.spec("missing", manage=["publication", "replica_identity", "heartbeat", "slot"],
+                           extra_column="colour")
+    before = source.catalog()
+    report = Pipeline(resolved).apply(stages=["source", "cdc"], progress=False)
+    error = failed_source_stage(report)
+    line = next(i for i, text in enumerate(resolved.path.read_text().splitlines(), 1) if "colour" in text)
+    assert f"{resolved.path}:{line}: items.colour: declared in the spec, missing in the source" in error, error
+    assert source.catalog() == before
+    assert not source.slot_exists()
+
+
+def test_a_failed_first_snapshot_leaves_no_slot(source: Source, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bankflow.engines.builtin import snapshot as builtin_snapshot
+
+    resolved = source.spec("snapfail", manage=["publication", "replica_identity", "heartbeat", "slot"])
+
+    def fail(writer: Any, batch: Any) -> list[str]:
+        raise RuntimeError("simulated failure while writing the snapshot")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(builtin_snapshot, "_write", fail)
+        report = Pipeline(resolved).apply(stages=["source", "cdc"], progress=False)
+    assert not report.ok and report.stages[-1].name == "cdc", report.to_dict()
+    assert not source.slot_exists()
+    report = Pipeline(resolved).apply(stages=["source", "cdc"], progress=False)
+    assert report.ok, report.to_dict()
+    assert source.slot_exists()
