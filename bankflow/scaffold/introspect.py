@@ -95,8 +95,8 @@ def _base_type(pg_type: str) -> str:
 def name_problem(name: str) -> str | None:
     """Why a source name cannot be a spec name, or None."""
     if not IDENTIFIER_RE.match(name):
-        return ("not a plain identifier ([a-z_][a-z0-9_]*, max 63): bankflow cannot declare quoted or mixed-case "
-                "names yet")
+        return ("is not a plain identifier ([a-z_][a-z0-9_]*, max 63): bankflow cannot declare quoted or "
+                "mixed-case names yet")
     if name.startswith(RESERVED_PREFIX):
         return f"starts with {RESERVED_PREFIX!r}, which bankflow keeps for its own objects"
     if name in CDC_COLUMN_NAMES:
@@ -438,5 +438,7 @@ def introspect(url: str, schema: str, tables: list[str] | None = None) -> Source
 
 def connection_defaults(values: dict[str, Any]) -> dict[str, Any]:
     """Only what is safe inside `${VAR:-default}` in YAML: plain host, user and database names."""
-    safe = re.compile(r"^[A-Za-z0-9._-]{1,253}$")
-    return {k: v for k, v in values.items() if isinstance(v, int) or (isinstance(v, str) and safe.match(v))}
+    host = re.compile(r"^[A-Za-z0-9._-]{1,253}$")
+    safe = {k: v for k, v in values.items() if isinstance(v, int) or (isinstance(v, str) and host.match(v))}
+    # the spec's user and database are identifiers: a default it would refuse is left out (the variable is required)
+    return {k: v for k, v in safe.items() if k not in ("user", "database") or IDENTIFIER_RE.match(str(v))}

@@ -169,6 +169,20 @@ def test_rendered_project_validates_in_both_environments(tmp_path: Path) -> None
     assert "snapshots/README.md" in " ".join(files) and "dbt/models/marts/README.md" in files
 
 
+def test_connection_defaults_the_spec_would_refuse_are_left_out(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    model = model_from_catalog(catalog())
+    model.host, model.user, model.database = "db;rm -rf", "App-User", "my-db"
+    write(render_project(Project("shop", model, from_postgres=True)), tmp_path)
+    text = (tmp_path / "pipelines/shop.yaml").read_text()
+    assert "host: ${PGHOST}" in text and "user: ${PGUSER}" in text and "database: ${PGDATABASE}" in text
+    monkeypatch.setenv("PGUSER", "app_user")  # a user or database the spec can name must be given
+    monkeypatch.setenv("PGDATABASE", "my_db")
+    stack = load_spec(tmp_path / "pipelines/shop.yaml", env="stack", unset="defer")
+    assert {"PGHOST", "PGPASSWORD"} <= set(stack.unset) and stack.spec.source.user == "app_user"
+    assert load_spec(tmp_path / "pipelines/shop.yaml", env="local").spec.source.database == "shop"
+
+
 def test_names_that_are_not_identifiers_only_reach_comments() -> None:
     cat = catalog()
     cat.columns.append(col("customers", 5, "evil\nname: injected", "text"))
