@@ -229,3 +229,23 @@ def test_init_spec_applies_and_verifies_on_local(source_url: str, state_dir: Pat
     finally:
         main(["down", spec, "--drop-slot", "-q"])
         EmbeddedPostgres(state_dir / "postgres").destroy()
+
+
+def test_init_tables_subset(source_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    project = tmp_path / "subset"
+    assert main(["init", str(project), "--from-postgres", source_url, "--schema", "shop",
+                 "--tables", "ledger_lines,accounts", "-q"]) == 0, capsys.readouterr().err
+    spec = load_spec(project / "pipelines" / "subset.yaml", env="local").spec
+    assert [t.name for t in spec.tables] == ["accounts", "ledger_lines"]  # parents first
+    columns = {(t.name, c.name): c for t in spec.tables for c in t.columns}
+    assert columns["ledger_lines", "account_id"].references == "accounts.id"
+    assert columns["accounts", "customer_id"].references is None  # its parent is not in the spec: a comment
+    assert "foreign key → shop.customers(id): not declared (not in the spec)" in \
+        (project / "pipelines" / "subset.yaml").read_text()
+    capsys.readouterr()
+    assert main(["init", str(tmp_path / "missing"), "--from-postgres", source_url, "--schema", "shop",
+                 "--tables", "accounts,nope"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and '"nope"' in err
+    assert main(["init", str(tmp_path / "noschema"), "--from-postgres", source_url, "--schema", "nothing_here"]) == 1
+    assert "has no tables" in capsys.readouterr().err
