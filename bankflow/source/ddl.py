@@ -51,6 +51,14 @@ def source_statements(resolved: ResolvedSpec) -> list[str]:
     return statements
 
 
+def application_schema_sql(resolved: ResolvedSpec) -> str:
+    """The application's own schema and tables as the spec declares them (what a source's owner creates; the
+    compose stack's Postgres runs it at first start). None of bankflow's objects: those are `setup_sql`'s."""
+    statements = [f"CREATE SCHEMA IF NOT EXISTS {quote_pg(resolved.spec.source.schema_name)}"]
+    statements.extend(table_ddl(resolved, table)[0] for table in parents_first(resolved.spec.tables))
+    return "".join(f"{statement};\n\n" for statement in statements).rstrip("\n") + "\n"
+
+
 def pg_literal(value: str) -> str:
     """A Postgres string literal (standard_conforming_strings: a quote doubled is the only escape)."""
     if "\x00" in value:

@@ -74,3 +74,16 @@ def test_stack_environment_points_at_compose_by_default() -> None:
     assert spec.cdc.connect_url == "http://127.0.0.1:8083" and spec.cdc.connect_database_host == "postgres"
     assert spec.lake.s3_endpoint == "http://127.0.0.1:9000"
     assert spec.lake.url == "s3://bankflow-lake/banking"
+
+
+def test_the_compose_postgres_starts_with_the_applications_tables() -> None:
+    """bankflow creates no table on a source it does not run: the compose database gets the banking tables from
+    an init script, which must be exactly what the spec declares."""
+    from bankflow.source.ddl import application_schema_sql
+
+    mounts = compose()["services"]["postgres"]["volumes"]
+    assert "./postgres-init:/docker-entrypoint-initdb.d:ro" in mounts
+    script = (REPO / "compose" / "postgres-init" / "10-banking-schema.sql").read_text(encoding="utf-8")
+    rendered = application_schema_sql(load_spec(REPO / "pipelines" / "banking.yaml", environ={}))
+    assert script.endswith(rendered)
+    assert script.count("CREATE TABLE") == 3 and "_bankflow" not in rendered
