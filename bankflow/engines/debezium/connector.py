@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from bankflow.engines.debezium.config import debezium_cdc
 from bankflow.render.sql import quote_pg
+from bankflow.source import source_server
 from bankflow.source.ddl import HEARTBEAT_TABLE
 
 if TYPE_CHECKING:
@@ -44,7 +45,8 @@ def connector_config(resolved: ResolvedSpec, *, reveal: bool = False) -> dict[st
         "topic.prefix": cdc.topic_prefix,
         "slot.name": cdc.slot,
         "publication.name": cdc.publication,
-        "publication.autocreate.mode": "filtered",
+        # Debezium creates the publication only where the spec lets bankflow manage it (source.manage)
+        "publication.autocreate.mode": "filtered" if source_server(resolved).manages("publication") else "disabled",
         "schema.include.list": schema,
         "table.include.list": ",".join(f"{schema}.{t.name}" for t in spec.tables),
         "snapshot.mode": cdc.snapshot_mode,
