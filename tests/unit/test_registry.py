@@ -157,3 +157,21 @@ def test_validate_imports_no_engine_or_warehouse_client() -> None:
     result = subprocess.run([sys.executable, "-c", code], cwd=PACKAGE.parent, capture_output=True, text=True,
                             check=True)
     assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout
+
+
+def test_duckdb_reads_back_every_type_it_writes_as_compatible() -> None:
+    """What information_schema reports for each type the dialect writes must not look like a type change
+    (a REAL column is reported as FLOAT), or the load refuses every table with such a column."""
+    duckdb = pytest.importorskip("duckdb")
+    from bankflow.spec.types import parse_pg_type
+
+    dialect = WAREHOUSES["duckdb"].model_construct().dialect()
+    samples = ["smallint", "integer", "bigint", "numeric(18,2)", "real", "double precision", "boolean", "text",
+               "varchar(12)", "char(3)", "uuid", "json", "jsonb", "bytea", "date", "time", "timestamp",
+               "timestamptz"]
+    con = duckdb.connect()
+    columns = [(f"c{i}", dialect.column_type(parse_pg_type(s))) for i, s in enumerate(samples)]
+    con.execute("CREATE TABLE t (" + ", ".join(f"{n} {t}" for n, t in columns) + ")")
+    reported = dict(con.execute("SELECT column_name, data_type FROM information_schema.columns").fetchall())
+    for name, written in columns:
+        assert dialect.type_compatible(reported[name], written), (name, reported[name], written)

@@ -28,7 +28,7 @@ class DuckDBDialect(Dialect):
     }
     # information_schema spellings → what `column_type` writes
     _aliases: ClassVar[dict[str, str]] = {"TIMESTAMPWITHTIMEZONE": "TIMESTAMPTZ", "TEXT": "VARCHAR",
-                                          "INT64": "BIGINT"}
+                                          "INT64": "BIGINT", "FLOAT": "REAL", "FLOAT4": "REAL"}
     config: DuckDBWarehouse
 
     def quote(self, name: str) -> str:
