@@ -25,6 +25,7 @@ pytest.importorskip("duckdb")
 from bankflow.cli import main  # noqa: E402
 from bankflow.source.embedded import EmbeddedPostgres  # noqa: E402
 from bankflow.spec.loader import load_spec  # noqa: E402
+from tests.fixtures.services import scratch_database  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -111,25 +112,11 @@ LEFT_OUT = ['"customers"."KycStatus"', '"tags"."labels"', '"tags"."weight"', '"b
 
 @pytest.fixture(scope="module")
 def source_url(pg_server: EmbeddedPostgres) -> Iterator[str]:
-    admin = pg_server.connect("postgres")
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS {DATABASE}")
-        cur.execute(f"CREATE DATABASE {DATABASE}")
-    kwargs = pg_server.connect_kwargs(DATABASE)
-    conn = psycopg2.connect(**kwargs)
-    conn.autocommit = True
-    with conn.cursor() as cur:
+    with scratch_database(pg_server, DATABASE) as (kwargs, conn), conn.cursor() as cur:
         cur.execute(SCHEMA_SQL)
         cur.execute(SOURCE_ROWS_SQL)
-    conn.close()
-    try:
         yield (f"postgresql://{kwargs['user']}:{quote(kwargs['password'], safe='')}@{kwargs['host']}:"
                f"{kwargs['port']}/{DATABASE}")
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS {DATABASE}")
-        admin.close()
 
 
 @pytest.fixture

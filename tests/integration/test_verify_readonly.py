@@ -28,6 +28,7 @@ from bankflow.spec.models import Verify, VerifyCheck  # noqa: E402
 from bankflow.verify import source_connection, verify  # noqa: E402
 from bankflow.warehouses.duckdb.adapter import DuckDBAdapter  # noqa: E402
 from bankflow.warehouses.duckdb.config import DuckDBWarehouse  # noqa: E402
+from tests.fixtures.services import scratch_database  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -40,28 +41,18 @@ SECRET_FILE_MARKER = "bankflow-verify-secret-line"
 @pytest.fixture(scope="module")
 def source(pg_server: EmbeddedPostgres) -> Iterator[dict]:
     """A database of its own with shop.accounts and a logical replication slot; both go away afterwards."""
-    admin = pg_server.connect("postgres")
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS {DATABASE}")
-        cur.execute(f"CREATE DATABASE {DATABASE}")
-    kwargs = pg_server.connect_kwargs(DATABASE)
-    conn = psycopg2.connect(**kwargs)
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute("CREATE SCHEMA shop; CREATE TABLE shop.accounts (id bigint PRIMARY KEY, balance numeric(18,2))")
-        cur.executemany("INSERT INTO shop.accounts VALUES (%s, %s)", ROWS)
-        cur.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (SLOT,))
-    try:
-        yield kwargs
-    finally:
+    with scratch_database(pg_server, DATABASE) as (kwargs, conn):
         with conn.cursor() as cur:
-            cur.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                        "WHERE slot_name = %s", (SLOT,))
-        conn.close()
-        with admin.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS {DATABASE}")
-        admin.close()
+            cur.execute("CREATE SCHEMA shop; CREATE TABLE shop.accounts (id bigint PRIMARY KEY, "
+                        "balance numeric(18,2))")
+            cur.executemany("INSERT INTO shop.accounts VALUES (%s, %s)", ROWS)
+            cur.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (SLOT,))
+        try:
+            yield kwargs
+        finally:
+            with conn.cursor() as cur:
+                cur.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                            "WHERE slot_name = %s", (SLOT,))
 
 
 def write_spec(directory: Path) -> ResolvedSpec:
