@@ -255,9 +255,12 @@ def test_a_hostile_path_cannot_add_a_setting_to_postgresql_conf(tmp_path: Path) 
     with pytest.raises(ServiceError, match="line break"):
         conf_string("/a\nwork_mem = '64MB'")
     hostile = tmp_path / "x' work_mem = '77MB"
-    with EmbeddedPostgres(hostile / "pg") as pg:
+    pg = EmbeddedPostgres(hostile / "pg").start()
+    try:
         assert pg.execute("SHOW work_mem")[0][0] != "77MB"
         assert pg.execute("SHOW wal_level")[0][0] == "logical"
+    finally:
+        pg.destroy()  # a root run keeps the cluster under /var/tmp: leave nothing behind
 
 
 def test_the_reader_role_reads_everything_and_can_change_nothing(pg_server: EmbeddedPostgres) -> None:
