@@ -99,7 +99,7 @@ class _TableState:
 class _Rel:
     """A relation as the server announced it, bound to the spec table it feeds (or None: not in the spec)."""
 
-    __slots__ = ("fast", "mapping", "names", "relation", "state", "unknown", "width")
+    __slots__ = ("fast", "key_index", "mapping", "names", "relation", "state", "unknown", "width")
 
     def __init__(self, relation: pgoutput.Relation, state: _TableState | None) -> None:
         self.relation = relation
@@ -108,6 +108,7 @@ class _Rel:
         self.fast = False  # the relation's columns are the spec's, in the spec's order
         self.mapping: list[int | None] = []
         self.unknown: list[str] = []
+        self.key_index: list[int] = []  # positions of the spec's primary key columns in the relation's tuples
         self.width = 0
         if state is not None:
             spec_names = state.batch.names
@@ -116,6 +117,20 @@ class _Rel:
             index = {n: i for i, n in enumerate(spec_names)}
             self.mapping = [index.get(n) for n in self.names]
             self.unknown = [n for n in self.names if n not in index]
+            position = {n: i for i, n in enumerate(self.names)}
+            self.key_index = [position[k] for k in state.table.primary_key if k in position]
+
+    def key_changed(self, message: pgoutput.Update) -> bool:
+        """An update whose old tuple carries a different primary key: the row moved to a new key.
+
+        pgoutput sends the old key ('K') only when a key column changed, and the whole old row ('O') under
+        REPLICA IDENTITY FULL; either way the key columns of the old tuple are the old key.
+        """
+        old = message.old
+        if old is None or not self.key_index:
+            return False
+        new = message.new
+        return any(old[i] != new[i] for i in self.key_index if old[i] is not pgoutput.UNCHANGED)
 
     def in_spec_order(self, values: list[Any]) -> list[Any]:
         if self.fast:
@@ -349,16 +364,32 @@ class StreamReader:
         state.events += 1
         self.result.events += 1
         batch = state.batch
-        op, values, reason = _row_of(rel, message)
-        if reason is not None:
-            batch.dead_letter(position, reason, self._event_for(rel, message, lsn), tx[2])
-        else:
-            batch.append_text_row(op, rel.in_spec_order(values), position, tx[1], tx[2])
-            state.tx = tx
+        if isinstance(message, pgoutput.Update) and rel.key_changed(message):
+            # Debezium's shape for a key change: a delete of the old key, then a create of the new one, both
+            # at the update's position, so staging and history close the old key instead of keeping it live.
+            assert message.old is not None
+            state.events += 1
+            self.result.events += 1
+            self._append(rel, state, pgoutput.Delete(message.relid, message.old_kind or "K", message.old),
+                         position)
+            new, _reason = pgoutput.resolve_unchanged(message.new, message.old, message.old_kind, rel.names)
+            message = pgoutput.Insert(message.relid, new)  # an unresolved TOAST marker dead-letters it there
+        self._append(rel, state, message, position)
         if state.replaying:
             self._replay_step(state, position)
         elif batch.rows >= self.flush.max_rows or batch.approx_bytes >= self.flush.max_bytes:
             self._flush_state(state)
+
+    def _append(self, rel: _Rel, state: _TableState, message: Any, position: LsnPosition) -> None:
+        """One row change into the table's batch, or into its dead letters with the reason."""
+        tx = self._tx
+        batch = state.batch
+        op, values, reason = _row_of(rel, message)
+        if reason is not None:
+            batch.dead_letter(position, reason, self._event_for(rel, message, position.lsn), tx[2])
+        else:
+            batch.append_text_row(op, rel.in_spec_order(values), position, tx[1], tx[2])
+            state.tx = tx
 
     def _replay_step(self, state: _TableState, position: LsnPosition) -> None:
         orphan = state.plan.cut_due(position)
