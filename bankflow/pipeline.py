@@ -167,12 +167,14 @@ class Pipeline:
     # ------------------------------------------------------------ verify, status, down, consume
 
     def verify(self) -> Any:
+        # Read-only connections only: the source as a role that can only read (where bankflow runs the server),
+        # the warehouse opened read-only by verify itself (nothing is created when it does not exist yet).
+        from bankflow.lake.schema_history import evolved_spec
         from bankflow.source import source_server
         from bankflow.verify import verify
 
-        # Read-only connections only: the source as a role that can only read (where bankflow runs the server),
-        # the warehouse opened read-only by verify itself (nothing is created when it does not exist yet).
-        return verify(self.resolved, source_server(self.resolved).reader_kwargs(start=True))
+        # Compared with the source as it is now: each table in the shape its stream has (spec + accepted changes).
+        return verify(evolved_spec(self.resolved), source_server(self.resolved).reader_kwargs(start=True))
 
     def status(self) -> dict[str, Any]:
         from bankflow.status import collect_status

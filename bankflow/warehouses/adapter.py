@@ -75,19 +75,30 @@ class WarehouseAdapter(ABC):
         return executed
 
     def reconcile_columns(self, table: Table) -> list[str]:
-        """Schema drift: add spec columns the raw table lacks; refuse a type that cannot be widened."""
+        """Schema drift: add columns raw lacks and widen retyped ones where the warehouse can.
+
+        The columns are the spec's plus every column the lake's schema history accepted (evolve): raw keeps a
+        dropped column for the rows that had it, and takes an added one from its first event on.
+        """
+        from bankflow.lake.schema_history import SchemaHistory
+
+        shape = SchemaHistory.of(self.resolved).raw_shape(table)
         existing = self.table_columns(table)
         statements = []
-        for name, pg_type in raw_columns(table):
+        for name, pg_type in raw_columns(shape):
             current = existing.get(name.lower())
             wanted = self.dialect.column_type(pg_type)
             if current is None:
                 statement = self.dialect.add_column_statement(table, name, pg_type)
-                self.execute(statement)
-                statements.append(statement)
-            elif not self.dialect.type_compatible(current, wanted):
+            elif self.dialect.type_compatible(current, wanted):
+                continue
+            elif self.dialect.widens_in_place(current, pg_type):
+                statement = self.dialect.widen_column_statement(table, name, pg_type)
+            else:
                 raise StageError(
-                    f"raw table {table.raw_name!r} column {name!r} is {current} in the warehouse but the spec "
-                    f"declares {wanted}: this change cannot be widened in place; migrate the raw table "
-                    "(e.g. add a new column) or restore the declared type")
+                    f"raw table {table.raw_name!r} column {name!r} is {current} in the warehouse but the source "
+                    f"now has {wanted}, which {self.dialect.name} cannot widen in place: migrate the raw table "
+                    "(e.g. add a new column and copy the values), or restore the declared type")
+            self.execute(statement)
+            statements.append(statement)
         return statements

@@ -15,6 +15,7 @@ the registry and what to add for a new warehouse.
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from bankflow.warehouses.adapter import WarehouseAdapter
 
 REDACTED = "****"
+_TYPE_TEXT = re.compile(r"^([A-Z_]+)(?:\((\d+)(?:,(\d+))?\))?$")
 FILES_PLACEHOLDER = "<files pending in the lake>"
 
 
@@ -95,6 +97,41 @@ class Dialect(ABC):
     def type_compatible(self, current: str, wanted: str) -> bool:
         current, wanted = self.normalise_type(current), self.normalise_type(wanted)
         return current == wanted or current.split("(")[0] == wanted.split("(")[0] == "VARCHAR"
+
+    # Whether ALTER … SET DATA TYPE may raise a decimal's scale (DuckDB rewrites the column; Snowflake only
+    # raises the precision of a NUMBER and refuses a scale change).
+    widens_decimal_scale: ClassVar[bool] = False
+    _DECIMALS: ClassVar[tuple[str, ...]] = ("DECIMAL", "NUMERIC", "NUMBER")
+    _INTEGER_DIGITS: ClassVar[dict[str, int]] = {"SMALLINT": 5, "INTEGER": 10, "BIGINT": 19}
+
+    def _number_shape(self, text: str) -> tuple[int, int] | None:
+        """(integer digits, scale) of an exact number type as this warehouse writes it, else None."""
+        match = _TYPE_TEXT.match(self.normalise_type(text))
+        if not match:
+            return None
+        name, first, second = match.groups()
+        if name in self._INTEGER_DIGITS:
+            return self._INTEGER_DIGITS[name], 0
+        if name in self._DECIMALS and first is not None:
+            scale = int(second or 0)
+            return int(first) - scale, scale
+        return None
+
+    def widens_in_place(self, current: str, wanted: PgType) -> bool:
+        """Whether raw's `current` column type can become `wanted` by ALTER without losing a value."""
+        target = self.column_type(wanted)
+        if self.type_compatible(current, target):
+            return True
+        old, new = self._number_shape(current), self._number_shape(target)
+        if old is None or new is None:
+            return False
+        if new[1] != old[1] and not self.widens_decimal_scale:
+            return False
+        return new[0] >= old[0] and new[1] >= old[1]
+
+    def widen_column_statement(self, table: Table, column: str, wanted: PgType) -> str:
+        return (f"ALTER TABLE {self.raw_table(table)} ALTER COLUMN {self.quote(column)} "
+                f"SET DATA TYPE {self.column_type(wanted)}")
 
     # -- statements
     def render(self, template: str, **context: object) -> str:

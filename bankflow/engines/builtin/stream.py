@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import select
 import struct
 import threading
@@ -39,14 +40,17 @@ from bankflow.engines.builtin import pgoutput
 from bankflow.engines.builtin.connection import connect, replication_connect
 from bankflow.engines.builtin.slot import catalog_primary_keys, idle_slot, slot_row
 from bankflow.engines.builtin.snapshot import new_batch
+from bankflow.errors import StageError
 from bankflow.lake.batch import DeadLetter, TableBatch
 from bankflow.lake.filesystem import lake_filesystem
 from bankflow.lake.gctune import large_young_generation
 from bankflow.lake.positions import LsnPosition, lsn_text, parse_lsn
 from bankflow.lake.replay import ReplayPlan, lsn_resume
+from bankflow.lake.schema_history import SchemaHistory, ShapeRecord, apply_changes, shape_changes, with_columns
 from bankflow.lake.writer import LakeWriter, WrittenFile
 from bankflow.spec.loader import ResolvedSpec
 from bankflow.spec.models import Table
+from bankflow.spec.types import PgTypeError, parse_pg_type
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +72,7 @@ class CdcRunResult:
     truncates: int = 0
     snapshot_rows: int = 0
     skipped_replayed: int = 0
+    schema_changes: list[str] = field(default_factory=list)  # what evolve accepted, one line each
     start_lsn: str | None = None
     end_lsn: str | None = None  # catch-up target (pg_current_wal_lsn() at start)
     confirmed_lsn: str | None = None
@@ -142,6 +147,15 @@ class _Rel:
         return row
 
 
+def _spec_type(type_text: str) -> str | None:
+    """A catalog type (`format_type`) as the spec writes it, or None when bankflow cannot carry it."""
+    text = re.sub(r"^(timestamp|time)\(\d\)", r"\1", type_text)
+    try:
+        return parse_pg_type(text).sql
+    except PgTypeError:
+        return None
+
+
 def _row_of(rel: _Rel, message: Any) -> tuple[str, list[Any], str | None]:
     """(op, values, reason to dead-letter it or None) of an Insert, Update or Delete."""
     if isinstance(message, pgoutput.Insert):  # an unchanged TOAST marker here would be a server bug: refused
@@ -186,6 +200,10 @@ class StreamReader:
         self._cursor: Any = None
         self._pool: Any = None
         self._inflight: deque[tuple[int, Any]] = deque()  # (first commit LSN, future) of batches being written
+        self.history = SchemaHistory(fs, root)
+        self._catalog: Any = None  # a plain connection for the catalog, opened at the first relation message
+        self._type_names: dict[tuple[int, int], str] = {}
+        self._stopped: str | None = None  # why a freeze stopped the stream
 
     # ---- setup
 
@@ -215,7 +233,8 @@ class StreamReader:
         plan = ReplayPlan.resume(files, lsn_resume(confirmed))
         if plan.active:
             log.warning("table %s: replaying after an interrupted run: %s", table.name, plan.describe())
-        return _TableState(table, new_batch(self.resolved, table, table.name), plan)
+        shape = self.history.shape_at(table, confirmed)
+        return _TableState(shape, new_batch(self.resolved, shape, table.name), plan)
 
     def _start(self) -> tuple[Any, Any, int]:
         conn = connect(self.connect_kwargs)
@@ -254,9 +273,11 @@ class StreamReader:
         if rel is not None and rel.state is not None:
             self._change(rel, pgoutput.decode_message(payload), lsn)
 
-    def _on_relation(self, payload: bytes, _lsn: int) -> None:
+    def _on_relation(self, payload: bytes, lsn: int) -> bool:
         relation: pgoutput.Relation = pgoutput.decode_message(payload)
         state = self._states.get(relation.name) if relation.namespace == self.schema else None
+        if state is not None and not self._follow_shape(relation, state, lsn):
+            return True  # a freeze: the stream stops before this event
         rel = _Rel(relation, state)
         if state is None:
             log.info("ignoring changes of %s.%s: not a table of the spec", relation.namespace, relation.name)
@@ -269,6 +290,64 @@ class StreamReader:
                 log.warning("table %s: the spec says replica_identity full but the source has %r; "
                             "updates lose before-images", relation.name, relation.replica_identity)
         self._rels[relation.relid] = rel
+        return False
+
+    # ---- schema changes
+
+    def _relation_types(self, relation: pgoutput.Relation) -> tuple[list[tuple[str, str | None]], set[str]]:
+        """The relation's columns as (name, spec type or None when bankflow cannot carry it), and the names of
+        the live table's columns now (to tell a dropped column from one added after this event)."""
+        if self._catalog is None:
+            self._catalog = connect(self.connect_kwargs)
+        with self._catalog.cursor() as cur:
+            wanted = {(c.type_oid, c.type_modifier) for c in relation.columns} - set(self._type_names)
+            for oid, typmod in wanted:
+                cur.execute("SELECT format_type(%s, %s)", (oid, typmod))
+                self._type_names[(oid, typmod)] = cur.fetchone()[0]
+            cur.execute("SELECT attname FROM pg_attribute WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped",
+                        (relation.relid,))
+            live = {row[0] for row in cur.fetchall()}
+        self._catalog.rollback()
+        return [(c.name, _spec_type(self._type_names[(c.type_oid, c.type_modifier)])) for c in relation.columns], live
+
+    def _follow_shape(self, relation: pgoutput.Relation, state: _TableState, lsn: int) -> bool:
+        """Compare a relation with the shape the table's stream is in; evolve or stop. False: stop here."""
+        columns, live = self._relation_types(relation)
+        shape = state.batch.table
+        changes, uncarried = shape_changes(shape, columns, live)
+        uncarried = [n for n in uncarried if n not in {c.name for c in shape.columns}]
+        if not changes and not uncarried:
+            return True
+        tx = self._tx
+        position = LsnPosition(tx[0], lsn)
+        described = [c.describe() for c in changes]
+        described += [f"column {n!r} added, of a type bankflow cannot carry exactly "
+                      f"({self._type_names[(c.type_oid, c.type_modifier)]})"
+                      for n in uncarried for c in relation.columns if c.name == n]
+        # pgoutput sends a relation with no WAL position of its own: the transaction's commit LSN locates it
+        where = f"table {shape.name}, in the transaction that commits at LSN {lsn_text(tx[0])}"
+        if state.table.schema_changes == "freeze" or uncarried:
+            self._stopped = (
+                f"the source's columns changed: {where}: {'; '.join(described)}. "
+                + ("bankflow cannot carry that column's type: leave it out of the publication's column list "
+                   "or change its type in the source. " if uncarried else
+                   f"Table {shape.name} has schema_changes: freeze, so the cdc stage stopped before this event "
+                   "and acknowledged nothing from this transaction on. ")
+                + "To continue from exactly here: update the table in the spec to the new columns (bankflow init "
+                  "--from-postgres shows them) or set schema_changes: evolve on it, then run apply again.")
+            return False
+        self._flush_state(state)  # a file holds one shape: what came before is written in the old one
+        new_columns = apply_changes(shape, columns, changes)
+        self.history.write(ShapeRecord(shape.name, position, tx[2], tuple(changes), new_columns))
+        evolved = with_columns(state.table, new_columns)
+        state.table = evolved
+        state.batch = new_batch(self.resolved, evolved, state.batch.stream)
+        state.refresh()
+        for change in described:
+            line = f"{where}: {change}"
+            log.warning("schema change accepted (evolve): %s", line)
+            self.result.schema_changes.append(line)
+        return True
 
     def _on_truncate(self, payload: bytes, lsn: int) -> None:
         message: pgoutput.Truncate = pgoutput.decode_message(payload)
@@ -530,6 +609,10 @@ class StreamReader:
         finally:
             self._pool.shutdown(wait=True)
             rconn.close()
+            if self._catalog is not None:
+                self._catalog.close()
+        if self._stopped is not None:
+            raise StageError(self._stopped)
         self.result.events_by_table = {name: s.events for name, s in self._states.items()}
         self.result.seconds = time.monotonic() - t0
         return self.result
