@@ -3,8 +3,21 @@
   Plain ANSI SQL: window functions in subqueries, no QUALIFY, no adapter-specific functions.
 -#}
 
+{#-
+  `key` is the primary key: one column name, or a list of them for a composite key (['loan_id', 'seq']).
+  A primary-key change arrives as a delete of the old key and a create of the new one at the same _lsn (Debezium's
+  shape, and the built-in engine's), so per key it is an ordinary delete and an ordinary insert: the old key ends
+  deleted, the new key starts with the create.
+-#}
+{% macro key_columns(key) -%}
+    {{ return([key] if key is string else key) }}
+{%- endmacro %}
+
+
 {#- The latest version of every key by WAL position (deletes included, flagged is_deleted). -#}
 {% macro latest_version(relation, key, columns, money_columns=[]) %}
+{%- set keys = key_columns(key) -%}
+{%- do assert_exact_money(relation, money_columns) -%}
 select
     {%- for col in columns %}
     {% if col in money_columns %}{{ money(col) }} as {{ col }}{% else %}{{ col }}{% endif %},
@@ -19,7 +32,7 @@ from (
     select
         change_log.*,
         -- an event loaded twice has the same (key, _lsn): either copy is the same version
-        row_number() over (partition by {{ key }} order by _lsn desc, _file desc) as _version_rank
+        row_number() over (partition by {{ keys | join(', ') }} order by _lsn desc, _file desc) as _version_rank
     from {{ relation }} as change_log
 ) as ranked
 where _version_rank = 1
@@ -38,6 +51,9 @@ where _version_rank = 1
        current state), so "exactly one current row per key" holds for deleted keys too.
 -#}
 {% macro change_log_history(relation, key, columns, money_columns=[]) %}
+{%- set keys = key_columns(key) -%}
+{%- set by_key = keys | join(', ') -%}
+{%- do assert_exact_money(relation, money_columns) -%}
 with events as (
     select
         {%- for col in columns %}
@@ -47,7 +63,7 @@ with events as (
         _lsn,
         _tx_id,
         _source_ts,
-        row_number() over (partition by {{ key }}, _lsn order by _file) as _event_rank
+        row_number() over (partition by {{ by_key }}, _lsn order by _file) as _event_rank
     from {{ relation }}
 ),
 
@@ -56,7 +72,7 @@ committed as (
         events.*,
         case
             when _tx_id is null then 1  -- no transaction known: every change is its own version
-            else row_number() over (partition by {{ key }}, _tx_id, _source_ts order by _lsn desc)
+            else row_number() over (partition by {{ by_key }}, _tx_id, _source_ts order by _lsn desc)
         end as _tx_rank
     from events
     where _event_rank = 1
@@ -65,9 +81,9 @@ committed as (
 compared as (
     select
         committed.*,
-        lag(_op) over (partition by {{ key }} order by _lsn) as _prev_op
-        {%- for col in columns if col != key %},
-        lag({{ col }}) over (partition by {{ key }} order by _lsn) as _prev_{{ col }}
+        lag(_op) over (partition by {{ by_key }} order by _lsn) as _prev_op
+        {%- for col in columns if col not in keys %},
+        lag({{ col }}) over (partition by {{ by_key }} order by _lsn) as _prev_{{ col }}
         {%- endfor %}
     from committed
     where _tx_rank = 1
@@ -81,7 +97,7 @@ versions as (
         and (_op = 'r' or _prev_op = 'r')
         and _op <> 'd'
         and _prev_op <> 'd'
-        {%- for col in columns if col != key %}
+        {%- for col in columns if col not in keys %}
         and {{ null_safe_equal(col, '_prev_' ~ col) }}
         {%- endfor %}
     )
@@ -95,10 +111,10 @@ select
     _lsn,
     _tx_id,
     _source_ts,
-    row_number() over (partition by {{ key }} order by _lsn) as version_number,
+    row_number() over (partition by {{ by_key }} order by _lsn) as version_number,
     _source_ts as valid_from,
-    lead(_source_ts) over (partition by {{ key }} order by _lsn) as valid_to,
-    case when lead(_lsn) over (partition by {{ key }} order by _lsn) is null then true else false end as is_current,
+    lead(_source_ts) over (partition by {{ by_key }} order by _lsn) as valid_to,
+    case when lead(_lsn) over (partition by {{ by_key }} order by _lsn) is null then true else false end as is_current,
     case when _op = 'd' then true else false end as is_deleted
 from versions
 {% endmacro %}

@@ -1,6 +1,72 @@
-{#- Money is exact: DECIMAL(18,2) on DuckDB, NUMBER(18,2) on Snowflake. Never float/double. -#}
-{% macro money(expression) -%}
-    cast({{ expression }} as decimal(18, 2))
+{#-
+  Money is exact and keeps the scale the source declares. raw already holds an exact decimal of the column's
+  declared precision and scale (DECIMAL(p,s) on DuckDB, NUMBER(p,s) on Snowflake), so money(column) casts nothing:
+  the old fixed cast to DECIMAL(18,2) silently rounded a wider source column (numeric(20,4)) back to cents while
+  every test passed.
+  A derived amount (a sum, a difference) passes `scale`, taken from the warehouse's own column types with
+  money_scale(), and is cast to DECIMAL(38, scale): exact, as wide as both adapters allow, never float (an
+  emulator or an adapter may widen sum() of a decimal to a double; the cast pins it to the columns' scale).
+-#}
+{% macro money(expression, scale=none) -%}
+    {%- if scale is none -%}
+    ({{ expression }})
+    {%- else -%}
+    cast({{ expression }} as decimal(38, {{ scale }}))
+    {%- endif -%}
+{%- endmacro %}
+
+
+{#-
+  The scale of each money column of `relation`, read from the warehouse catalog; fails loudly (compile error)
+  when a money column is missing or is not an exact decimal (DECIMAL/NUMERIC/NUMBER(p,s)): never round, never float.
+  Returns {} while parsing and when the relation does not exist yet (the model's own select then fails with the
+  warehouse's message).
+-#}
+{% macro money_scales(relation, money_columns) -%}
+    {%- set scales = {} -%}
+    {%- if execute and money_columns -%}
+        {%- set types = {} -%}
+        {%- for column in adapter.get_columns_in_relation(relation) -%}
+            {%- do types.update({column.name | lower: column.data_type | lower | replace(' ', '')}) -%}
+        {%- endfor -%}
+        {%- if types -%}
+            {%- for col in money_columns -%}
+                {%- set data_type = types.get(col | lower) -%}
+                {%- set match = modules.re.match('^(decimal|numeric|number)\\((\\d+),(\\d+)\\)$', data_type or '') -%}
+                {%- if data_type is none -%}
+                    {{ exceptions.raise_compiler_error(
+                        "money column " ~ col ~ " is not a column of " ~ relation ~ " (columns: "
+                        ~ (types.keys() | list | join(', ')) ~ ")") }}
+                {%- elif not match -%}
+                    {{ exceptions.raise_compiler_error(
+                        "money column " ~ relation ~ "." ~ col ~ " is " ~ data_type
+                        ~ ", not an exact decimal with a declared scale: money must stay DECIMAL/NUMBER(p,s) end "
+                        ~ "to end (declare the source column as numeric(p,s))") }}
+                {%- endif -%}
+                {%- do scales.update({col: match.group(3) | int}) -%}
+            {%- endfor -%}
+        {%- endif -%}
+    {%- endif -%}
+    {{ return(scales) }}
+{%- endmacro %}
+
+
+{#- Fail loudly unless every money column of `relation` is an exact decimal (see money_scales). -#}
+{% macro assert_exact_money(relation, money_columns) -%}
+    {%- do money_scales(relation, money_columns) -%}
+{%- endmacro %}
+
+
+{#-
+  The widest scale of the money columns of several relations, for money(expression, scale): a list of
+  (relation, [columns]). None while parsing or when none of them exists yet (money() then casts nothing).
+-#}
+{% macro money_scale(columns_by_relation) -%}
+    {%- set found = [] -%}
+    {%- for relation, columns in columns_by_relation -%}
+        {%- do found.extend(money_scales(relation, columns).values()) -%}
+    {%- endfor -%}
+    {{ return(found | max if found else none) }}
 {%- endmacro %}
 
 

@@ -1,4 +1,9 @@
 -- Reconciliation per (non-deleted) account: opening balance + signed transactions = the source's balance.
+-- Derived amounts keep the widest scale of the money columns they come from (read from raw's column types).
+{%- set scale = money_scale([
+    (source('raw', 'accounts'), ['opening_balance', 'balance']),
+    (source('raw', 'transactions'), ['amount']),
+]) %}
 with movements as (
     select
         account_id,
@@ -17,10 +22,10 @@ select
     a.status,
     a.opening_balance,
     coalesce(m.transaction_count, 0) as transaction_count,
-    {{ money('coalesce(m.transactions_total, 0)') }} as transactions_total,
-    {{ money('a.opening_balance + coalesce(m.transactions_total, 0)') }} as computed_balance,
+    {{ money('coalesce(m.transactions_total, 0)', scale) }} as transactions_total,
+    {{ money('a.opening_balance + coalesce(m.transactions_total, 0)', scale) }} as computed_balance,
     a.balance as source_balance,
-    {{ money('a.balance - (a.opening_balance + coalesce(m.transactions_total, 0))') }} as difference,
+    {{ money('a.balance - (a.opening_balance + coalesce(m.transactions_total, 0))', scale) }} as difference,
     a._lsn as account_lsn
 from {{ ref('stg_accounts') }} as a
 left join movements as m
