@@ -1,0 +1,255 @@
+"""Primary-key changes end to end: `update … set id = id + 100000` is a delete of the old key plus a create.
+
+Real services only. The built-in engine runs through `bankflow apply` on the embedded `local` environment (its own
+PostgreSQL in a private state dir, pgoutput, Parquet, DuckDB, dbt-duckdb); Debezium runs on the session's
+Tansu + Kafka Connect + moto harness. Each test moves keys of rows without children, applies again and checks:
+- raw: a 'd' row of every old key and a 'c' row of every new key, both at the update's _lsn (and the 'd' carries
+  the before-image the replica identity gives: the whole row under FULL, the key alone under DEFAULT);
+- staging: the old key is deleted (never live), the new key is live exactly once;
+- history: the old key's current version is its delete, the version before it is closed at the update's commit
+  time; the new key has exactly one, current, version;
+- dimensions / snapshots (banking project): the old key is closed and flagged deleted, the new key current once;
+  balances hold the moved account once;
+- `bankflow verify` passes, and an independent count (source rows vs raw's latest live rows vs staging's live rows,
+  by key) matches.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+psycopg2 = pytest.importorskip("psycopg2")
+duckdb = pytest.importorskip("duckdb")
+pytest.importorskip("dbt.adapters.duckdb")
+
+from bankflow.cli import main  # noqa: E402
+from bankflow.source.embedded import EmbeddedPostgres  # noqa: E402
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+BANKING_SPEC = str(REPO / "pipelines" / "banking.yaml")
+SHIFT = 100_000
+
+
+# ---------------------------------------------------------------- helpers
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Iterator[Path]:
+    """A private BANKFLOW_STATE_DIR (banking.yaml's local environment keeps everything there)."""
+    directory = tmp_path / "state"
+    previous = os.environ.get("BANKFLOW_STATE_DIR")
+    os.environ["BANKFLOW_STATE_DIR"] = str(directory)
+    try:
+        yield directory
+    finally:
+        if previous is None:
+            os.environ.pop("BANKFLOW_STATE_DIR", None)
+        else:
+            os.environ["BANKFLOW_STATE_DIR"] = previous
+
+
+def cli_json(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, Any]:
+    capsys.readouterr()
+    code = main([*args, "--json"])
+    out = capsys.readouterr()
+    assert code == 0, out.out + out.err
+    result: dict[str, Any] = json.loads(out.out)
+    return result
+
+
+def apply_ok(capsys: pytest.CaptureFixture[str], spec: str) -> dict[str, Any]:
+    report = cli_json(capsys, "apply", spec)
+    assert report["ok"], report
+    return report
+
+
+def verify_ok(capsys: pytest.CaptureFixture[str], spec: str) -> dict[str, Any]:
+    verified = cli_json(capsys, "verify", spec)
+    assert verified["ok"], verified
+    assert all(c["ok"] for c in verified["checks"]), verified
+    return verified
+
+
+def source_conn(state_dir: Path, database: str) -> Any:
+    conn = psycopg2.connect(**EmbeddedPostgres(state_dir / "postgres").connect_kwargs(database),
+                            options="-c TimeZone=UTC")
+    conn.autocommit = True
+    return conn
+
+
+def query(warehouse: Path, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
+    # the same configuration as dbt-duckdb's connection, which may still be open in this process
+    with duckdb.connect(str(warehouse)) as con:
+        return con.execute(sql, params or []).fetchall()
+
+
+def raw_key_rows(warehouse: Path, table: str, keys: list[str], wanted: set[tuple[Any, ...]]
+                 ) -> dict[tuple[Any, ...], list[tuple[str, int, dict[str, Any]]]]:
+    """(op, _lsn, row) of every raw event of the wanted keys, in _lsn order."""
+    with duckdb.connect(str(warehouse)) as con:
+        cur = con.execute(f"select * from raw.{table} order by _lsn")
+        names = [d[0] for d in cur.description]
+        out: dict[tuple[Any, ...], list[tuple[str, int, dict[str, Any]]]] = {}
+        for values in cur.fetchall():
+            row = dict(zip(names, values, strict=True))
+            key = tuple(row[k] for k in keys)
+            if key in wanted:
+                out.setdefault(key, []).append((row["_op"], row["_lsn"], row))
+    return out
+
+
+def assert_key_moved_in_raw(warehouse: Path, table: str, keys: list[str],
+                            moves: dict[tuple[Any, ...], tuple[Any, ...]], columns: list[str], *,
+                            full: bool = True) -> None:
+    """Each old key's last raw event is a 'd', each new key's only event a 'c', at the same _lsn and transaction.
+    The 'c' carries the moved row's `columns`; the 'd' carries them too under REPLICA IDENTITY FULL (`full`), only
+    the key under DEFAULT (those columns NULL)."""
+    events = raw_key_rows(warehouse, table, keys, set(moves) | set(moves.values()))
+    for old, new in moves.items():
+        assert old in events, f"raw.{table}: no event of the old key {old}"
+        assert new in events, f"raw.{table}: no event of the new key {new}"
+        deletes = [e for e in events[old] if e[0] == "d"]
+        assert len(deletes) == 1 and events[old][-1][0] == "d", f"raw.{table} {old}: {[e[:2] for e in events[old]]}"
+        assert [e[0] for e in events[new]] == ["c"], f"raw.{table} {new}: {[e[:2] for e in events[new]]}"
+        (_, d_lsn, d_row), (_, c_lsn, c_row) = deletes[0], events[new][0]
+        assert d_lsn == c_lsn, f"raw.{table}: delete of {old} at {d_lsn}, create of {new} at {c_lsn}"
+        assert d_row["_tx_id"] == c_row["_tx_id"] and d_row["_source_ts"] == c_row["_source_ts"]
+        before = [e for e in events[old] if e[0] != "d"][-1][2]  # the version the key change moved
+        for column in columns:
+            assert c_row[column] == before[column], (table, new, column, c_row[column], before[column])
+            expected = before[column] if full else None
+            assert d_row[column] == expected, (table, old, column, d_row[column], expected)
+
+
+def assert_source_matches_raw_and_staging(conn: Any, warehouse: Path, source_schema: str, table: str,
+                                          keys: list[str], staging: str) -> int:
+    """The independent count: the source's keys = raw's latest live keys = staging's live keys, each once."""
+    key_sql = ", ".join(keys)
+    with conn.cursor() as cur:
+        cur.execute(f"select {key_sql} from {source_schema}.{table}")
+        source_keys = Counter(tuple(r) for r in cur.fetchall())
+    raw_live = Counter(tuple(r) for r in query(warehouse, (
+        f"select {key_sql} from (select *, row_number() over (partition by {key_sql} order by _lsn desc) as rn "
+        f"from raw.{table}) where rn = 1 and _op <> 'd'")))
+    staged = Counter(tuple(r) for r in query(warehouse, f"select {key_sql} from analytics.{staging} "
+                                                        "where not is_deleted"))
+    assert source_keys == raw_live, (f"raw.{table}: {sorted(set(raw_live) - set(source_keys))[:5]} live but not in "
+                                     f"the source, {sorted(set(source_keys) - set(raw_live))[:5]} missing")
+    assert staged == source_keys, f"analytics.{staging} live keys differ from the source's"
+    assert max(staged.values(), default=1) == 1
+    return sum(source_keys.values())
+
+
+def assert_history_closed(warehouse: Path, history: str, keys: list[str],
+                          moves: dict[tuple[Any, ...], tuple[Any, ...]]) -> None:
+    """Old key: current version = the delete, the version before closed at the delete's commit time.
+    New key: exactly one version, current, a create, valid from the same commit time."""
+    key_sql = ", ".join(keys)
+    rows: dict[tuple[Any, ...], list[tuple[Any, ...]]] = {}
+    for r in query(warehouse, f"select {key_sql}, _op, valid_from, valid_to, is_current, is_deleted "
+                              f"from analytics.{history} order by {key_sql}, version_number"):
+        rows.setdefault(tuple(r[:len(keys)]), []).append(r[len(keys):])
+    for old, new in moves.items():
+        versions = rows[old]
+        op, valid_from, valid_to, current, deleted = versions[-1]
+        assert (op, valid_to, current, deleted) == ("d", None, True, True), (history, old, versions)
+        assert len(versions) >= 2 and versions[-2][2] == valid_from and not versions[-2][3], (history, old, versions)
+        assert sum(1 for v in versions if v[3]) == 1
+        assert rows[new] == [("c", valid_from, None, True, False)], (history, new, rows[new])
+    current = Counter(k for k, versions in rows.items() for v in versions if v[3])
+    assert set(current.values()) == {1}, f"{history}: a key without exactly one current version"
+
+
+# ---------------------------------------------------------------- built-in engine, simple key (banking pipeline)
+
+
+def test_builtin_simple_key_change_closes_old_key_everywhere(state_dir: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    warehouse = state_dir / "warehouse.duckdb"
+    try:
+        apply_ok(capsys, BANKING_SPEC)
+        assert main(["generate", BANKING_SPEC, "--seed", "31", "-q"]) == 0
+        conn = source_conn(state_dir, "bank")
+        with conn.cursor() as cur:
+            # accounts without transactions (so no foreign key points at them), opened before the next apply
+            cur.execute("select min(id) from banking.customers")
+            owner = cur.fetchone()[0]
+            for opening in ("120.55", "0.07"):
+                cur.execute("insert into banking.accounts (customer_id, account_type, currency, opening_balance, "
+                            "balance, status, created_at, updated_at) values (%s, 'SAVINGS', 'EUR', %s, %s, 'OPEN', "
+                            "now(), now())", (owner, opening, opening))
+        apply_ok(capsys, BANKING_SPEC)
+
+        with conn.cursor() as cur:
+            cur.execute("select id from banking.accounts a where not exists (select 1 from banking.transactions t "
+                        "where t.account_id = a.id or t.related_account_id = a.id) order by id")
+            accounts = [r[0] for r in cur.fetchall()]
+            cur.execute("select id from banking.customers c where not exists "
+                        "(select 1 from banking.accounts a where a.customer_id = c.id) order by id limit 3")
+            customers = [r[0] for r in cur.fetchall()]
+            assert len(accounts) >= 2 and customers, (accounts, customers)
+            cur.execute("select count(*) from banking.accounts")
+            n_accounts = cur.fetchone()[0]
+            # one statement moves several rows; another moves customers
+            cur.execute("update banking.accounts set id = id + %s where id = any(%s)", (SHIFT, accounts))
+            assert cur.rowcount == len(accounts)
+            cur.execute("update banking.customers set id = id + %s where id = any(%s)", (SHIFT, customers))
+        report = apply_ok(capsys, BANKING_SPEC)
+        stages = {s["name"]: s for s in report["stages"]}
+        assert stages["cdc"]["events"] >= 2 * (len(accounts) + len(customers)), stages["cdc"]
+
+        account_moves = {(k,): (k + SHIFT,) for k in accounts}
+        customer_moves = {(k,): (k + SHIFT,) for k in customers}
+        account_columns = ["customer_id", "account_type", "currency", "opening_balance", "balance", "status"]
+        assert_key_moved_in_raw(warehouse, "accounts", ["id"], account_moves, account_columns)
+        assert_key_moved_in_raw(warehouse, "customers", ["id"], customer_moves, ["first_name", "last_name", "email"])
+
+        # staging: old keys deleted, new keys live once; the counts match the source
+        for table, moves in (("accounts", account_moves), ("customers", customer_moves)):
+            staged = dict(query(warehouse, f"select id, is_deleted from analytics.stg_{table}"))
+            assert all(staged[old] is True for (old,) in moves), table
+            assert all(staged[new] is False for (new,) in moves.values()), table
+            assert_source_matches_raw_and_staging(conn, warehouse, "banking", table, ["id"], f"stg_{table}")
+        assert_history_closed(warehouse, "account_history", ["id"], account_moves)
+        assert_history_closed(warehouse, "customer_history", ["id"], customer_moves)
+
+        # dimensions (dbt snapshots): the old key closed and flagged deleted, the new key current once
+        for dim, key, moves in (("dim_accounts", "account_id", account_moves),
+                                ("dim_customers", "customer_id", customer_moves)):
+            rows: dict[int, list[tuple[Any, ...]]] = {}
+            for k, valid_to, current, deleted in query(
+                    warehouse, f"select {key}, valid_to, is_current, is_deleted from analytics.{dim} "
+                               "order by valid_from"):
+                rows.setdefault(k, []).append((valid_to, current, deleted))
+            for (old,), (new,) in moves.items():
+                assert rows[old][-1][1:] == (True, True), (dim, old, rows[old])
+                assert all(v[0] is not None and not v[1] for v in rows[old][:-1]), (dim, old, rows[old])
+                assert rows[new] == [(None, True, False)], (dim, new, rows[new])
+            assert all(sum(1 for v in versions if v[1]) == 1 for versions in rows.values()), dim
+
+        # balances: every live account once, the moved ones under their new key only, reconciled to the cent
+        balances = query(warehouse, "select account_id, source_balance, difference from analytics.account_balances")
+        ids = Counter(r[0] for r in balances)
+        assert len(balances) == n_accounts and set(ids.values()) == {1}
+        assert not {old for (old,) in account_moves} & set(ids)
+        assert {new for (new,) in account_moves.values()} <= set(ids)
+        assert all(r[2] == Decimal("0") for r in balances)
+        with conn.cursor() as cur:
+            cur.execute("select sum(balance) from banking.accounts")
+            assert sum(r[1] for r in balances) == cur.fetchone()[0]
+        conn.close()
+
+        verify_ok(capsys, BANKING_SPEC)
+    finally:
+        main(["down", BANKING_SPEC, "--drop-slot", "-q"])
+        EmbeddedPostgres(state_dir / "postgres").destroy()
