@@ -153,7 +153,7 @@ def compare(name: str, source: Callable[[], Iterable[Sequence[tuple[Any, ...]]]]
 
 def latest_state_sql(resolved: ResolvedSpec, table: Table) -> str:
     """The current rows rebuilt from the raw change log: last version per key by LSN, deletes dropped."""
-    quote = resolved.spec.warehouse.dialect().quote
+    quote = resolved.spec.warehouse.dialect().quote_name  # source names, as the warehouse spells them
     columns = ", ".join(quote(c.name) for c in table.columns)
     keys = ", ".join(quote(k) for k in table.primary_key)
     return (f"SELECT {columns} FROM (SELECT *, row_number() OVER (PARTITION BY {keys} "

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from bankflow.spec.base import StrictModel
+from bankflow.spec.base import StrictModel, check_source_name, is_plain_name
 from bankflow.spec.types import CDC_COLUMNS, PgType
 
 if TYPE_CHECKING:
@@ -69,7 +69,22 @@ class Dialect(ABC):
     # -- names and literals
     @abstractmethod
     def quote(self, name: str) -> str:
-        """One identifier from a spec, validated and quoted as this warehouse resolves it."""
+        """One of bankflow's own identifiers (schema, database, stage, ledger …), validated and quoted as this
+        warehouse resolves it."""
+
+    def fold(self, name: str) -> str:
+        """What this warehouse makes of an unquoted identifier (the case it stores it in)."""
+        return name
+
+    def spell(self, name: str) -> str:
+        """A source table or column name as this warehouse stores it: a plain name (`is_plain_name`) as it
+        folds an unquoted one, so dbt SQL can write it bare; any other name exactly as the source has it, so dbt
+        writes it double-quoted exactly as in Postgres (`"KycStatus"`, `"order"`)."""
+        return self.fold(name) if is_plain_name(name) else name
+
+    def quote_name(self, name: str) -> str:
+        """A source table or column name, spelled (`spell`) and quoted: one identifier whatever it holds."""
+        return '"' + self.spell(check_source_name(name)).replace('"', '""') + '"'
 
     def qualify(self, *parts: str) -> str:
         return ".".join(self.quote(part) for part in parts)
@@ -140,12 +155,12 @@ class Dialect(ABC):
         return render_package_template(type(self).__module__.rsplit(".", 1)[0], template, **context)
 
     def raw_table_ddl(self, table: Table) -> str:
-        columns = [{"name": self.quote(name), "type": self.column_type(pg_type)}
+        columns = [{"name": self.quote_name(name), "type": self.column_type(pg_type)}
                    for name, pg_type in raw_columns(table)]
         return self.render("raw_table.sql.j2", table=self.raw_table(table), columns=columns)
 
     def add_column_statement(self, table: Table, column: str, pg_type: PgType) -> str:
-        return self.render("add_column.sql.j2", table=self.raw_table(table), column=self.quote(column),
+        return self.render("add_column.sql.j2", table=self.raw_table(table), column=self.quote_name(column),
                            type=self.column_type(pg_type))
 
     @abstractmethod

@@ -1,4 +1,11 @@
-"""DuckDB SQL: quoted lower-case identifiers, the type map, raw DDL and `INSERT … BY NAME` from Parquet."""
+"""DuckDB SQL: quoted identifiers, the type map, raw DDL and `INSERT … BY NAME` from Parquet.
+
+Source names (tables, columns) are spelled exactly as the source has them, always quoted: a plain name
+(lower-case letters, digits, underscores, not a reserved word) reads the same unquoted, and DuckDB resolves
+every identifier ignoring case, so `"KycStatus"`, `kycstatus` and `KYCSTATUS` all find the column `KycStatus`
+(which is why the spec refuses two names of one table that differ only in case). bankflow's own names (raw
+schema, ledger) are plain identifiers.
+"""
 
 from __future__ import annotations
 
@@ -35,7 +42,7 @@ class DuckDBDialect(Dialect):
         return '"' + check_identifier(name) + '"'
 
     def raw_table(self, table: Table) -> str:
-        return self.qualify(self.config.raw_schema, table.raw_name)
+        return f"{self.quote(self.config.raw_schema)}.{self.quote_name(table.raw_name)}"
 
     def ledger_table(self) -> str:
         return self.qualify(self.config.raw_schema, LEDGER_TABLE)

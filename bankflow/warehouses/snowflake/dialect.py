@@ -1,4 +1,12 @@
-"""Snowflake SQL: upper-cased quoted identifiers, the type map, file format, external stage and COPY INTO."""
+"""Snowflake SQL: quoted identifiers, the type map, file format, external stage and COPY INTO.
+
+How a source name (table, column) is spelled: a plain name (lower-case letters, digits and underscores, not a
+reserved word of Postgres, DuckDB or Snowflake) is upper-cased and quoted, the same object as the unquoted name,
+so dbt and users write it plainly (`amount` is `"AMOUNT"`). Any other name (`KycStatus`, `order`,
+`LoanSchedule`) is kept exactly as the source has it and always quoted: dbt SQL writes it double-quoted, exactly
+as in Postgres (`"KycStatus"`). COPY INTO matches Parquet columns by name ignoring case, so the lake keeps the
+source's names. bankflow's own names (database, schema, stage, file format, ledger) are upper-cased.
+"""
 
 from __future__ import annotations
 
@@ -36,6 +44,10 @@ class SnowflakeDialect(Dialect):
         """Upper-cased and quoted: the same object as the unquoted name, so dbt and users can write it plainly."""
         return '"' + check_identifier(name.lower()).upper() + '"'
 
+    def fold(self, name: str) -> str:
+        """Snowflake stores an unquoted identifier upper-cased."""
+        return name.upper()
+
     def string_literal(self, value: str) -> str:
         """Snowflake treats a backslash in a literal as an escape: double it, and the quote."""
         return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
@@ -44,7 +56,7 @@ class SnowflakeDialect(Dialect):
         return self.qualify(self.config.database, self.config.raw_schema, name)
 
     def raw_table(self, table: Table) -> str:
-        return self._object(table.raw_name)
+        return f"{self.qualify(self.config.database, self.config.raw_schema)}.{self.quote_name(table.raw_name)}"
 
     def ledger_table(self) -> str:
         return self._object(LEDGER_TABLE)
