@@ -42,9 +42,35 @@ warehouse: {type: duckdb, path: wh.duckdb}
 """
 
 
-def relation(*columns: str) -> bytes:
+TYPE_OIDS = {"id": 20, "amount": 1700}  # bigint, numeric; every other column is text (25)
+TYPE_NAMES = {20: "bigint", 23: "integer", 25: "text", 1700: "numeric"}
+
+
+def relation(*columns: str, typmods: dict[str, int] | None = None) -> bytes:
+    typmods = typmods or {}
     return (b"R" + struct.pack(">I", 1) + b"s\0t\0f" + struct.pack(">h", len(columns))
-            + b"".join(b"\x01" + c.encode() + b"\0" + struct.pack(">Ii", 25, -1) for c in columns))
+            + b"".join(b"\x01" + c.encode() + b"\0" + struct.pack(">Ii", TYPE_OIDS.get(c, 25), typmods.get(c, -1))
+                       for c in columns))
+
+
+class Catalog:
+    """The source catalog as the stream asks it (format_type, live columns), without a server."""
+
+    def __init__(self) -> None:
+        self.live: dict[str, str] = {"id": "bigint", "note": "text"}
+
+    def type_name(self, oid: int, typmod: int) -> str:
+        name = TYPE_NAMES[oid]
+        if oid == 1700 and typmod > 0:
+            precision, scale = ((typmod - 4) >> 16) & 0xFFFF, (typmod - 4) & 0xFFFF
+            return f"numeric({precision},{scale})"
+        return name
+
+    def live_columns(self, schema: str, table: str) -> dict[str, str]:
+        return dict(self.live)
+
+    def close(self) -> None:
+        pass
 
 
 def begin(commit: int, xid: int) -> bytes:
@@ -101,6 +127,7 @@ def reader(tmp_path: Path) -> StreamReader:
     path.write_text(SPEC)
     resolved = load_spec(path, environ={})
     reader = StreamReader(resolved, {})
+    reader.shapes.catalog = Catalog()  # type: ignore[assignment]
     table = resolved.spec.tables[0]
     reader._states[table.name] = stream_mod._TableState(
         table, stream_mod.new_batch(resolved, table, table.name), ReplayPlan())
@@ -155,3 +182,57 @@ def test_a_relation_whose_columns_differ_from_the_spec_maps_them_by_name(reader:
     run(reader, payloads, target=5000)
     rows = lake(tmp_path).to_pylist()
     assert [(r["id"], r["note"]) for r in rows] == [(1, "a"), (2, None)]
+
+
+def update(old_kind: bytes, old: tuple[bytes | None, ...], new: tuple[bytes | None, ...]) -> bytes:
+    return b"U" + struct.pack(">I", 1) + old_kind + tuple_data(*old) + b"N" + tuple_data(*new)
+
+
+@pytest.mark.parametrize("old_kind", [b"O", b"K"])
+def test_an_update_of_the_primary_key_is_a_delete_of_the_old_key_and_a_create_of_the_new(
+        reader: StreamReader, tmp_path: Path, old_kind: bytes) -> None:
+    old = (b"1", b"a") if old_kind == b"O" else (b"1", None)  # 'K': the old key only
+    payloads = [begin(5000, 7), relation("id", "note"), update(old_kind, old, (b"101", b"a")),
+                update(b"O", (b"2", b"b"), (b"2", b"c")), commit(5000)]
+    run(reader, payloads, target=5000)
+    rows = [(r["id"], r["_op"], r["note"], r["_lsn"]) for r in lake(tmp_path).to_pylist()]
+    assert rows[:2] == [(1, "d", old[1].decode() if old[1] else None, 1002), (101, "c", "a", 1002)]
+    assert rows[2][:3] == (2, "u", "c")  # a key that stays is an update
+    assert reader.result.events == 3
+
+
+def test_freeze_stops_at_a_relation_with_a_new_column_and_acknowledges_nothing_of_its_transaction(
+        reader: StreamReader, tmp_path: Path) -> None:
+    reader.shapes.catalog.live["colour"] = "text"  # type: ignore[attr-defined]
+    payloads = [begin(5000, 7), relation("id", "note"), insert(b"1", b"a"), commit(5000),
+                begin(6000, 8), relation("id", "note", "colour"), insert(b"2", b"b", b"red"), commit(6000)]
+    cursor = run(reader, payloads, target=6000)
+    assert reader._stopped is not None
+    assert "column 'colour' added (text)" in reader._stopped and "schema_changes: freeze" in reader._stopped
+    assert [r["id"] for r in lake(tmp_path).to_pylist()] == [1]
+    assert cursor.acks == [5008]  # the first transaction only
+    assert not reader.history.records("t")
+
+
+def test_evolve_records_the_new_shape_and_writes_files_in_it(tmp_path: Path) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text(SPEC.replace("primary_key: [id]", "primary_key: [id]\n    schema_changes: evolve"))
+    resolved = load_spec(path, environ={})
+    reader = StreamReader(resolved, {})
+    reader.shapes.catalog = Catalog()  # type: ignore[assignment]
+    reader.shapes.catalog.live.update(amount="numeric(12,2)")  # type: ignore[attr-defined]
+    table = resolved.spec.tables[0]
+    reader._states[table.name] = stream_mod._TableState(table, stream_mod.new_batch(resolved, table, "t"),
+                                                        ReplayPlan())
+    typmod = ((12 << 16) | 2) + 4
+    payloads = [begin(5000, 7), relation("id", "note"), insert(b"1", b"a"), commit(5000),
+                begin(6000, 8), relation("id", "note", "amount", typmods={"amount": typmod}),
+                insert(b"2", b"b", b"12.34"), commit(6000)]
+    run(reader, payloads, target=6000)
+    assert reader._stopped is None
+    records = reader.history.records("t")
+    assert [(c.kind, c.column, c.new_type) for r in records for c in r.changes] == [
+        ("added", "amount", "numeric(12,2)")]
+    files = sorted((tmp_path / "lake").rglob("*.parquet"))
+    assert [pq.read_schema(f).names[:3] for f in files] == [["id", "note", "_op"], ["id", "note", "amount"]]
+    assert str(pq.read_table(files[1]).column("amount")[0]) == "12.34"

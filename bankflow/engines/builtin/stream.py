@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 import select
 import struct
 import threading
@@ -46,11 +45,11 @@ from bankflow.lake.filesystem import lake_filesystem
 from bankflow.lake.gctune import large_young_generation
 from bankflow.lake.positions import LsnPosition, lsn_text, parse_lsn
 from bankflow.lake.replay import ReplayPlan, lsn_resume
-from bankflow.lake.schema_history import SchemaHistory, ShapeRecord, apply_changes, shape_changes, with_columns
+from bankflow.lake.schema_history import SchemaHistory
 from bankflow.lake.writer import LakeWriter, WrittenFile
+from bankflow.source.schema_changes import Observed, ShapeFollower, SourceCatalog, spec_type
 from bankflow.spec.loader import ResolvedSpec
 from bankflow.spec.models import Table
-from bankflow.spec.types import PgTypeError, parse_pg_type
 
 log = logging.getLogger(__name__)
 
@@ -147,15 +146,6 @@ class _Rel:
         return row
 
 
-def _spec_type(type_text: str) -> str | None:
-    """A catalog type (`format_type`) as the spec writes it, or None when bankflow cannot carry it."""
-    text = re.sub(r"^(timestamp|time)\(\d\)", r"\1", type_text)
-    try:
-        return parse_pg_type(text).sql
-    except PgTypeError:
-        return None
-
-
 def _row_of(rel: _Rel, message: Any) -> tuple[str, list[Any], str | None]:
     """(op, values, reason to dead-letter it or None) of an Insert, Update or Delete."""
     if isinstance(message, pgoutput.Insert):  # an unchanged TOAST marker here would be a server bug: refused
@@ -201,8 +191,8 @@ class StreamReader:
         self._pool: Any = None
         self._inflight: deque[tuple[int, Any]] = deque()  # (first commit LSN, future) of batches being written
         self.history = SchemaHistory(fs, root)
-        self._catalog: Any = None  # a plain connection for the catalog, opened at the first relation message
-        self._type_names: dict[tuple[int, int], str] = {}
+        self.shapes = ShapeFollower(self.history, SourceCatalog(connect_kwargs), self.schema)
+        self._declared = {t.name: t for t in self.spec.tables}
         self._stopped: str | None = None  # why a freeze stopped the stream
 
     # ---- setup
@@ -294,59 +284,29 @@ class StreamReader:
 
     # ---- schema changes
 
-    def _relation_types(self, relation: pgoutput.Relation) -> tuple[list[tuple[str, str | None]], set[str]]:
-        """The relation's columns as (name, spec type or None when bankflow cannot carry it), and the names of
-        the live table's columns now (to tell a dropped column from one added after this event)."""
-        if self._catalog is None:
-            self._catalog = connect(self.connect_kwargs)
-        with self._catalog.cursor() as cur:
-            wanted = {(c.type_oid, c.type_modifier) for c in relation.columns} - set(self._type_names)
-            for oid, typmod in wanted:
-                cur.execute("SELECT format_type(%s, %s)", (oid, typmod))
-                self._type_names[(oid, typmod)] = cur.fetchone()[0]
-            cur.execute("SELECT attname FROM pg_attribute WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped",
-                        (relation.relid,))
-            live = {row[0] for row in cur.fetchall()}
-        self._catalog.rollback()
-        return [(c.name, _spec_type(self._type_names[(c.type_oid, c.type_modifier)])) for c in relation.columns], live
-
     def _follow_shape(self, relation: pgoutput.Relation, state: _TableState, lsn: int) -> bool:
         """Compare a relation with the shape the table's stream is in; evolve or stop. False: stop here."""
-        columns, live = self._relation_types(relation)
-        shape = state.batch.table
-        changes, uncarried = shape_changes(shape, columns, live)
-        uncarried = [n for n in uncarried if n not in {c.name for c in shape.columns}]
-        if not changes and not uncarried:
-            return True
-        tx = self._tx
-        position = LsnPosition(tx[0], lsn)
-        described = [c.describe() for c in changes]
-        described += [f"column {n!r} added, of a type bankflow cannot carry exactly "
-                      f"({self._type_names[(c.type_oid, c.type_modifier)]})"
-                      for n in uncarried for c in relation.columns if c.name == n]
+        catalog = self.shapes.catalog
+        observed = []
+        for column in relation.columns:
+            text = catalog.type_name(column.type_oid, column.type_modifier)
+            observed.append(Observed(column.name, spec_type(text), text))
+        tx = self._tx or (0, None, None)  # pgoutput sends relations inside a transaction; be safe if not
         # pgoutput sends a relation with no WAL position of its own: the transaction's commit LSN locates it
-        where = f"table {shape.name}, in the transaction that commits at LSN {lsn_text(tx[0])}"
-        if state.table.schema_changes == "freeze" or uncarried:
-            self._stopped = (
-                f"the source's columns changed: {where}: {'; '.join(described)}. "
-                + ("bankflow cannot carry that column's type: leave it out of the publication's column list "
-                   "or change its type in the source. " if uncarried else
-                   f"Table {shape.name} has schema_changes: freeze, so the cdc stage stopped before this event "
-                   "and acknowledged nothing from this transaction on. ")
-                + "To continue from exactly here: update the table in the spec to the new columns (bankflow init "
-                  "--from-postgres shows them) or set schema_changes: evolve on it, then run apply again.")
+        where = f"table {relation.name}, in the transaction that commits at LSN {lsn_text(tx[0])}"
+        shape = state.batch.table
+        if {o.name: o.type for o in observed} == {c.name: c.type for c in shape.columns}:
+            return True  # the same shape (a relation is sent again at every session start)
+        decision = self.shapes.observe(self._declared[relation.name], shape, observed, None,
+                                       LsnPosition(tx[0], lsn), tx[2], where)
+        if decision.stop is not None:
+            self._stopped = decision.stop
             return False
-        self._flush_state(state)  # a file holds one shape: what came before is written in the old one
-        new_columns = apply_changes(shape, columns, changes)
-        self.history.write(ShapeRecord(shape.name, position, tx[2], tuple(changes), new_columns))
-        evolved = with_columns(state.table, new_columns)
-        state.table = evolved
-        state.batch = new_batch(self.resolved, evolved, state.batch.stream)
-        state.refresh()
-        for change in described:
-            line = f"{where}: {change}"
-            log.warning("schema change accepted (evolve): %s", line)
-            self.result.schema_changes.append(line)
+        if decision.shape is not None:
+            self._flush_state(state)  # a file holds one shape: what came before is written in the old one
+            state.table = decision.shape
+            state.batch = new_batch(self.resolved, decision.shape, state.batch.stream)
+            state.refresh()
         return True
 
     def _on_truncate(self, payload: bytes, lsn: int) -> None:
@@ -609,8 +569,8 @@ class StreamReader:
         finally:
             self._pool.shutdown(wait=True)
             rconn.close()
-            if self._catalog is not None:
-                self._catalog.close()
+            self.shapes.catalog.close()
+        self.result.schema_changes = list(self.shapes.accepted)
         if self._stopped is not None:
             raise StageError(self._stopped)
         self.result.events_by_table = {name: s.events for name, s in self._states.items()}
