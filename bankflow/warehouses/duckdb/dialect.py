@@ -37,6 +37,7 @@ class DuckDBDialect(Dialect):
     _aliases: ClassVar[dict[str, str]] = {"TIMESTAMPWITHTIMEZONE": "TIMESTAMPTZ", "TEXT": "VARCHAR",
                                           "INT64": "BIGINT", "FLOAT": "REAL", "FLOAT4": "REAL"}
     config: DuckDBWarehouse
+    widens_decimal_scale: ClassVar[bool] = True
 
     def quote(self, name: str) -> str:
         return '"' + check_identifier(name) + '"'
