@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import textwrap
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from decimal import Decimal
@@ -253,3 +256,171 @@ def test_builtin_simple_key_change_closes_old_key_everywhere(state_dir: Path,
     finally:
         main(["down", BANKING_SPEC, "--drop-slot", "-q"])
         EmbeddedPostgres(state_dir / "postgres").destroy()
+
+
+# ---------------------------------------------------------------- built-in engine, composite key (custom spec)
+
+LINE_COLUMNS = """\
+      - {name: loan_id, type: bigint, nullable: false}
+      - {name: seq, type: integer, nullable: false}
+      - {name: amount, type: "numeric(20,4)", nullable: false}
+      - {name: note, type: text}
+"""
+LINE_TABLES = ("lines_full", "lines_default")  # REPLICA IDENTITY FULL, DEFAULT
+
+
+def loans_spec(root: Path, tag: str) -> Path:
+    """Two tables keyed (loan_id, seq), one per replica identity, amounts numeric(20,4); dbt staging + history from
+    banking_dbt's macros (composite key), verify checks per loan on staging's live rows."""
+    state = root / "state"
+    tables = "".join(f"""\
+  - name: {name}
+    primary_key: [loan_id, seq]
+    replica_identity: {name.split('_')[1]}
+    columns:
+""" + LINE_COLUMNS for name in LINE_TABLES)
+    checks = "".join(f"""\
+    - name: {name} lines and amounts per loan
+      source_sql: select loan_id, count(*), sum(amount) from {{source_schema}}.{name} group by loan_id
+      warehouse_sql: >
+        select loan_id, count(*), sum(amount) from {{target_schema}}.stg_{name}
+        where not is_deleted group by loan_id
+""" for name in LINE_TABLES)
+    text = f"""\
+version: 1
+name: loans
+state_dir: {state}
+source:
+  type: postgres
+  database: loans
+  user: postgres
+  schema: lending
+  embedded: true
+  host: 127.0.0.1
+  port: 0
+  sslmode: disable
+tables:
+{tables}cdc:
+  engine: builtin
+  topic_prefix: loans
+  slot: kc_{tag}
+  publication: kc_{tag}
+  snapshot_mode: initial
+lake:
+  url: file://{state}/lake
+  layout: "{{table}}/date={{date}}"
+  flush: {{max_rows: 100000, max_seconds: 1}}
+warehouse:
+  type: duckdb
+  path: {state}/warehouse.duckdb
+  raw_schema: raw
+transform:
+  project_dir: {root / 'loans_dbt'}
+  target_schema: analytics
+  steps:
+    - {{name: staging, command: run, select: [staging, history]}}
+    - {{name: tests, command: test}}
+verify:
+  checks:
+{checks}"""
+    path = root / "loans.yaml"
+    path.write_text(text)
+    write_loans_dbt(root / "loans_dbt")
+    return path
+
+
+def write_loans_dbt(project: Path) -> None:
+    """A small dbt project on banking_dbt's own macros (latest_version / change_log_history with a composite key)."""
+    shutil.copytree(REPO / "banking_dbt" / "macros", project / "macros")
+    shutil.copytree(REPO / "banking_dbt" / "tests" / "generic", project / "tests" / "generic")
+    (project / "models" / "staging").mkdir(parents=True)
+    (project / "models" / "history").mkdir(parents=True)
+    (project / "dbt_project.yml").write_text(textwrap.dedent("""\
+        name: loans_dbt
+        version: "1.0.0"
+        config-version: 2
+        profile: bankflow
+        model-paths: ["models"]
+        macro-paths: ["macros"]
+        test-paths: ["tests"]
+        vars:
+          raw_schema: raw
+        models:
+          loans_dbt:
+            staging: {+materialized: view}
+            history: {+materialized: table}
+        flags:
+          send_anonymous_usage_stats: false
+        """))
+    sources = ["version: 2", "sources:", "  - name: raw", "    schema: \"{{ var('raw_schema') }}\"", "    tables:"]
+    sources += [f"      - name: {name}" for name in LINE_TABLES]
+    (project / "models" / "staging" / "sources.yml").write_text("\n".join(sources) + "\n")
+    tests = ["version: 2", "models:"]
+    for name in LINE_TABLES:
+        call = (f"source('raw', '{name}'), key=['loan_id', 'seq'], columns=['loan_id', 'seq', 'amount', 'note'], "
+                "money_columns=['amount']")
+        (project / "models" / "staging" / f"stg_{name}.sql").write_text(f"{{{{ latest_version({call}) }}}}\n")
+        (project / "models" / "history" / f"{name}_history.sql").write_text(
+            f"{{{{ change_log_history({call}) }}}}\n")
+        tests += [f"  - name: stg_{name}", "    data_tests:",
+                  "      - unique_combination: {arguments: {columns: [loan_id, seq]}}",
+                  f"  - name: {name}_history", "    data_tests:",
+                  "      - unique_combination: {arguments: {columns: [loan_id, seq]}, config: {where: is_current}}",
+                  "      - unique_combination: {arguments: {columns: [loan_id, seq, version_number]}}"]
+    (project / "models" / "schema.yml").write_text("\n".join(tests) + "\n")
+    # history's current versions are staging's rows, key for key, deleted flag included
+    for name in LINE_TABLES:
+        (project / "tests" / f"assert_{name}_history_matches_staging.sql").write_text(textwrap.dedent(f"""\
+            select coalesce(h.loan_id, s.loan_id) as loan_id, coalesce(h.seq, s.seq) as seq
+            from (select * from {{{{ ref('{name}_history') }}}} where is_current) as h
+            full outer join {{{{ ref('stg_{name}') }}}} as s
+                on s.loan_id = h.loan_id and s.seq = h.seq
+            where h.loan_id is null or s.loan_id is null or h.is_deleted <> s.is_deleted
+               or not {{{{ null_safe_equal('h.amount', 's.amount') }}}}
+            """))
+
+
+def test_builtin_composite_key_change_full_and_default_identity(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    spec = str(loans_spec(tmp_path, uuid.uuid4().hex[:8]))
+    state = tmp_path / "state"
+    warehouse = state / "warehouse.duckdb"
+    try:
+        apply_ok(capsys, spec)  # creates the embedded source and its tables, slot, raw
+        conn = source_conn(state, "loans")
+        with conn.cursor() as cur:
+            for name in LINE_TABLES:
+                cur.execute(f"insert into lending.{name} values (1, 1, 1234.5678, 'a'), (1, 2, 0.0001, 'b'), "
+                            f"(1, 3, -7.1200, null), (2, 1, 99999999999999.9999, 'c'), (3, 1, 5, 'd')")
+        apply_ok(capsys, spec)
+        with conn.cursor() as cur:
+            for name in LINE_TABLES:
+                # one statement moves two keys by seq (kept in loan 1); another moves a key to another loan;
+                # a plain update stays an update
+                cur.execute(f"update lending.{name} set seq = seq + 100 where loan_id = 1 and seq in (1, 2)")
+                assert cur.rowcount == 2
+                cur.execute(f"update lending.{name} set loan_id = 7 where loan_id = 2 and seq = 1")
+                cur.execute(f"update lending.{name} set note = 'kept' where loan_id = 3 and seq = 1")
+        apply_ok(capsys, spec)
+
+        moves = {(1, 1): (1, 101), (1, 2): (1, 102), (2, 1): (7, 1)}
+        keys = ["loan_id", "seq"]
+        for name in LINE_TABLES:
+            full = name == "lines_full"
+            assert_key_moved_in_raw(warehouse, name, keys, moves, ["amount", "note"], full=full)
+            ops = dict(query(warehouse, f"select _op, count(*) from raw.{name} group by _op"))
+            assert ops == {"c": 5 + 3, "d": 3, "u": 1}, (name, ops)
+            staged = {tuple(r[:2]): r[2:] for r in query(
+                warehouse, f"select loan_id, seq, is_deleted, amount::varchar from analytics.stg_{name}")}
+            assert all(staged[old][0] is True for old in moves), (name, staged)
+            # the amounts keep their four decimals (numeric(20,4) end to end, no rounding to cents)
+            assert {k: v for k, v in staged.items() if not v[0]} == {
+                (1, 101): (False, "1234.5678"), (1, 102): (False, "0.0001"), (1, 3): (False, "-7.1200"),
+                (7, 1): (False, "99999999999999.9999"), (3, 1): (False, "5.0000")}, (name, staged)
+            assert assert_source_matches_raw_and_staging(conn, warehouse, "lending", name, keys, f"stg_{name}") == 5
+            assert_history_closed(warehouse, f"{name}_history", keys, moves)
+        conn.close()
+        verify_ok(capsys, spec)
+    finally:
+        main(["down", spec, "--drop-slot", "-q"])
+        EmbeddedPostgres(state / "postgres").destroy()
