@@ -10,20 +10,23 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from bankflow.spec.types import PgTypeError, parse_pg_type
+from bankflow.spec.types import ENUM, TIME_KINDS, PgTypeError, parse_source_type
 
 if TYPE_CHECKING:
     from bankflow.spec.loader import ResolvedSpec
-    from bankflow.spec.models import Table
+    from bankflow.spec.models import Column, Table
 
 REPLICA_IDENTITY = {"d": "default", "f": "full", "n": "nothing", "i": "index"}
 
 
 @dataclass(frozen=True)
 class CatalogColumn:
-    name: str
+    name: str  # exactly as the catalog has it (attname): KycStatus, order
     type: str  # format_type(): numeric(18,2), character varying(64), timestamp with time zone, …
     not_null: bool
+    typtype: str = "b"  # pg_type.typtype: 'e' for an enum
+    type_name: str = ""  # pg_type.typname (an enum's own name, unquoted)
+    enum_labels: tuple[str, ...] = ()
 
 
 @dataclass
@@ -52,9 +55,45 @@ class Finding:
 def normalise_type(text: str) -> str:
     """A catalog type as the spec writes it (`character varying(64)` → `varchar(64)`); unknown types unchanged."""
     try:
-        return parse_pg_type(text).sql
+        return parse_source_type(text).sql
     except PgTypeError:
         return text
+
+
+def type_difference(column: Column, found: CatalogColumn) -> str | None:
+    """Why the catalog's type is not the spec column's source type, or None.
+
+    An enum matches by its type's name; a spec time type without precision matches any precision in the catalog
+    (bankflow carries microseconds either way); `numeric` without precision matches the catalog's unconstrained
+    numeric (the spec's `carry_as` says how it travels)."""
+    spec = column.source_type
+    if spec.kind == ENUM:
+        if found.typtype != "e":
+            return f"enum {column.enum_type} in the spec, {found.type} in the source"
+        if found.type_name != column.enum_type:
+            return f"enum {column.enum_type} in the spec, enum {found.type_name} in the source"
+        return None
+    try:
+        live = parse_source_type(found.type)
+    except PgTypeError:
+        live = None
+    if live is not None and (live == spec or (spec.kind in TIME_KINDS and live.kind == spec.kind
+                                              and spec.precision is None)):
+        return None
+    return f"type {spec.sql} in the spec, {found.type} in the source"
+
+
+def same_source_type(column: Column, type_text: str, typtype: str = "b", type_name: str = "") -> bool:
+    """True when a catalog type (`format_type` text, and for an enum its typtype 'e' and typname) is the spec
+    column's source type: what the built-in reader's shape check should ask of a Relation's column."""
+    return type_difference(column, CatalogColumn(column.name, type_text, False, typtype, type_name)) is None
+
+
+def _enum_labels(column: Column, found: CatalogColumn) -> str | None:
+    if column.enum_values is None or found.typtype != "e" or list(found.enum_labels) == column.enum_values:
+        return None
+    return (f"enum labels [{', '.join(column.enum_values)}] in the spec, [{', '.join(found.enum_labels)}] in the "
+            "source (values are carried as text either way; the embedded copy creates the spec's)")
 
 
 def _where(resolved: ResolvedSpec, *path: str | int) -> str:
@@ -72,10 +111,10 @@ def _compare_columns(resolved: ResolvedSpec, index: int, table: Table, live: Cat
             findings.append(Finding("error", table.name, column.name, "declared in the spec, missing in the source "
                                     "table (remove it from the spec or add it to the table)", where))
             continue
-        source_type = normalise_type(found.type)
-        if source_type != column.pg_type.sql:
-            findings.append(Finding("error", table.name, column.name,
-                                    f"type {column.pg_type.sql} in the spec, {found.type} in the source", where))
+        if difference := type_difference(column, found):
+            findings.append(Finding("error", table.name, column.name, difference, where))
+        elif labels := _enum_labels(column, found):
+            findings.append(Finding("warning", table.name, column.name, labels, where))
         if found.not_null == column.nullable:
             spec_null, source_null = ("NOT NULL", "nullable") if not column.nullable else ("nullable", "NOT NULL")
             findings.append(Finding("warning", table.name, column.name,
@@ -113,9 +152,12 @@ def compare(resolved: ResolvedSpec, catalog: dict[str, CatalogTable]) -> list[Fi
 
 
 _COLUMNS_SQL = """
-SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull, c.relreplident
+SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull, c.relreplident, t.typtype,
+       t.typname, coalesce((SELECT array_agg(e.enumlabel::text ORDER BY e.enumsortorder) FROM pg_enum e
+                            WHERE e.enumtypid = t.oid), '{}')
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+LEFT JOIN pg_type t ON t.oid = a.atttypid
 WHERE n.nspname = %s AND c.relname = ANY(%s) AND c.relkind IN ('r', 'p')
 ORDER BY c.relname, a.attnum
 """
@@ -132,11 +174,12 @@ def read_catalog(cur: Any, schema: str, tables: list[str]) -> dict[str, CatalogT
     """The catalog of `tables` in `schema` (those that exist): columns, types, nullability, key, replica identity."""
     catalog: dict[str, CatalogTable] = {}
     cur.execute(_COLUMNS_SQL, (schema, tables))
-    for relname, column, type_text, not_null, replident in cur.fetchall():
+    for relname, column, type_text, not_null, replident, typtype, typname, labels in cur.fetchall():
         table = catalog.setdefault(relname, CatalogTable(relname, replica_identity=REPLICA_IDENTITY.get(
             replident, replident)))
         if column is not None:
-            table.columns.append(CatalogColumn(column, type_text, bool(not_null)))
+            table.columns.append(CatalogColumn(column, type_text, bool(not_null), typtype or "b", typname or "",
+                                               tuple(labels or ())))
     cur.execute(_KEYS_SQL, (schema, tables))
     for relname, column in cur.fetchall():
         catalog[relname].primary_key.append(column)
