@@ -28,6 +28,17 @@ def heartbeat_query(resolved: ResolvedSpec) -> str:
             "ON CONFLICT (id) DO UPDATE SET beat_at = EXCLUDED.beat_at")
 
 
+def include_regex(*parts: str) -> str:
+    """A literal `schema.table` as one entry of Debezium's include lists (comma-separated Java regexes, each
+    matched against the whole qualified name): `.` and every other ASCII punctuation or space escaped, a comma
+    as `\\x2C` so it cannot split the list; letters (any case), digits and `_` as they are."""
+    def char(c: str) -> str:
+        if c.isalnum() or c == "_" or not c.isascii():
+            return c
+        return "\\." if c == "." else f"\\x{ord(c):02X}"
+    return "\\.".join("".join(map(char, part)) for part in parts)
+
+
 def connector_config(resolved: ResolvedSpec, *, reveal: bool = False) -> dict[str, str]:
     """The connector's config map. `reveal=False` masks a clear-text password for display."""
     spec = resolved.spec
@@ -47,8 +58,8 @@ def connector_config(resolved: ResolvedSpec, *, reveal: bool = False) -> dict[st
         "publication.name": cdc.publication,
         # Debezium creates the publication only where the spec lets bankflow manage it (source.manage)
         "publication.autocreate.mode": "filtered" if source_server(resolved).manages("publication") else "disabled",
-        "schema.include.list": schema,
-        "table.include.list": ",".join(f"{schema}.{t.name}" for t in spec.tables),
+        "schema.include.list": include_regex(schema),
+        "table.include.list": ",".join(include_regex(schema, t.name) for t in spec.tables),
         "snapshot.mode": cdc.snapshot_mode,
         "decimal.handling.mode": "string",
         "time.precision.mode": "adaptive_time_microseconds",
