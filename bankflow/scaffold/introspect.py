@@ -15,12 +15,19 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from bankflow.errors import BankflowError
-from bankflow.spec.base import IDENTIFIER_RE
-from bankflow.spec.types import CDC_COLUMN_NAMES, INTEGER_KINDS, PgTypeError, parse_pg_type
+from bankflow.spec.base import IDENTIFIER_RE, SpecValueError, check_source_name
+from bankflow.spec.types import (
+    CDC_COLUMN_NAMES,
+    ENUM,
+    INTEGER_KINDS,
+    PgTypeError,
+    has_exact_image,
+    parse_source_type,
+)
 
 RESERVED_PREFIX = "_bankflow"
 
-_NUMERIC_RE = re.compile(r"^numeric(?:\((\d+),(\d+)\))?$")
+_NUMERIC_RE = re.compile(r"^numeric(?:\((\d+),(-?\d+)\))?$")
 _LENGTH_RE = re.compile(r"^(character varying|character)(?:\((\d+)\))?$")
 _TIMESTAMP_RE = re.compile(r"^(timestamp|time)(?:\(\d\))? (with|without) time zone$")
 _PLAIN = {
@@ -58,7 +65,7 @@ def map_type(pg_type: str, typtype: str = "b", typcategory: str = "", enum_label
                           "in the source (to_jsonb(col)), or leave it out")
     if typtype == "e":
         labels = ", ".join(enum_labels)
-        return "text", f"enum {pg_type} ({labels}): carried as its label (text)"
+        return ENUM, f"enum {pg_type} ({labels}): carried as its label (text)"
     if typtype == "d":
         raise Unsupported(f"domain type {pg_type}", "declare the column with the domain's base type in the "
                           "source, or leave it out")
@@ -66,9 +73,14 @@ def map_type(pg_type: str, typtype: str = "b", typcategory: str = "", enum_label
         raise Unsupported(f"user-defined type {pg_type}", _DEFAULT_HINT)
     spec_type = _base_type(pg_type)
     try:
-        parse_pg_type(spec_type)  # the spec's own rules have the last word (precision 1..38, lengths)
+        # the spec's own rules have the last word (lengths; a numeric wider than 38 is declared with carry_as)
+        source = parse_source_type(spec_type)
     except PgTypeError as exc:
         raise Unsupported(f"type {pg_type}: {exc}", exc.hint) from None
+    if not has_exact_image(source):
+        return spec_type, (f"{pg_type} has no exact decimal image: carried as text (exact). To carry a decimal "
+                           "instead write carry_as: numeric(38,s) with the scale you need (e.g. numeric(38,10)); "
+                           "a value that does not fit it then becomes a dead letter")
     return spec_type, None
 
 
@@ -77,8 +89,10 @@ def _base_type(pg_type: str) -> str:
         return _PLAIN[pg_type]
     if match := _NUMERIC_RE.match(pg_type):
         if match.group(1) is None:
-            raise Unsupported("numeric without precision", "an unconstrained numeric has no exact decimal image "
-                              "downstream: ALTER the column to numeric(p,s) (p ≤ 38), or leave it out")
+            return "numeric"
+        if int(match.group(2)) < 0:
+            raise Unsupported(f"type {pg_type} (a negative scale)", "bankflow carries numeric(p,s) with 0 ≤ s ≤ p: "
+                              "cast it in the source, or leave it out")
         return f"numeric({match.group(1)},{match.group(2)})"
     if match := _LENGTH_RE.match(pg_type):
         kind = "varchar" if match.group(1) == "character varying" else "char"
@@ -88,19 +102,35 @@ def _base_type(pg_type: str) -> str:
             if match.group(2) == "with":
                 raise Unsupported(f"type {pg_type}", _HINTS["time with time zone"])
             return "time"
+        # any precision: bankflow carries microseconds, and the contract matches a spec type without one
         return "timestamptz" if match.group(2) == "with" else "timestamp"
     raise Unsupported(f"type {pg_type}", _HINTS.get(pg_type, _DEFAULT_HINT))
 
 
 def name_problem(name: str) -> str | None:
-    """Why a source name cannot be a spec name, or None."""
+    """Why a name bankflow makes up (pipeline, schema) cannot be one, or None: a plain identifier."""
     if not IDENTIFIER_RE.match(name):
-        return ("is not a plain identifier ([a-z_][a-z0-9_]*, max 63): bankflow cannot declare quoted or "
-                "mixed-case names yet")
-    if name.startswith(RESERVED_PREFIX):
+        return "is not a plain identifier ([a-z_][a-z0-9_]*, max 63)"
+    return source_name_problem(name)
+
+
+# dbt renders every model and YAML file with Jinja: a name holding these would be read as a template
+_JINJA = ("{", "}")
+
+
+def source_name_problem(name: str, *, table: bool = False) -> str | None:
+    """Why a source table or column name cannot be a spec name, or None. Quoted, mixed-case names and reserved
+    words are spec names (kept exactly); what the spec refuses, or what the dbt project cannot hold, is not."""
+    try:
+        check_source_name(name, "the name", path_safe=table)
+    except SpecValueError as exc:
+        return str(exc).removeprefix("the name ").removeprefix(repr(name) + " ")
+    if name.lower().startswith(RESERVED_PREFIX):
         return f"starts with {RESERVED_PREFIX!r}, which bankflow keeps for its own objects"
-    if name in CDC_COLUMN_NAMES:
+    if name.lower() in CDC_COLUMN_NAMES:
         return "is one of bankflow's CDC metadata column names"
+    if any(c in name for c in _JINJA):
+        return "holds { or }, which dbt would read as Jinja in the models bankflow init writes"
     return None
 
 
@@ -129,6 +159,9 @@ class ColumnModel:
     identity: bool = False
     references: str | None = None
     comments: list[str] = field(default_factory=list)
+    enum_type: str | None = None
+    enum_values: list[str] | None = None
+    carry_as: str | None = None
 
 
 @dataclass
@@ -173,6 +206,7 @@ class CatalogColumn:
     generated: str = ""  # attgenerated: 's' stored, 'v' virtual
     default: str | None = None
     enum_labels: tuple[str, ...] = ()
+    type_name: str = ""  # pg_type.typname: an enum's own name, unquoted and unqualified
 
 
 @dataclass
@@ -211,7 +245,7 @@ def model_from_catalog(catalog: Catalog) -> SourceModel:
 
 
 def _table(catalog: Catalog, name: str, replident: str, omissions: list[Omission]) -> TableModel | None:
-    problem = name_problem(name)
+    problem = source_name_problem(name, table=True)
     if problem:
         omissions.append(Omission(name, None, f"the table name {problem}", "rename the table in the source, or "
                                   "leave it out"))
@@ -249,10 +283,10 @@ def _table(catalog: Catalog, name: str, replident: str, omissions: list[Omission
 
 
 def _column(row: CatalogColumn, omissions: list[Omission]) -> ColumnModel | None:
-    problem = name_problem(row.name)
+    problem = source_name_problem(row.name)
     if problem:
         omissions.append(Omission(row.table, row.name, f"{row.pg_type}; the name {problem}",
-                                  "rename the column in the source (lower case), or leave it out"))
+                                  "rename the column in the source, or leave it out"))
         return None
     if row.generated:
         omissions.append(Omission(row.table, row.name, f"generated column ({row.pg_type})",
@@ -266,6 +300,11 @@ def _column(row: CatalogColumn, omissions: list[Omission]) -> ColumnModel | None
     column = ColumnModel(row.name, spec_type, nullable=not row.not_null)
     if comment:
         column.comments.append(comment)
+    if spec_type == ENUM:
+        column.enum_type = row.type_name or row.pg_type.rsplit(".", 1)[-1].strip('"')
+        column.enum_values = list(row.enum_labels)
+    elif not has_exact_image(parse_source_type(spec_type)):
+        column.carry_as = "text"
     if row.identity:
         if spec_type in INTEGER_KINDS:
             column.identity = True
@@ -296,6 +335,9 @@ def _foreign_keys(catalog: Catalog, tables: dict[str, TableModel], omissions: li
         if parent is None or parent.primary_key != list(fk.ref_columns):
             why = "not in the spec" if parent is None else "not its primary key"
             first.comments.append(f"foreign key → {fk.ref_schema}.{target}: not declared ({why})")
+            continue
+        if "." in f"{fk.ref_table}{fk.ref_columns[0]}":
+            first.comments.append(f"foreign key → {target}: not declared (a name holding '.' cannot be referenced)")
             continue
         first.references = f"{fk.ref_table}.{fk.ref_columns[0]}"
     _break_cycles(list(tables.values()))
@@ -357,7 +399,7 @@ _COLUMNS_SQL = """
 select c.relname, a.attnum, a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull,
        t.typtype, t.typcategory, a.attidentity, a.attgenerated, pg_catalog.pg_get_expr(d.adbin, d.adrelid),
        coalesce((select array_agg(e.enumlabel::text order by e.enumsortorder) from pg_catalog.pg_enum e
-                 where e.enumtypid = t.oid), '{}')
+                 where e.enumtypid = t.oid), '{}'), t.typname::text
 from pg_catalog.pg_attribute a
 join pg_catalog.pg_class c on c.oid = a.attrelid
 join pg_catalog.pg_namespace n on n.oid = c.relnamespace
@@ -413,8 +455,8 @@ def fetch_catalog(url: str, schema: str, tables: list[str] | None = None) -> Cat
                 found = {t: found[t] for t in tables}
             names = list(found)
             cur.execute(_COLUMNS_SQL, (schema, names))
-            columns = [CatalogColumn(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], tuple(r[10]))
-                       for r in cur.fetchall()]
+            columns = [CatalogColumn(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], tuple(r[10]),
+                                     r[11]) for r in cur.fetchall()]
             cur.execute(_CONSTRAINTS_SQL, (schema, names))
             constraints = [CatalogConstraint(r[0], r[1], tuple(r[2]), r[3], r[4], tuple(r[5]), r[6])
                            for r in cur.fetchall()]

@@ -1,17 +1,21 @@
 """A SourceModel → the files of a pipeline project (`bankflow init`). Pure: text in, {path: text} out.
 
-Templates are package data under bankflow/scaffold/templates/. Every name that reaches a file as YAML or SQL is
-a validated identifier (the introspection left out the others); anything else (source names left out, enum
-labels, defaults) only reaches YAML comments, flattened to one line.
+Templates are package data under bankflow/scaffold/templates/. A source name reaches YAML as a JSON-quoted
+string unless it is plain, and SQL as the warehouses spell it (`sql_name`: plain names bare, any other
+double-quoted exactly as the source has it: the same text reads right in DuckDB and Snowflake, see
+bankflow/warehouses/base.py `Dialect.spell`); names the introspection left out, defaults and the like only reach
+YAML comments, flattened to one line.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 
 from bankflow.render.templating import render_package_template
 from bankflow.scaffold.introspect import ColumnModel, Omission, SourceModel, TableModel, connection_defaults
+from bankflow.spec.base import is_plain_name
 
 PACKAGE = "bankflow.scaffold"
 DBT_DIR = "dbt"
@@ -45,15 +49,67 @@ def comment(text: str) -> str:
     return " ".join(str(text).split())
 
 
+# YAML 1.1 reads these bare words as booleans or null
+_YAML_WORDS = frozenset(["y", "n", "yes", "no", "on", "off", "true", "false", "null"])
+
+
+def yaml_str(value: str) -> str:
+    """A string as a YAML scalar: bare when it is a plain name YAML reads as that string, else JSON-quoted
+    (a JSON string is a YAML double-quoted string)."""
+    if re.fullmatch(r"[a-z_][a-z0-9_]*", value) and value not in _YAML_WORDS:
+        return value
+    return json.dumps(value, ensure_ascii=False)
+
+
+def sql_name(name: str) -> str:
+    """A source name in the dbt SQL `init` writes: plain names bare (each warehouse folds them as it stored
+    them), any other double-quoted exactly (stored exactly). Names never hold a double quote (the spec refuses)."""
+    return name if is_plain_name(name) else f'"{name}"'
+
+
+def jinja_str(value: str) -> str:
+    """A string literal inside `{{ … }}` of a dbt model (Jinja decodes backslash escapes in a literal)."""
+    if value.isascii() and "'" not in value and "\\" not in value:
+        return f"'{value}'"
+    return json.dumps(value, ensure_ascii=True)
+
+
+def yaml_list(values: list[str]) -> str:
+    return "[" + ", ".join(map(yaml_str, values)) + "]"
+
+
 def column_yaml(column: ColumnModel) -> str:
-    parts = [f"name: {column.name}", f'type: "{column.type}"']
+    parts = [f"name: {yaml_str(column.name)}", f'type: "{column.type}"']
+    if column.enum_type is not None:
+        parts.append(f"enum_type: {yaml_str(column.enum_type)}")
+    if column.enum_values is not None:
+        parts.append(f"values: {yaml_list(column.enum_values)}")
+    if column.carry_as is not None:
+        parts.append(f"carry_as: {column.carry_as}")
     if not column.nullable:
         parts.append("nullable: false")
     if column.identity:
         parts.append("identity: true")
     if column.references:
-        parts.append(f"references: {column.references}")
+        parts.append(f"references: {yaml_str(column.references)}")
     return "{" + ", ".join(parts) + "}"
+
+
+def model_names(tables: list[TableModel]) -> dict[str, str]:
+    """Each table's staging model: `stg_` + its name in lower-case letters, digits and underscores (a model
+    name is a file name and an unquoted relation), with a number added where two would be the same."""
+    names: dict[str, str] = {}
+    for table in tables:
+        base = "stg_" + (re.sub(r"[^a-z0-9_]+", "_", table.name.lower()).strip("_") or "table")
+        name, n = base, 2
+        while name in names.values():
+            name, n = f"{base}_{n}", n + 1
+        names[table.name] = name
+    return names
+
+
+FILTERS = {"yaml": yaml_str, "yaml_list": yaml_list, "sql": sql_name, "jinja_str": jinja_str,
+           "plain": is_plain_name}
 
 
 def variables(text: str) -> list[tuple[str, str | None]]:
@@ -81,7 +137,7 @@ def render_spec(project: Project) -> str:
     return render_package_template(
         PACKAGE, "spec.yaml.j2", project=project, source=source, database=_local_database(project),
         tables=source.tables, column_yaml=column_yaml, comment=comment, table_omissions=table_omissions,
-        column_omissions=column_omissions, defaults=defaults, dbt_dir=DBT_DIR,
+        column_omissions=column_omissions, defaults=defaults, dbt_dir=DBT_DIR, **FILTERS,
     )
 
 
@@ -91,7 +147,7 @@ def _local_database(project: Project) -> str:
 
 
 def staging_sql(table: TableModel) -> str:
-    return render_package_template(PACKAGE, "staging.sql.j2", table=table)
+    return render_package_template(PACKAGE, "staging.sql.j2", table=table, **FILTERS)
 
 
 def render_project(project: Project) -> dict[str, str]:
@@ -99,11 +155,13 @@ def render_project(project: Project) -> dict[str, str]:
     spec = render_spec(project)
     spec_path = f"pipelines/{project.name}.yaml"
     tables = project.source.tables
+    models = model_names(tables)
     files = {
         spec_path: spec,
         f"{DBT_DIR}/dbt_project.yml": render_package_template(PACKAGE, "dbt_project.yml.j2", project=project),
-        f"{DBT_DIR}/models/sources.yml": render_package_template(PACKAGE, "sources.yml.j2", tables=tables),
-        f"{DBT_DIR}/models/staging/staging.yml": render_package_template(PACKAGE, "staging.yml.j2", tables=tables),
+        f"{DBT_DIR}/models/sources.yml": render_package_template(PACKAGE, "sources.yml.j2", tables=tables, **FILTERS),
+        f"{DBT_DIR}/models/staging/staging.yml": render_package_template(PACKAGE, "staging.yml.j2", tables=tables,
+                                                                         models=models, **FILTERS),
         f"{DBT_DIR}/models/marts/README.md": "Marts: models over `staging` (and `snapshots`) for the business.\n",
         f"{DBT_DIR}/snapshots/README.md": "Snapshots: dbt snapshots (SCD2) of the staging models go here.\n",
         ".env.example": render_package_template(PACKAGE, "env.example.j2", variables=variables(spec),
@@ -113,5 +171,5 @@ def render_project(project: Project) -> dict[str, str]:
                                              comment=comment, dbt_dir=DBT_DIR),
     }
     for table in tables:
-        files[f"{DBT_DIR}/models/staging/stg_{table.name}.sql"] = staging_sql(table)
+        files[f"{DBT_DIR}/models/staging/{models[table.name]}.sql"] = staging_sql(table)
     return files
