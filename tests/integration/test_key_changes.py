@@ -41,6 +41,7 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 BANKING_SPEC = str(REPO / "pipelines" / "banking.yaml")
 SHIFT = 100_000
+Moves = dict[tuple[Any, ...], tuple[Any, ...]]  # old key -> new key
 
 
 # ---------------------------------------------------------------- helpers
@@ -112,7 +113,7 @@ def raw_key_rows(warehouse: Path, table: str, keys: list[str], wanted: set[tuple
 
 
 def assert_key_moved_in_raw(warehouse: Path, table: str, keys: list[str],
-                            moves: dict[tuple[Any, ...], tuple[Any, ...]], columns: list[str], *,
+                            moves: Moves, columns: list[str], *,
                             full: bool = True) -> None:
     """Each old key's last raw event is a 'd', each new key's only event a 'c', at the same _lsn and transaction.
     The 'c' carries the moved row's `columns`; the 'd' carries them too under REPLICA IDENTITY FULL (`full`), only
@@ -154,7 +155,7 @@ def assert_source_matches_raw_and_staging(conn: Any, warehouse: Path, source_sch
 
 
 def assert_history_closed(warehouse: Path, history: str, keys: list[str],
-                          moves: dict[tuple[Any, ...], tuple[Any, ...]]) -> None:
+                          moves: Moves) -> None:
     """Old key: current version = the delete, the version before closed at the delete's commit time.
     New key: exactly one version, current, a create, valid from the same commit time."""
     key_sql = ", ".join(keys)
@@ -173,7 +174,90 @@ def assert_history_closed(warehouse: Path, history: str, keys: list[str],
     assert set(current.values()) == {1}, f"{history}: a key without exactly one current version"
 
 
+def assert_banking_marts(warehouse: Path, conn: Any, account_moves: Moves,
+                         customer_moves: Moves, n_accounts: int,
+                         source_schema: str = "banking") -> None:
+    """banking_dbt's dimensions close the old keys and hold the new ones current once; balances count each live
+    account once (moved accounts under their new key only) and reconcile with the source."""
+    # dimensions (dbt snapshots): the old key closed and flagged deleted, the new key current once
+    for dim, key, moves in (("dim_accounts", "account_id", account_moves),
+                            ("dim_customers", "customer_id", customer_moves)):
+        rows: dict[int, list[tuple[Any, ...]]] = {}
+        for k, valid_to, current, deleted in query(
+                warehouse, f"select {key}, valid_to, is_current, is_deleted from analytics.{dim} "
+                           "order by valid_from"):
+            rows.setdefault(k, []).append((valid_to, current, deleted))
+        for (old,), (new,) in moves.items():
+            assert rows[old][-1][1:] == (True, True), (dim, old, rows[old])
+            assert all(v[0] is not None and not v[1] for v in rows[old][:-1]), (dim, old, rows[old])
+            assert rows[new] == [(None, True, False)], (dim, new, rows[new])
+        assert all(sum(1 for v in versions if v[1]) == 1 for versions in rows.values()), dim
+
+    # balances: every live account once, the moved ones under their new key only, reconciled to the cent
+    balances = query(warehouse, "select account_id, source_balance, difference from analytics.account_balances")
+    ids = Counter(r[0] for r in balances)
+    assert len(balances) == n_accounts and set(ids.values()) == {1}
+    assert not {old for (old,) in account_moves} & set(ids)
+    assert {new for (new,) in account_moves.values()} <= set(ids)
+    assert all(r[2] == Decimal("0") for r in balances)
+    with conn.cursor() as cur:
+        cur.execute(f"select sum(balance) from {source_schema}.accounts")
+        assert sum(r[1] for r in balances) == cur.fetchone()[0]
+
+
 # ---------------------------------------------------------------- built-in engine, simple key (banking pipeline)
+
+
+def open_childless_rows(conn: Any) -> None:
+    """Two accounts without transactions and two customers without accounts (no foreign key points at them), so
+    their keys can move whatever the workload left."""
+    with conn.cursor() as cur:
+        for name in ("Prospect", "Lead"):
+            cur.execute("insert into banking.customers (first_name, last_name, email, created_at, updated_at) "
+                        "values (%s, 'Moved', %s, now(), now())", (name, f"{name.lower()}@example.org"))
+        cur.execute("select min(id) from banking.customers")
+        owner = cur.fetchone()[0]
+        for opening in ("120.55", "0.07"):
+            cur.execute("insert into banking.accounts (customer_id, account_type, currency, opening_balance, "
+                        "balance, status, created_at, updated_at) values (%s, 'SAVINGS', 'EUR', %s, %s, 'OPEN', "
+                        "now(), now())", (owner, opening, opening))
+
+
+def move_childless_keys(conn: Any) -> tuple[Moves, Moves, int]:
+    """`update … set id = id + 100000` on every account without transactions (one statement, several rows) and on
+    up to three customers without accounts. Returns the account and customer moves and the number of accounts."""
+    with conn.cursor() as cur:
+        cur.execute("select id from banking.accounts a where not exists (select 1 from banking.transactions t "
+                    "where t.account_id = a.id or t.related_account_id = a.id) order by id")
+        accounts = [r[0] for r in cur.fetchall()]
+        cur.execute("select id from banking.customers c where not exists "
+                    "(select 1 from banking.accounts a where a.customer_id = c.id) order by id limit 3")
+        customers = [r[0] for r in cur.fetchall()]
+        assert len(accounts) >= 2 and customers, (accounts, customers)
+        cur.execute("select count(*) from banking.accounts")
+        n_accounts = cur.fetchone()[0]
+        cur.execute("update banking.accounts set id = id + %s where id = any(%s)", (SHIFT, accounts))
+        assert cur.rowcount == len(accounts)
+        cur.execute("update banking.customers set id = id + %s where id = any(%s)", (SHIFT, customers))
+        assert cur.rowcount == len(customers)
+    return {(k,): (k + SHIFT,) for k in accounts}, {(k,): (k + SHIFT,) for k in customers}, n_accounts
+
+
+def assert_banking_keys_moved(warehouse: Path, conn: Any, account_moves: Moves, customer_moves: Moves,
+                              n_accounts: int) -> None:
+    """raw, staging, history, dimensions and balances of the banking project after the key moves."""
+    account_columns = ["customer_id", "account_type", "currency", "opening_balance", "balance", "status"]
+    assert_key_moved_in_raw(warehouse, "accounts", ["id"], account_moves, account_columns)
+    assert_key_moved_in_raw(warehouse, "customers", ["id"], customer_moves, ["first_name", "last_name", "email"])
+    # staging: old keys deleted, new keys live once; the counts match the source
+    for table, moves in (("accounts", account_moves), ("customers", customer_moves)):
+        staged = dict(query(warehouse, f"select id, is_deleted from analytics.stg_{table}"))
+        assert all(staged[old] is True for (old,) in moves), table
+        assert all(staged[new] is False for (new,) in moves.values()), table
+        assert_source_matches_raw_and_staging(conn, warehouse, "banking", table, ["id"], f"stg_{table}")
+    assert_history_closed(warehouse, "account_history", ["id"], account_moves)
+    assert_history_closed(warehouse, "customer_history", ["id"], customer_moves)
+    assert_banking_marts(warehouse, conn, account_moves, customer_moves, n_accounts)
 
 
 def test_builtin_simple_key_change_closes_old_key_everywhere(state_dir: Path,
@@ -183,75 +267,15 @@ def test_builtin_simple_key_change_closes_old_key_everywhere(state_dir: Path,
         apply_ok(capsys, BANKING_SPEC)
         assert main(["generate", BANKING_SPEC, "--seed", "31", "-q"]) == 0
         conn = source_conn(state_dir, "bank")
-        with conn.cursor() as cur:
-            # accounts without transactions (so no foreign key points at them), opened before the next apply
-            cur.execute("select min(id) from banking.customers")
-            owner = cur.fetchone()[0]
-            for opening in ("120.55", "0.07"):
-                cur.execute("insert into banking.accounts (customer_id, account_type, currency, opening_balance, "
-                            "balance, status, created_at, updated_at) values (%s, 'SAVINGS', 'EUR', %s, %s, 'OPEN', "
-                            "now(), now())", (owner, opening, opening))
+        open_childless_rows(conn)
         apply_ok(capsys, BANKING_SPEC)
 
-        with conn.cursor() as cur:
-            cur.execute("select id from banking.accounts a where not exists (select 1 from banking.transactions t "
-                        "where t.account_id = a.id or t.related_account_id = a.id) order by id")
-            accounts = [r[0] for r in cur.fetchall()]
-            cur.execute("select id from banking.customers c where not exists "
-                        "(select 1 from banking.accounts a where a.customer_id = c.id) order by id limit 3")
-            customers = [r[0] for r in cur.fetchall()]
-            assert len(accounts) >= 2 and customers, (accounts, customers)
-            cur.execute("select count(*) from banking.accounts")
-            n_accounts = cur.fetchone()[0]
-            # one statement moves several rows; another moves customers
-            cur.execute("update banking.accounts set id = id + %s where id = any(%s)", (SHIFT, accounts))
-            assert cur.rowcount == len(accounts)
-            cur.execute("update banking.customers set id = id + %s where id = any(%s)", (SHIFT, customers))
+        account_moves, customer_moves, n_accounts = move_childless_keys(conn)
         report = apply_ok(capsys, BANKING_SPEC)
         stages = {s["name"]: s for s in report["stages"]}
-        assert stages["cdc"]["events"] >= 2 * (len(accounts) + len(customers)), stages["cdc"]
-
-        account_moves = {(k,): (k + SHIFT,) for k in accounts}
-        customer_moves = {(k,): (k + SHIFT,) for k in customers}
-        account_columns = ["customer_id", "account_type", "currency", "opening_balance", "balance", "status"]
-        assert_key_moved_in_raw(warehouse, "accounts", ["id"], account_moves, account_columns)
-        assert_key_moved_in_raw(warehouse, "customers", ["id"], customer_moves, ["first_name", "last_name", "email"])
-
-        # staging: old keys deleted, new keys live once; the counts match the source
-        for table, moves in (("accounts", account_moves), ("customers", customer_moves)):
-            staged = dict(query(warehouse, f"select id, is_deleted from analytics.stg_{table}"))
-            assert all(staged[old] is True for (old,) in moves), table
-            assert all(staged[new] is False for (new,) in moves.values()), table
-            assert_source_matches_raw_and_staging(conn, warehouse, "banking", table, ["id"], f"stg_{table}")
-        assert_history_closed(warehouse, "account_history", ["id"], account_moves)
-        assert_history_closed(warehouse, "customer_history", ["id"], customer_moves)
-
-        # dimensions (dbt snapshots): the old key closed and flagged deleted, the new key current once
-        for dim, key, moves in (("dim_accounts", "account_id", account_moves),
-                                ("dim_customers", "customer_id", customer_moves)):
-            rows: dict[int, list[tuple[Any, ...]]] = {}
-            for k, valid_to, current, deleted in query(
-                    warehouse, f"select {key}, valid_to, is_current, is_deleted from analytics.{dim} "
-                               "order by valid_from"):
-                rows.setdefault(k, []).append((valid_to, current, deleted))
-            for (old,), (new,) in moves.items():
-                assert rows[old][-1][1:] == (True, True), (dim, old, rows[old])
-                assert all(v[0] is not None and not v[1] for v in rows[old][:-1]), (dim, old, rows[old])
-                assert rows[new] == [(None, True, False)], (dim, new, rows[new])
-            assert all(sum(1 for v in versions if v[1]) == 1 for versions in rows.values()), dim
-
-        # balances: every live account once, the moved ones under their new key only, reconciled to the cent
-        balances = query(warehouse, "select account_id, source_balance, difference from analytics.account_balances")
-        ids = Counter(r[0] for r in balances)
-        assert len(balances) == n_accounts and set(ids.values()) == {1}
-        assert not {old for (old,) in account_moves} & set(ids)
-        assert {new for (new,) in account_moves.values()} <= set(ids)
-        assert all(r[2] == Decimal("0") for r in balances)
-        with conn.cursor() as cur:
-            cur.execute("select sum(balance) from banking.accounts")
-            assert sum(r[1] for r in balances) == cur.fetchone()[0]
+        assert stages["cdc"]["events"] >= 2 * (len(account_moves) + len(customer_moves)), stages["cdc"]
+        assert_banking_keys_moved(warehouse, conn, account_moves, customer_moves, n_accounts)
         conn.close()
-
         verify_ok(capsys, BANKING_SPEC)
     finally:
         main(["down", BANKING_SPEC, "--drop-slot", "-q"])
@@ -424,3 +448,55 @@ def test_builtin_composite_key_change_full_and_default_identity(tmp_path: Path,
     finally:
         main(["down", spec, "--drop-slot", "-q"])
         EmbeddedPostgres(state / "postgres").destroy()
+
+
+# ---------------------------------------------------------------- Debezium (stack harness)
+
+
+@pytest.mark.timeout(900)
+def test_debezium_simple_key_change_is_delete_plus_create(tmp_path: Path, pg_server: EmbeddedPostgres,
+                                                          tansu_broker: Any, kafka_connect: Any,
+                                                          s3_server: Any) -> None:
+    """The banking pipeline on Debezium + Kafka Connect + Tansu + S3 (moto) + DuckDB: Debezium turns the key update
+    into a delete of the old key and a create of the new one (tombstones off), and they land in raw as such."""
+    from bankflow.engines.debezium.connect import ConnectClient
+    from bankflow.pipeline import Pipeline
+    from bankflow.spec.loader import load_spec
+    from tests.integration.test_stack_e2e import ENV, Stack, create_application_tables, drop_slot, write_spec
+
+    tag = uuid.uuid4().hex[:8]
+    database, bucket = f"keys_{tag}", f"keys-{tag}"
+    pg_server.create_database(database)
+    s3_server.create_bucket(bucket)
+    state = tmp_path / "state"
+    path = write_spec(tmp_path / "banking.yaml", tag=tag, database=database, port=pg_server.port,
+                      connect_url=kafka_connect.rest_url, bootstrap=tansu_broker.bootstrap_servers,
+                      s3_endpoint=s3_server.endpoint_url, bucket=bucket, state_dir=state)
+    stack = Stack(path, database, tag, pg_server, kafka_connect, pg_server.password)
+    create_application_tables(stack)
+    resolved = load_spec(path, env=ENV)
+    warehouse = state / "warehouse.duckdb"
+    conn = pg_server.connect(database, options="-c TimeZone=UTC")
+    conn.autocommit = True
+    try:
+        pipeline = Pipeline(resolved)
+        assert pipeline.apply(stages=["source"], progress=False).ok
+        pipeline.generate(seed=41, progress=False)
+        open_childless_rows(conn)
+        first = pipeline.apply(stages=["cdc", "load", "transform"], progress=False)
+        assert first.ok, first.to_dict()
+
+        account_moves, customer_moves, n_accounts = move_childless_keys(conn)
+        report = pipeline.apply(stages=["cdc", "load", "transform"], progress=False)
+        assert report.ok, report.to_dict()
+        assert_banking_keys_moved(warehouse, conn, account_moves, customer_moves, n_accounts)
+        conn.close()
+
+        result = Pipeline(load_spec(path, env=ENV)).verify()
+        assert result.ok, result.to_dict()
+    finally:
+        if not conn.closed:
+            conn.close()
+        ConnectClient(kafka_connect.rest_url).delete(resolved.spec.cdc.connector)
+        drop_slot(pg_server, database, resolved.spec.cdc.slot)
+        pg_server.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
