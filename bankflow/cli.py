@@ -417,7 +417,10 @@ def cmd_consume(args: argparse.Namespace) -> int:
     result = Pipeline(resolved).consume(workers=args.workers, follow=args.follow, progress=_progress(args))
     if args.json:
         print(json.dumps(result, indent=2, default=str))
-    return EXIT_OK
+    problems = [*result.get("stopped", []), *result.get("failures", [])]
+    for problem in problems:  # a worker that died or a schema change under freeze: never a silent success
+        bankflow_log.error_line(f"bankflow consume: error: {problem}")
+    return EXIT_FAILED if problems else EXIT_OK
 
 
 def cmd_init(args: argparse.Namespace) -> int:

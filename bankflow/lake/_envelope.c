@@ -533,10 +533,13 @@ static int envelope(Ctx *x, const unsigned char *data, Py_ssize_t size) {
         if (__builtin_mul_overflow(src.ms, (int64_t)1000, &ts)) return -1;
         ts_ok = 1;
     }
-    /* strings must stay addressable by int32 offsets */
+    /* strings must stay addressable by int32 offsets; an image without one of the columns (a schema change in
+       the source) is refused: the per-event path reports it instead of reading it as NULL */
     Slot *slots = op == 'd' ? x->before : x->after;
-    for (Py_ssize_t j = 0; j < x->ncols; j++)
+    for (Py_ssize_t j = 0; j < x->ncols; j++) {
+        if (slots[j].state == 0) return -1;
         if (slots[j].state == 2 && x->kinds[j] == 's' && x->data[j].len + slots[j].slen > INT32_MAX) return -1;
+    }
 
     /* commit */
     for (Py_ssize_t j = 0; j < x->ncols; j++) {

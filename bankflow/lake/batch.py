@@ -31,7 +31,15 @@ import pyarrow.compute as pc
 from bankflow.lake.arrow_schema import table_arrow_schema
 from bankflow.lake.convert import TS_UTC, Converter, convert_column, json_converter, text_converter
 from bankflow.lake.deadletter import DeadLetter
-from bankflow.lake.decode import BulkRows, DebeziumDecoder, EventRow, Malformed, judge_event, parse_value
+from bankflow.lake.decode import (
+    BulkRows,
+    DebeziumDecoder,
+    EventRow,
+    Malformed,
+    ShapeMismatch,
+    judge_event,
+    parse_value,
+)
 from bankflow.lake.positions import LsnPosition
 from bankflow.spec.models import Flush, Table
 
@@ -143,6 +151,17 @@ _Pending = _JsonRows | _TextRows
 
 # ---------------------------------------------------------------- the batch
 
+class ShapeChanged(Exception):
+    """A Debezium event whose columns differ from the batch's shape (`TableBatch.follow_shapes`): nothing from it
+    on is in the batch; the consumer decides by the table's schema-change policy and feeds the rest again."""
+
+    def __init__(self, position: Any, mismatch: ShapeMismatch) -> None:
+        super().__init__(f"columns changed at {position}: unknown {list(mismatch.unknown)}, "
+                         f"missing {list(mismatch.missing)}")
+        self.position = position
+        self.mismatch = mismatch
+
+
 class TableBatch:
     """Rows for one table, accumulated until the flush policy (or a replay cut) turns them into a file.
 
@@ -163,6 +182,10 @@ class TableBatch:
         self._text_conv: list[Converter] = [text_converter(c.pg_type) for c in table.columns]
         self._json_conv: list[Converter] = [json_converter(c.pg_type) for c in table.columns]
         self._decoder = DebeziumDecoder(table)
+        # Debezium events with other columns than the shape raise ShapeChanged (the consumer's policy decides)
+        # instead of becoming dead letters; columns in `absent_ok` may be missing (events older than them).
+        self.follow_shapes = False
+        self.absent_ok: frozenset[str] = frozenset()
         self._reset()
 
     # ---- state
@@ -253,7 +276,12 @@ class TableBatch:
     def append_debezium(self, event: dict[str, Any], position: Any) -> bool:
         """Append one Debezium change event; False if it went to the dead-letter list instead."""
         pending = self._json_rows()
-        ts_us, judged = judge_event(event, self._columns, self.table.name)
+        ts_us, judged = judge_event(event, self._columns, self.table.name,
+                                    self.names if self.follow_shapes else None)
+        if isinstance(judged, ShapeMismatch):
+            if judged.unknown or not set(judged.missing) <= self.absent_ok:
+                raise ShapeChanged(position, judged)
+            judged = judged.row  # an event from before those columns were added: they are absent (NULL)
         self._touch(position, ts_us)
         if isinstance(judged, str):
             self._dead_on_arrival(position, judged, event)
@@ -274,6 +302,8 @@ class TableBatch:
             return False
         try:
             return self.append_debezium(event, position)
+        except ShapeChanged:
+            raise
         except Exception as exc:
             self.dead_letter(position, f"cannot convert: {exc!r}", event)
             return False

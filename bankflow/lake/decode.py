@@ -69,9 +69,22 @@ class EventRow(NamedTuple):
     ts_us: int | None
 
 
-def judge_event(event: dict[str, Any], columns: Container[str], table: str) -> tuple[int | None, EventRow | str]:
+class ShapeMismatch(NamedTuple):
+    """An event whose row image has other columns than the table's shape: a schema change in the source, or an
+    event from before a column was added. `row` is what the event would be as a row of the shape."""
+
+    unknown: tuple[str, ...]  # columns the image has and the shape does not
+    missing: tuple[str, ...]  # columns of the shape the image lacks
+    keys: tuple[str, ...]  # the image's columns, in the event's order
+    row: EventRow
+
+
+def judge_event(event: dict[str, Any], columns: Container[str], table: str,
+                expected: Sequence[str] | None = None) -> tuple[int | None, EventRow | ShapeMismatch | str]:
     """(the event's commit time in µs when it is an integer, its row or the reason it is a dead letter).
 
+    With `expected` (the shape's columns in order) a row image with other columns is a `ShapeMismatch` for the
+    caller's schema-change policy; without it an unknown column is a dead letter and a missing one NULL.
     Raises on a shape nothing here expects (a `source` that is not an object): the caller makes that a dead
     letter with the exception as the reason.
     """
@@ -91,7 +104,7 @@ def judge_event(event: dict[str, Any], columns: Container[str], table: str) -> t
         image = "before" if op == "d" else "after"
         return touched, f"op {op!r} event without a '{image}' row image"
     unknown = [k for k in row if k not in columns]
-    if unknown:
+    if unknown and expected is None:
         return touched, f"unknown column(s) {unknown} for table {table!r}"
     lsn = source.get("lsn")
     if lsn is None:
@@ -102,7 +115,12 @@ def judge_event(event: dict[str, Any], columns: Container[str], table: str) -> t
             return touched, f"source.{name} must be an integer, got {number!r}"
         if number is not None and not _INT64_MIN <= number <= _INT64_MAX:
             return touched, f"source.{name} is out of the 64-bit range: {source.get(name)!r}"
-    return touched, EventRow(op, row, lsn, tx_id, ts_us)
+    judged = EventRow(op, row, lsn, tx_id, ts_us)
+    if expected is not None:
+        missing = [c for c in expected if c not in row]
+        if unknown or missing:
+            return touched, ShapeMismatch(tuple(unknown), tuple(missing), tuple(row), judged)
+    return touched, judged
 
 
 # ---------------------------------------------------------------- msgspec: typed, strict, in bulk
@@ -154,7 +172,9 @@ class _EnvelopeDecoder:
     def __init__(self, table: Table) -> None:
         slots = [f"c{i}" for i in range(len(table.columns))]  # column names need not be Python identifiers
         row = msgspec.defstruct(
-            "RowImage", [(slot, Optional[json_python_type(c.pg_type)], None)  # noqa: UP045 (runtime type)
+            # required (no default): an image without a column of the shape is not read as NULL, it goes to
+            # the per-event path, which reports the schema change
+            "RowImage", [(slot, Optional[json_python_type(c.pg_type)])  # noqa: UP045 (runtime type)
                          for slot, c in zip(slots, table.columns, strict=True)],
             rename=dict(zip(slots, (c.name for c in table.columns), strict=True)),
             forbid_unknown_fields=True, gc=False)

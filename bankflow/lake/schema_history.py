@@ -134,6 +134,11 @@ class SchemaHistory:
         current = [r for r in self.records(table.name) if r.position.commit <= position]
         return with_columns(table, current[-1].columns) if current else table
 
+    def current_shape(self, table: Table) -> Table:
+        """The shape of the table's latest record (the spec's without one)."""
+        records = self.records(table.name)
+        return with_columns(table, records[-1].columns) if records else table
+
     def raw_shape(self, table: Table) -> Table:
         """Every column any shape of the table had, each with its latest type: what raw must hold."""
         records = self.records(table.name)

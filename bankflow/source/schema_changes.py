@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -49,8 +50,8 @@ def spec_type(type_text: str) -> str | None:
 class SourceCatalog:
     """The live catalog of the source, on a plain connection opened at first use (schema changes are rare)."""
 
-    def __init__(self, connect_kwargs: dict[str, Any]) -> None:
-        self.connect_kwargs = connect_kwargs
+    def __init__(self, connect_kwargs: dict[str, Any] | Callable[[], dict[str, Any]]) -> None:
+        self.connect_kwargs = connect_kwargs  # or how to get them, asked only when a change needs the catalog
         self._conn: Any = None
         self._type_names: dict[tuple[int, int], str] = {}
 
@@ -58,7 +59,8 @@ class SourceCatalog:
         if self._conn is None:
             import psycopg2
 
-            self._conn = psycopg2.connect(**self.connect_kwargs)
+            kwargs = self.connect_kwargs() if callable(self.connect_kwargs) else self.connect_kwargs
+            self._conn = psycopg2.connect(**kwargs)
             self._conn.autocommit = True
         return self._conn.cursor()
 

@@ -30,7 +30,9 @@ from bankflow.engines.debezium.partitions import ConsumeResult, Partition, Parti
 from bankflow.lake.filesystem import lake_filesystem
 from bankflow.lake.gctune import large_young_generation
 from bankflow.lake.positions import KafkaPosition
+from bankflow.lake.schema_history import SchemaHistory
 from bankflow.lake.writer import LakeFile, LakeWriter
+from bankflow.source.schema_changes import ShapeFollower, SourceCatalog
 from bankflow.spec.loader import ResolvedSpec
 
 __all__ = ["ConsumeResult", "consume_to_lake", "consumer_config", "topic_partitions"]
@@ -84,7 +86,8 @@ class _Consumer:
         fs, root = lake_filesystem(resolved)
         self.writer = LakeWriter(fs, root, spec.lake)
         self.result = ConsumeResult()
-        self.partitions = Partitions(self.writer, spec.source.schema_name, self._commit, self.result)
+        self.partitions = Partitions(self.writer, spec.source.schema_name, self._commit, self.result,
+                                     _shape_follower(resolved, fs, root))
         self.assigned_once = False
         self.progress = progress
         self._last_progress = 0.0
@@ -170,7 +173,7 @@ class _Consumer:
                     self._take(state, run)
             i = j
         for state in states.values():
-            state.drain()
+            self.partitions.drain(state)
 
     def _take(self, state: Partition, run: list[Any]) -> None:
         """A run of messages for a partition that is not replaying: append, cutting batches at max_rows."""
@@ -271,14 +274,27 @@ class _Consumer:
                         self._handle(messages)
                     self._policy_flush()
                     self._emit_progress()
+                    if self.partitions.stopped is not None:
+                        break  # a schema change under freeze: the partitions stay committed before it
                     if not messages and not follow and self._caught_up():
                         break
                 self.partitions.close_all()
         finally:
             consumer.close()
+            if self.partitions.shapes is not None:
+                self.partitions.shapes.catalog.close()
         self.result.seconds = time.monotonic() - started
         self._emit_progress(force=True)
         return self.result
+
+
+def _shape_follower(resolved: ResolvedSpec, fs: Any, root: str) -> ShapeFollower:
+    """Schema changes are decided against the live source catalog, connected to only when one happens."""
+    from bankflow.source import source_server
+
+    server = source_server(resolved)
+    return ShapeFollower(SchemaHistory(fs, root), SourceCatalog(lambda: server.connect_kwargs(start=False)),
+                         resolved.spec.source.schema_name)
 
 
 def consume_to_lake(resolved: ResolvedSpec, *, follow: bool = False, stop: threading.Event | None = None,

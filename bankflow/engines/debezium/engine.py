@@ -9,6 +9,7 @@ from typing import Any
 
 from bankflow.engines.base import CdcEngine, EngineRun
 from bankflow.engines.debezium.config import DebeziumCdc, debezium_cdc
+from bankflow.errors import StageError
 from bankflow.stages.base import RunContext
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,8 @@ class DebeziumEngine(CdcEngine):
         if not ctx.follow:  # a catch-up run: first make sure Kafka holds everything committed so far
             details["caught_up"] = wait_for_debezium(ctx)
         outcome = consume_to_lake(self.resolved, follow=ctx.follow, stop=ctx.stop, progress=progress)
+        if outcome.stopped is not None:
+            raise StageError(outcome.stopped)
         summary = outcome.to_dict()
         files = summary.pop("files", [])
         details.update(summary)

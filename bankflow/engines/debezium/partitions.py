@@ -16,10 +16,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, overload
 
-from bankflow.lake.batch import TableBatch
-from bankflow.lake.positions import KafkaPosition
+from bankflow.lake.batch import ShapeChanged, TableBatch
+from bankflow.lake.positions import KafkaPosition, LsnPosition, lsn_text
 from bankflow.lake.replay import ReplayPlan, kafka_resume
 from bankflow.lake.writer import LakeFile, LakeWriter
+from bankflow.source.schema_changes import Observed, ShapeFollower, spec_type
 from bankflow.spec.models import Table
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,8 @@ class ConsumeResult:
     dropped_partial: int = 0
     committed: dict[str, dict[int, int]] = field(default_factory=dict)
     seconds: float = 0.0
+    schema_changes: list[str] = field(default_factory=list)  # what evolve accepted, one line each
+    stopped: str | None = None  # why a schema-change policy stopped the consumer (freeze)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -53,6 +56,7 @@ class ConsumeResult:
             "orphans_replayed": self.orphans_replayed, "skipped_replayed": self.skipped_replayed,
             "dropped_partial": self.dropped_partial,
             "committed": {t: dict(p) for t, p in self.committed.items()}, "seconds": round(self.seconds, 3),
+            "schema_changes": list(self.schema_changes), "stopped": self.stopped,
         }
 
 
@@ -87,7 +91,8 @@ class Partition:
     go to the batch in one bulk call; `count` is the open batch's events, pending values included.
     """
 
-    __slots__ = ("batch", "committed", "count", "next_offset", "offsets", "partition", "plan", "topic", "values")
+    __slots__ = ("batch", "committed", "count", "frozen_at", "next_offset", "offsets", "partition", "plan", "topic",
+                 "values")
 
     def __init__(self, topic: str, partition: int, batch: TableBatch, start: int,
                  plan: ReplayPlan[KafkaPosition] | None = None) -> None:
@@ -100,8 +105,11 @@ class Partition:
         self.count = 0
         self.values: list[bytes] = []
         self.offsets: list[int] = []
+        self.frozen_at: int | None = None  # a schema change stopped the partition here: nothing past it commits
 
     def add(self, values: list[bytes], offsets: list[int]) -> None:
+        if self.frozen_at is not None:
+            return
         self.values.extend(values)
         self.offsets.extend(offsets)
         self.count += len(values)
@@ -126,19 +134,81 @@ class Partitions:
     """The partitions one consumer owns, keyed by (topic, partition), and how their batches become durable files
     and committed offsets. `commit` is the group's synchronous offset commit."""
 
-    def __init__(self, writer: LakeWriter, schema: str, commit: Commit, result: ConsumeResult) -> None:
+    def __init__(self, writer: LakeWriter, schema: str, commit: Commit, result: ConsumeResult,
+                 shapes: ShapeFollower | None = None) -> None:
         self.writer = writer
         self.schema = schema
         self.commit_offset = commit
         self.result = result
+        self.shapes = shapes  # None: events with other columns are dead letters (no policy to follow)
         self.states: dict[tuple[str, int], Partition] = {}
+        self.declared: dict[str, Table] = {}  # topic → the spec's table (its schema-change policy)
 
     def open(self, topic: str, partition: int, table: Table, start: int, batches: list[LakeFile]) -> Partition:
         """Own a partition resumed at offset `start`; `batches` are the topic's batches in the lake."""
-        state = Partition(topic, partition, TableBatch(table, stream=topic, schema=self.schema, topic=topic), start,
+        self.declared[topic] = table
+        shape = table if self.shapes is None else self.shapes.history.current_shape(table)
+        state = Partition(topic, partition, self._batch(shape, topic), start,
                           self.replay_plan(topic, partition, start, batches))
         self.states[(topic, partition)] = state
         return state
+
+    def _batch(self, shape: Table, topic: str) -> TableBatch:
+        batch = TableBatch(shape, stream=topic, schema=self.schema, topic=topic)
+        batch.follow_shapes = self.shapes is not None
+        return batch
+
+    @property
+    def stopped(self) -> str | None:
+        return self.result.stopped
+
+    def drain(self, state: Partition) -> None:
+        """Hand the pending values to the batch; a schema change among them is decided by the table's policy:
+        the batch so far becomes a file, then the rest goes on in the new shape, or the partition stops there."""
+        seen: set[int] = set()
+        while state.values:
+            values, offsets = state.values, state.offsets
+            try:
+                state.drain()
+            except ShapeChanged as change:
+                offset = change.position.offset
+                index = offsets.index(offset)
+                rest_values, rest_offsets = values[index:], offsets[index:]
+                state.count -= len(rest_values)  # not in the batch
+                if offset in seen:
+                    raise RuntimeError(f"{state.topic}[{state.partition}] offset {offset}: {change}") from change
+                seen.add(offset)
+                self.flush(state, through=offset)  # what came before, in the old shape
+                if not self._follow(state, change):
+                    state.frozen_at = offset
+                    return
+                state.values, state.offsets = rest_values, rest_offsets
+                state.count += len(rest_values)
+
+    def _follow(self, state: Partition, change: ShapeChanged) -> bool:
+        """The policy's answer to an event with other columns; False: the partition stops before it."""
+        assert self.shapes is not None
+        declared = self.declared[state.topic]
+        shape = state.batch.table
+        mismatch = change.mismatch
+        live = self.shapes.catalog.live_columns(self.schema, declared.name)
+        known = {c.name: c.type for c in shape.columns}
+        observed = [Observed(k, known[k] if k in known else (spec_type(live[k]) if k in live else None),
+                             live.get(k, "not in the source's catalog any more")) for k in mismatch.keys]
+        lsn = mismatch.row.lsn
+        where = (f"table {declared.name}, topic {state.topic}[{state.partition}] offset {change.position.offset} "
+                 f"(LSN {lsn_text(lsn)})")
+        decision = self.shapes.observe(declared, shape, observed, set(live), LsnPosition(lsn, lsn),
+                                       mismatch.row.ts_us, where)
+        if decision.stop is not None:
+            self.result.stopped = decision.stop
+            return False
+        if decision.shape is not None:
+            state.batch = self._batch(decision.shape, state.topic)
+            self.result.schema_changes = list(self.shapes.accepted)
+        else:  # an event from before a column the live table has: that column is absent in it
+            state.batch.absent_ok = state.batch.absent_ok | set(mismatch.missing)
+        return True
 
     def replay_plan(self, topic: str, partition: int, start: int,
                     batches: list[LakeFile]) -> ReplayPlan[KafkaPosition]:
@@ -152,7 +222,7 @@ class Partitions:
 
     def flush(self, state: Partition, through: int | None = None) -> None:
         """Write the open batch durably, then commit up to `through` (default: everything consumed)."""
-        state.drain()
+        self.drain(state)
         if state.count:
             written = self.writer.write_batch(state.batch)
             result = self.result
@@ -167,6 +237,8 @@ class Partitions:
         self.commit(state, state.next_offset if through is None else through)
 
     def commit(self, state: Partition, offset: int) -> None:
+        if state.frozen_at is not None:
+            offset = min(offset, state.frozen_at)
         if offset <= state.committed:
             return
         log.debug("commit %s[%d] %d", state.topic, state.partition, offset)

@@ -185,6 +185,7 @@ class _Supervisor:
                 total[key] += int(result.get(key, 0))
             files.update(result.get("files", []))
         total["files"] = sorted(files)
+        total["stopped"] = sorted({r["stopped"] for r in self.results if r.get("stopped")})
         return total
 
 
