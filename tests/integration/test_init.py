@@ -1,12 +1,12 @@
 """`bankflow init --from-postgres` on a real catalog: the spec validates, applies as is on `local`, and verifies.
 
-The source schema has nine tables of varied types: uuid, jsonb, json, bytea, an enum, numeric(38,10),
-timestamp with and without zone, time, char/varchar, double precision, a composite primary key, foreign keys (one
-composite), REPLICA IDENTITY DEFAULT, identity and serial columns, and what bankflow cannot carry exactly (a
-quoted mixed-case column, an array, numeric without precision, money, interval, a mixed-case table name). Those
-are named on stderr; without --allow-partial nothing is written (exit 1). The local environment runs its own
-embedded PostgreSQL and creates the tables from the spec: rows inserted there, applied and verified, show the
-spec is complete.
+The source schema has nine tables of varied types: uuid, jsonb, json, bytea, an enum, numeric(38,10), numeric
+without precision (carried as text), timestamp with and without zone, time, char/varchar, double precision, a
+composite primary key, foreign keys (one composite), REPLICA IDENTITY DEFAULT, identity and serial columns, a
+quoted mixed-case column and a mixed-case table (declared with their exact names), and what bankflow cannot carry
+exactly (an array, money, interval). Those are named on stderr; without --allow-partial nothing is written
+(exit 1). The local environment runs its own embedded PostgreSQL and creates the tables (and the enum type) from
+the spec: rows inserted there, applied and verified, show the spec is complete.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ ALTER TABLE shop.rates REPLICA IDENTITY DEFAULT;
 ALTER TABLE shop.customers REPLICA IDENTITY FULL;
 CREATE TABLE shop.tags (id integer PRIMARY KEY, name text NOT NULL, labels text[], weight numeric);
 CREATE TABLE shop.branches (id integer PRIMARY KEY, fee money, open_for interval, city text);
-CREATE TABLE shop."AuditLog" (id integer PRIMARY KEY);
+CREATE TABLE shop."AuditLog" (id integer PRIMARY KEY, "Actor" text, "order" integer);
 """
 
 # The same rows for the source and (without what the spec leaves out) for the embedded copy.
@@ -99,15 +99,15 @@ INSERT INTO shop.events VALUES
 INSERT INTO shop.rates VALUES ('EUR', 1.0842, 7, 'ecb');
 INSERT INTO shop.tags (id, name) VALUES (1, 'vip');
 INSERT INTO shop.branches (id, city) VALUES (1, 'Lisbon');
+INSERT INTO shop."AuditLog" VALUES (1, 'Ada', 7);
+UPDATE shop.customers SET "KycStatus" = 'Verified' WHERE id = 1;
+UPDATE shop.tags SET weight = 1.50000000000000000000000000000000000000000001;
 """
 SOURCE_ROWS_SQL = ROWS_SQL + """
-UPDATE shop.customers SET "KycStatus" = 'Verified' WHERE id = 1;
-UPDATE shop.tags SET labels = '{a,b}', weight = 1.5;
-INSERT INTO shop."AuditLog" VALUES (1);
+UPDATE shop.tags SET labels = '{a,b}';
 """
 
-LEFT_OUT = ['"customers"."KycStatus"', '"tags"."labels"', '"tags"."weight"', '"branches"."fee"',
-            '"branches"."open_for"', 'table "AuditLog"']
+LEFT_OUT = ['"tags"."labels"', '"branches"."fee"', '"branches"."open_for"']
 
 
 @pytest.fixture(scope="module")
@@ -159,13 +159,19 @@ def test_init_refuses_to_guess_then_writes_partial(source_url: str, pg_server: E
     spec = load_spec(spec_path, env="local").spec
     tables = {t.name: t for t in spec.tables}
     assert set(tables) == {"customers", "accounts", "ledger_lines", "line_notes", "events", "rates", "tags",
-                           "branches"}
+                           "branches", "AuditLog"}
+    assert [c.name for c in tables["AuditLog"].columns] == ["id", "Actor", "order"]
     assert [t.name for t in spec.tables].index("customers") < [t.name for t in spec.tables].index("accounts")
     assert tables["ledger_lines"].primary_key == ["account_id", "seq"]
     assert tables["rates"].replica_identity == "default" and tables["customers"].replica_identity == "full"
     columns = {(t.name, c.name): c for t in spec.tables for c in t.columns}
     assert columns["customers", "id"].identity and not columns["accounts", "id"].identity
-    assert columns["customers", "kyc"].type == "text" and columns["customers", "ext_id"].type == "uuid"
+    kyc = columns["customers", "kyc"]
+    assert (kyc.type, kyc.enum_type, kyc.enum_values) == ("enum", "kyc_level", ["pending", "verified", "rejected"])
+    assert kyc.pg_type.kind == "text" and columns["customers", "ext_id"].type == "uuid"
+    assert columns["customers", "KycStatus"].type == "text"
+    assert (columns["tags", "weight"].type, columns["tags", "weight"].carry_as) == ("numeric", "text")
+    assert "carry_as: numeric(38,s)" in text
     assert columns["accounts", "balance"].type == "numeric(38,10)"
     assert columns["accounts", "customer_id"].references == "customers.id"
     assert columns["ledger_lines", "booked_at"].type == "timestamp"
@@ -174,6 +180,8 @@ def test_init_refuses_to_guess_then_writes_partial(source_url: str, pg_server: E
     assert columns["accounts", "currency"].type == "char(3)" and columns["customers", "email"].type == "varchar(200)"
     assert not columns["customers", "email"].nullable and columns["accounts", "opened_on"].nullable
     assert ("tags", "labels") not in columns and ("branches", "city") in columns
+    assert (project / "dbt/models/staging/stg_auditlog.sql").is_file()
+    assert '"KycStatus"' in (project / "dbt/models/staging/stg_customers.sql").read_text()
     for name in ("dbt/dbt_project.yml", "dbt/models/sources.yml", "dbt/models/staging/stg_ledger_lines.sql",
                  ".env.example", "README.md"):
         assert (project / name).is_file(), name
@@ -204,15 +212,18 @@ def test_init_spec_applies_and_verifies_on_local(source_url: str, state_dir: Pat
         assert code == 0, out.out + out.err
         checks = {c["name"].split(":")[0]: c for c in json.loads(out.out)["checks"]}
         assert checks["ledger_lines"]["source_rows"] == 2 and checks["customers"]["warehouse_rows"] == 2
-        assert checks["tags"]["source_rows"] == 0 and len(checks) == 8
+        assert checks["tags"]["source_rows"] == 0 and len(checks) == 9
+        assert checks["AuditLog"]["source_rows"] == 1 and checks["AuditLog"]["ok"]
         import duckdb
 
         # dbt's staging views; the same configuration as dbt-duckdb's connection, still open in this process
         with duckdb.connect(str(state_dir / "warehouse.duckdb")) as wh:
             rows = [wh.execute(q).fetchone()[0] for q in (
                 "select count(*) from analytics.stg_ledger_lines", "select count(*) from analytics.stg_tags",
-                "select balance::varchar from analytics.stg_accounts where id = 1")]
-        assert rows == [2, 0, "1234567890123.0123456790"], rows
+                "select balance::varchar from analytics.stg_accounts where id = 1",
+                'select "KycStatus" || \':\' || kyc from analytics.stg_customers where id = 1',
+                'select "Actor" || "order" from analytics.stg_auditlog')]
+        assert rows == [2, 0, "1234567890123.0123456790", "Verified:verified", "Ada7"], rows
     finally:
         main(["down", spec, "--drop-slot", "-q"])
         EmbeddedPostgres(state_dir / "postgres").destroy()
