@@ -223,10 +223,17 @@ def open_childless_rows(conn: Any) -> None:
                         "now(), now())", (owner, opening, opening))
 
 
-def move_childless_keys(conn: Any) -> tuple[Moves, Moves, int]:
-    """`update … set id = id + 100000` on every account without transactions (one statement, several rows) and on
-    up to three customers without accounts. Returns the account and customer moves and the number of accounts."""
+def move_childless_keys(conn: Any) -> tuple[Moves, Moves, Moves, int]:
+    """`update … set id = id + 100000` on every account without transactions (one statement, several rows), on up
+    to three customers without accounts and on three deposits/withdrawals (a transaction row has no children; a
+    transfer leg is left alone: its new version's transaction id would no longer pair with the other leg's).
+    Returns the account, customer and transaction moves and the number of accounts."""
     with conn.cursor() as cur:
+        cur.execute("select id from banking.transactions where txn_type in ('DEPOSIT', 'WITHDRAWAL') "
+                    "order by id limit 3")
+        transactions = [r[0] for r in cur.fetchall()]
+        assert len(transactions) == 3
+        cur.execute("update banking.transactions set id = id + %s where id = any(%s)", (SHIFT, transactions))
         cur.execute("select id from banking.accounts a where not exists (select 1 from banking.transactions t "
                     "where t.account_id = a.id or t.related_account_id = a.id) order by id")
         accounts = [r[0] for r in cur.fetchall()]
@@ -240,17 +247,21 @@ def move_childless_keys(conn: Any) -> tuple[Moves, Moves, int]:
         assert cur.rowcount == len(accounts)
         cur.execute("update banking.customers set id = id + %s where id = any(%s)", (SHIFT, customers))
         assert cur.rowcount == len(customers)
-    return {(k,): (k + SHIFT,) for k in accounts}, {(k,): (k + SHIFT,) for k in customers}, n_accounts
+    return ({(k,): (k + SHIFT,) for k in accounts}, {(k,): (k + SHIFT,) for k in customers},
+            {(k,): (k + SHIFT,) for k in transactions}, n_accounts)
 
 
 def assert_banking_keys_moved(warehouse: Path, conn: Any, account_moves: Moves, customer_moves: Moves,
-                              n_accounts: int) -> None:
-    """raw, staging, history, dimensions and balances of the banking project after the key moves."""
+                              transaction_moves: Moves, n_accounts: int) -> None:
+    """raw, staging, history, dimensions, the fact and balances of the banking project after the key moves."""
     account_columns = ["customer_id", "account_type", "currency", "opening_balance", "balance", "status"]
     assert_key_moved_in_raw(warehouse, "accounts", ["id"], account_moves, account_columns)
     assert_key_moved_in_raw(warehouse, "customers", ["id"], customer_moves, ["first_name", "last_name", "email"])
+    assert_key_moved_in_raw(warehouse, "transactions", ["id"], transaction_moves,
+                            ["account_id", "txn_type", "amount", "status"])
     # staging: old keys deleted, new keys live once; the counts match the source
-    for table, moves in (("accounts", account_moves), ("customers", customer_moves)):
+    for table, moves in (("accounts", account_moves), ("customers", customer_moves),
+                         ("transactions", transaction_moves)):
         staged = dict(query(warehouse, f"select id, is_deleted from analytics.stg_{table}"))
         assert all(staged[old] is True for (old,) in moves), table
         assert all(staged[new] is False for (new,) in moves.values()), table
@@ -258,6 +269,15 @@ def assert_banking_keys_moved(warehouse: Path, conn: Any, account_moves: Moves, 
     assert_history_closed(warehouse, "account_history", ["id"], account_moves)
     assert_history_closed(warehouse, "customer_history", ["id"], customer_moves)
     assert_banking_marts(warehouse, conn, account_moves, customer_moves, n_accounts)
+    # the incremental fact: the old leg flagged deleted (balances skip it), the new one live once
+    fact = Counter((i, d) for i, d in query(warehouse, "select id, is_deleted from analytics.fact_transactions"))
+    assert max(fact.values()) == 1
+    for (old,), (new,) in transaction_moves.items():
+        assert fact[(old, True)] == 1 and fact[(new, False)] == 1 and (old, False) not in fact, (old, new)
+    with conn.cursor() as cur:
+        cur.execute("select count(*), sum(amount) from banking.transactions")
+        assert query(warehouse, "select count(*), sum(amount) from analytics.fact_transactions "
+                                "where not is_deleted") == [cur.fetchone()]
 
 
 def test_builtin_simple_key_change_closes_old_key_everywhere(state_dir: Path,
@@ -270,11 +290,12 @@ def test_builtin_simple_key_change_closes_old_key_everywhere(state_dir: Path,
         open_childless_rows(conn)
         apply_ok(capsys, BANKING_SPEC)
 
-        account_moves, customer_moves, n_accounts = move_childless_keys(conn)
+        account_moves, customer_moves, transaction_moves, n_accounts = move_childless_keys(conn)
         report = apply_ok(capsys, BANKING_SPEC)
         stages = {s["name"]: s for s in report["stages"]}
-        assert stages["cdc"]["events"] >= 2 * (len(account_moves) + len(customer_moves)), stages["cdc"]
-        assert_banking_keys_moved(warehouse, conn, account_moves, customer_moves, n_accounts)
+        moved = len(account_moves) + len(customer_moves) + len(transaction_moves)
+        assert stages["cdc"]["events"] >= 2 * moved, stages["cdc"]
+        assert_banking_keys_moved(warehouse, conn, account_moves, customer_moves, transaction_moves, n_accounts)
         conn.close()
         verify_ok(capsys, BANKING_SPEC)
     finally:
@@ -486,10 +507,10 @@ def test_debezium_simple_key_change_is_delete_plus_create(tmp_path: Path, pg_ser
         first = pipeline.apply(stages=["cdc", "load", "transform"], progress=False)
         assert first.ok, first.to_dict()
 
-        account_moves, customer_moves, n_accounts = move_childless_keys(conn)
+        account_moves, customer_moves, transaction_moves, n_accounts = move_childless_keys(conn)
         report = pipeline.apply(stages=["cdc", "load", "transform"], progress=False)
         assert report.ok, report.to_dict()
-        assert_banking_keys_moved(warehouse, conn, account_moves, customer_moves, n_accounts)
+        assert_banking_keys_moved(warehouse, conn, account_moves, customer_moves, transaction_moves, n_accounts)
         conn.close()
 
         result = Pipeline(load_spec(path, env=ENV)).verify()
