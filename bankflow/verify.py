@@ -22,7 +22,7 @@ from bankflow.render.warehouse import qualified_raw_table
 
 if TYPE_CHECKING:
     from bankflow.spec.loader import ResolvedSpec
-    from bankflow.spec.models import Table, VerifyCheck
+    from bankflow.spec.models import Column, Table, VerifyCheck
     from bankflow.warehouses.adapter import WarehouseAdapter
 
 SAMPLE = 5
@@ -161,6 +161,13 @@ def latest_state_sql(resolved: ResolvedSpec, table: Table) -> str:
             f"WHERE _bankflow_rank = 1 AND {quote('_op')} <> 'd'")
 
 
+def source_column(column: Column) -> str:
+    """A column in verify's source query, as bankflow carries it: a numeric carried as text is compared as
+    Postgres' own text of it (what the CDC reader and the snapshot carried), an enum as its label."""
+    name = quote_pg(column.name)
+    return f"{name}::text" if column.pg_type.kind == "text" and column.source_type.kind == "numeric" else name
+
+
 def fill(resolved: ResolvedSpec, sql: str) -> str:
     spec = resolved.spec
     target = spec.transform.target_schema if spec.transform else ""
@@ -221,7 +228,7 @@ class _Verifier:
     def run(self) -> VerifyReport:
         spec = self.resolved.spec
         for table in spec.tables:
-            columns = ", ".join(quote_pg(c.name) for c in table.columns)
+            columns = ", ".join(map(source_column, table.columns))
             source_sql = f"SELECT {columns} FROM {quote_pg(spec.source.schema_name)}.{quote_pg(table.name)}"
             norm = row_normaliser([i for i, c in enumerate(table.columns) if c.pg_type.kind in ("json", "jsonb")])
             name = f"{table.name}: raw latest state equals source rows"
