@@ -195,14 +195,15 @@ class Column(StrictModel):
                                  at=("identity",))
         return self
 
-    @property
+    @cached_property
     def source_type(self) -> PgType:
         """The type as the source has it (`numeric` without precision, `enum`, `timestamptz(3)`)."""
         return parse_source_type(self.type)
 
-    @property
+    @cached_property
     def pg_type(self) -> PgType:
-        """The type bankflow carries into the lake and raw: an enum as text, a numeric as its `carry_as`."""
+        """The type bankflow carries into the lake and raw: an enum as text, a numeric as its `carry_as`.
+        Cached: converters ask it per value (the model is frozen, so it cannot go stale)."""
         if self.source_type.kind == ENUM:
             return PgType("text")
         return parse_pg_type(self.carry_as or self.type)
