@@ -341,3 +341,32 @@ def test_contract_a_spec_time_without_precision_matches_any(tmp_path: Path) -> N
     assert same_source_type(column, "timestamp(0) with time zone")
     assert not same_source_type(column, "timestamp(3) without time zone")
     assert same_source_type(resolved.spec.tables[0].column("kind"), '"TxnType"', "e", "TxnType")
+
+
+# ---------------------------------------------------------------- Kafka consumer decoding
+
+@pytest.mark.parametrize("path", ["native", "msgspec"])
+def test_debezium_field_names_are_matched_exactly(tmp_path: Path, path: str, monkeypatch: pytest.MonkeyPatch
+                                                  ) -> None:
+    """Debezium writes the source's names as they are: nothing may fold them (a folded name is an unknown column,
+    and the event a dead letter, not a row with nulls)."""
+    import orjson
+
+    from bankflow.lake import native as native_module
+    from bankflow.lake.batch import TableBatch
+    from bankflow.lake.positions import KafkaPosition
+
+    if path == "msgspec":
+        monkeypatch.setattr(native_module, "extension", None)
+    table = spec(tmp_path).spec.tables[0]
+    after = {"LoanId": 7, "order": 2, "KycStatus": "Verified", "user": "ada", "select": None, "kind": "it's",
+             "amount": "1.000000000000000000000000000000000000000000001", "plain_col": "12.50"}
+    good = {"op": "c", "after": after, "source": {"lsn": 10, "txId": 3, "ts_us": 1_700_000_000_000_000}}
+    folded = {**good, "after": {("kycstatus" if k == "KycStatus" else k): v for k, v in after.items()}}
+    batch = TableBatch(table)
+    batch.append_debezium_values([orjson.dumps(good), orjson.dumps(folded)], [KafkaPosition(0, 1),
+                                                                             KafkaPosition(0, 2)])
+    rows = batch.to_arrow("k.parquet").to_pylist()
+    assert [(r["KycStatus"], r["order"], r["kind"], r["amount"]) for r in rows] == [
+        ("Verified", 2, "it's", "1.000000000000000000000000000000000000000000001")]
+    assert len(batch.dead_letters) == 1 and "kycstatus" in batch.dead_letters[0].reason
