@@ -17,13 +17,13 @@
 
 
 {#-
-  The scale of each money column of `relation`, read from the warehouse catalog; fails loudly (compile error)
-  when a money column is missing or is not an exact decimal (DECIMAL/NUMERIC/NUMBER(p,s)): never round, never float.
-  Returns {} while parsing and when the relation does not exist yet (the model's own select then fails with the
-  warehouse's message).
+  The (precision, scale) of each money column of `relation`, read from the warehouse catalog; fails loudly (compile
+  error) when a money column is missing or is not an exact decimal (DECIMAL/NUMERIC/NUMBER(p,s)): never round, never
+  float. Returns {} while parsing and when the relation does not exist yet (the model's own select then fails with
+  the warehouse's message).
 -#}
-{% macro money_scales(relation, money_columns) -%}
-    {%- set scales = {} -%}
+{% macro money_types(relation, money_columns) -%}
+    {%- set found = {} -%}
     {%- if execute and money_columns -%}
         {%- set types = {} -%}
         {%- for column in adapter.get_columns_in_relation(relation) -%}
@@ -43,10 +43,20 @@
                         ~ ", not an exact decimal with a declared scale: money must stay DECIMAL/NUMBER(p,s) end "
                         ~ "to end (declare the source column as numeric(p,s))") }}
                 {%- endif -%}
-                {%- do scales.update({col: match.group(3) | int}) -%}
+                {%- do found.update({col: (match.group(2) | int, match.group(3) | int)}) -%}
             {%- endfor -%}
         {%- endif -%}
     {%- endif -%}
+    {{ return(found) }}
+{%- endmacro %}
+
+
+{#- The scale of each money column of `relation` (see money_types). -#}
+{% macro money_scales(relation, money_columns) -%}
+    {%- set scales = {} -%}
+    {%- for col, type in money_types(relation, money_columns).items() -%}
+        {%- do scales.update({col: type[1]}) -%}
+    {%- endfor -%}
     {{ return(scales) }}
 {%- endmacro %}
 
@@ -67,6 +77,45 @@
         {%- do found.extend(money_scales(relation, columns).values()) -%}
     {%- endfor -%}
     {{ return(found | max if found else none) }}
+{%- endmacro %}
+
+
+{#-
+  Pre-hook of the tables dbt keeps across runs (the incremental fact, the snapshots): when raw's money column is
+  wider than the kept column (the source went from numeric(18,2) to numeric(20,4) and raw was migrated), widen the
+  kept column first, so the new values are not rounded to the old scale on insert. `columns` maps the kept column
+  to its raw column. Renders no SQL (it runs its own statements); a no-op on the first run and when nothing changed.
+-#}
+{% macro widen_money_columns(relation, raw_relation, columns) -%}
+    {%- if execute and load_relation(relation) is not none -%}
+        {%- set kept = money_types(relation, columns.keys() | list) -%}
+        {%- set raw = money_types(raw_relation, columns.values() | unique | list) -%}
+        {%- for col, raw_col in columns.items() if col in kept and raw_col in raw -%}
+            {%- set p1, s1 = kept[col] -%}
+            {%- set p2, s2 = raw[raw_col] -%}
+            {%- set scale = [s1, s2] | max -%}
+            {%- set precision = [[p1 - s1, p2 - s2] | max + scale, 38] | min -%}
+            {%- if (precision, scale) != (p1, s1) -%}
+                {{ log("widening " ~ relation ~ "." ~ col ~ " from decimal(" ~ p1 ~ "," ~ s1 ~ ") to decimal("
+                       ~ precision ~ "," ~ scale ~ ") like " ~ raw_relation ~ "." ~ raw_col, info=true) }}
+                {%- do adapter.dispatch('widen_column', 'banking_dbt')(relation, col,
+                                                                       "decimal(" ~ precision ~ ", " ~ scale ~ ")") -%}
+            {%- endif -%}
+        {%- endfor -%}
+    {%- endif -%}
+{%- endmacro %}
+
+{% macro default__widen_column(relation, column, data_type) -%}
+    {#- Snowflake cannot change a NUMBER's scale in place: a new column, the values copied, the old one dropped. -#}
+    {%- set tmp = column ~ '__widened' -%}
+    {%- do run_query("alter table " ~ relation ~ " add column " ~ tmp ~ " " ~ data_type) -%}
+    {%- do run_query("update " ~ relation ~ " set " ~ tmp ~ " = " ~ column) -%}
+    {%- do run_query("alter table " ~ relation ~ " drop column " ~ column) -%}
+    {%- do run_query("alter table " ~ relation ~ " rename column " ~ tmp ~ " to " ~ column) -%}
+{%- endmacro %}
+
+{% macro duckdb__widen_column(relation, column, data_type) -%}
+    {%- do run_query("alter table " ~ relation ~ " alter column " ~ column ~ " type " ~ data_type) -%}
 {%- endmacro %}
 
 

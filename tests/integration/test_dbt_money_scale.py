@@ -119,6 +119,61 @@ def test_four_decimals_survive_staging_history_snapshots_and_marts_on_duckdb(tmp
             "DECIMAL(38,4)", types
 
 
+def _duckdb_profiles(root: Path, database: Path) -> Path:
+    profiles = root / "profiles"
+    profiles.mkdir()
+    (profiles / "profiles.yml").write_text(
+        "bankflow:\n  target: local\n  outputs:\n    local:\n      type: duckdb\n"
+        f"      path: '{database.as_posix()}'\n      schema: analytics\n      threads: 1\n")
+    return profiles
+
+
+def test_raw_widened_in_place_widens_the_kept_fact_and_snapshot(tmp_path: Path) -> None:
+    """raw migrated from DECIMAL(18,2) to DECIMAL(20,4) under an existing warehouse: the incremental fact and the
+    accounts snapshot (tables dbt keeps across runs) are widened before new rows go in, every test passes and the
+    new 4-decimal values are exact in the fact, the dimension and the balances."""
+    database = tmp_path / "warehouse.duckdb"
+    profiles = _duckdb_profiles(tmp_path, database)
+
+    def steps() -> None:
+        for args in STEPS:
+            res = dbt_main.dbtRunner().invoke([*args, "--project-dir", str(PROJECT_DIR),
+                                               "--profiles-dir", str(profiles),
+                                               "--target-path", str(tmp_path / "target"),
+                                               "--log-path", str(tmp_path / "logs")])
+            assert res.success and not _failures(res), f"dbt {args}: {res.exception or _failures(res)}"
+
+    log = raw_banking.RawBankingLog(seed=99)
+    raw_banking.build_initial(log)
+    log.flush(database)
+    steps()
+    with duckdb.connect(str(database)) as con:
+        for table, columns in MONEY.items():
+            for column in columns:
+                con.execute(f"alter table raw.{table} alter column {column} type {WIDE}")
+    moved = four_decimal_activity(log)
+    log.flush(database)
+    steps()
+
+    with duckdb.connect(str(database)) as con:
+        aid = moved["account"]
+        assert con.execute(f"select amount, signed_amount from analytics.fact_transactions where id = "
+                           f"{moved['withdrawal']}").fetchall() == [(Decimal("3.3333"), Decimal("-3.3333"))]
+        assert con.execute(f"select balance from analytics.dim_accounts where account_id = {aid} and is_current"
+                           ).fetchall() == [(Decimal("6.7902"),)]
+        assert con.execute(f"select computed_balance, difference from analytics.account_balances "
+                           f"where account_id = {aid}").fetchall() == [(Decimal("6.7902"), Decimal("0"))]
+        types = dict(con.execute(
+            "select table_name || '.' || column_name, data_type from information_schema.columns "
+            "where table_schema = 'analytics' and table_name in ('fact_transactions', 'accounts_snapshot')"
+        ).fetchall())
+        assert types["fact_transactions.amount"] == types["fact_transactions.signed_amount"] == WIDE, types
+        assert types["accounts_snapshot.balance"] == types["accounts_snapshot.opening_balance"] == WIDE, types
+        # the rows kept from before the migration are unchanged
+        n_facts = con.execute("select count(*), count(distinct id) from analytics.fact_transactions").fetchone()
+        assert n_facts == (len(log.rows["transactions"]),) * 2
+
+
 def test_money_column_that_is_not_a_decimal_fails_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A DOUBLE amount in raw is refused when staging compiles, naming the column: never silently float."""
     monkeypatch.setitem(raw_banking.COLUMNS, "transactions", [

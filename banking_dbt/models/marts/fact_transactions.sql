@@ -1,11 +1,15 @@
 {#-
   One row per transaction leg. Incremental: only change events past the high-water mark (_lsn) of this table are
   read; the merge / delete+insert on `id` makes a re-read (var fact_lsn_lookback) idempotent, so no duplicates.
+  The pre-hook widens the kept amount columns when raw's amount was widened (numeric(18,2) -> (20,4)), so the new
+  rows keep their scale instead of being rounded to the table's old one.
 -#}
 {{ config(
     materialized='incremental',
     unique_key='id',
-    on_schema_change='append_new_columns'
+    on_schema_change='append_new_columns',
+    pre_hook="{{ widen_money_columns(this, source('raw', 'transactions'),
+                                     {'amount': 'amount', 'signed_amount': 'amount'}) }}"
 ) }}
 
 select
