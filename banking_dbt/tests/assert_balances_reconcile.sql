@@ -1,5 +1,5 @@
 -- For every account: source balance = opening balance + deposits + transfers in - withdrawals - transfers out,
--- to the cent (DECIMAL arithmetic, no tolerance).
+-- exactly, to the scale of the source (DECIMAL arithmetic, no tolerance).
 select account_id, opening_balance, transactions_total, computed_balance, source_balance, difference
 from {{ ref('account_balances') }}
 where difference <> 0
