@@ -504,10 +504,11 @@ class PipelineSpec(StrictModel):
 
     def topic_for(self, table: Table) -> str:
         """Debezium's topic: `{prefix}.{schema}.{table}` with the table's name as is, except that it replaces
-        each character Kafka refuses in a topic name with `_` (as Debezium's topic naming does)."""
+        each character Kafka refuses in a topic name with `_` (Debezium's `sanitizedTopicName`, per UTF-16 unit)."""
         if table.topic:
             return table.topic
-        return re.sub(r"[^A-Za-z0-9._-]", "_", f"{self.cdc.topic_prefix}.{self.source.schema_name}.{table.name}")
+        return re.sub(r"[^A-Za-z0-9._-]", lambda m: "_" * (2 if ord(m.group()) > 0xFFFF else 1),
+                      f"{self.cdc.topic_prefix}.{self.source.schema_name}.{table.name}")
 
     def table(self, name: str) -> Table:
         return next(t for t in self.tables if t.name == name)

@@ -293,6 +293,8 @@ def test_include_list_escapes_names_for_debeziums_regexes(tmp_path: Path) -> Non
     assert resolved.spec.topic_for(resolved.spec.tables[0]) == "real.app.LoanSchedule"
     other = resolved.spec.tables[0].model_copy(update={"name": "Loan Schedule"})
     assert resolved.spec.topic_for(other) == "real.app.Loan_Schedule"
+    emoji = resolved.spec.tables[0].model_copy(update={"name": "naïve\U0001f600"})
+    assert resolved.spec.topic_for(emoji) == "real.app.na_ve__"  # as Java counts: a UTF-16 unit each
     assert json.dumps(config)  # strings only
 
 
