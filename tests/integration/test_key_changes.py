@@ -483,6 +483,7 @@ def test_debezium_simple_key_change_is_delete_plus_create(tmp_path: Path, pg_ser
     from bankflow.engines.debezium.connect import ConnectClient
     from bankflow.pipeline import Pipeline
     from bankflow.spec.loader import load_spec
+    from bankflow.spec.models import DebeziumCdc
     from tests.integration.test_stack_e2e import ENV, Stack, create_application_tables, drop_slot, write_spec
 
     tag = uuid.uuid4().hex[:8]
@@ -518,6 +519,93 @@ def test_debezium_simple_key_change_is_delete_plus_create(tmp_path: Path, pg_ser
     finally:
         if not conn.closed:
             conn.close()
-        ConnectClient(kafka_connect.rest_url).delete(resolved.spec.cdc.connector)
+        cdc = resolved.spec.cdc
+        assert isinstance(cdc, DebeziumCdc)
+        ConnectClient(kafka_connect.rest_url).delete(cdc.connector)
         drop_slot(pg_server, database, resolved.spec.cdc.slot)
         pg_server.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+# ---------------------------------------------------------------- the Snowflake dialect (fakesnow), synthetic raw
+
+
+def move_key(log: Any, table: str, old: int, new: int) -> None:
+    """A key change as both engines deliver it: the old row deleted and the new one created at one _lsn."""
+    row = log.rows[table].pop(old)
+    moved = {**row, "id": new}
+    log.rows[table][new] = moved
+    lsn = log._next_lsn()
+    log._tx.events += [(table, "d", dict(row), lsn), (table, "c", dict(moved), lsn)]
+
+
+@pytest.mark.filterwarnings("ignore:Arrow output on a DB-API result")
+def test_banking_dbt_on_snowflake_fakesnow_closes_moved_keys(tmp_path: Path) -> None:
+    """banking_dbt through dbt-snowflake (fakesnow) on a change log with moved account, customer and transaction
+    keys: staging, history, dimensions, the fact and balances hold each new key once and no old key live."""
+    fakesnow = pytest.importorskip("fakesnow")
+    pytest.importorskip("dbt.adapters.snowflake")
+    dbt_main = pytest.importorskip("dbt.cli.main")
+    from tests.fixtures import raw_banking
+
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    (profiles / "profiles.yml").write_text(
+        "bankflow:\n  target: sf\n  outputs:\n    sf:\n      type: snowflake\n      account: fake\n"
+        "      user: fake\n      password: fake\n      role: transformer\n      database: BANKING\n"
+        "      warehouse: WH\n      schema: ANALYTICS\n      threads: 1\n")
+    log = raw_banking.RawBankingLog(seed=12)
+    raw_banking.build_initial(log)
+    with log.transaction():
+        aid = log.open_account(log.new_customer(), opening_cents=5_000)
+    legs = {t["account_id"] for t in log.rows["transactions"].values()} | {
+        t["related_account_id"] for t in log.rows["transactions"].values()}
+    childless = sorted(a for a in log.rows["accounts"] if a not in legs)
+    assert aid in childless
+    prospect = log.customers_without_accounts()[0]
+    deposit = min(t for t, r in log.rows["transactions"].items() if r["txn_type"] == "DEPOSIT")
+    with log.transaction():
+        for account in childless:
+            move_key(log, "accounts", account, account + SHIFT)
+        move_key(log, "customers", prospect, prospect + SHIFT)
+        move_key(log, "transactions", deposit, deposit + SHIFT)
+    moved = {"accounts": childless, "customers": [prospect], "transactions": [deposit]}
+
+    with fakesnow.patch(create_database_on_connect=True):
+        import snowflake.connector
+
+        con = snowflake.connector.connect(database="BANKING", schema="RAW")
+        try:
+            cur = con.cursor()
+            raw_banking.flush_snowflake(log, cur)
+            for args in (["run", "--select", "staging", "history"], ["snapshot"], ["run", "--select", "marts"],
+                         ["test"]):
+                res = dbt_main.dbtRunner().invoke([
+                    *args, "--project-dir", str(REPO / "banking_dbt"), "--profiles-dir", str(profiles),
+                    "--target-path", str(tmp_path / "target"), "--log-path", str(tmp_path / "logs")])
+                assert res.success, f"dbt {args} on fakesnow: {res.exception}"
+
+            def q(sql: str) -> list[Any]:
+                return list(cur.execute(sql).fetchall())  # type: ignore[union-attr]
+
+            for table, keys in moved.items():
+                live = Counter(i for (i,) in q(f"select id from ANALYTICS.stg_{table} where not is_deleted"))
+                assert set(live) == set(log.rows[table]) and set(live.values()) == {1}, table
+                for old in keys:
+                    assert q(f"select is_deleted from ANALYTICS.stg_{table} where id = {old}") == [(True,)]
+            for history, table in (("account_history", "accounts"), ("customer_history", "customers")):
+                current = dict(q(f"select id, is_deleted from ANALYTICS.{history} where is_current"))
+                assert all(current[old] is True for old in moved[table]), history
+                assert all(current[old + SHIFT] is False for old in moved[table]), history
+                assert q(f"select count(*) from ANALYTICS.{history} where id in "
+                         f"({', '.join(str(k + SHIFT) for k in moved[table])})") == [(len(moved[table]),)]
+            dim = Counter(i for (i,) in q("select account_id from ANALYTICS.dim_accounts "
+                                          "where is_current and not is_deleted"))
+            assert set(dim) == set(log.rows["accounts"]) and set(dim.values()) == {1}
+            balances = dict(q("select account_id, computed_balance from ANALYTICS.account_balances"))
+            assert balances == log.balances()
+            fact = dict(q("select id, is_deleted from ANALYTICS.fact_transactions"))
+            assert fact[deposit] is True and fact[deposit + SHIFT] is False
+            assert q("select count(*) from ANALYTICS.fact_transactions where not is_deleted") == [
+                (len(log.rows["transactions"]),)]
+        finally:
+            con.close()
