@@ -170,8 +170,10 @@ class TableBatch:
     """
 
     def __init__(self, table: Table, *, stream: str | None = None, schema: str = "public",
-                 topic: str | None = None) -> None:
+                 topic: str | None = None, lake_names: dict[str, str] | None = None) -> None:
         self.table = table
+        # source column → its name in the file (a retyped column whose raw column could not be widened)
+        self.lake_names = dict(lake_names or {})
         self.stream = stream or table.name
         self.schema_name = schema
         self.topic = topic or table.name
@@ -434,7 +436,10 @@ class TableBatch:
         columns = [pa.chunked_array([c[i] for c in chunks], type=schema.field(i).type)
                    for i in range(len(chunks[0]))]
         columns.append(pa.chunked_array([pa.repeat(pa.scalar(file_key, pa.string()), self._chunk_rows)]))
-        return pa.Table.from_arrays(columns, schema=schema)
+        table = pa.Table.from_arrays(columns, schema=schema)
+        if self.lake_names:
+            table = table.rename_columns([self.lake_names.get(n, n) for n in table.column_names])
+        return table
 
     def clear(self) -> None:
         """Forget everything (after the file and its dead letters are durable)."""

@@ -15,7 +15,8 @@ absent, instead of the rows pretending the column was set to NULL.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
@@ -25,9 +26,10 @@ from bankflow.lake.positions import LsnPosition, format_span, lsn_text
 
 if TYPE_CHECKING:
     from bankflow.spec.loader import ResolvedSpec
-    from bankflow.spec.models import Table
+    from bankflow.spec.models import Column, Table
 
 ChangeKind = Literal["added", "dropped", "retyped"]
+ColumnSpec = dict[str, Any]  # a column as the spec writes it: name, type, nullable (+ enum_type, values, carry_as)
 SCHEMA_DIR = "_schema"
 
 
@@ -37,16 +39,30 @@ class SchemaChange:
     column: str
     old_type: str | None = None
     new_type: str | None = None
+    # retyped where the warehouse cannot widen raw's column in place: the new raw column its values go to
+    raw_column: str | None = None
+    old_column: ColumnSpec | None = field(default=None, compare=False)  # the column before (retyped, dropped)
+    new_column: ColumnSpec | None = field(default=None, compare=False)  # the column after (added, retyped)
 
     def describe(self) -> str:
         if self.kind == "added":
             return f"column {self.column!r} added ({self.new_type})"
         if self.kind == "dropped":
             return f"column {self.column!r} dropped (was {self.old_type})"
-        return f"column {self.column!r} changed type {self.old_type} -> {self.new_type}"
+        text = f"column {self.column!r} changed type {self.old_type} -> {self.new_type}"
+        if self.raw_column:
+            text += (f"; the warehouse cannot widen raw's column in place, so values from here on go to a new raw "
+                     f"column {self.raw_column!r} (the old one keeps the older values)")
+        return text
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "column": self.column, "old_type": self.old_type, "new_type": self.new_type}
+        return {"kind": self.kind, "column": self.column, "old_type": self.old_type, "new_type": self.new_type,
+                "raw_column": self.raw_column, "old_column": self.old_column, "new_column": self.new_column}
+
+
+def successor_column(column: str, new_type: str) -> str:
+    """The raw column a retyped column's values go to when raw cannot widen in place: `price__numeric_20_4`."""
+    return f"{column}__{re.sub(r'[^a-z0-9]+', '_', new_type.lower()).strip('_')}"
 
 
 @dataclass(frozen=True)
@@ -57,41 +73,57 @@ class ShapeRecord:
     position: LsnPosition
     commit_ts_us: int | None
     changes: tuple[SchemaChange, ...]
-    columns: tuple[tuple[str, str, bool], ...]
+    columns: tuple[ColumnSpec, ...]
+    # source column → the lake's and raw's name for it from here on (retyped columns raw could not widen)
+    lake_names: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
         return orjson.dumps({
             "table": self.table, "position": {"commit": self.position.commit, "lsn": self.position.lsn},
             "lsn": lsn_text(self.position.lsn), "commit_ts_us": self.commit_ts_us,
             "changes": [c.to_json() for c in self.changes],
-            "columns": [{"name": n, "type": t, "nullable": nullable} for n, t, nullable in self.columns]},
-            option=orjson.OPT_INDENT_2)
+            "columns": list(self.columns), "lake_names": self.lake_names}, option=orjson.OPT_INDENT_2)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ShapeRecord:
         position = LsnPosition(int(data["position"]["commit"]), int(data["position"]["lsn"]))
         return cls(data["table"], position, data.get("commit_ts_us"),
-                   tuple(SchemaChange(c["kind"], c["column"], c.get("old_type"), c.get("new_type"))
+                   tuple(SchemaChange(c["kind"], c["column"], c.get("old_type"), c.get("new_type"),
+                                      c.get("raw_column"), c.get("old_column"), c.get("new_column"))
                          for c in data["changes"]),
-                   tuple((c["name"], c["type"], bool(c["nullable"])) for c in data["columns"]))
+                   tuple(dict(c) for c in data["columns"]),
+                   dict(data.get("lake_names") or {}))
 
 
-def columns_of(table: Table) -> tuple[tuple[str, str, bool], ...]:
-    return tuple((c.name, c.type, c.nullable) for c in table.columns)
+def column_spec(column: Column) -> ColumnSpec:
+    return column.model_dump(by_alias=True, exclude_defaults=True, include={
+        "name", "type", "nullable", "enum_type", "enum_values", "carry_as"}) | {"nullable": column.nullable}
 
 
-def with_columns(table: Table, columns: tuple[tuple[str, str, bool], ...]) -> Table:
-    """The spec table with another column list (keys, topic and raw name unchanged)."""
+def columns_of(table: Table) -> tuple[ColumnSpec, ...]:
+    return tuple(column_spec(c) for c in table.columns)
+
+
+def type_text(column: Column) -> str:
+    """A column's type in messages and records: `numeric(20,4)`, `enum txn_type`, `numeric as text`."""
+    if column.enum_type:
+        return f"enum {column.enum_type}"
+    return f"{column.type} as {column.carry_as}" if column.carry_as else column.type
+
+
+def with_columns(table: Table, columns: tuple[ColumnSpec, ...] | list[Column]) -> Table:
+    """The spec table with another column list (keys, topic and raw name unchanged); a column the spec declares
+    the same way keeps the spec's own model."""
     from bankflow.spec.models import Column
 
     declared = {c.name: c for c in table.columns}
     new = []
-    for name, type_, nullable in columns:
-        known = declared.get(name)
-        if known is not None and known.type == type_:
-            new.append(known)
-        else:
-            new.append(Column(name=name, type=type_, nullable=nullable))
+    for column in columns:
+        if isinstance(column, Column):
+            new.append(column)
+            continue
+        known = declared.get(column["name"])
+        new.append(known if known is not None and column_spec(known) == column else Column.model_validate(column))
     return table.model_copy(update={"columns": new})
 
 
@@ -128,11 +160,16 @@ class SchemaHistory:
                 out.append(ShapeRecord.from_json(orjson.loads(handle.read())))
         return sorted(out, key=lambda r: r.position)
 
+    def record_at(self, table: str, position: int | None = None) -> ShapeRecord | None:
+        """The last record at or before the stream position (commit LSN) `position` (None: the last one).
+        Records past the position belong to a crashed run and are written again when their events come."""
+        records = [r for r in self.records(table) if position is None or r.position.commit <= position]
+        return records[-1] if records else None
+
     def shape_at(self, table: Table, position: int) -> Table:
-        """The table's shape for events after the stream position (commit LSN) `position`: the spec's, or
-        that of the last record at or before it. Records past it belong to a crashed run and come again."""
-        current = [r for r in self.records(table.name) if r.position.commit <= position]
-        return with_columns(table, current[-1].columns) if current else table
+        """The table's shape for events after `position`: the spec's, or that of the record in effect there."""
+        record = self.record_at(table.name, position)
+        return with_columns(table, record.columns) if record else table
 
     def current_shape(self, table: Table) -> Table:
         """The shape of the table's latest record (the spec's without one)."""
@@ -144,59 +181,16 @@ class SchemaHistory:
         records = self.records(table.name)
         if not records:
             return table
-        columns: dict[str, tuple[str, str, bool]] = {c[0]: c for c in columns_of(table)}
+        columns: dict[str, ColumnSpec] = {c["name"]: c for c in columns_of(table)}
         for record in records:
             for column in record.columns:
-                columns[column[0]] = (column[0], column[1], True)
+                name: str = column["name"]
+                lake = record.lake_names.get(name, name)
+                columns[lake] = {**column, "name": lake, "nullable": True}
+            for change in record.changes:  # a column given a new raw column keeps its old one at the old type
+                if change.raw_column and change.old_column:
+                    columns[change.column] = {**change.old_column, "nullable": True}
         return with_columns(table, tuple(columns.values()))
-
-    def accepted(self, table: Table) -> list[ShapeRecord]:
-        return self.records(table.name)
-
-
-def shape_changes(shape: Table, relation: list[tuple[str, str | None]],
-                  live_columns: set[str]) -> tuple[list[SchemaChange], list[str]]:
-    """The differences between the shape the stream is in and a relation as the source now announces it.
-
-    `relation`: (name, Postgres type as the spec writes it, or None when bankflow cannot carry it). A shape
-    column the relation lacks is a drop only when the live table lacks it too; otherwise the event predates the
-    column (it was added after) and its value is absent, which is not a change. Returns (changes, columns of
-    the relation whose type cannot be carried).
-    """
-    declared = {c.name: c.type for c in shape.columns}
-    changes: list[SchemaChange] = []
-    uncarried: list[str] = []
-    for name, type_ in relation:
-        if type_ is None:
-            uncarried.append(name)
-        elif name not in declared:
-            changes.append(SchemaChange("added", name, None, type_))
-        elif declared[name] != type_:
-            changes.append(SchemaChange("retyped", name, declared[name], type_))
-    present = {name for name, _ in relation}
-    for name, type_ in declared.items():
-        if name not in present and name not in live_columns:
-            changes.append(SchemaChange("dropped", name, type_, None))
-    return changes, uncarried
-
-
-def apply_changes(shape: Table, relation: list[tuple[str, str | None]],
-                  changes: list[SchemaChange]) -> tuple[tuple[str, str, bool], ...]:
-    """The new column list: the relation's order, keeping nullability of columns the shape knew; a column of the
-    shape that the relation lacks but the live table has (a newer column) stays."""
-    if not changes:
-        return columns_of(shape)
-    known = {c.name: c for c in shape.columns}
-    dropped = {c.column for c in changes if c.kind == "dropped"}
-    present = {name for name, _ in relation}
-    out: list[tuple[str, str, bool]] = []
-    for name, type_ in relation:
-        if type_ is None:
-            continue
-        column = known.get(name)
-        out.append((name, type_, column.nullable if column is not None else True))
-    out += [(c.name, c.type, c.nullable) for c in shape.columns if c.name not in present and c.name not in dropped]
-    return tuple(out)
 
 
 def evolved_spec(resolved: ResolvedSpec) -> ResolvedSpec:

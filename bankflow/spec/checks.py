@@ -141,7 +141,7 @@ class _Checker:
                          f"topic {topic!r} is used by tables {topics[topic]!r} and {table.name!r}",
                          "every table needs its own topic")
             topics[topic] = table.name
-            expected = f"{spec.cdc.topic_prefix}.{spec.source.schema_name}.{table.name}"
+            expected = spec.topic_for(table.model_copy(update={"topic": None}))  # the connector's naming
             if table.topic is not None and table.topic != expected:
                 self.add(("tables", index, "topic"), f"tables[{index}].topic",
                          f"topic {table.topic!r} does not match the connector's naming {expected!r}",

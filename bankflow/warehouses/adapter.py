@@ -96,9 +96,10 @@ class WarehouseAdapter(ABC):
                 statement = self.dialect.widen_column_statement(table, name, pg_type)
             else:
                 raise StageError(
-                    f"raw table {table.raw_name!r} column {name!r} is {current} in the warehouse but the source "
-                    f"now has {wanted}, which {self.dialect.name} cannot widen in place: migrate the raw table "
-                    "(e.g. add a new column and copy the values), or restore the declared type")
+                    f"raw table {table.raw_name!r} column {name!r} is {current} in the warehouse but the spec "
+                    f"declares {wanted}, which {self.dialect.name} cannot widen in place: restore the declared "
+                    "type, or set schema_changes: evolve on the table (a retype raw cannot widen then goes to a "
+                    "new raw column), or migrate the raw table")
             self.execute(statement)
             statements.append(statement)
         return statements

@@ -284,3 +284,50 @@ def test_adapter_executes_the_rendered_statements(fake_snowflake: None, lake: tu
         assert "snow-secret" not in "".join(outcome.statements)
     finally:
         adapter.close()
+
+
+def test_retype_snowflake_cannot_widen_loads_into_a_new_raw_column(fake_snowflake: None, lake: tuple[Any, str],
+                                                                      s3_server: Any, tmp_path: Path) -> None:
+    """schema_changes: evolve on Snowflake: numeric(18,2) → numeric(20,4) cannot be widened in place (a NUMBER's
+    scale is fixed), so the engine writes the new values under `balance__numeric_20_4` (its schema history says
+    so) and the load gives raw that column; the old one keeps the older values."""
+    from bankflow.lake.positions import LsnPosition
+    from bankflow.lake.schema_history import SchemaHistory
+    from bankflow.source.schema_changes import Observed, ShapeFollower, SourceType, warehouse_widens
+
+    s3, bucket = lake
+    resolved = write_spec(tmp_path, s3_server.endpoint_url, bucket, BASE_COLUMNS)
+    write_file(s3, resolved, "customers/date=2024-06-01/lsn=01-05.parquet", 1, 5)
+    assert _run_load(resolved).rows == 5
+
+    table = resolved.spec.tables[0].model_copy(update={"schema_changes": "evolve"})
+    history = SchemaHistory(s3, resolved.spec.lake.url.removeprefix("s3://"))
+    shapes = ShapeFollower(history, None, "banking", warehouse_widens(resolved))  # type: ignore[arg-type]
+    event = [Observed("id", SourceType("bigint")), Observed("email", SourceType("text")),
+             Observed("balance", SourceType("numeric(20,4)")),
+             Observed("created_at", SourceType("timestamp with time zone"))]
+    decision = shapes.observe(table, table, event, {"id", "email", "balance", "created_at"}, LsnPosition(9, 9),
+                              None, "table customers")
+    assert decision.shape is not None and "new raw column 'balance__numeric_20_4'" in shapes.accepted[0]
+
+    from bankflow.lake.batch import TableBatch
+
+    batch = TableBatch(decision.shape, lake_names=shapes.lake_names["customers"])
+    batch.append_debezium({"op": "u", "after": {"id": 1, "email": "e", "balance": "12.3456",
+                                                "created_at": "2024-06-02T00:00:00.000001Z"},
+                           "source": {"lsn": 9, "txId": 9, "ts_us": 1}}, LsnPosition(9, 9))
+    key = "customers/date=2024-06-02/lsn=09-09.parquet"
+    with s3.open(f"{resolved.spec.lake.url.removeprefix('s3://')}/{key}", "wb") as handle:
+        pq.write_table(batch.to_arrow(key), handle)
+    result = _run_load(resolved)
+    assert result.rows == 1
+    adapter = _adapter(resolved)
+    try:
+        columns = adapter.table_columns(table)
+        assert columns["balance"] == "NUMBER(18,2)" and columns["balance__numeric_20_4"] == "NUMBER(20,4)"
+        rows = adapter.query("SELECT ID, BALANCE, BALANCE__NUMERIC_20_4 FROM BANKING.RAW.CUSTOMERS "
+                             "WHERE _OP = 'u'")
+        assert rows == [(1, None, Decimal("12.3456"))]
+        assert adapter.query("SELECT count(*) FROM BANKING.RAW.CUSTOMERS WHERE BALANCE IS NOT NULL")[0][0] == 5
+    finally:
+        adapter.close()

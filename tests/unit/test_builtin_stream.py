@@ -20,6 +20,7 @@ import pytest
 from bankflow.engines.builtin import stream as stream_mod
 from bankflow.engines.builtin.stream import StreamReader
 from bankflow.lake.replay import ReplayPlan
+from bankflow.source.schema_changes import SourceType
 from bankflow.spec.loader import load_spec
 from tests.fixtures.pgoutput_messages import tuple_data
 
@@ -54,20 +55,20 @@ def relation(*columns: str, typmods: dict[str, int] | None = None) -> bytes:
 
 
 class Catalog:
-    """The source catalog as the stream asks it (format_type, live columns), without a server."""
+    """The source catalog as the stream asks it (types of a relation's columns, live columns), no server."""
 
     def __init__(self) -> None:
         self.live: dict[str, str] = {"id": "bigint", "note": "text"}
 
-    def type_name(self, oid: int, typmod: int) -> str:
+    def source_type(self, oid: int, typmod: int) -> SourceType:
         name = TYPE_NAMES[oid]
         if oid == 1700 and typmod > 0:
             precision, scale = ((typmod - 4) >> 16) & 0xFFFF, (typmod - 4) & 0xFFFF
-            return f"numeric({precision},{scale})"
-        return name
+            name = f"numeric({precision},{scale})"
+        return SourceType(name)
 
-    def live_columns(self, schema: str, table: str) -> dict[str, str]:
-        return dict(self.live)
+    def live_columns(self, schema: str, table: str) -> dict[str, SourceType]:
+        return {name: SourceType(text) for name, text in self.live.items()}
 
     def close(self) -> None:
         pass

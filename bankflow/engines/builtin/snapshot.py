@@ -58,9 +58,11 @@ def snapshot_stream(table: Table) -> str:
     return table.name + SNAPSHOT_STREAM_SUFFIX
 
 
-def new_batch(resolved: ResolvedSpec, table: Table, stream: str) -> TableBatch:
+def new_batch(resolved: ResolvedSpec, table: Table, stream: str,
+              lake_names: dict[str, str] | None = None) -> TableBatch:
     spec = resolved.spec
-    return TableBatch(table, stream=stream, schema=spec.source.schema_name, topic=spec.topic_for(table))
+    return TableBatch(table, stream=stream, schema=spec.source.schema_name, topic=spec.topic_for(table),
+                      lake_names=lake_names)
 
 
 def estimate_rows(cur: Any, schema: str, tables: list[Table]) -> dict[str, int]:

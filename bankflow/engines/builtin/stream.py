@@ -47,7 +47,7 @@ from bankflow.lake.positions import LsnPosition, lsn_text, parse_lsn
 from bankflow.lake.replay import ReplayPlan, lsn_resume
 from bankflow.lake.schema_history import SchemaHistory
 from bankflow.lake.writer import LakeWriter, WrittenFile
-from bankflow.source.schema_changes import Observed, ShapeFollower, SourceCatalog, spec_type
+from bankflow.source.schema_changes import Observed, ShapeFollower, SourceCatalog, warehouse_widens
 from bankflow.spec.loader import ResolvedSpec
 from bankflow.spec.models import Table
 
@@ -191,7 +191,8 @@ class StreamReader:
         self._pool: Any = None
         self._inflight: deque[tuple[int, Any]] = deque()  # (first commit LSN, future) of batches being written
         self.history = SchemaHistory(fs, root)
-        self.shapes = ShapeFollower(self.history, SourceCatalog(connect_kwargs), self.schema)
+        self.shapes = ShapeFollower(self.history, SourceCatalog(connect_kwargs), self.schema,
+                                    warehouse_widens(resolved))
         self._declared = {t.name: t for t in self.spec.tables}
         self._stopped: str | None = None  # why a freeze stopped the stream
 
@@ -223,8 +224,11 @@ class StreamReader:
         plan = ReplayPlan.resume(files, lsn_resume(confirmed))
         if plan.active:
             log.warning("table %s: replaying after an interrupted run: %s", table.name, plan.describe())
-        shape = self.history.shape_at(table, confirmed)
-        return _TableState(shape, new_batch(self.resolved, shape, table.name), plan)
+        shape = self.shapes.start_at(table, confirmed)
+        return _TableState(shape, self._new_batch(shape, table.name), plan)
+
+    def _new_batch(self, table: Table, stream: str) -> TableBatch:
+        return new_batch(self.resolved, table, stream, self.shapes.lake_names.get(table.name))
 
     def _start(self) -> tuple[Any, Any, int]:
         conn = connect(self.connect_kwargs)
@@ -287,15 +291,14 @@ class StreamReader:
     def _follow_shape(self, relation: pgoutput.Relation, state: _TableState, lsn: int) -> bool:
         """Compare a relation with the shape the table's stream is in; evolve or stop. False: stop here."""
         catalog = self.shapes.catalog
-        observed = []
-        for column in relation.columns:
-            text = catalog.type_name(column.type_oid, column.type_modifier)
-            observed.append(Observed(column.name, spec_type(text), text))
+        observed = [Observed(c.name, catalog.source_type(c.type_oid, c.type_modifier)) for c in relation.columns]
         tx = self._tx or (0, None, None)  # pgoutput sends relations inside a transaction; be safe if not
         # pgoutput sends a relation with no WAL position of its own: the transaction's commit LSN locates it
         where = f"table {relation.name}, in the transaction that commits at LSN {lsn_text(tx[0])}"
         shape = state.batch.table
-        if {o.name: o.type for o in observed} == {c.name: c.type for c in shape.columns}:
+        known = {c.name: c for c in shape.columns}
+        if len(observed) == len(known) and all(
+                o.name in known and o.type is not None and o.type.same_as(known[o.name]) for o in observed):
             return True  # the same shape (a relation is sent again at every session start)
         decision = self.shapes.observe(self._declared[relation.name], shape, observed, None,
                                        LsnPosition(tx[0], lsn), tx[2], where)
@@ -305,7 +308,7 @@ class StreamReader:
         if decision.shape is not None:
             self._flush_state(state)  # a file holds one shape: what came before is written in the old one
             state.table = decision.shape
-            state.batch = new_batch(self.resolved, decision.shape, state.batch.stream)
+            state.batch = self._new_batch(decision.shape, state.batch.stream)
             state.refresh()
         return True
 
@@ -465,7 +468,7 @@ class StreamReader:
         batch = state.batch
         if batch.empty:
             return
-        state.batch = new_batch(self.resolved, state.table, batch.stream)
+        state.batch = self._new_batch(state.table, batch.stream)
         state.refresh()
         first_commit = batch.first_position.commit  # before the writer thread clears the batch
         self._inflight.append((first_commit, self._pool.submit(self.writer.write_batch, batch)))

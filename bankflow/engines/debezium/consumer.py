@@ -32,7 +32,7 @@ from bankflow.lake.gctune import large_young_generation
 from bankflow.lake.positions import KafkaPosition
 from bankflow.lake.schema_history import SchemaHistory
 from bankflow.lake.writer import LakeFile, LakeWriter
-from bankflow.source.schema_changes import ShapeFollower, SourceCatalog
+from bankflow.source.schema_changes import ShapeFollower, SourceCatalog, warehouse_widens
 from bankflow.spec.loader import ResolvedSpec
 
 __all__ = ["ConsumeResult", "consume_to_lake", "consumer_config", "topic_partitions"]
@@ -294,7 +294,7 @@ def _shape_follower(resolved: ResolvedSpec, fs: Any, root: str) -> ShapeFollower
 
     server = source_server(resolved)
     return ShapeFollower(SchemaHistory(fs, root), SourceCatalog(lambda: server.connect_kwargs(start=False)),
-                         resolved.spec.source.schema_name)
+                         resolved.spec.source.schema_name, warehouse_widens(resolved))
 
 
 def consume_to_lake(resolved: ResolvedSpec, *, follow: bool = False, stop: threading.Event | None = None,

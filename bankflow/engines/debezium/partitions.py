@@ -20,7 +20,7 @@ from bankflow.lake.batch import ShapeChanged, TableBatch
 from bankflow.lake.positions import KafkaPosition, LsnPosition, lsn_text
 from bankflow.lake.replay import ReplayPlan, kafka_resume
 from bankflow.lake.writer import LakeFile, LakeWriter
-from bankflow.source.schema_changes import Observed, ShapeFollower, spec_type
+from bankflow.source.schema_changes import Observed, ShapeFollower, SourceType
 from bankflow.spec.models import Table
 
 log = logging.getLogger(__name__)
@@ -147,14 +147,15 @@ class Partitions:
     def open(self, topic: str, partition: int, table: Table, start: int, batches: list[LakeFile]) -> Partition:
         """Own a partition resumed at offset `start`; `batches` are the topic's batches in the lake."""
         self.declared[topic] = table
-        shape = table if self.shapes is None else self.shapes.history.current_shape(table)
+        shape = table if self.shapes is None else self.shapes.start_at(table)
         state = Partition(topic, partition, self._batch(shape, topic), start,
                           self.replay_plan(topic, partition, start, batches))
         self.states[(topic, partition)] = state
         return state
 
     def _batch(self, shape: Table, topic: str) -> TableBatch:
-        batch = TableBatch(shape, stream=topic, schema=self.schema, topic=topic)
+        names = self.shapes.lake_names.get(shape.name) if self.shapes is not None else None
+        batch = TableBatch(shape, stream=topic, schema=self.schema, topic=topic, lake_names=names)
         batch.follow_shapes = self.shapes is not None
         return batch
 
@@ -192,9 +193,12 @@ class Partitions:
         shape = state.batch.table
         mismatch = change.mismatch
         live = self.shapes.catalog.live_columns(self.schema, declared.name)
-        known = {c.name: c.type for c in shape.columns}
-        observed = [Observed(k, known[k] if k in known else (spec_type(live[k]) if k in live else None),
-                             live.get(k, "not in the source's catalog any more")) for k in mismatch.keys]
+        known = {c.name for c in shape.columns}
+        # JSON carries no types: a field the shape has is taken to be of its type; a new one has the live
+        # table's (or none, when the column is gone again: it cannot be carried)
+        observed = [Observed(k, None if k in known else live.get(k, SourceType("a column no longer in the source",
+                                                                                typcategory="?")))
+                    for k in mismatch.keys]
         lsn = mismatch.row.lsn
         where = (f"table {declared.name}, topic {state.topic}[{state.partition}] offset {change.position.offset} "
                  f"(LSN {lsn_text(lsn)})")

@@ -124,7 +124,8 @@ class SnowflakeAdapter(WarehouseAdapter):
         cursor = self.con.cursor()
         try:
             cursor.execute(f"SELECT * FROM {self.dialect.quote(self.warehouse.database)}.information_schema.columns "
-                           "WHERE table_schema = ? AND table_name = ?", [self.schema, table.raw_name.upper()])
+                           "WHERE table_schema = ? AND table_name = ?",
+                           [self.schema, self.dialect.spell(table.raw_name)])
             names = [d[0].lower() for d in cursor.description or []]
             rows = [dict(zip(names, row, strict=False)) for row in cursor.fetchall()]
         finally:
