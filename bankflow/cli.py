@@ -27,6 +27,8 @@ from bankflow.errors import BankflowError, Issue, SpecError, UsageError
 from bankflow.spec.loader import ResolvedSpec, load_spec
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DIFFERS = 0, 1, 2, 3
+# apply finished, but events went to the dead-letter store (or status: something needs a person)
+EXIT_DEAD_LETTERS = EXIT_ATTENTION = 4
 EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 130, 141
 STAGES = ("source", "cdc", "load", "transform")  # bankflow.stages.base.STAGE_ORDER, without importing stages
 
@@ -131,10 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("apply", help="run the pipeline: source → cdc → consume → load → transform",
                 description="Run the stages in order; idempotent. Catches up to the source's current "
-                "position and stops, unless --follow.")
+                "position and stops, unless --follow. Exit 1 when a stage failed; exit 4 when every stage ran but "
+                "events went to the dead-letter store (per table on stderr; see 'bankflow deadletters'), unless "
+                "--accept-dead-letters.")
     _add_spec(p)
     p.add_argument("--stages", type=stage_list, help=f"comma-separated subset of: {','.join(STAGES)}")
     p.add_argument("--follow", action="store_true", help="keep streaming until SIGINT/SIGTERM (then flush)")
+    p.add_argument("--accept-dead-letters", action="store_true",
+                   help="exit 0 even when events went to the dead-letter store (they are still reported)")
     p.add_argument("--json", action="store_true", help="print the run report as JSON")
 
     p = command("generate", help="write a realistic workload into the source database",
@@ -171,6 +177,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=positive_int, default=1, help="consumer processes (default 1)")
     p.add_argument("--follow", action="store_true", help="keep consuming until interrupted")
     p.add_argument("--json", action="store_true")
+    p = command("deadletters", help="list, show or replay the events in the dead-letter store",
+                description="list: pending dead letters per table with their reasons. show: the events, with "
+                "position and reason. replay: decode them again with the current spec into lake files keyed "
+                "by their positions (the next load loads them once; a second replay writes nothing new); what "
+                "still does not convert stays, with this attempt's reason. Exit 4 when dead letters remain.")
+    _add_spec(p)
+    p.add_argument("action", choices=["list", "show", "replay"])
+    p.add_argument("--table", help="one table of the spec (default: all)")
+    p.add_argument("--limit", type=positive_int, default=20, help="show: at most this many events (default 20)")
+    p.add_argument("--json", action="store_true")
+
     p = command("init", help="scaffold a pipeline project (spec, dbt project, .env.example, README)",
                 description="Write a pipeline project into DIR: pipelines/NAME.yaml (local and stack "
                 "environments), a dbt project (sources, one staging model per table), .env.example and a README. "
@@ -358,7 +375,12 @@ def cmd_apply(args: argparse.Namespace) -> int:
     report = Pipeline(resolved).apply(stages=args.stages, follow=args.follow, progress=_progress(args))
     if args.json:
         print(json.dumps(report.to_dict(), indent=2, default=str))
-    return EXIT_OK if report.ok else EXIT_FAILED
+    for table, events in sorted(report.dead_letters.items()):  # never a silent success
+        bankflow_log.error_line(f"bankflow apply: {events:,} event(s) of {table} went to the dead-letter store "
+                                f"(bankflow deadletters {args.spec} list --table {table})")
+    if not report.ok:
+        return EXIT_FAILED
+    return EXIT_DEAD_LETTERS if report.dead_letters and not args.accept_dead_letters else EXIT_OK
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -423,6 +445,59 @@ def cmd_consume(args: argparse.Namespace) -> int:
     return EXIT_FAILED if problems else EXIT_OK
 
 
+def cmd_deadletters(args: argparse.Namespace) -> int:
+    from bankflow.pipeline import Pipeline
+
+    resolved = _load(args)
+    if args.table is not None and args.table not in {t.name for t in resolved.spec.tables}:
+        raise UsageError(f"--table {args.table!r} is not a table of the spec")
+    store = Pipeline(resolved).deadletters()
+    if args.action == "replay":
+        return _replay_dead_letters(args, resolved, store)
+    pending = store.pending(args.table)
+    if args.action == "list":
+        _list_dead_letters(args, resolved, pending)
+    else:
+        _show_dead_letters(args, resolved, store)
+    return EXIT_DEAD_LETTERS if pending else EXIT_OK
+
+
+def _replay_dead_letters(args: argparse.Namespace, resolved: ResolvedSpec, store: Any) -> int:
+    outcome = store.replay(args.table).to_dict()
+    if args.json:
+        _print(json.dumps(outcome, indent=2, default=str), resolved)
+    elif not args.quiet:
+        for table, figures in sorted(outcome["tables"].items()):
+            _print(f"{table}: {figures['replayed']:,} event(s) replayed into {figures['files_written']} lake "
+                   f"file(s), {figures['still_dead']:,} still dead (run apply to load them)", resolved)
+    return EXIT_DEAD_LETTERS if outcome["still_dead"] else EXIT_OK
+
+
+def _list_dead_letters(args: argparse.Namespace, resolved: ResolvedSpec, pending: dict[str, Any]) -> None:
+    if args.json:
+        _print(json.dumps({t: p.to_dict() for t, p in sorted(pending.items())}, indent=2), resolved)
+        return
+    for table, entry in sorted(pending.items()):
+        reasons = "; ".join(f"{n} x {r}" for r, n in entry.reasons.most_common())
+        _print(f"{table}: {entry.events:,} event(s) in {entry.files} file(s): {reasons}", resolved)
+    if not pending and not args.quiet:
+        print("no dead letters")
+
+
+def _show_dead_letters(args: argparse.Namespace, resolved: ResolvedSpec, store: Any) -> None:
+    shown: list[dict[str, Any]] = []
+    for key, record in store.iter_records(args.table):
+        if len(shown) >= args.limit:
+            break
+        shown.append({"file": key, **record})
+    if args.json:
+        _print(json.dumps(shown, indent=2, default=str), resolved)
+        return
+    for item in shown:
+        _print(f"{item['table']} at {json.dumps(item['position'])}: {item['reason']}\n  "
+               f"{_one_line(json.dumps(item['event'], default=str), 1000)}", resolved)
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     from urllib.parse import unquote, urlsplit
 
@@ -451,7 +526,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 COMMANDS = {
     "validate": cmd_validate, "plan": cmd_plan, "schema": cmd_schema, "apply": cmd_apply,
     "generate": cmd_generate, "verify": cmd_verify, "status": cmd_status, "down": cmd_down,
-    "consume": cmd_consume, "init": cmd_init,
+    "consume": cmd_consume, "init": cmd_init, "deadletters": cmd_deadletters,
 }
 
 

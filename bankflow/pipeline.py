@@ -37,6 +37,8 @@ class RunReport:
     started_at: str
     stages: list[StageResult] = field(default_factory=list)
     seconds: float = 0.0
+    # events this run sent to the dead-letter store, per table (snapshot and stream alike)
+    dead_letters: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -44,7 +46,8 @@ class RunReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "pipeline": self.pipeline, "env": self.env, "started_at": self.started_at,
-                "ok": self.ok, "seconds": round(self.seconds, 3), "stages": [s.to_dict() for s in self.stages]}
+                "ok": self.ok, "seconds": round(self.seconds, 3), "stages": [s.to_dict() for s in self.stages],
+                "dead_letters": dict(self.dead_letters)}
 
 
 class Pipeline:
@@ -70,6 +73,7 @@ class Pipeline:
         report = RunReport(uuid.uuid4().hex[:12], self.spec.name, self.resolved.env,
                            dt.datetime.now(dt.timezone.utc).isoformat())
         started = time.monotonic()
+        dead_before = self._dead_letter_keys() if "cdc" in selected else None
         with stop_on_signals(ctx.stop):  # the cdc stage flushes its batches, acks and returns
             try:
                 for name in STAGE_ORDER:
@@ -97,10 +101,35 @@ class Pipeline:
                         break  # a follow run ends when interrupted; the next apply loads and transforms
             finally:
                 report.seconds = time.monotonic() - started
+                if dead_before is not None:
+                    report.dead_letters = self._dead_letters_since(dead_before)
                 self._save_report(report)
                 if report.ok:
                     self._save_applied()
         return report
+
+    def _dead_letter_keys(self) -> set[str] | None:
+        """The dead-letter files before a run (None when the lake cannot be read: then nothing is counted)."""
+        from bankflow.deadletters import DeadLetters
+
+        try:
+            return DeadLetters(self.resolved).keys()
+        except Exception:  # an unreachable lake fails the cdc stage itself, with its own message
+            return None
+
+    def _dead_letters_since(self, before: set[str]) -> dict[str, int]:
+        from bankflow.deadletters import DeadLetters
+
+        try:
+            return DeadLetters(self.resolved).new_since(before)
+        except Exception:
+            return {}
+
+    def deadletters(self) -> Any:
+        """The dead-letter store: `pending()`, `iter_records()`, `replay()` (bankflow.deadletters)."""
+        from bankflow.deadletters import DeadLetters
+
+        return DeadLetters(self.resolved)
 
     def _save_traceback(self, run_id: str, stage: str) -> Path:
         directory = self.resolved.state_dir / "logs"
