@@ -1,0 +1,139 @@
+"""Dead letters are never a silent success, and can be replayed once the spec is fixed (issue 14, items 2-3).
+
+A spec that says a column is NOT NULL while the source has NULLs in it (the contract only warns about
+nullability): those rows, from the snapshot and from the stream, become dead letters. `apply` reports them per
+table and exits 4; after the spec is fixed, `deadletters replay` turns them into lake files, the next apply
+loads them once, `verify` passes, and a second replay writes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+from bankflow.cli import main
+from bankflow.pipeline import Pipeline
+from bankflow.source.embedded import EmbeddedPostgres
+from bankflow.spec.loader import load_spec
+
+pytestmark = pytest.mark.integration
+
+PASSWORD_VAR = "DEAD_LETTERS_PG_PASSWORD"
+
+SPEC = """\
+version: 1
+name: deadletters
+state_dir: state
+source:
+  type: postgres
+  embedded: false
+  host: {host}
+  port: {port}
+  user: {user}
+  password: ${{{variable}}}
+  database: {database}
+  schema: shop
+  sslmode: disable
+  manage: [publication, replica_identity, heartbeat, slot]
+tables:
+  - name: items
+    primary_key: [id]
+    columns:
+      - {{name: id, type: bigint, nullable: false}}
+      - {{name: label, type: text, nullable: {nullable}}}
+      - {{name: price, type: "numeric(12,2)"}}
+cdc:
+  engine: builtin
+  topic_prefix: dl_{tag}
+  slot: dl_{tag}
+  publication: dl_{tag}
+lake:
+  url: file://lake
+  layout: "{{table}}/date={{date}}"
+warehouse:
+  type: duckdb
+  path: wh.duckdb
+"""
+
+
+@pytest.fixture
+def project(pg_server: EmbeddedPostgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    tag = uuid.uuid4().hex[:8]
+    database = f"dl_{tag}"
+    pg_server.create_database(database)
+    pg_server.execute("CREATE SCHEMA shop; CREATE TABLE shop.items (id bigint PRIMARY KEY, label text, "
+                      "price numeric(12,2)); INSERT INTO shop.items VALUES (1, 'one', 1.00), (2, NULL, 2.00), "
+                      "(3, 'three', 3.00)", dbname=database)
+    monkeypatch.setenv(PASSWORD_VAR, pg_server.password)
+    monkeypatch.chdir(tmp_path)
+    kwargs = pg_server.connect_kwargs(database)
+
+    def write(nullable: bool) -> Path:
+        path = tmp_path / "pipeline.yaml"
+        path.write_text(SPEC.format(host=kwargs["host"], port=kwargs["port"], user=kwargs["user"],
+                                    variable=PASSWORD_VAR, database=database, tag=tag,
+                                    nullable=str(nullable).lower()), encoding="utf-8")
+        return path
+
+    try:
+        yield tmp_path, write, lambda sql: pg_server.execute(sql, dbname=database)
+    finally:
+        slot = f"dl_{tag}"
+        if pg_server.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (slot,)):
+            pg_server.execute("SELECT pg_drop_replication_slot(%s)", (slot,), dbname=database)
+        pg_server.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+def raw(root: Path, sql: str) -> list[tuple[Any, ...]]:
+    con = duckdb.connect(str(root / "wh.duckdb"), read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def test_dead_letters_fail_apply_and_replay_once_the_spec_is_fixed(
+        project: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    root, write, sql = project
+    strict = str(write(nullable=False))
+    stages = ["--stages", "source,cdc,load"]
+    assert main(["apply", strict, *stages, "-q"]) == 4  # the snapshot's NULL label: a dead letter
+    assert "1 event(s) of items went to the dead-letter store" in capsys.readouterr().err
+    sql("INSERT INTO shop.items VALUES (4, NULL, 4.00), (5, 'five', 5.00); UPDATE shop.items SET price = 1.50 "
+        "WHERE id = 1")
+    assert main(["apply", strict, *stages, "-q", "--json"]) == 4
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["dead_letters"] == {"items": 1}  # this run's, not the store's total
+    assert main(["apply", strict, *stages, "-q", "--accept-dead-letters"]) == 0  # nothing new; accepted anyway
+
+    assert main(["deadletters", strict, "list", "--json"]) == 4
+    pending = json.loads(capsys.readouterr().out)
+    assert pending["items"]["events"] == 2 and "NOT NULL" in next(iter(pending["items"]["reasons"]))
+    assert main(["deadletters", strict, "replay", "-q"]) == 4  # the spec still says NOT NULL: both stay
+    assert sorted(raw(root, "SELECT id FROM raw.items")) == [(1,), (1,), (3,), (5,)]
+
+    fixed = str(write(nullable=True))
+    assert main(["deadletters", fixed, "replay", "--json"]) == 0
+    outcome = json.loads(capsys.readouterr().out)
+    assert outcome["replayed"] == 2 and outcome["still_dead"] == 0 and len(outcome["files"]) == 2
+    lake_files = sorted((root / "lake").rglob("*.parquet"))
+    assert main(["apply", fixed, *stages, "-q"]) == 0
+    assert sorted(raw(root, "SELECT id, label FROM raw.items WHERE label IS NULL")) == [(2, None), (4, None)]
+    counts = raw(root, "SELECT id, count(*) FROM raw.items GROUP BY id ORDER BY id")
+    assert counts == [(1, 2), (2, 1), (3, 1), (4, 1), (5, 1)]  # each change once
+    report = Pipeline(load_spec(fixed)).verify()
+    assert report.ok, report.format()
+
+    assert main(["deadletters", fixed, "replay", "--json"]) == 0  # nothing left: nothing written
+    assert json.loads(capsys.readouterr().out)["files"] == []
+    assert sorted((root / "lake").rglob("*.parquet")) == lake_files
+    assert main(["deadletters", fixed, "list"]) == 0
+    assert "no dead letters" in capsys.readouterr().out
+    assert main(["apply", fixed, *stages, "-q"]) == 0
+    assert raw(root, "SELECT count(*) FROM raw.items")[0][0] == 6
