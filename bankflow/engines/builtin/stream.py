@@ -134,7 +134,8 @@ class _Rel:
         if old is None or not self.key_index:
             return False
         new = message.new
-        return any(old[i] != new[i] for i in self.key_index if old[i] is not pgoutput.UNCHANGED)
+        return any(old[i] != new[i] for i in self.key_index
+                   if old[i] is not None and old[i] is not pgoutput.UNCHANGED and new[i] is not pgoutput.UNCHANGED)
 
     def in_spec_order(self, values: list[Any]) -> list[Any]:
         if self.fast:
