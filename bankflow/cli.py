@@ -161,7 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     p = command("status", help="services, slot lag, lake and raw counts, last run",
-                description="Show the pipeline's state.")
+                description="Show the pipeline's state. Exit 4 when something needs a person: the source "
+                "unreachable, source contract drift, slot lag over cdc.max_lag_bytes, dead letters pending, the "
+                "connector or a task not running, an unreadable lake or warehouse, a failed last run.")
     _add_spec(p)
     p.add_argument("--json", action="store_true")
 
@@ -419,7 +421,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         from bankflow.pipeline import format_status
 
         _print(format_status(status), resolved)
-    return EXIT_OK
+    return EXIT_ATTENTION if status.get("attention") else EXIT_OK
 
 
 def cmd_down(args: argparse.Namespace) -> int:

@@ -51,14 +51,14 @@ def _source_status(resolved: ResolvedSpec) -> dict[str, Any]:
 
 def _contract(resolved: ResolvedSpec, conn: Any) -> dict[str, Any]:
     """The source contract: every difference between the live catalog and the spec, with the spec's file:line."""
-    from bankflow.source.contract import compare, read_catalog
+    from bankflow.source.contract import live_findings, read_catalog
 
     try:
         with conn.cursor() as cur:
             catalog = read_catalog(cur, resolved.spec.source.schema_name, [t.name for t in resolved.spec.tables])
+            findings = live_findings(resolved, cur, catalog)
     except Exception as exc:
         return {"error": _error(resolved, exc)}
-    findings = compare(resolved, catalog)
     return {"ok": not any(f.severity == "error" for f in findings),
             "differences": [{"severity": f.severity, "table": f.table, "column": f.column, "message": f.message,
                              "where": f.where} for f in findings]}
@@ -81,8 +81,9 @@ def _lake_status(resolved: ResolvedSpec) -> dict[str, Any]:
                 with fs.open(f"{root.rstrip('/')}/{key}", "rb") as handle:
                     rows += pq.ParquetFile(handle).metadata.num_rows
             info["tables"][table.name] = {"files": len(keys), "rows": rows}
-        dead = f"{root.rstrip('/')}/{resolved.spec.lake.dead_letter}"
-        info["dead_letter_files"] = len(fs.find(dead)) if fs.exists(dead) else 0
+        from bankflow.deadletters import DeadLetters
+
+        info["dead_letters"] = {t: p.to_dict() for t, p in sorted(DeadLetters(resolved).pending().items())}
     except Exception as exc:
         info["error"] = _error(resolved, exc)
     return info
@@ -133,17 +134,50 @@ def _last_run(resolved: ResolvedSpec) -> dict[str, Any] | None:
 
 
 def collect_status(resolved: ResolvedSpec) -> dict[str, Any]:
-    """The status document (`status --json` prints it): every part says what it could not reach, nothing raises."""
-    return {
+    """The status document (`status --json` prints it): every part says what it could not reach, nothing raises.
+    `attention` lists what needs a person; `status` exits non-zero when it is not empty."""
+    engine = resolved.spec.cdc.engine_for(resolved)
+    status = {
         "pipeline": resolved.spec.name,
         "env": resolved.env,
         "engine": resolved.spec.cdc.engine,
         "source": _source_status(resolved),
-        **resolved.spec.cdc.engine_for(resolved).status(),
+        **engine.status(),
         "lake": _lake_status(resolved),
         "warehouse": _warehouse_status(resolved),
         "last_run": _last_run(resolved),
     }
+    status["attention"] = _attention(resolved, status) + engine.needs_attention(status)
+    return status
+
+
+def _attention(resolved: ResolvedSpec, status: dict[str, Any]) -> list[str]:
+    """What needs a person: the source down, contract drift, slot lag over the spec's threshold, dead letters
+    pending, an unreadable lake or warehouse, a failed last run."""
+    found = []
+    source = status["source"]
+    if not source.get("up"):
+        found.append(f"the source is not reachable{': ' + source['error'] if source.get('error') else ''}")
+    contract = source.get("contract") or {}
+    errors = [d for d in contract.get("differences", []) if d["severity"] == "error"]
+    if errors:
+        found.append(f"source contract: {len(errors)} difference(s) stop apply (first: {errors[0]['where']}: "
+                     f"{errors[0]['table']}: {errors[0]['message']})")
+    slot = source.get("slot") or {}
+    threshold = resolved.spec.cdc.max_lag_bytes
+    if threshold is not None and (slot.get("lag_bytes") or 0) > threshold:
+        found.append(f"slot {slot['name']} retains {slot['lag_bytes']:,} bytes of WAL, over cdc.max_lag_bytes "
+                     f"{threshold:,}")
+    for table, entry in (status["lake"].get("dead_letters") or {}).items():
+        found.append(f"{entry['events']:,} dead letter(s) of {table} pending (bankflow deadletters … list)")
+    for part in ("lake", "warehouse"):
+        if status[part].get("error"):
+            found.append(f"{part}: {status[part]['error']}")
+    run = status.get("last_run") or {}
+    if run and run.get("ok") is False:
+        failed = [name for name, stage in (run.get("stages") or {}).items() if not stage.get("ok")]
+        found.append(f"the last run failed ({', '.join(failed) or run.get('error')})")
+    return found
 
 
 def _connect_hint(connection: dict[str, Any]) -> str:
@@ -201,8 +235,8 @@ def _lake_lines(lake: dict[str, Any]) -> list[str]:
              for name, info in lake.get("tables", {}).items()]
     if lake.get("error"):
         lines.append(f"  lake       {lake['url']}: {lake['error']}")
-    if lake.get("dead_letter_files"):
-        lines.append(f"  dead letters: {lake['dead_letter_files']} file(s)")
+    for table, entry in (lake.get("dead_letters") or {}).items():
+        lines.append(f"  dead letters {table}: {entry['events']:,} event(s) in {entry['files']} file(s)")
     return lines
 
 
@@ -233,4 +267,6 @@ def format_status(status: dict[str, Any]) -> str:
              *_lake_lines(status["lake"]),
              *_warehouse_lines(status["warehouse"]),
              *_run_lines(status.get("last_run"))]
+    attention = status.get("attention") or []
+    lines += [f"needs attention: {item}" for item in attention] or ["needs attention: nothing"]
     return "\n".join(lines)

@@ -96,6 +96,11 @@ class CdcEngine(ABC):
         """Lines for `bankflow status` from this engine's part of the document."""
         return []
 
+    @staticmethod
+    def needs_attention(status: dict[str, Any]) -> list[str]:
+        """What in this engine's part of the status document needs a person (status then exits non-zero)."""
+        return []
+
     def consume(self, *, workers: int, follow: bool, progress: bool) -> dict[str, Any]:
         raise BankflowError(f"the {self.spec.cdc.engine} engine has no Kafka consumers: `consume` reads Kafka "
                             "topics, so use an environment whose cdc engine uses Kafka (e.g. engine: debezium)")
@@ -117,6 +122,9 @@ class CdcConfig(StrictModel):
     publication: str = "bankflow"
     snapshot_mode: SnapshotMode = "initial"
     heartbeat_interval_ms: int = Field(10000, ge=0, description="0 disables heartbeats")
+    max_lag_bytes: int | None = Field(
+        None, ge=0, description="`bankflow status` exits non-zero when the slot retains more WAL than this "
+                                "(bytes between the server's position and what the pipeline has acknowledged)")
 
     @field_validator("topic_prefix")
     @classmethod

@@ -7,6 +7,7 @@ Each finding names the spec's file:line of the table or column it is about.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -186,6 +187,25 @@ def read_catalog(cur: Any, schema: str, tables: list[str]) -> dict[str, CatalogT
     return catalog
 
 
+def live_findings(resolved: ResolvedSpec, cur: Any, catalog: dict[str, CatalogTable]) -> list[Finding]:
+    """The contract against each table's current shape (spec + the schema history's accepted changes).
+
+    Once the slot exists, a column difference of an `evolve` table is the stream's to carry when its events
+    arrive (a warning here); before the first snapshot it stops apply like any other difference.
+    """
+    from bankflow.lake.schema_history import evolved_spec
+
+    findings = compare(evolved_spec(resolved), catalog)
+    cur.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (resolved.spec.cdc.slot,))
+    if cur.fetchone() is None:
+        return findings
+    evolving = {t.name for t in resolved.spec.tables if t.schema_changes == "evolve"}
+    return [dataclasses.replace(f, severity="warning", message=f.message + " (schema_changes: evolve carries "
+                                "it when the table's next change arrives)")
+            if f.severity == "error" and f.table in evolving and f.column is not None else f
+            for f in findings]
+
+
 def check_contract(resolved: ResolvedSpec, connect_kwargs: dict[str, Any]) -> list[Finding]:
     """Connect, read the catalog, compare (for `plan` and `status`)."""
     import psycopg2
@@ -194,6 +214,6 @@ def check_contract(resolved: ResolvedSpec, connect_kwargs: dict[str, Any]) -> li
     try:
         with conn.cursor() as cur:
             catalog = read_catalog(cur, resolved.spec.source.schema_name, [t.name for t in resolved.spec.tables])
+            return live_findings(resolved, cur, catalog)
     finally:
         conn.close()
-    return compare(resolved, catalog)

@@ -11,13 +11,12 @@ before a slot exists; an extra source column is a warning (it would not be carri
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from typing import TYPE_CHECKING, Any
 
 from bankflow.errors import StageError
-from bankflow.source.contract import CatalogTable, Finding, compare, read_catalog
+from bankflow.source.contract import CatalogTable, Finding, live_findings, read_catalog
 from bankflow.source.ddl import (
     HEARTBEAT_TABLE,
     heartbeat_statements,
@@ -135,25 +134,6 @@ def _own_schema(resolved: ResolvedSpec, cur: Any) -> list[str]:
     return [t.name for t in spec.tables if t.name not in existing]
 
 
-def _contract_findings(resolved: ResolvedSpec, cur: Any, catalog: dict[str, CatalogTable]) -> list[Finding]:
-    """The contract against each table's current shape (spec + the schema history's accepted changes).
-
-    Once the slot exists, a column difference of an `evolve` table is the stream's to carry when its events
-    arrive (a warning here); before the first snapshot it stops apply like any other difference.
-    """
-    from bankflow.lake.schema_history import evolved_spec
-
-    findings = compare(evolved_spec(resolved), catalog)
-    cur.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (resolved.spec.cdc.slot,))
-    if cur.fetchone() is None:
-        return findings
-    evolving = {t.name for t in resolved.spec.tables if t.schema_changes == "evolve"}
-    return [dataclasses.replace(f, severity="warning", message=f.message + " (schema_changes: evolve carries "
-                                "it when the table's next change arrives)")
-            if f.severity == "error" and f.table in evolving and f.column is not None else f
-            for f in findings]
-
-
 def contract_error(findings: list[Finding]) -> StageError | None:
     errors = [f for f in findings if f.severity == "error"]
     if not errors:
@@ -183,7 +163,7 @@ def ensure_source(resolved: ResolvedSpec, connect_kwargs: dict[str, Any],
             if server.owns_schema:
                 created = _own_schema(resolved, cur)
             catalog = read_catalog(cur, spec.source.schema_name, [t.name for t in spec.tables])
-            findings = _contract_findings(resolved, cur, catalog)
+            findings = live_findings(resolved, cur, catalog)
             error = contract_error(findings)
             if error is not None:
                 raise error

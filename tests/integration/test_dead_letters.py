@@ -112,6 +112,10 @@ def test_dead_letters_fail_apply_and_replay_once_the_spec_is_fixed(
     assert json.loads(captured.out)["dead_letters"] == {"items": 1}  # this run's, not the store's total
     assert main(["apply", strict, *stages, "-q", "--accept-dead-letters"]) == 0  # nothing new; accepted anyway
 
+    assert main(["status", strict, "--json"]) == 4  # dead letters pending: something needs a person
+    attention = json.loads(capsys.readouterr().out)["attention"]
+    assert attention == ["2 dead letter(s) of items pending (bankflow deadletters … list)"], attention
+
     assert main(["deadletters", strict, "list", "--json"]) == 4
     pending = json.loads(capsys.readouterr().out)
     assert pending["items"]["events"] == 2 and "NOT NULL" in next(iter(pending["items"]["reasons"]))
@@ -137,3 +141,23 @@ def test_dead_letters_fail_apply_and_replay_once_the_spec_is_fixed(
     assert "no dead letters" in capsys.readouterr().out
     assert main(["apply", fixed, *stages, "-q"]) == 0
     assert raw(root, "SELECT count(*) FROM raw.items")[0][0] == 6
+    assert main(["status", fixed]) == 0
+    assert "needs attention: nothing" in capsys.readouterr().out
+
+
+def test_status_exits_non_zero_on_contract_drift_and_slot_lag(project: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    _root, write, sql = project
+    spec = write(nullable=True)
+    assert main(["apply", str(spec), "--stages", "source,cdc,load", "-q"]) == 0
+    assert main(["status", str(spec), "-q"]) == 0
+    capsys.readouterr()
+    spec.write_text(spec.read_text().replace("  publication: dl_", "  max_lag_bytes: 0\n  publication: dl_"))
+    sql("INSERT INTO shop.items VALUES (9, 'nine', 9.00)")  # the slot now retains WAL nobody acknowledged
+    assert main(["status", str(spec), "--json"]) == 4
+    attention = json.loads(capsys.readouterr().out)["attention"]
+    assert any("over cdc.max_lag_bytes 0" in a for a in attention), attention
+    sql("ALTER TABLE shop.items DROP COLUMN price")  # the spec still declares it
+    assert main(["status", str(spec), "--json"]) == 4
+    attention = json.loads(capsys.readouterr().out)["attention"]
+    assert any("source contract: 1 difference(s) stop apply" in a and "items: declared in the spec" in a
+               for a in attention), attention

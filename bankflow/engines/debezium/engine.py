@@ -81,6 +81,21 @@ class DebeziumEngine(CdcEngine):
     def status(self) -> dict[str, Any]:
         return {"connector": self._connector_status(), "consumer": self._consumer_status()}
 
+    @staticmethod
+    def needs_attention(status: dict[str, Any]) -> list[str]:
+        connector = status.get("connector") or {}
+        found = []
+        if connector.get("error"):
+            found.append(f"Kafka Connect: {connector['error']}")
+        elif connector.get("state") != "RUNNING":
+            found.append(f"connector {connector.get('name')} is {connector.get('state')}")
+        found += [f"connector {connector.get('name')} task {t.get('id')} is {t.get('state')}"
+                  + (f": {t['trace']}" if t.get("trace") else "")
+                  for t in connector.get("tasks") or [] if t.get("state") != "RUNNING"]
+        if (status.get("consumer") or {}).get("error"):
+            found.append(status["consumer"]["error"])
+        return found
+
     def _connector_status(self) -> dict[str, Any]:
         """The connector's state and its tasks' states, as Kafka Connect reports them."""
         from bankflow.engines.debezium.connect import ConnectUnreachable
