@@ -84,9 +84,13 @@ class _Prerequisites:
         if not heartbeats_on(self.resolved):
             return
         name = qualified(self.resolved, HEARTBEAT_TABLE)
-        if self.one("SELECT to_regclass(%s) IS NOT NULL", (name,)):
-            return
-        self.fix_or_report("heartbeat", heartbeat_statements(self.resolved), f"no heartbeat table {name}")
+        if not self.one("SELECT to_regclass(%s) IS NOT NULL", (name,)):
+            self.fix_or_report("heartbeat", heartbeat_statements(self.resolved), f"no heartbeat table {name}")
+        elif not self.one("SELECT has_table_privilege(%s, 'INSERT') AND has_table_privilege(%s, 'UPDATE')",
+                          (name, name)):
+            # the engine writes a row every heartbeat_interval_ms: a table it cannot write is no heartbeat
+            self.missing.append(f"the user {self.resolved.spec.source.user} cannot INSERT and UPDATE the heartbeat "
+                                f"table {name} (GRANT INSERT, UPDATE ON {name} TO …, or heartbeat_interval_ms: 0)")
 
     def publication(self) -> None:
         spec = self.resolved.spec

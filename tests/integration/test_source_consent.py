@@ -195,3 +195,24 @@ def test_a_failed_first_snapshot_leaves_no_slot(source: Source, monkeypatch: pyt
     report = Pipeline(resolved).apply(stages=["source", "cdc"], progress=False)
     assert report.ok, report.to_dict()
     assert source.slot_exists()
+
+
+def test_a_heartbeat_table_the_user_cannot_write_is_listed_as_missing(source: Source) -> None:
+    """A DBA created the heartbeat table, but the pipeline's role may only read it: heartbeats would fail."""
+    role = f"hb_{source.tag}"
+    source.pg.execute(f"CREATE ROLE {role} LOGIN REPLICATION PASSWORD %s", (source.pg.password,))
+    try:
+        source.pg.execute(f"GRANT USAGE ON SCHEMA shop TO {role}; GRANT SELECT ON shop.items TO {role}; "
+                          "CREATE TABLE shop._bankflow_heartbeat (id int PRIMARY KEY, ts timestamptz); "
+                          f"GRANT SELECT ON shop._bankflow_heartbeat TO {role}", dbname=source.database)
+        resolved = source.spec("hb")
+        path = resolved.path
+        path.write_text(path.read_text().replace(f"user: {resolved.spec.source.user}", f"user: {role}"))
+        resolved = load_spec(path)
+        report = Pipeline(resolved).apply(stages=["source", "cdc"], progress=False)
+        error = failed_source_stage(report)
+        assert f"the user {role} cannot INSERT and UPDATE the heartbeat table" in error, error
+        assert "no heartbeat table" not in error
+    finally:
+        source.pg.execute(f"DROP OWNED BY {role}", dbname=source.database)
+        source.pg.execute(f"DROP ROLE {role}")
