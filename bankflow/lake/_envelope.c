@@ -8,8 +8,15 @@
  * enabled, anything odd); the caller decides about that value with the Python paths. So it never has to judge
  * a dead letter, and whatever it accepts must decode exactly as msgspec decodes it (tests compare the paths).
  *
- * decode(values: list, kinds: bytes, names: tuple[bytes, ...]) -> (count, columns, ops, lsn, tx_id, ts_us)
+ * It refuses, too, what the Python paths make a dead letter and it would otherwise accept: an integer outside its
+ * column's bounds (its width, or Postgres' range of a date, time or timestamp), a negative source.lsn or txId, a
+ * commit time outside the years 1 to 9999 (SOURCE_TS_MIN/MAX, as in decode.py), and JSON nested deeper than
+ * MAX_DEPTH (the envelope object is level 1; decode.MAX_NESTING).
+ *
+ * decode(values: list, kinds: bytes, names: tuple[bytes, ...], bounds: bytes)
+ *     -> (count, columns, ops, lsn, tx_id, ts_us)
  *   kinds: one byte per column: 'i' JSON integer (int64), 'b' JSON boolean, 's' JSON string.
+ *   bounds: per column the least and the greatest integer accepted (two int64, native byte order); read for 'i'.
  *   count: how many leading values were decoded (the rest is not looked at).
  *   columns: per column (validity or None, data, null_count) for 'i'/'b', (validity or None, offsets, data,
  *   null_count) for 's'; validity and booleans are Arrow bitmaps, offsets int32, integers int64 (little endian).
@@ -26,6 +33,9 @@
 #endif
 
 #define MAX_DEPTH 64
+/* µs since 1970 of 0001-01-01 and of 9999-12-31 23:59:59.999999: the commit times a file key names a date for */
+#define SOURCE_TS_MIN (-62135596800000000LL)
+#define SOURCE_TS_MAX 253402300799999999LL
 
 /* Bytes that stand for themselves inside a JSON string: printable ASCII except '"' and '\\'. */
 static unsigned char plain_byte[256];
@@ -97,6 +107,7 @@ typedef struct {
     const char *kinds;
     const char **names;
     Py_ssize_t *name_lens;
+    const char *bounds; /* least, greatest per column: int64 pairs */
     Slot *before, *after;
     /* outputs */
     Buf *data, *offsets, *valid; /* per column; valid: one byte per row, packed at the end */
@@ -411,6 +422,10 @@ static int row_image(Ctx *x, Cur *c, Slot *slots) {
                 case 'i': {
                     int is_int;
                     if (number(c, &slot->i, &is_int) || !is_int) return -1;
+                    int64_t least, greatest;
+                    memcpy(&least, x->bounds + 16 * j, 8);
+                    memcpy(&greatest, x->bounds + 16 * j + 8, 8);
+                    if (slot->i < least || slot->i > greatest) return -1;
                     break;
                 }
                 case 'b':
@@ -467,7 +482,7 @@ static int source_object(Cur *c, Source *src) {
         else if (key_is(key, klen, "ts_ms")) value = &src->ms, state = &src->ms_s;
         if (value) {
             if (*state || opt_int(c, value, state)) return -1;
-        } else if (skip_value(c, 1)) {
+        } else if (skip_value(c, 3)) { /* a member of source (level 2) */
             return -1;
         }
         int more = next_member(c, '}');
@@ -514,7 +529,7 @@ static int envelope(Ctx *x, const unsigned char *data, Py_ssize_t size) {
             if (op || string_span(c, &s, &n, &e) || e || n != 1) return -1;
             if (s[0] != 'c' && s[0] != 'u' && s[0] != 'd' && s[0] != 'r') return -1;
             op = s[0];
-        } else if (skip_value(c, 1)) {
+        } else if (skip_value(c, 2)) { /* a member of the envelope (level 1) */
             return -1;
         }
         int more = next_member(c, '}');
@@ -522,7 +537,8 @@ static int envelope(Ctx *x, const unsigned char *data, Py_ssize_t size) {
         if (!more) break;
     }
     ws(c);
-    if (c->p != c->end || !op || !seen_source || src.lsn_s != 2) return -1;
+    if (c->p != c->end || !op || !seen_source || src.lsn_s != 2 || src.lsn < 0) return -1;
+    if (src.tx_s == 2 && src.tx < 0) return -1;
     if (op == 'd' ? !have_before : !have_after) return -1;
     int64_t ts = 0;
     int ts_ok = 0;
@@ -533,6 +549,7 @@ static int envelope(Ctx *x, const unsigned char *data, Py_ssize_t size) {
         if (__builtin_mul_overflow(src.ms, (int64_t)1000, &ts)) return -1;
         ts_ok = 1;
     }
+    if (ts_ok && (ts < SOURCE_TS_MIN || ts > SOURCE_TS_MAX)) return -1;
     /* strings must stay addressable by int32 offsets; an image without one of the columns (a schema change in
        the source) is refused: the per-event path reports it instead of reading it as NULL */
     Slot *slots = op == 'd' ? x->before : x->after;
@@ -600,13 +617,18 @@ static PyObject *validity(const Buf *valid, Py_ssize_t nulls, Py_ssize_t n) {
 
 static PyObject *decode(PyObject *self, PyObject *args) {
     PyObject *values, *names;
-    const char *kinds;
-    Py_ssize_t nkinds;
-    if (!PyArg_ParseTuple(args, "O!y#O!", &PyList_Type, &values, &kinds, &nkinds, &PyTuple_Type, &names))
+    const char *kinds, *bounds;
+    Py_ssize_t nkinds, nbounds;
+    if (!PyArg_ParseTuple(args, "O!y#O!y#", &PyList_Type, &values, &kinds, &nkinds, &PyTuple_Type, &names,
+                          &bounds, &nbounds))
         return NULL;
     Py_ssize_t ncols = PyTuple_GET_SIZE(names);
     if (ncols != nkinds) {
         PyErr_SetString(PyExc_ValueError, "one kind per column name");
+        return NULL;
+    }
+    if (nbounds != ncols * 16) {
+        PyErr_SetString(PyExc_ValueError, "bounds: two int64 per column");
         return NULL;
     }
     for (Py_ssize_t j = 0; j < ncols; j++) {
@@ -624,6 +646,7 @@ static PyObject *decode(PyObject *self, PyObject *args) {
     memset(&x, 0, sizeof x);
     x.ncols = ncols;
     x.kinds = kinds;
+    x.bounds = bounds;
     size_t nc = (size_t)(ncols ? ncols : 1);
     x.names = PyMem_Calloc(nc, sizeof(char *));
     x.name_lens = PyMem_Calloc(nc, sizeof(Py_ssize_t));
@@ -712,19 +735,32 @@ done:
     return result;
 }
 
-/* msgspec_safe(value: bytes) -> bool: False when msgspec's typed decoding might judge the value otherwise than
- * orjson (the per-event path) does. msgspec checks neither the UTF-8 text nor the numbers of the fields it skips;
- * orjson refuses invalid UTF-8 and numbers beyond a double. So: any invalid UTF-8, a run of 100 digits, or a
- * digit followed by an exponent of 3 digits or more, anywhere (inside strings too: that only costs speed). */
-static PyObject *msgspec_safe(PyObject *self, PyObject *arg) {
-    if (!PyBytes_Check(arg)) {
-        PyErr_SetString(PyExc_TypeError, "msgspec_safe takes bytes");
-        return NULL;
-    }
-    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(arg), *end = p + PyBytes_GET_SIZE(arg);
-    int run = 0;
+/* msgspec_safe(value: bytes, max_depth: int) -> bool: False when msgspec's typed decoding might judge the value
+ * otherwise than orjson (the per-event path) does. msgspec checks neither the UTF-8 text nor the numbers of the
+ * fields it skips; orjson refuses invalid UTF-8 and numbers beyond a double; the per-event path refuses nesting
+ * deeper than max_depth (and msgspec would hit the recursion limit). So: any invalid UTF-8, a run of 100 digits,
+ * a digit followed by an exponent of 3 digits or more, anywhere (inside strings too: that only costs speed), or
+ * a bracket outside strings that opens level max_depth + 1. */
+static PyObject *msgspec_safe(PyObject *self, PyObject *args) {
+    const char *data;
+    Py_ssize_t size;
+    int max_depth;
+    if (!PyArg_ParseTuple(args, "y#i", &data, &size, &max_depth)) return NULL;
+    const unsigned char *p = (const unsigned char *)data, *end = p + size;
+    int run = 0, depth = 0, in_string = 0, escaped = 0;
     while (p < end) {
         unsigned char ch = *p;
+        if (in_string) {
+            if (escaped) escaped = 0;
+            else if (ch == '\\') escaped = 1;
+            else if (ch == '"') in_string = 0;
+        } else if (ch == '"') {
+            in_string = 1;
+        } else if (ch == '{' || ch == '[') {
+            if (++depth > max_depth) Py_RETURN_FALSE;
+        } else if (ch == '}' || ch == ']') {
+            depth--;
+        }
         if (ch >= '0' && ch <= '9') {
             if (++run >= 100) Py_RETURN_FALSE;
             p++;
@@ -751,7 +787,7 @@ static PyObject *msgspec_safe(PyObject *self, PyObject *arg) {
 
 static PyMethodDef methods[] = {
     {"decode", decode, METH_VARARGS, "Decode the leading Debezium JSON values into Arrow buffers."},
-    {"msgspec_safe", msgspec_safe, METH_O, "Whether msgspec judges this value as orjson does."},
+    {"msgspec_safe", msgspec_safe, METH_VARARGS, "Whether msgspec judges this value as orjson does."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -759,5 +795,10 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_envelope", NULL, -1
 
 PyMODINIT_FUNC PyInit__envelope(void) {
     init_tables();
-    return PyModule_Create(&module);
+    PyObject *m = PyModule_Create(&module);
+    if (m && PyModule_AddIntConstant(m, "MAX_DEPTH", MAX_DEPTH)) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

@@ -8,6 +8,12 @@
 
 Numeric text becomes decimal128 exactly, never through float. `convert_column` converts a whole column in one
 Arrow cast and, when that fails, finds the culprit values one by one so only their rows become dead letters.
+
+Every value is checked against its declared type, on every input, so nothing downstream (a Parquet reader, a
+warehouse COPY that aborts the whole file) meets a value the column cannot hold: integer widths, Postgres' ranges
+of date, time and timestamp (`json_int_bounds`), decimal precision and scale, the declared length of varchar(n)
+and char(n) (in characters; for char(n) without trailing blanks, as Postgres compares, and trimmed to n as
+Postgres stores it), and the form of a uuid.
 """
 
 from __future__ import annotations
@@ -28,6 +34,18 @@ Converter = Callable[[list[Any]], pa.Array]
 INT_KINDS = ("smallint", "integer", "bigint")
 _STRING_KINDS = ("text", "varchar", "char", "uuid", "json", "jsonb")
 TS_UTC = pa.timestamp("us", tz="UTC")
+INT64_BOUNDS = (-(2**63), 2**63 - 1)
+# Postgres' own ranges, as Debezium sends them (adaptive_time_microseconds): days or µs since 1970-01-01.
+DATE_DAYS = (-2_440_588, 2_145_042_905)  # 4714-11-24 BC .. 5874897-12-31 (Julian day 0 .. DATE_END_JULIAN - 1)
+TIMESTAMP_US = (-210_866_803_200_000_000, 2**63 - 1)  # 4714-11-24 BC .. (Postgres' end lies beyond int64 µs)
+# 24:00:00, which Postgres allows, has no image in Arrow's time64 or in Snowflake's TIME: a dead letter
+TIME_US = (0, 86_399_999_999)
+_INT_BOUNDS: dict[str, tuple[int, int]] = {
+    "smallint": (-(2**15), 2**15 - 1), "integer": (-(2**31), 2**31 - 1), "bigint": INT64_BOUNDS,
+    "date": DATE_DAYS, "time": TIME_US, "timestamp": TIMESTAMP_US,
+}
+_UUID_RE = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+_SHOWN = 200  # characters of a bad value a dead-letter reason quotes
 # what a converter raises for a value it cannot convert (anything else is a bug, not bad input)
 CONVERSION_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError, TypeError,
                      ValueError)
@@ -96,7 +114,8 @@ def text_converter(pg: PgType) -> Converter:
     target = arrow_type(pg)
     kind = pg.kind
     if kind in _STRING_KINDS:
-        return lambda v: pa.array(v, pa.string())
+        checked = string_check(pg)
+        return lambda v: checked(pa.array(v, pa.string()))
     if kind == "boolean":
         return _text_bool
     if kind == "bytea":
@@ -109,12 +128,71 @@ def text_converter(pg: PgType) -> Converter:
     return lambda v: pa.array(v, pa.string()).cast(target)
 
 
-def _json_ints(values: list[Any], arrow: pa.DataType) -> pa.Array:
-    """JSON integers only: `pa.array` would truncate 1.5 to 1, and a wrong number must be a dead letter."""
+def json_int_bounds(pg: PgType) -> tuple[int, int] | None:
+    """The range of the integer a Debezium JSON value of this column is (its width, or Postgres' range of the
+    days or µs it counts), or None for a column that is not read as an integer."""
+    return _INT_BOUNDS.get(pg.kind)
+
+
+def _out_of_range(value: int, pg: PgType, bounds: tuple[int, int]) -> pa.ArrowInvalid:
+    return pa.ArrowInvalid(f"{value} is out of range for {pg.sql} ({bounds[0]} to {bounds[1]})")
+
+
+def _json_ints(values: list[Any], arrow: pa.DataType, pg: PgType) -> pa.Array:
+    """JSON integers only, in the column's range: `pa.array` would truncate 1.5 to 1, and a wrong number must be
+    a dead letter."""
+    lo, hi = _INT_BOUNDS[pg.kind]
     for value in values:
-        if value is not None and type(value) is not int:
-            raise pa.ArrowInvalid(f"expected an integer, got {type(value).__name__}")
+        if value is not None:
+            if type(value) is not int:
+                raise pa.ArrowInvalid(f"expected an integer, got {type(value).__name__}")
+            if not lo <= value <= hi:
+                raise _out_of_range(value, pg, (lo, hi))
     return pa.array(values, arrow)
+
+
+def _bounded(arr: pa.Array, pg: PgType, bounds: tuple[int, int]) -> pa.Array:
+    """The integer array, unless a value is outside `bounds` (vectorised `_json_ints` range check)."""
+    if arr.null_count == len(arr):
+        return arr
+    low, high = pc.min_max(arr).values()
+    if low.as_py() < bounds[0]:
+        raise _out_of_range(low.as_py(), pg, bounds)
+    if high.as_py() > bounds[1]:
+        raise _out_of_range(high.as_py(), pg, bounds)
+    return arr
+
+
+def string_check(pg: PgType) -> Callable[[pa.Array], pa.Array]:
+    """A string array as the column holds it: the declared length of varchar(n) and char(n) enforced in
+    characters (char(n): without trailing blanks, as Postgres compares, then trimmed to n blanks as Postgres
+    stores it), a uuid in its canonical form; anything else raises (a dead letter)."""
+    kind = pg.kind
+    if kind == "uuid":
+        return _uuid_text
+    length = pg.length if pg.length is not None else (1 if kind == "char" else None)
+    if kind not in ("varchar", "char") or length is None:
+        return lambda a: a
+    return lambda a: _within_length(a, pg, length)
+
+
+def _uuid_text(arr: pa.Array) -> pa.Array:
+    ok = pc.match_substring_regex(arr, _UUID_RE)
+    if not pc.all(pc.or_kleene(ok, pc.is_null(arr))).as_py():
+        raise pa.ArrowInvalid("a uuid must be 32 hex digits in groups of 8-4-4-4-12")
+    return arr
+
+
+def _within_length(arr: pa.Array, pg: PgType, length: int) -> pa.Array:
+    longest = pc.max(pc.utf8_length(arr)).as_py()
+    if longest is None or longest <= length:
+        return arr
+    if pg.kind == "char":
+        trimmed = pc.max(pc.utf8_length(pc.utf8_rtrim(arr, characters=" "))).as_py()
+        if trimmed <= length:  # only blanks beyond n: Postgres stores the value trimmed to n
+            return pc.utf8_slice_codeunits(arr, 0, length)
+        longest = trimmed
+    raise pa.ArrowInvalid(f"{longest} characters, longer than {pg.sql}")
 
 
 def _json_floats(values: list[Any], arrow: pa.DataType) -> pa.Array:
@@ -130,21 +208,22 @@ def json_converter(pg: PgType) -> Converter:
     target = arrow_type(pg)
     kind = pg.kind
     if kind in INT_KINDS:
-        return lambda v: _json_ints(v, target)
+        return lambda v: _json_ints(v, target, pg)
     if kind in ("real", "double precision"):
         return lambda v: _json_floats(v, target)
     if kind == "boolean":
         return lambda v: pa.array(v, target)
     if kind in _STRING_KINDS:
-        return lambda v: pa.array(v, pa.string())
+        checked = string_check(pg)
+        return lambda v: checked(pa.array(v, pa.string()))
     if kind == "numeric":
         return lambda v: _decimal_text(pa.array(v, pa.string()), target)
     if kind == "bytea":
         return _json_bytea
     if kind == "date":
-        return lambda v: _json_ints(v, pa.int32()).cast(target)
+        return lambda v: _json_ints(v, pa.int32(), pg).cast(target)
     if kind in ("time", "timestamp"):
-        return lambda v: _json_ints(v, pa.int64()).cast(target)
+        return lambda v: _json_ints(v, pa.int64(), pg).cast(target)
     if kind == "timestamptz":
         return lambda v: pa.array(v, pa.string()).cast(TS_UTC)
     raise ValueError(f"no Debezium converter for {pg.sql}")
@@ -179,7 +258,9 @@ def json_finish(pg: PgType) -> Callable[[pa.Array], pa.Array]:
     """Array of `json_input_type` → the lake type; the same conversions as `json_converter`, vectorised."""
     target = arrow_type(pg)
     kind = pg.kind
-    if kind in INT_KINDS or kind in ("real", "double precision", "boolean") or kind in _STRING_KINDS:
+    if kind in _STRING_KINDS:
+        return string_check(pg)
+    if kind in INT_KINDS or kind in ("real", "double precision", "boolean"):  # read in their own width
         return lambda a: a
     if kind == "bytea":
         return lambda a: _json_bytea(a.to_pylist())
@@ -188,8 +269,15 @@ def json_finish(pg: PgType) -> Callable[[pa.Array], pa.Array]:
     if kind == "numeric":
         return lambda a: _decimal_text(a, target)
     if kind in ("date", "time", "timestamp"):
-        return lambda a: a.cast(target)
+        bounds = _INT_BOUNDS[kind]
+        return lambda a: _bounded(a, pg, bounds).cast(target)
     raise ValueError(f"no Debezium converter for {pg.sql}")
+
+
+def _shown(value: Any) -> str:
+    text = value.decode(errors="replace") if isinstance(value, (bytes, bytearray)) else value
+    shown = repr(text)
+    return shown if len(shown) <= _SHOWN else f"{shown[:_SHOWN]}… ({len(shown)} characters)"
 
 
 def convert_column(convert: Converter, values: list[Any], name: str, nullable: bool,
@@ -208,8 +296,7 @@ def convert_column(convert: Converter, values: list[Any], name: str, nullable: b
             try:
                 convert([value])
             except Exception as exc:
-                shown = value.decode(errors="replace") if isinstance(value, bytes) else value
-                bad.setdefault(i, f"column {name!r}: cannot convert {shown!r}: {exc}")
+                bad.setdefault(i, f"column {name!r}: cannot convert {_shown(value)}: {exc}")
                 values[i] = None
         arr = convert(values)
     if not nullable and arr.null_count:

@@ -11,6 +11,13 @@ that value and a few after it go the msgspec way: msgspec decodes them strictly 
 column) and a chunk with anything else unusual in it (an unknown op, a value that does not cast, a missing NOT
 NULL value) is split until the culprits are isolated, and those are handed back one by one (`OneEvent`) for the
 per-event path, so dead letters and output stay what it gives.
+
+No value stops a consumer: whatever a path cannot take goes to the per-event path, which makes it a row or a
+dead letter with the reason. What it refuses beyond malformed JSON: nesting deeper than `MAX_NESTING` (orjson
+reads 1024 levels, msgspec fails at Python's recursion limit, and neither the dead-letter store nor a reason
+could render it), a negative or non-64-bit position (`source.lsn`, `source.txId`), a commit time outside the
+years 1 to 9999 (it names the file's `{date}`), and column values outside their declared type
+(`bankflow.lake.convert`).
 """
 
 from __future__ import annotations
@@ -30,6 +37,9 @@ from bankflow.lake.convert import CONVERSION_ERRORS, TS_UTC, json_finish, json_i
 from bankflow.spec.models import Table
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+# Commit times a file key can name a date for (`datetime`'s years 1 to 9999), µs since 1970; `_envelope.c` too.
+SOURCE_TS_MIN, SOURCE_TS_MAX = -62_135_596_800_000_000, 253_402_300_799_999_999
+MAX_NESTING = 64  # JSON containers nested deeper than this (the envelope object is level 1): a dead letter
 _OPS = ("c", "u", "d", "r")  # a tuple: an op read from JSON may be unhashable (a list)
 _OP_SET = frozenset(_OPS)
 
@@ -46,13 +56,42 @@ class Malformed:
         self.text = text
 
 
+def _text(value: bytes | str) -> str:
+    return str(value.decode("utf-8", "replace") if isinstance(value, (bytes, bytearray, memoryview)) else value)
+
+
+def nesting(value: Any) -> int:
+    """How deeply JSON containers nest in a decoded value (a scalar 0, ``{}`` 1, ``{"a": []}`` 2)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if type(item) is dict:
+            children: Any = item.values()
+        elif type(item) is list:
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children if type(child) is dict or type(child) is list)
+    return deepest
+
+
+def _brackets(value: bytes | str) -> int:
+    """An upper bound of the nesting of a JSON text: it cannot nest deeper than it has opening brackets."""
+    if isinstance(value, str):
+        return value.count("{") + value.count("[")
+    data = bytes(value)
+    return data.count(b"{") + data.count(b"[")
+
+
 def parse_value(value: bytes | str) -> Any:
     """One message value as orjson reads it (schemas-enabled wrapper removed), or `Malformed`."""
     try:
         event = orjson.loads(value)
-    except orjson.JSONDecodeError as exc:
-        text = value.decode("utf-8", "replace") if isinstance(value, (bytes, bytearray, memoryview)) else value
-        return Malformed(f"malformed JSON: {exc}", str(text))
+    except (orjson.JSONDecodeError, RecursionError) as exc:
+        return Malformed(f"malformed JSON: {exc}", _text(value))
+    if _brackets(value) > MAX_NESTING and nesting(event) > MAX_NESTING:
+        return Malformed(f"JSON nested deeper than {MAX_NESTING} levels", _text(value))
     # JsonConverter with schemas.enable=true wraps the event in {"schema": …, "payload": …}
     if type(event) is dict and "op" not in event and type(event.get("payload")) is dict:
         return event["payload"]
@@ -95,7 +134,8 @@ def judge_event(event: dict[str, Any], columns: Container[str], table: str,
     if ts_us is None and ts_ms is not None:
         ts_label = "ts_ms"
         ts_us = ts_ms * 1000 if type(ts_ms) is int else ts_ms
-    touched = ts_us if type(ts_us) is int else None
+    # only a commit time a file key can name a date for reaches the batch
+    touched = ts_us if type(ts_us) is int and SOURCE_TS_MIN <= ts_us <= SOURCE_TS_MAX else None
     op = event.get("op")
     if op not in _OPS:
         return touched, f"unknown op {op!r} (expected c, u, d or r)"
@@ -110,17 +150,32 @@ def judge_event(event: dict[str, Any], columns: Container[str], table: str,
     if lsn is None:
         return touched, "event has no source.lsn"
     tx_id = source.get("txId")
-    for name, number in (("lsn", lsn), ("txId", tx_id), (ts_label, ts_us)):
-        if number is not None and type(number) is not int:
-            return touched, f"source.{name} must be an integer, got {number!r}"
-        if number is not None and not _INT64_MIN <= number <= _INT64_MAX:
-            return touched, f"source.{name} is out of the 64-bit range: {source.get(name)!r}"
+    wrong = _source_problem(source, lsn, tx_id, ts_label, ts_us, touched)
+    if wrong:
+        return touched, wrong
     judged = EventRow(op, row, lsn, tx_id, ts_us)
     if expected is not None:
         missing = [c for c in expected if c not in row]
         if unknown or missing:
             return touched, ShapeMismatch(tuple(unknown), tuple(missing), tuple(row), judged)
     return touched, judged
+
+
+def _source_problem(source: dict[str, Any], lsn: Any, tx_id: Any, ts_label: str, ts_us: Any,
+                    touched: int | None) -> str | None:
+    """Why the event's position or commit time cannot be kept, or None."""
+    for name, number in (("lsn", lsn), ("txId", tx_id), (ts_label, ts_us)):
+        if number is not None and type(number) is not int:
+            return f"source.{name} must be an integer, got {number!r}"
+        if number is not None and not _INT64_MIN <= number <= _INT64_MAX:
+            return f"source.{name} is out of the 64-bit range: {source.get(name)!r}"
+    for name, number in (("lsn", lsn), ("txId", tx_id)):
+        if number is not None and number < 0:
+            return f"source.{name} must not be negative, got {number!r}"
+    if ts_us is not None and touched is None:
+        return (f"source.{ts_label} is out of range: {source.get(ts_label)!r} "
+                "(a commit time must lie in the years 1 to 9999)")
+    return None
 
 
 # ---------------------------------------------------------------- msgspec: typed, strict, in bulk
@@ -142,9 +197,11 @@ def _checked(value: bytes | str) -> bytes | str:
     data = value if type(value) is bytes else value.encode("utf-8", "surrogatepass")  # type: ignore[union-attr]
     extension = native.extension
     if extension is not None:
-        if not extension.msgspec_safe(data):
+        if not extension.msgspec_safe(data, MAX_NESTING):
             raise _PerEventOnly
         return value
+    if data.count(b"{") + data.count(b"[") > MAX_NESTING:  # might nest too deeply (msgspec recursion, the bound)
+        raise _PerEventOnly
     if not data.isascii():
         data.decode()  # UnicodeDecodeError
     shapes = data.translate(_NUMBER_SHAPES)
@@ -153,7 +210,8 @@ def _checked(value: bytes | str) -> bytes | str:
     return value
 
 
-_UNDECODABLE = (msgspec.DecodeError, UnicodeDecodeError, _PerEventOnly)  # msgspec raises UnicodeDecodeError too
+# msgspec raises UnicodeDecodeError too, and RecursionError on deep nesting (which `_checked` leaves out first)
+_UNDECODABLE = (msgspec.DecodeError, UnicodeDecodeError, RecursionError, _PerEventOnly)
 _SOURCE_FIELDS = ("lsn", "txId", "ts_us", "ts_ms")  # the order of `_EnvelopeDecoder`'s source struct
 _SOURCE_STRUCT = pa.struct([(name, pa.int64()) for name in _SOURCE_FIELDS])
 
@@ -276,7 +334,10 @@ class DebeziumDecoder:
         i, n = 0, len(piece)
         while i < n:
             values = piece[i:] if i else piece
-            count, arrays, first_ts = decoder.decode(values)
+            try:
+                count, arrays, first_ts = decoder.decode(values)
+            except _BULK_ERRORS:  # never expected (it refuses what does not fit); msgspec takes the run then
+                count, arrays, first_ts = 0, [], None
             if count:
                 yield from self._native_rows(arrays, first_ts, count, values, positions[i:])
                 i += count
@@ -367,5 +428,17 @@ class DebeziumDecoder:
         ts_us = source.field(2)
         if ts_us.null_count:
             ts_us = pc.coalesce(ts_us, pc.multiply_checked(source.field(3), 1000))
+        _check_range(lsn, 0, _INT64_MAX)
+        _check_range(source.field(1), 0, _INT64_MAX)
+        _check_range(ts_us, SOURCE_TS_MIN, SOURCE_TS_MAX)
         arrays += [pa.array(ops_list, pa.string()), lsn, source.field(1), ts_us.cast(TS_UTC)]
         return arrays, ts_us[0].as_py()
+
+
+def _check_range(arr: pa.Array, low: int, high: int) -> None:
+    """Raise when a value of the int64 array lies outside [low, high] (the per-event path says which and why)."""
+    if arr.null_count == len(arr):
+        return
+    least, most = pc.min_max(arr).values()
+    if least.as_py() < low or most.as_py() > high:
+        raise _Unconvertible("a source field out of range")

@@ -38,8 +38,33 @@ def parse_lsn(text: str) -> int:
     return (int(hi, 16) << 32) | int(lo, 16)
 
 
+_MAX_LSN = 2**64 - 1
+_MAX_OFFSET = 10**20 - 1  # 20 digits
+_MAX_PARTITION = 99_999  # 5 digits
+
+
+def _check(name: str, value: Any, high: int) -> None:
+    if type(value) is not int or not 0 <= value <= high:
+        raise ValueError(f"a position's {name} must be an integer from 0 to {high}, got {value!r}")
+
+
+def check_position(position: Any) -> None:
+    """Raise ValueError unless the position renders in a key that sorts and parses back (fixed width, no sign):
+    decoders validate what comes from events before it gets here, so this guards against a bug."""
+    if isinstance(position, LsnPosition):
+        _check("commit LSN", position.commit, _MAX_LSN)
+        _check("LSN", position.lsn, _MAX_LSN)
+    elif isinstance(position, KafkaPosition):
+        _check("partition", position.partition, _MAX_PARTITION)
+        _check("offset", position.offset, _MAX_OFFSET)
+    elif type(position) is int:
+        _check("LSN", position, _MAX_LSN)
+
+
 def format_span(first: Any, last: Any) -> str:
     """The fixed-width, sortable text of a position range, as used in file keys."""
+    check_position(first)
+    check_position(last)
     if isinstance(first, LsnPosition) and isinstance(last, LsnPosition):
         return f"{first.commit:016X}.{first.lsn:016X}-{last.commit:016X}.{last.lsn:016X}"
     if isinstance(first, KafkaPosition) and isinstance(last, KafkaPosition):

@@ -24,6 +24,17 @@ from bankflow.lake.positions import KafkaPosition, format_span, parse_file_name
 from bankflow.spec.models import Lake
 
 
+def _key_date(ts: int | None) -> str:
+    """`{date}`: the UTC date of a commit time in µs, or "unknown" for none or one no date can name (the
+    decoders dead-letter such events; this keeps a key from ever failing on one)."""
+    if ts is None:
+        return "unknown"
+    try:
+        return datetime.fromtimestamp(ts / 1_000_000, tz=timezone.utc).date().isoformat()
+    except (OverflowError, ValueError, OSError):
+        return "unknown"
+
+
 @dataclass(frozen=True)
 class LakeFile:
     key: str
@@ -57,9 +68,7 @@ class LakeWriter:
         return f"{self.root}/{filled}"
 
     def key_for(self, batch: TableBatch) -> str:
-        ts = batch.first_source_ts_us
-        date = (datetime.fromtimestamp(ts / 1_000_000, tz=timezone.utc).date().isoformat()
-                if ts is not None else "unknown")
+        date = _key_date(batch.first_source_ts_us)
         first, last = batch.first_position, batch.last_position
         partition = str(first.partition) if isinstance(first, KafkaPosition) else "0"
         directory = self.directory(table=batch.table.name, schema=batch.schema_name, topic=batch.topic,

@@ -145,12 +145,15 @@ def test_str_values_and_every_truncation_are_refused() -> None:
 
 
 def test_bad_arguments_raise() -> None:
+    bounds = bytes(16)
     with pytest.raises(ValueError):
-        _envelope.decode([], b"i", ())
+        _envelope.decode([], b"i", (), bounds)
     with pytest.raises(ValueError):
-        _envelope.decode([], b"x", (b"a",))
+        _envelope.decode([], b"x", (b"a",), bounds)
     with pytest.raises(TypeError):
-        _envelope.decode([], b"i", ("a",))
+        _envelope.decode([], b"i", ("a",), bounds)
+    with pytest.raises(ValueError):
+        _envelope.decode([], b"i", (b"a",), bytes(8))
 
 
 _INSERTS = [b'"', b"\\", b",", b"}", b"{", b"[", b"]", b":", b"1", b".", b"-", b"n", b" ", b"\t", b"null", b"true",
