@@ -141,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--follow", action="store_true", help="keep streaming until SIGINT/SIGTERM (then flush)")
     p.add_argument("--accept-dead-letters", action="store_true",
                    help="exit 0 even when events went to the dead-letter store (they are still reported)")
+    p.add_argument("--verify", action="store_true",
+                   help="when every stage succeeded, run verify too (exit 1 when it finds a difference)")
     p.add_argument("--json", action="store_true", help="print the run report as JSON")
 
     p = command("generate", help="write a realistic workload into the source database",
@@ -374,9 +376,12 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from bankflow.pipeline import Pipeline
 
     resolved = _load(args)
-    report = Pipeline(resolved).apply(stages=args.stages, follow=args.follow, progress=_progress(args))
+    report = Pipeline(resolved).apply(stages=args.stages, follow=args.follow, progress=_progress(args),
+                                      verify=args.verify)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2, default=str))
+    elif report.verify is not None and (not args.quiet or not report.verify.ok):
+        print(report.verify.format())
     for table, events in sorted(report.dead_letters.items()):  # never a silent success
         bankflow_log.error_line(f"bankflow apply: {events:,} event(s) of {table} went to the dead-letter store "
                                 f"(bankflow deadletters {args.spec} list --table {table})")

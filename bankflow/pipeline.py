@@ -39,15 +39,17 @@ class RunReport:
     seconds: float = 0.0
     # events this run sent to the dead-letter store, per table (snapshot and stream alike)
     dead_letters: dict[str, int] = field(default_factory=dict)
+    verify: Any = None  # the VerifyReport of `apply --verify`
 
     @property
     def ok(self) -> bool:
-        return all(s.ok for s in self.stages)
+        return all(s.ok for s in self.stages) and (self.verify is None or self.verify.ok)
 
     def to_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "pipeline": self.pipeline, "env": self.env, "started_at": self.started_at,
                 "ok": self.ok, "seconds": round(self.seconds, 3), "stages": [s.to_dict() for s in self.stages],
-                "dead_letters": dict(self.dead_letters)}
+                "dead_letters": dict(self.dead_letters),
+                "verify": None if self.verify is None else self.verify.to_dict()}
 
 
 class Pipeline:
@@ -60,8 +62,10 @@ class Pipeline:
 
     # ------------------------------------------------------------ apply
 
-    def apply(self, stages: list[str] | None = None, *, follow: bool = False, progress: bool = True) -> RunReport:
-        """Run the stages in order; stop at the first failure. `follow` streams until SIGINT/SIGTERM."""
+    def apply(self, stages: list[str] | None = None, *, follow: bool = False, progress: bool = True,
+              verify: bool = False) -> RunReport:
+        """Run the stages in order; stop at the first failure. `follow` streams until SIGINT/SIGTERM.
+        `verify`: when every stage succeeded, reconcile the source with the warehouse too (`report.verify`)."""
         from bankflow.stages import cdc, load, source, transform
 
         selected = list(stages or STAGE_ORDER)
@@ -99,6 +103,9 @@ class Pipeline:
                         break
                     if follow and name == "cdc":
                         break  # a follow run ends when interrupted; the next apply loads and transforms
+                if verify and all(s.ok for s in report.stages):
+                    ctx.progress.update("verify", "reconciling the source with the warehouse", force=True)
+                    report.verify = self.verify()
             finally:
                 report.seconds = time.monotonic() - started
                 if dead_before is not None:
@@ -229,6 +236,28 @@ class Pipeline:
                 lines.append(self.resolved.redact(f"slot {self.spec.cdc.slot} not dropped: {exc}"))
         lines.append(server.stop())
         return lines
+
+    def backfill(self, table: str, where: str | None = None, *, progress: bool = True) -> dict[str, Any]:
+        """Re-read one table from the source while the stream goes on, and load it (see `bankflow.engines.builtin
+        .backfill`): its rows arrive as op 'r' events ordered against concurrent changes. `where` is a condition
+        in the source's SQL (checked: one read-only boolean expression). A running `apply --follow` carries the
+        request out itself (``queued``); otherwise this runs the cdc and load stages. Built-in engine only."""
+        from bankflow.source import source_connect_kwargs
+
+        engine = self.spec.cdc.engine_for(self.resolved)
+        if not hasattr(engine, "request_backfill"):
+            raise BankflowError(f"`backfill` is not implemented for the {self.spec.cdc.capabilities.label} yet "
+                                "(Debezium's incremental snapshot signal is planned); on this engine re-read a table "
+                                "with Debezium's own signal table (execute-snapshot)")
+        record = engine.request_backfill(table, where, source_connect_kwargs(self.resolved, start=True))
+        result: dict[str, Any] = {"table": table, "where": record.get("where"), "id": record["id"]}
+        if record["slot_active"]:
+            return {**result, "ok": True, "queued": True,
+                    "message": f"a running cdc holds slot {self.spec.cdc.slot}: it backfills {table} within seconds"}
+        report = self.apply(stages=["cdc", "load"], progress=progress)
+        cdc = next((s for s in report.stages if s.name == "cdc"), None)
+        rows = int(cdc.details.get("backfill_rows", 0)) if cdc is not None else 0
+        return {**result, "ok": report.ok, "queued": False, "rows": rows, "report": report.to_dict()}
 
     def consume(self, *, workers: int = 1, follow: bool = False, progress: bool = True) -> dict[str, Any]:
         return self.spec.cdc.engine_for(self.resolved).consume(workers=workers, follow=follow, progress=progress)

@@ -42,16 +42,18 @@ class CheckResult:
 @dataclass
 class VerifyReport:
     checks: list[CheckResult]
+    # what verify could not compare: source columns the spec does not declare (they are not carried)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return all(c.ok for c in self.checks)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "checks": [asdict(c) for c in self.checks]}
+        return {"ok": self.ok, "checks": [asdict(c) for c in self.checks], "notes": list(self.notes)}
 
     def format(self) -> str:
-        lines = []
+        lines = [f"note {note}" for note in self.notes]
         for check in self.checks:
             mark = "ok  " if check.ok else "DIFF"
             lines.append(f"{mark} {check.name}: source {check.source_rows} row(s), warehouse "
@@ -72,13 +74,12 @@ def normalise(value: Any) -> Any:
 
     Python already equates (and hashes alike) Decimal('1.50') and Decimal('1.5'), ints and Decimals, and aware
     datetimes at the same instant whatever their tzinfo object, so those pass through untouched (the common case,
-    kept fast). Padding of char(n), UUID objects, parsed JSON, bytes and floats are brought to one form.
+    kept fast). Strings compare exactly (a trailing blank is data); UUID objects, parsed JSON, bytes and floats
+    are brought to one form. Only a char(n) column's padding is ignored, on purpose (`row_normaliser`).
     """
     kind = type(value)
-    if value is None or kind is int or kind is Decimal or kind is bool or kind is dt.datetime:
+    if value is None or kind is int or kind is Decimal or kind is bool or kind is dt.datetime or kind is str:
         return value
-    if kind is str:
-        return value.rstrip()
     if isinstance(value, float):  # only ever from a query that asked for one
         return Decimal(repr(value)).normalize()
     if isinstance(value, (dict, list)):
@@ -103,11 +104,17 @@ def _json_text(value: Any) -> Any:
 RowNormaliser = Callable[[tuple[Any, ...]], tuple[Any, ...]]
 
 
-def row_normaliser(json_columns: Sequence[int] = ()) -> RowNormaliser:
-    json_set = frozenset(json_columns)
-    if not json_set:
+def _unpadded(value: Any) -> Any:
+    """char(n): Postgres pads to n and ignores trailing blanks in comparisons; so does verify, for those only."""
+    return value.rstrip(" ") if type(value) is str else normalise(value)
+
+
+def row_normaliser(json_columns: Sequence[int] = (), char_columns: Sequence[int] = ()) -> RowNormaliser:
+    json_set, char_set = frozenset(json_columns), frozenset(char_columns)
+    if not json_set and not char_set:
         return lambda row: tuple(map(normalise, row))
-    return lambda row: tuple(_json_text(v) if i in json_set else normalise(v) for i, v in enumerate(row))
+    return lambda row: tuple(_json_text(v) if i in json_set else _unpadded(v) if i in char_set else normalise(v)
+                             for i, v in enumerate(row))
 
 
 def _digests(chunks: Iterable[Sequence[tuple[Any, ...]]], norm: RowNormaliser) -> tuple[Counter[int], int]:
@@ -230,13 +237,26 @@ class _Verifier:
         for table in spec.tables:
             columns = ", ".join(map(source_column, table.columns))
             source_sql = f"SELECT {columns} FROM {quote_pg(spec.source.schema_name)}.{quote_pg(table.name)}"
-            norm = row_normaliser([i for i, c in enumerate(table.columns) if c.pg_type.kind in ("json", "jsonb")])
+            norm = row_normaliser([i for i, c in enumerate(table.columns) if c.pg_type.kind in ("json", "jsonb")],
+                                  [i for i, c in enumerate(table.columns) if c.source_type.kind == "char"])
             name = f"{table.name}: raw latest state equals source rows"
             self.attempt(name, partial(compare, name, self.source(source_sql),
                                        self.warehouse(latest_state_sql(self.resolved, table)), norm))
         for check in spec.verify.checks:
             self.attempt(check.name, partial(self.spec_check, check))
-        return VerifyReport(self.checks)
+        return VerifyReport(self.checks, self.undeclared_columns())
+
+    def undeclared_columns(self) -> list[str]:
+        """Source columns no spec column declares: not carried, so not compared (said, not hidden)."""
+        spec = self.resolved.spec
+        with self.conn.cursor() as cur:
+            cur.execute("SELECT table_name, column_name FROM information_schema.columns "
+                        "WHERE table_schema = %s AND table_name = ANY(%s) ORDER BY table_name, ordinal_position",
+                        (spec.source.schema_name, [t.name for t in spec.tables]))
+            live = cur.fetchall()
+        declared = {(t.name, c.name) for t in spec.tables for c in t.columns}
+        return [f"{table}.{column}: in the source, not in the spec (not carried, not compared)"
+                for table, column in live if (table, column) not in declared]
 
     def spec_check(self, check: VerifyCheck) -> CheckResult:
         """The spec's own queries: refused (the check fails, nothing runs) unless each is one read-only SELECT."""

@@ -161,3 +161,21 @@ def test_status_exits_non_zero_on_contract_drift_and_slot_lag(project: Any, caps
     attention = json.loads(capsys.readouterr().out)["attention"]
     assert any("source contract: 1 difference(s) stop apply" in a and "items: declared in the spec" in a
                for a in attention), attention
+
+
+def test_apply_verify_is_exact_and_names_what_it_cannot_compare(project: Any,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    root, write, sql = project
+    spec = str(write(nullable=True))
+    sql("UPDATE shop.items SET label = 'two ' WHERE id = 2")  # a trailing blank is data
+    assert main(["apply", spec, "--stages", "source,cdc,load", "--verify", "--json", "-q"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["verify"]["ok"] and report["verify"]["notes"] == []
+    con = duckdb.connect(str(root / "wh.duckdb"))
+    con.execute("UPDATE raw.items SET label = rtrim(label) WHERE id = 2")  # what a lossy pipeline would do
+    con.close()
+    sql("ALTER TABLE shop.items ADD COLUMN secret text")  # not in the spec: not carried, not compared
+    assert main(["apply", spec, "--stages", "source,cdc,load", "--verify", "-q"]) == 1
+    out = capsys.readouterr().out
+    assert "DIFF items: raw latest state equals source rows" in out, out
+    assert "note items.secret: in the source, not in the spec" in out, out

@@ -21,8 +21,16 @@ def test_equal_values_in_other_driver_forms_match() -> None:
     other = (Decimal(1), Decimal("1.5"),
              dt.datetime(2024, 1, 1, 13, 0, 0, 123456, tzinfo=dt.timezone(dt.timedelta(hours=1))),
              "USD  ", '{"a": [1, 2], "b": 1}', str(uuid.UUID(int=5)), memoryview(b"\x00\xff"), dt.date(2024, 1, 2))
-    result = compare("t", lambda: chunks(ROW), lambda: chunks(other), row_normaliser([4]))
+    result = compare("t", lambda: chunks(ROW), lambda: chunks(other), row_normaliser([4], char_columns=[3]))
     assert result.ok and result.source_rows == result.warehouse_rows == 1
+
+
+def test_strings_compare_exactly_except_the_padding_of_char_columns() -> None:
+    padded = (*ROW[:3], "USD  ", *ROW[4:])
+    assert not compare("t", lambda: chunks(ROW), lambda: chunks(padded), row_normaliser([4])).ok  # text: data
+    assert compare("t", lambda: chunks(ROW), lambda: chunks(padded), row_normaliser([4], [3])).ok  # char(n)
+    leading = (*ROW[:3], " USD", *ROW[4:])
+    assert not compare("t", lambda: chunks(ROW), lambda: chunks(leading), row_normaliser([4], [3])).ok
 
 
 def test_one_cent_is_a_difference_with_samples() -> None:
