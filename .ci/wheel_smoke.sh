@@ -120,7 +120,7 @@ step "bankflow apply $spec"
 step "bankflow verify $spec"
 "$bankflow" verify "$spec"
 
-step "bankflow down $spec"
-"$bankflow" down "$spec"
+step "bankflow down $spec --destroy"
+"$bankflow" down "$spec" --destroy  # as root the cluster lives under /var/tmp: leave nothing behind
 
 step "passed"

@@ -174,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_spec(p)
     p.add_argument("--drop-slot", action="store_true",
                    help="also drop the replication slot (otherwise it keeps WAL for the next run)")
+    p.add_argument("--destroy", action="store_true",
+                   help="also delete the embedded source's data (a fresh apply starts over); never an external "
+                        "source")
 
     p = command("consume", help="run Kafka consumer workers into the lake (stack)",
                 description="Consume the spec's topics into the lake with N worker processes.")
@@ -191,6 +194,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--table", help="one table of the spec (default: all)")
     p.add_argument("--limit", type=positive_int, default=20, help="show: at most this many events (default 20)")
     p.add_argument("--json", action="store_true")
+
+    p = command("backfill", help="re-read one table from the source while the stream goes on",
+                description="Backfill TABLE: read its rows in primary-key chunks between watermarks while "
+                "changes keep streaming (each row arrives once, ordered against concurrent changes), then load "
+                "them. --where is a condition in the source's SQL on your own table (e.g. \"id > 1000\"), run "
+                "read-only inside each chunk's SELECT; anything but one boolean expression is refused. A running "
+                "`apply --follow` carries the request out itself. Built-in engine only for now. Exit 0 done or "
+                "queued, 1 failed or refused.")
+    _add_spec(p)
+    p.add_argument("--table", required=True, help="the spec table to re-read")
+    p.add_argument("--where", help="only rows matching this condition (PostgreSQL syntax)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
 
     p = command("init", help="scaffold a pipeline project (spec, dbt project, .env.example, README)",
                 description="Write a pipeline project into DIR: pipelines/NAME.yaml (local and stack "
@@ -433,7 +448,7 @@ def cmd_down(args: argparse.Namespace) -> int:
     from bankflow.pipeline import Pipeline
 
     resolved = _load(args)
-    for line in Pipeline(resolved).down(drop_slot=args.drop_slot):
+    for line in Pipeline(resolved).down(drop_slot=args.drop_slot, destroy=args.destroy):
         if not args.quiet:
             print(line)
     return EXIT_OK
@@ -505,6 +520,21 @@ def _show_dead_letters(args: argparse.Namespace, resolved: ResolvedSpec, store: 
                f"{_one_line(json.dumps(item['event'], default=str), 1000)}", resolved)
 
 
+def cmd_backfill(args: argparse.Namespace) -> int:
+    from bankflow.pipeline import Pipeline
+
+    resolved = _load(args)
+    result = Pipeline(resolved).backfill(args.table, args.where, progress=_progress(args))
+    if args.json:
+        _print(json.dumps(result, indent=2, default=str), resolved)
+    elif result.get("queued"):
+        _print(f"backfill of {args.table} queued: {result['message']}", resolved)
+    elif not args.quiet or not result["ok"]:
+        _print(f"backfill of {args.table}: {result.get('rows', 0):,} rows "
+               f"{'read and loaded' if result['ok'] else 'FAILED (see the run report)'}", resolved)
+    return EXIT_OK if result["ok"] else EXIT_FAILED
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     from urllib.parse import unquote, urlsplit
 
@@ -534,6 +564,7 @@ COMMANDS = {
     "validate": cmd_validate, "plan": cmd_plan, "schema": cmd_schema, "apply": cmd_apply,
     "generate": cmd_generate, "verify": cmd_verify, "status": cmd_status, "down": cmd_down,
     "consume": cmd_consume, "init": cmd_init, "deadletters": cmd_deadletters,
+    "backfill": cmd_backfill,
 }
 
 

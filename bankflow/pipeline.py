@@ -217,8 +217,9 @@ class Pipeline:
 
         return collect_status(self.resolved)
 
-    def down(self, *, drop_slot: bool = False) -> list[str]:
-        """Stop what bankflow runs itself; with `drop_slot` first drop the replication slot (WAL is freed)."""
+    def down(self, *, drop_slot: bool = False, destroy: bool = False) -> list[str]:
+        """Stop what bankflow runs itself; with `drop_slot` first drop the replication slot (WAL is freed); with
+        `destroy` also delete the data of the source bankflow runs (the embedded one; never an external one)."""
         from bankflow.source import source_server
 
         server = source_server(self.resolved)
@@ -234,7 +235,7 @@ class Pipeline:
                     lines.append(f"replication slot {self.spec.cdc.slot} does not exist")
             except Exception as exc:
                 lines.append(self.resolved.redact(f"slot {self.spec.cdc.slot} not dropped: {exc}"))
-        lines.append(server.stop())
+        lines.append(server.destroy() if destroy else server.stop())
         return lines
 
     def backfill(self, table: str, where: str | None = None, *, progress: bool = True) -> dict[str, Any]:

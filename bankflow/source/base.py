@@ -55,6 +55,10 @@ class PostgresServer(ABC):
         """Stop the server if bankflow runs it; a line saying what happened."""
         return "nothing to stop: this environment uses external services"
 
+    def destroy(self) -> str:
+        """Stop the server bankflow runs and delete its data; a source bankflow does not run is never touched."""
+        return "nothing to delete: this environment's source is not bankflow's"
+
     @property
     def label(self) -> str:
         return "external"

@@ -598,6 +598,10 @@ class EmbeddedSource(PostgresServer):
         self.server.stop()
         return "stopped the embedded PostgreSQL"
 
+    def destroy(self) -> str:
+        self.server.destroy()
+        return f"stopped the embedded PostgreSQL and deleted its data ({self.server.data_dir})"
+
     @property
     def label(self) -> str:
         return "embedded"

@@ -372,3 +372,24 @@ def test_s3_server_as_a_child_process_serves_and_stops(tmp_path: Path) -> None:
     assert not server.is_running()
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", port)) != 0  # nothing listens any more
+
+
+def test_down_destroy_deletes_the_embedded_source_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    """`down --destroy`: the embedded cluster (relocated under /var/tmp when run as root) is gone afterwards."""
+    from bankflow.cli import main
+
+    spec = tmp_path / "p.yaml"
+    spec.write_text(
+        "version: 1\nname: destroyme\nstate_dir: state\n"
+        "source: {type: postgres, database: shop, schema: shop, embedded: true, port: 0, sslmode: disable}\n"
+        "tables:\n  - name: items\n    primary_key: [id]\n    columns:\n"
+        "      - {name: id, type: bigint, nullable: false}\n"
+        "lake: {url: file://lake}\nwarehouse: {type: duckdb, path: wh.duckdb}\n", encoding="utf-8")
+    assert main(["apply", str(spec), "--stages", "source", "-q"]) == 0
+    server = EmbeddedPostgres(tmp_path / "state" / "postgres")
+    cluster = server.cluster_dir
+    assert cluster.exists() and server.is_running()
+    assert main(["down", str(spec), "--destroy", "-q"]) == 0
+    assert not cluster.exists() and not server.is_running()
+    assert main(["apply", str(spec), "--stages", "source", "-q"]) == 0  # a fresh apply starts over
+    assert main(["down", str(spec), "--destroy", "-q"]) == 0
