@@ -138,7 +138,7 @@ BAD = [
     Bad("unknown-key-in-a-column", "{name: label, type: text}", "{name: label, type: text, nullabel: true}", 13,
         "tables[0].columns[1].nullabel", "unknown key 'nullabel'", "did you mean 'nullable'?"),
     Bad("snapshot-mode-builtin-cannot-do", "  heartbeat_interval_ms: 5000\n",
-        "  heartbeat_interval_ms: 5000\n  snapshot_mode: always\n", 18, "cdc.snapshot_mode",
+        "  heartbeat_interval_ms: 5000\n  snapshot_mode: initial_only\n", 18, "cdc.snapshot_mode",
         "not supported by the built-in engine", "or set engine: debezium"),
     Bad("negative-heartbeat", "heartbeat_interval_ms: 5000", "heartbeat_interval_ms: -1", 17,
         "cdc.heartbeat_interval_ms", "greater than or equal to 0", "got -1"),

@@ -29,6 +29,32 @@ class BuiltinEngine(CdcEngine):
         summary = dict(vars(outcome))
         files = summary.pop("files", [])
         # Snapshot reads ('r') are change events too: the first run of a slot may have nothing else.
-        events = int(summary.get("events", 0)) + int(summary.get("snapshot_rows", 0) or 0)
+        events = (int(summary.get("events", 0)) + int(summary.get("snapshot_rows", 0) or 0)
+                  + int(summary.get("backfill_rows", 0) or 0))
         return EngineRun(events=events, files=len(files) if isinstance(files, list) else int(files),
                          details=summary)
+
+    def request_backfill(self, table: str, where: str | None, source_kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Record an on-demand backfill of `table` (the next stream run, or a running follow, carries it out).
+
+        Returns the request's marker and ``slot_active``: a `apply --follow` holds the slot (it picks the request
+        up within seconds), so the caller must not start a stream of its own.
+        """
+        from bankflow.engines.builtin.backfill import Coverage, request
+        from bankflow.engines.builtin.connection import connect
+        from bankflow.engines.builtin.slot import slot_row
+        from bankflow.errors import BankflowError
+        from bankflow.lake.filesystem import lake_filesystem
+
+        spec = self.spec
+        by_name = {t.name: t for t in spec.tables}
+        if table not in by_name:
+            raise BankflowError(f"table {table!r} is not a table of the spec; choose from {', '.join(by_name)}")
+        fs, root = lake_filesystem(self.resolved)
+        record = request(Coverage(fs, root, spec.cdc.slot), by_name[table], where)
+        conn = connect(source_kwargs)
+        try:
+            row = slot_row(conn, spec.cdc.slot)
+        finally:
+            conn.close()
+        return {**record, "slot_active": bool(row and row.active_pid)}

@@ -35,7 +35,8 @@ def stream_to_lake(
     stop: threading.Event | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> CdcRunResult:
-    """Ensure the slot (initial snapshot on creation), then stream changes into the lake.
+    """Ensure the slot (initial snapshot on creation), then stream changes into the lake, backfilling the tables
+    the stream does not cover yet (new to the spec, re-added, requested: `bankflow.engines.builtin.backfill`).
 
     Catch-up (default): returns once every transaction committed before the call is durable in the lake and
     acknowledged. Follow: runs until `stop` is set, flushing by the spec's flush policy and at shutdown.
@@ -43,7 +44,8 @@ def stream_to_lake(
     """
     t0 = time.monotonic()
     slot = ensure_slot(resolved, connect_kwargs, progress=progress)
-    result = StreamReader(resolved, connect_kwargs, progress=progress).run(follow=follow, stop=stop)
+    result = StreamReader(resolved, connect_kwargs, progress=progress, fresh_slot=slot.created).run(
+        follow=follow, stop=stop)
     result.snapshot_rows = slot.snapshot_rows
     result.files = slot.snapshot_files + result.files
     result.seconds = time.monotonic() - t0

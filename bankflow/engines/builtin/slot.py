@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from bankflow.engines.builtin.backfill import Coverage
 from bankflow.engines.builtin.connection import CdcError, connect, replication_connect
 from bankflow.engines.builtin.snapshot import Progress, snapshot_stream, take_snapshot
 from bankflow.lake.filesystem import lake_filesystem
@@ -29,7 +30,7 @@ from bankflow.spec.loader import ResolvedSpec
 log = logging.getLogger(__name__)
 
 MARKER_DIR = "_bankflow"
-SNAPSHOT_MODES = ("initial", "always", "when_needed", "initial_only")  # the modes that take a snapshot
+SNAPSHOT_MODES = ("initial", "always", "when_needed")  # the modes that take a snapshot when the slot is created
 
 
 @dataclass
@@ -161,6 +162,11 @@ def _create(resolved: ResolvedSpec, connect_kwargs: dict[str, Any], writer: Lake
         _name, consistent_point, snapshot_name, _plugin = rcur.fetchone()
         consistent = parse_lsn(consistent_point)
         info = SlotInfo(created=True)
+        coverage = Coverage(writer.fs, writer.root, slot)
+        coverage.clear()  # a new slot's stream covers what its snapshot (or, without one, its start) covers
+        if not export:
+            coverage.cover_all(list(resolved.spec.tables), consistent,
+                               f"stream only (snapshot_mode {resolved.spec.cdc.snapshot_mode})")
         if export:
             markers.write(markers.started, {"slot": slot, "consistent_lsn": consistent})
             taken = take_snapshot(resolved, connect_kwargs, writer, snapshot_name, consistent, progress)
@@ -169,6 +175,7 @@ def _create(resolved: ResolvedSpec, connect_kwargs: dict[str, Any], writer: Lake
                 "slot": slot, "consistent_lsn": consistent, "consistent_lsn_text": lsn_text(consistent),
                 "rows": taken.rows, "files": taken.files})
             markers.remove(markers.started)
+            coverage.cover_all(list(resolved.spec.tables), consistent, "initial snapshot")
         return info
     except Exception:  # a failure; an interrupt is a crash, which the next run recovers from (module docstring)
         rconn.close()  # it holds the slot: close it before dropping
@@ -253,8 +260,8 @@ def _drop(conn: Any, slot: str, timeout: float = 10.0) -> None:
 def drop_slot(resolved: ResolvedSpec, connect_kwargs: dict[str, Any], *, forget_snapshot: bool = True) -> bool:
     """Drop the spec's slot (idle slots hold WAL forever). True if it existed.
 
-    With `forget_snapshot`, the snapshot markers go too, so a new slot takes a new initial snapshot (the old
-    snapshot files stay: they are history, and the new ones carry a different consistent point in their keys).
+    With `forget_snapshot`, the snapshot and coverage markers go too, so a new slot takes a new initial snapshot
+    (the old snapshot files stay: they are history, and the new ones carry a different consistent point in their keys).
     """
     slot = resolved.spec.cdc.slot
     conn = connect(connect_kwargs)
@@ -269,4 +276,5 @@ def drop_slot(resolved: ResolvedSpec, connect_kwargs: dict[str, Any], *, forget_
         markers = SnapshotMarkers(fs, root, slot)
         markers.remove(markers.complete)
         markers.remove(markers.started)
+        Coverage(fs, root, slot).clear()
     return existed

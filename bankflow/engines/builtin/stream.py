@@ -36,6 +36,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bankflow.engines.builtin import pgoutput
+from bankflow.engines.builtin.backfill import (
+    WATERMARK_PREFIX,
+    Backfiller,
+    Chunk,
+    Coverage,
+    backfill_stream,
+    covered,
+    key_text,
+    parse_watermark,
+    plan,
+)
 from bankflow.engines.builtin.connection import connect, replication_connect
 from bankflow.engines.builtin.slot import catalog_primary_keys, idle_slot, slot_row
 from bankflow.engines.builtin.snapshot import new_batch
@@ -46,7 +57,7 @@ from bankflow.lake.gctune import large_young_generation
 from bankflow.lake.positions import LsnPosition, lsn_text, parse_lsn
 from bankflow.lake.replay import ReplayPlan, lsn_resume
 from bankflow.lake.schema_history import SchemaHistory
-from bankflow.lake.writer import LakeWriter, WrittenFile
+from bankflow.lake.writer import LakeFile, LakeWriter, WrittenFile
 from bankflow.source.schema_changes import Observed, ShapeFollower, SourceCatalog, warehouse_widens
 from bankflow.spec.loader import ResolvedSpec
 from bankflow.spec.models import Table
@@ -70,6 +81,8 @@ class CdcRunResult:
     dead_letters: int = 0
     truncates: int = 0
     snapshot_rows: int = 0
+    backfill_rows: int = 0  # op 'r' rows of backfills (tables new to the stream, `bankflow backfill`)
+    backfills: list[str] = field(default_factory=list)  # the tables whose backfill completed in this run
     skipped_replayed: int = 0
     schema_changes: list[str] = field(default_factory=list)  # what evolve accepted, one line each
     start_lsn: str | None = None
@@ -84,7 +97,7 @@ class CdcRunResult:
 class _TableState:
     """One spec table's open batch (and the lists the fast path appends to), replay plan and event count."""
 
-    __slots__ = ("batch", "cols", "events", "lsns", "ops", "plan", "replaying", "table", "tx")
+    __slots__ = ("batch", "cols", "events", "lsns", "ops", "plan", "replaying", "seen", "table", "tx")
 
     def __init__(self, table: Table, batch: TableBatch, plan: ReplayPlan[LsnPosition]) -> None:
         self.table = table
@@ -93,6 +106,7 @@ class _TableState:
         self.replaying = plan.active
         self.tx: Any = None  # the transaction whose run the fast path is appending to
         self.events = 0
+        self.seen: set[tuple[Any, ...]] | None = None  # while a backfill runs: keys its stream changed since
         self.cols, self.ops, self.lsns = batch.text_sink()
 
     def refresh(self) -> None:
@@ -103,13 +117,14 @@ class _TableState:
 class _Rel:
     """A relation as the server announced it, bound to the spec table it feeds (or None: not in the spec)."""
 
-    __slots__ = ("fast", "key_index", "mapping", "names", "relation", "state", "unknown", "width")
+    __slots__ = ("fast", "key_index", "mapping", "matches", "names", "relation", "state", "unknown", "width")
 
     def __init__(self, relation: pgoutput.Relation, state: _TableState | None) -> None:
         self.relation = relation
         self.state = state
         self.names = relation.column_names
         self.fast = False  # the relation's columns are the spec's, in the spec's order
+        self.matches = False
         self.mapping: list[int | None] = []
         self.unknown: list[str] = []
         self.key_index: list[int] = []  # positions of the spec's primary key columns in the relation's tuples
@@ -118,6 +133,7 @@ class _Rel:
             spec_names = state.batch.names
             self.width = len(spec_names)
             self.fast = tuple(spec_names) == self.names
+            self.matches = self.fast  # `fast` is off while the table backfills (its keys are recorded)
             index = {n: i for i, n in enumerate(spec_names)}
             self.mapping = [index.get(n) for n in self.names]
             self.unknown = [n for n in self.names if n not in index]
@@ -136,6 +152,15 @@ class _Rel:
         new = message.new
         return any(old[i] != new[i] for i in self.key_index
                    if old[i] is not None and old[i] is not pgoutput.UNCHANGED and new[i] is not pgoutput.UNCHANGED)
+
+    def keys_of(self, message: Any) -> list[tuple[Any, ...]]:
+        """The primary key(s) a row change touches, as text (an update that moves its key: both)."""
+        index = self.key_index
+        found = []
+        for values in (getattr(message, "new", None), getattr(message, "old", None)):
+            if values is not None and index:
+                found.append(tuple(key_text(values[i]) for i in index))
+        return found
 
     def in_spec_order(self, values: list[Any]) -> list[Any]:
         if self.fast:
@@ -166,8 +191,9 @@ class StreamReader:
     """Reads the slot into the lake; `run()` once per reader (see the module docstring)."""
 
     def __init__(self, resolved: ResolvedSpec, connect_kwargs: dict[str, Any], *,
-                 progress: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 progress: Callable[[dict[str, Any]], None] | None = None, fresh_slot: bool = False) -> None:
         self.resolved = resolved
+        self.fresh_slot = fresh_slot  # the slot was created (and snapshotted) in this run
         self.spec = resolved.spec
         self.connect_kwargs = connect_kwargs
         self.progress = progress
@@ -196,6 +222,11 @@ class StreamReader:
                                     warehouse_widens(resolved))
         self._declared = {t.name: t for t in self.spec.tables}
         self._stopped: str | None = None  # why a freeze stopped the stream
+        self.coverage = Coverage(fs, root, self.spec.cdc.slot)
+        self.backfiller: Backfiller | None = None
+        self._backfills: dict[str, dict[str, Any]] = {}  # id → marker of each backfill not finished in this run
+        self._lows: dict[tuple[str, int], Any] = {}  # (backfill, chunk) → the low watermark's transaction
+        self._last_poll = 0.0
 
     # ---- setup
 
@@ -240,16 +271,17 @@ class StreamReader:
         rconn = replication_connect(self.connect_kwargs)
         cur = rconn.cursor()
         cur.start_replication(slot_name=self.spec.cdc.slot, decode=False, status_interval=10,
-                              options={"proto_version": "1", "publication_names": self.spec.cdc.publication})
+                              options={"proto_version": "1", "publication_names": self.spec.cdc.publication,
+                                       "messages": "true"})  # the backfills' watermarks
         self._cursor = cur
         return rconn, cur, target
 
     # ---- messages other than inserts: (payload, change LSN) → True when a catch-up run is complete
 
     def _handlers(self) -> dict[int, Callable[[bytes, int], bool | None]]:
-        # 'Y' type, 'O' origin, 'M' message: nothing to record
+        # 'Y' type, 'O' origin: nothing to record; 'M' message: a backfill's watermark, or someone else's
         return {66: self._on_begin, 67: self._on_commit, 85: self._on_row_change, 68: self._on_row_change,
-                82: self._on_relation, 84: self._on_truncate}
+                82: self._on_relation, 84: self._on_truncate, 77: self._on_message}
 
     def _on_begin(self, payload: bytes, _lsn: int) -> None:
         begin = pgoutput.decode_message(payload)
@@ -261,7 +293,7 @@ class StreamReader:
         self._done.append((commit.commit_lsn, commit.end_lsn))
         self._last_end = commit.end_lsn
         self._in_tx = False
-        return not self._follow and commit.end_lsn >= self._target
+        return not self._follow and commit.end_lsn >= self._target and not self._backfills
 
     def _on_row_change(self, payload: bytes, lsn: int) -> None:
         rel = self._rels.get(_unpack_relid(payload, 1)[0])
@@ -274,6 +306,8 @@ class StreamReader:
         if state is not None and not self._follow_shape(relation, state, lsn):
             return True  # a freeze: the stream stops before this event
         rel = _Rel(relation, state)
+        if state is not None and state.seen is not None:
+            rel.fast = False  # a backfill runs: every change of the table goes where its key is recorded
         if state is None:
             log.info("ignoring changes of %s.%s: not a table of the spec", relation.namespace, relation.name)
         else:
@@ -401,6 +435,8 @@ class StreamReader:
             return
         tx = self._tx
         position = LsnPosition(tx[0], lsn)
+        if state.seen is not None:
+            state.seen.update(rel.keys_of(message))
         if state.replaying and state.plan.skip(position):
             self.result.skipped_replayed += 1
             return
@@ -457,6 +493,143 @@ class StreamReader:
                 "op": _OPS[type(message).__name__],
                 "source": {"schema": rel.relation.namespace, "table": rel.relation.name, "lsn": lsn,
                            "txId": tx[1], "ts_us": tx[2], "commit_lsn": tx[0]}}
+
+    # ---- backfills (bankflow.engines.builtin.backfill): watermarks in the stream, chunks into the lake
+
+    def _start_backfills(self) -> None:
+        """Plan the backfills (new, re-added, requested, interrupted tables) and start the worker."""
+        records = plan(self.resolved, self.coverage, fresh_slot=self.fresh_slot, position=self._acked,
+                       has_files=self._has_files)
+        self.backfiller = Backfiller(self.resolved, self.connect_kwargs, lambda name: self._states[name].table)
+        for record in records:
+            self._queue_backfill(record)
+
+    def _has_files(self, table: Table) -> bool:
+        directory = self.writer.directory(table=table.name, schema=self.schema, topic=self.spec.topic_for(table))
+        return bool(self.writer.fs.glob(f"{directory}/*.parquet"))
+
+    def _queue_backfill(self, record: dict[str, Any]) -> None:
+        """Hand a backfill to the worker, after settling a chunk an interrupted run left pending."""
+        assert self.backfiller is not None
+        if record["id"] in self.backfiller.queued or record["table"] not in self._states:
+            return
+        pending = record.get("pending")
+        if pending is not None:
+            table = self._states[record["table"]].table
+            files: list[LakeFile] = self.writer.list_files(stream=backfill_stream(table), table=table.name,
+                                                           schema=self.schema, topic=self.spec.topic_for(table))
+            if pending["rows"] == 0 or any(f.first.commit == pending["position"] for f in files):
+                record.update(after=pending["end"], chunks=pending["chunk"], rows=record["rows"] + pending["rows"])
+            record["pending"] = None
+            self.coverage.write(record["table"], record)
+        log.info("backfill of %s (%s) from %s", record["table"], record["reason"],
+                 "its first row" if record.get("after") is None else f"after key {record['after']}")
+        self._backfills[record["id"]] = record
+        self.backfiller.add(record)
+
+    def _poll_requests(self, now: float) -> None:
+        """Follow mode: pick up `bankflow backfill` requests made while this run streams; raise a worker error."""
+        backfiller = self.backfiller
+        if backfiller is None:
+            return
+        if backfiller.error is not None:
+            raise StageError(f"backfill failed: {backfiller.error}") from backfiller.error
+        if not self._follow or now - self._last_poll < 2.0:
+            return
+        self._last_poll = now
+        for table in self.spec.tables:
+            record = self.coverage.read(table.name)
+            if record is not None and record.get("state") == "backfilling" and record["id"] not in backfiller.queued:
+                self._queue_backfill(record)
+
+    def _on_message(self, payload: bytes, _lsn: int) -> None:
+        message: pgoutput.LogicalMessage = pgoutput.decode_message(payload)
+        if message.prefix != WATERMARK_PREFIX or self.backfiller is None or not message.transactional:
+            return
+        mark = parse_watermark(message.content)
+        if mark is None or mark.get("run") != self.backfiller.run:
+            return  # another pipeline's, or a crashed run's: its chunk is redone by this run
+        key = (str(mark.get("backfill")), int(mark.get("chunk", 0)))
+        record = self._backfills.get(key[0])
+        if record is None:
+            return
+        state = self._states[record["table"]]
+        if mark.get("mark") == "low":
+            self._lows[key] = self._tx
+            if state.seen is None:
+                state.seen = set()
+                for rel in self._rels.values():
+                    if rel.state is state:
+                        rel.fast = False
+        elif mark.get("mark") == "high":
+            chunk = self.backfiller.take(*key)
+            low = self._lows.pop(key, None)
+            if chunk is not None and low is not None:
+                self._emit_chunk(record, state, chunk, low)
+            elif chunk is not None:
+                chunk.redo = True
+                chunk.processed.set()
+
+    def _emit_chunk(self, record: dict[str, Any], state: _TableState, chunk: Chunk, low: Any) -> None:
+        """At a chunk's high watermark: its rows whose key the stream did not change since the backfill began,
+        as op 'r' rows at the low watermark's commit LSN (see the backfill module), to the lake."""
+        table = state.table
+        batch = self._new_batch(table, backfill_stream(table))
+        if chunk.names != list(batch.names):
+            log.info("table %s changed shape during a backfill chunk: reading it again", table.name)
+            chunk.redo = True
+            chunk.processed.set()
+            return
+        seen = state.seen or set()
+        keep = [i for i, key in enumerate(chunk.keys) if key not in seen]
+        gone = [key for key in chunk.gone if key not in seen]  # deleted while the stream did not cover the table
+        commit, xid, ts_us = low
+        if keep or gone:
+            batch.begin_text_tx(commit, xid, ts_us, 0, lsn_override=commit)
+            cols, ops, lsns = batch.text_sink()
+            at = {name: i for i, name in enumerate(table.primary_key)}
+            for name, col, values in zip(batch.names, cols, chunk.columns, strict=True):
+                col.extend([values[i] for i in keep] if len(keep) < chunk.rows else values)
+                batch.approx_bytes += sum(len(v) for v in col[-len(keep):] if v is not None) if keep else 0
+                key = at.get(name)  # a delete carries the key, nothing else
+                col.extend([k[key] for k in gone] if key is not None else [None] * len(gone))
+            ops.extend(["r"] * len(keep) + ["d"] * len(gone))
+            lsns.extend(range(len(keep) + len(gone)))
+        if record.get("first_lsn") is None:
+            record["first_lsn"] = commit
+        record["pending"] = {"position": commit, "chunk": chunk.number, "end": chunk.end,
+                             "rows": len(keep) + len(gone)}
+        self.coverage.write(table.name, record)  # before the file: a restart knows what to look for
+        self.result.backfill_rows += len(keep)
+        if chunk.last:
+            state.seen = None
+            for rel in self._rels.values():
+                if rel.state is state:
+                    rel.fast = rel.matches
+            del self._backfills[record["id"]]
+            self.result.backfills.append(table.name)
+        self._inflight.append((commit, self._pool.submit(self._write_chunk, record, batch, chunk)))
+        self._reap(block=len(self._inflight) > _MAX_INFLIGHT)
+
+    def _write_chunk(self, record: dict[str, Any], batch: TableBatch, chunk: Chunk) -> WrittenFile:
+        """The writer thread: the chunk's file, then its progress in the marker; then the worker goes on."""
+        try:
+            written = self.writer.write_batch(batch) if not batch.empty else WrittenFile(None, 0, 0, 0)
+            pending = record["pending"]
+            record.update(after=chunk.end, chunks=chunk.number, rows=record["rows"] + pending["rows"], pending=None)
+            name = record["table"]
+            if chunk.last:
+                previous = record.get("previous") or {}
+                done = covered(name, previous.get("since_lsn", record["first_lsn"]),
+                               previous.get("how", "backfill") if previous else "backfill")
+                done["backfill"] = {k: record[k] for k in ("id", "reason", "where", "chunks", "rows", "first_lsn")}
+                self.coverage.write(name, done)
+                log.info("backfill of %s complete: %d rows in %d chunks", name, record["rows"], record["chunks"])
+            else:
+                self.coverage.write(name, record)
+            return written
+        finally:
+            chunk.processed.set()
 
     # ---- flushing and acknowledging
 
@@ -520,6 +693,7 @@ class StreamReader:
             self._ack_target = wal_end
 
     def _periodic(self, now: float) -> None:
+        self._poll_requests(now)
         self._reap()
         for state in self._states.values():
             if not state.replaying and not state.batch.empty and state.batch.should_flush(self.flush):
@@ -567,10 +741,13 @@ class StreamReader:
         self._follow, self._target = follow, target
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bankflow-lake-writer")
         try:
+            self._start_backfills()
             with large_young_generation():
                 self._loop(rconn, cur, stop)
                 self._finish()
         finally:
+            if self.backfiller is not None:
+                self.backfiller.close()
             self._pool.shutdown(wait=True)
             rconn.close()
             self.shapes.catalog.close()
@@ -582,7 +759,7 @@ class StreamReader:
         return self.result
 
     def _caught_up(self) -> bool:
-        if self._in_tx:
+        if self._in_tx or self._backfills:
             return False
         return max(self._last_end, self._cursor.wal_end or 0) >= self._target
 

@@ -1,0 +1,300 @@
+"""Backfills on the built-in engine while the stream goes on (issue 14, item 1): DBLog's watermark chunks.
+
+The source is pg_server used as an external Postgres (the source stage manages the publication). Each test keeps
+a workload writing to every table (inserts, updates, deletes, some multi-row and slow transactions) while
+`apply` backfills, then ends with `verify`, an independent comparison of the source with raw's latest state, and
+a check that raw holds no (key, _lsn) twice.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import psycopg2
+import pytest
+
+from bankflow.cli import main
+from bankflow.engines.builtin.backfill import Coverage, WhereRefused, checked_where
+from bankflow.lake.filesystem import lake_filesystem
+from bankflow.pipeline import Pipeline
+from bankflow.source.embedded import EmbeddedPostgres
+from bankflow.spec.loader import ResolvedSpec, load_spec
+
+pytestmark = pytest.mark.integration
+
+PASSWORD_VAR = "BACKFILL_PG_PASSWORD"
+ROWS = 1500  # rows of each table before the backfill (chunks of 200: several chunks)
+
+APP_DDL = """
+CREATE SCHEMA app;
+CREATE TABLE app.orders (id bigint PRIMARY KEY, label text, amount numeric(12,2));
+CREATE TABLE app.parts (id bigint PRIMARY KEY, label text, amount numeric(12,2));
+ALTER TABLE app.orders REPLICA IDENTITY FULL;
+ALTER TABLE app.parts REPLICA IDENTITY FULL;
+INSERT INTO app.orders SELECT g, 'o' || g, g / 100.0 FROM generate_series(1, {rows}) g;
+INSERT INTO app.parts SELECT g, 'p' || g, g / 10.0 FROM generate_series(1, {rows}) g;
+"""
+
+TABLE = """\
+  - name: {name}
+    primary_key: [id]
+    columns:
+      - {{name: id, type: bigint, nullable: false}}
+      - {{name: label, type: text}}
+      - {{name: amount, type: "numeric(12,2)"}}
+"""
+
+SPEC = """\
+version: 1
+name: backfills
+state_dir: {state_dir}
+source:
+  type: postgres
+  embedded: false
+  host: {host}
+  port: {port}
+  user: {user}
+  password: ${{{variable}}}
+  database: {database}
+  schema: app
+  sslmode: disable
+  manage: [publication, replica_identity, heartbeat, slot]
+tables:
+{tables}cdc:
+  engine: builtin
+  topic_prefix: bf_{tag}
+  slot: bf_{tag}
+  publication: bf_{tag}
+  snapshot_mode: {mode}
+  backfill_chunk_rows: 200
+lake:
+  url: file://lake
+  layout: "{{table}}/date={{date}}"
+  flush: {{max_rows: 500, max_seconds: 0.3}}
+warehouse:
+  type: duckdb
+  path: wh.duckdb
+"""
+
+
+@dataclass
+class Source:
+    pg: EmbeddedPostgres
+    database: str
+    tag: str
+    root: Path
+
+    def spec(self, *tables: str, mode: str = "initial") -> ResolvedSpec:
+        kwargs = self.pg.connect_kwargs(self.database)
+        path = self.root / "pipeline.yaml"
+        path.write_text(SPEC.format(state_dir=self.root / "state", host=kwargs["host"], port=kwargs["port"],
+                                    user=kwargs["user"], variable=PASSWORD_VAR, database=self.database,
+                                    tables="".join(TABLE.format(name=t) for t in tables), tag=self.tag,
+                                    mode=mode), encoding="utf-8")
+        return load_spec(path)
+
+    def sql(self, text: str) -> list[tuple[Any, ...]]:
+        return self.pg.execute(text, dbname=self.database)
+
+    def raw(self, sql: str) -> list[tuple[Any, ...]]:
+        con = duckdb.connect(str(self.root / "wh.duckdb"), read_only=True)
+        try:
+            return con.execute(sql).fetchall()
+        finally:
+            con.close()
+
+
+@pytest.fixture
+def source(pg_server: EmbeddedPostgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Source]:
+    tag = uuid.uuid4().hex[:8]
+    database = f"bf_{tag}"
+    pg_server.create_database(database)
+    pg_server.execute(APP_DDL.format(rows=ROWS), dbname=database)
+    monkeypatch.setenv(PASSWORD_VAR, pg_server.password)
+    monkeypatch.chdir(tmp_path)
+    try:
+        yield Source(pg_server, database, tag, tmp_path)
+    finally:
+        slot = f"bf_{tag}"
+        if pg_server.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (slot,)):
+            pg_server.execute("SELECT pg_drop_replication_slot(%s)", (slot,), dbname=database)
+        pg_server.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+class Workload:
+    """Inserts, updates and deletes on every table until stopped: single statements, multi-row transactions and
+    now and then a transaction that stays open a while (what a low watermark must wait for)."""
+
+    def __init__(self, source: Source, tables: list[str], seed: int = 7) -> None:
+        self.kwargs = source.pg.connect_kwargs(source.database)
+        self.tables = tables
+        self.random = random.Random(seed)
+        self.stop = threading.Event()
+        self.next_id = {t: int(source.sql(f"SELECT coalesce(max(id), 0) FROM app.{t}")[0][0]) + 1 for t in tables}
+        self.count = 0
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Workload:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop.set()
+        self.thread.join(30)
+        assert self.error is None, self.error
+
+    def _statement(self, cur: Any) -> None:
+        rnd = self.random
+        table = rnd.choice(self.tables)
+        kind = rnd.random()
+        top = self.next_id[table]
+        if kind < 0.35:
+            cur.execute(f"INSERT INTO app.{table} VALUES (%s, %s, %s)", (top, f"new{top}", rnd.randint(0, 9999) / 100))
+            self.next_id[table] = top + 1
+        elif kind < 0.85:
+            cur.execute(f"UPDATE app.{table} SET label = label || '+', amount = amount + 1 WHERE id = %s",
+                        (rnd.randint(1, top - 1),))
+        else:
+            cur.execute(f"DELETE FROM app.{table} WHERE id = %s", (rnd.randint(1, top - 1),))
+        self.count += 1
+
+    def _run(self) -> None:
+        try:
+            conn = psycopg2.connect(**self.kwargs)
+            try:
+                while not self.stop.is_set():
+                    with conn.cursor() as cur:
+                        for _ in range(self.random.choice([1, 1, 1, 3, 10])):
+                            self._statement(cur)
+                        if self.random.random() < 0.03:
+                            time.sleep(0.2)  # a transaction open across watermarks
+                    conn.commit()
+                    time.sleep(0.002)
+            finally:
+                conn.close()
+        except BaseException as exc:
+            self.error = exc
+
+
+def apply_ok(resolved: ResolvedSpec) -> Any:
+    report = Pipeline(resolved).apply(stages=["source", "cdc", "load"], progress=False)
+    assert report.ok, report.to_dict()
+    return report
+
+
+def cdc_details(report: Any) -> dict[str, Any]:
+    return next(s for s in report.stages if s.name == "cdc").details
+
+
+def exact(source: Source, resolved: ResolvedSpec, tables: list[str]) -> None:
+    """verify passes; raw's latest live version of each key equals the source row; no (key, _lsn) twice."""
+    report = Pipeline(resolved).verify()
+    assert report.ok, report.format()
+    for table in tables:
+        expected = {(i, label, str(amount)) for i, label, amount in
+                    source.sql(f"SELECT id, label, amount FROM app.{table}")}
+        latest = source.raw(f"SELECT id, label, amount::varchar, _op FROM (SELECT *, row_number() OVER "
+                            f"(PARTITION BY id ORDER BY _lsn DESC) AS r FROM raw.{table}) WHERE r = 1")
+        assert {(i, label, amount) for i, label, amount, op in latest if op != "d"} == expected, table
+        assert source.raw(f"SELECT count(*) FROM (SELECT id, _lsn FROM raw.{table} GROUP BY ALL "
+                          "HAVING count(*) > 1)")[0][0] == 0, f"duplicate (id, _lsn) in raw.{table}"
+
+
+def coverage(resolved: ResolvedSpec, table: str) -> dict[str, Any] | None:
+    fs, root = lake_filesystem(resolved)
+    return Coverage(fs, root, resolved.spec.cdc.slot).read(table)
+
+
+def backfilled_rows(source: Source, table: str) -> int:
+    """Rows of raw.table that came from a backfill (its own lake stream)."""
+    return source.raw(f"SELECT count(*) FROM raw.{table} WHERE _op = 'r' AND _file LIKE '%{table}-backfill-%'")[0][0]
+
+
+def test_a_table_added_to_the_spec_is_backfilled_while_the_stream_goes_on(source: Source) -> None:
+    first = source.spec("orders")
+    apply_ok(first)
+    assert coverage(first, "orders")["how"] == "initial snapshot"
+    assert coverage(first, "parts") is None
+
+    both = source.spec("orders", "parts")
+    with Workload(source, ["orders", "parts"]) as work:
+        time.sleep(0.3)
+        report = apply_ok(both)
+        during = work.count
+    details = cdc_details(report)
+    assert details["backfills"] == ["parts"]
+    assert details["backfill_rows"] > 0
+    assert during > 50, "the workload wrote during the backfill"
+    marker = coverage(both, "parts")
+    assert marker["state"] == "covered" and marker["how"] == "backfill"
+    assert marker["backfill"]["chunks"] >= ROWS // 200
+    apply_ok(both)  # the changes after the first catch-up
+    exact(source, both, ["orders", "parts"])
+    assert backfilled_rows(source, "parts") == details["backfill_rows"]
+    # a later run backfills nothing
+    assert cdc_details(apply_ok(both))["backfill_rows"] == 0
+
+
+def test_a_table_removed_and_added_back_is_backfilled_again(source: Source) -> None:
+    both = source.spec("orders", "parts")
+    apply_ok(both)
+    only = source.spec("orders")
+    apply_ok(only)
+    assert coverage(only, "parts") is None  # its marker went with it
+    # changes to parts while it is out of the spec (and of the publication): the stream never sees them
+    source.sql("UPDATE app.parts SET label = 'while away' WHERE id <= 100")
+    source.sql("DELETE FROM app.parts WHERE id BETWEEN 101 AND 150")
+    source.sql(f"INSERT INTO app.parts SELECT g, 'away', 1 FROM generate_series({ROWS + 1000}, {ROWS + 1100}) g")
+    both = source.spec("orders", "parts")
+    with Workload(source, ["orders", "parts"], seed=11):
+        time.sleep(0.3)
+        report = apply_ok(both)
+    assert cdc_details(report)["backfills"] == ["parts"]
+    apply_ok(both)
+    exact(source, both, ["orders", "parts"])
+
+
+def test_backfill_command_rereads_a_table_while_the_stream_goes_on(source: Source) -> None:
+    # no_data: no snapshot and no automatic backfill, so raw starts without the existing rows
+    resolved = source.spec("orders", "parts", mode="no_data")
+    apply_ok(resolved)
+    assert source.raw("SELECT count(*) FROM raw.parts")[0][0] == 0
+    assert not Pipeline(resolved).verify().ok
+    with Workload(source, ["orders", "parts"], seed=3):
+        time.sleep(0.3)
+        assert main(["backfill", str(source.root / "pipeline.yaml"), "--table", "parts", "-q"]) == 0
+        result = Pipeline(resolved).backfill("orders", "id > 700", progress=False)
+    assert result["ok"] and result["rows"] > 0
+    assert result["where"] == "id > 700"
+    # orders: only ids above 700 were re-read
+    assert source.raw("SELECT count(*) FROM raw.orders WHERE id <= 700 AND _op = 'r'")[0][0] == 0
+    assert source.raw("SELECT count(*) FROM raw.orders WHERE id > 700 AND id <= 1500 AND _op = 'r'")[0][0] > 0
+    assert coverage(resolved, "orders")["backfill"]["where"] == "id > 700"
+    assert not Pipeline(resolved).verify().ok
+    # then all of it, by the library method, with the workload still writing
+    with Workload(source, ["orders", "parts"], seed=5):
+        time.sleep(0.2)
+        assert Pipeline(resolved).backfill("orders", progress=False)["ok"]
+    apply_ok(resolved)
+    exact(source, resolved, ["orders", "parts"])
+
+
+def test_backfill_refuses_what_is_not_a_condition(source: Source) -> None:
+    assert checked_where("id > 5 AND label LIKE 'a%'") == "id > 5 AND label LIKE 'a%'"
+    for bad in ["1; DROP TABLE app.parts", "id", "(SELECT 1)", "pg_logical_emit_message(true, 'x', 'y') IS NULL",
+                "id IN (SELECT id FROM app.parts FOR UPDATE)", "", "DELETE FROM app.parts"]:
+        with pytest.raises(WhereRefused):
+            checked_where(bad)
+    resolved = source.spec("orders", mode="no_data")
+    assert main(["backfill", str(source.root / "pipeline.yaml"), "--table", "nope"]) == 1
+    assert main(["backfill", str(source.root / "pipeline.yaml"), "--table", "orders", "--where", "1; SELECT 1"]) == 1
+    assert coverage(resolved, "orders") is None  # nothing was recorded
