@@ -298,3 +298,73 @@ def test_backfill_refuses_what_is_not_a_condition(source: Source) -> None:
     assert main(["backfill", str(source.root / "pipeline.yaml"), "--table", "nope"]) == 1
     assert main(["backfill", str(source.root / "pipeline.yaml"), "--table", "orders", "--where", "1; SELECT 1"]) == 1
     assert coverage(resolved, "orders") is None  # nothing was recorded
+
+
+@pytest.mark.parametrize("where", ["before the file", "after the file"])
+def test_an_interrupted_backfill_resumes_after_its_last_durable_chunk(source: Source, where: str,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from bankflow.engines.builtin import stream as stream_mod
+
+    apply_ok(source.spec("orders"))
+    both = source.spec("orders", "parts")
+    original = stream_mod.StreamReader._write_chunk
+    calls = {"n": 0}
+
+    def crash_on_third(self: Any, record: dict[str, Any], batch: Any, chunk: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            if where == "after the file":
+                self.writer.write_batch(batch)  # durable, but the marker still says pending
+            chunk.processed.set()
+            raise RuntimeError("simulated crash")
+        return original(self, record, batch, chunk)
+
+    monkeypatch.setattr(stream_mod.StreamReader, "_write_chunk", crash_on_third)
+    with Workload(source, ["orders", "parts"], seed=17):
+        time.sleep(0.2)
+        report = Pipeline(both).apply(stages=["source", "cdc", "load"], progress=False)
+        assert not report.ok
+        marker = coverage(both, "parts")
+        assert marker["state"] == "backfilling" and marker["pending"] is not None and marker["chunks"] == 2
+        monkeypatch.setattr(stream_mod.StreamReader, "_write_chunk", original)
+        apply_ok(both)
+    assert coverage(both, "parts")["state"] == "covered"
+    apply_ok(both)
+    exact(source, both, ["orders", "parts"])
+    # the crashed chunk's rows came once: from its file (after the file) or from the redone chunk (before it)
+    assert source.raw("SELECT count(*) FROM (SELECT id FROM raw.parts WHERE _op = 'r' GROUP BY id "
+                      "HAVING count(*) > 1)")[0][0] == 0
+
+
+def test_a_running_follow_carries_out_a_backfill_request(source: Source) -> None:
+    from bankflow.engines.builtin.reader import stream_to_lake
+
+    resolved = source.spec("orders", "parts", mode="no_data")
+    apply_ok(resolved)
+    stop = threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def follow() -> None:
+        outcome["result"] = stream_to_lake(resolved, source.pg.connect_kwargs(source.database), follow=True,
+                                           stop=stop)
+
+    thread = threading.Thread(target=follow, daemon=True)
+    with Workload(source, ["orders", "parts"], seed=23):
+        thread.start()
+        deadline = time.monotonic() + 20
+        while not source.sql(f"SELECT 1 FROM pg_replication_slots WHERE slot_name = 'bf_{source.tag}' "
+                             "AND active_pid IS NOT NULL"):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        result = Pipeline(resolved).backfill("parts", progress=False)
+        assert result["queued"] and result["ok"]
+        while (coverage(resolved, "parts") or {}).get("state") != "covered":
+            assert time.monotonic() < deadline + 20, coverage(resolved, "parts")
+            time.sleep(0.1)
+        stop.set()
+        thread.join(30)
+    assert not thread.is_alive()
+    assert outcome["result"].backfills == ["parts"]
+    apply_ok(resolved)
+    report = Pipeline(resolved).verify()
+    assert "parts: raw latest state equals source rows" in [c.name for c in report.checks if c.ok], report.format()

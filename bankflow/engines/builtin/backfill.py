@@ -51,6 +51,7 @@ import orjson
 
 from bankflow.engines.builtin.connection import connect
 from bankflow.errors import BankflowError
+from bankflow.lake.positions import parse_file_name
 from bankflow.lake.writer import put_atomic
 from bankflow.render.sql import quote_pg
 from bankflow.spec.loader import ResolvedSpec
@@ -346,8 +347,10 @@ class Backfiller:
         after = record.get("after")
         number = int(record.get("chunks", 0))
         where = checked_where(record["where"]) if record.get("where") else None
-        live = self._live_keys(self.shape(name)) if where is None else set()
         read: set[tuple[Any, ...]] = set()
+        live: set[tuple[Any, ...]] = set()
+        if where is None:  # keys this backfill read before an interruption count as read
+            live, read = self._live_keys(self.shape(name), record.get("first_lsn"))
         sweep: list[tuple[Any, ...]] | None = None
         while not self.stop.is_set():
             number += 1
@@ -386,8 +389,9 @@ class Backfiller:
             else:
                 after = chunk.end
 
-    def _live_keys(self, table: Table) -> set[tuple[Any, ...]]:
-        """Keys whose latest version in the lake is not a delete (as text, like the chunks' keys)."""
+    def _live_keys(self, table: Table, since: int | None) -> tuple[set[tuple[Any, ...]], set[tuple[Any, ...]]]:
+        """Keys whose latest version in the lake is not a delete (as text, like the chunks' keys), and the keys
+        of this backfill's own files so far (from its first chunk at `since` on)."""
         import pyarrow.parquet as pq
 
         from bankflow.lake.filesystem import lake_filesystem
@@ -399,17 +403,22 @@ class Backfiller:
         directory = writer.directory(table=table.name, schema=self.schema, topic=spec.topic_for(table))
         keys = list(table.primary_key)
         latest: dict[tuple[Any, ...], tuple[int, str, str]] = {}
+        ours: set[tuple[Any, ...]] = set()
         for path in fs.glob(f"{directory}/*.parquet"):
             with fs.open(path, "rb") as handle:
                 part = pq.read_table(handle, columns=[*keys, "_op", "_lsn"])
             columns = [part.column(k).to_pylist() for k in keys]
+            parsed = parse_file_name(path.rsplit("/", 1)[-1])
+            if (since is not None and parsed is not None and parsed[0] == backfill_stream(table)
+                    and parsed[1].commit >= since):
+                ours.update(tuple(_key_text(c[i]) for c in columns) for i in range(part.num_rows))
             for i, (op, lsn) in enumerate(zip(part.column("_op").to_pylist(), part.column("_lsn").to_pylist(),
                                               strict=True)):
                 key = tuple(_key_text(c[i]) for c in columns)
                 seen = latest.get(key)
                 if seen is None or (lsn, path) > seen[:2]:
                     latest[key] = (lsn, path, op)
-        return {key for key, (_lsn, _path, op) in latest.items() if op != "d"}
+        return {key for key, (_lsn, _path, op) in latest.items() if op != "d"}, ours
 
     def _emit(self, conn: Any, backfill: str, number: int, mark: str) -> None:
         with conn.cursor() as cur:
