@@ -242,7 +242,8 @@ class Pipeline:
         """Re-read one table from the source while the stream goes on, and load it (see `bankflow.engines.builtin
         .backfill`): its rows arrive as op 'r' events ordered against concurrent changes. `where` is a condition
         in the source's SQL (checked: one read-only boolean expression). A running `apply --follow` carries the
-        request out itself (``queued``); otherwise this runs the cdc and load stages. Built-in engine only."""
+        request out itself (``queued``); otherwise this runs the source (its contract check), cdc and load
+        stages. Built-in engine only for now."""
         from bankflow.source import source_connect_kwargs
 
         engine = self.spec.cdc.engine_for(self.resolved)
@@ -255,7 +256,7 @@ class Pipeline:
         if record["slot_active"]:
             return {**result, "ok": True, "queued": True,
                     "message": f"a running cdc holds slot {self.spec.cdc.slot}: it backfills {table} within seconds"}
-        report = self.apply(stages=["cdc", "load"], progress=progress)
+        report = self.apply(stages=["source", "cdc", "load"], progress=progress)
         cdc = next((s for s in report.stages if s.name == "cdc"), None)
         rows = int(cdc.details.get("backfill_rows", 0)) if cdc is not None else 0
         return {**result, "ok": report.ok, "queued": False, "rows": rows, "report": report.to_dict()}

@@ -125,3 +125,20 @@ def test_where_refuses_what_is_not_a_read_only_condition(where: str) -> None:
 def test_what_runs_is_the_parsed_condition_so_a_comment_cannot_swallow_the_rest() -> None:
     assert checked_where("id = 1 -- ) OR (true") == "id = 1"
     assert checked_where("id = 1 /* x */ AND note = 'a'") == "id = 1 AND note = 'a'"
+
+
+def test_backfill_refuses_on_debezium_with_what_to_do(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from bankflow.cli import main
+
+    text = (Path(__file__).parents[1] / "specs" / "minimal.yaml").read_text()
+    spec_path = tmp_path / "minimal.yaml"  # without its transform (no dbt project here)
+    spec_path.write_text(text[:text.index("transform:")] + text[text.index("environments:"):])
+    monkeypatch.chdir(tmp_path)
+    assert main(["backfill", str(spec_path), "--env", "stack", "--table", "items"]) == 1
+    err = capsys.readouterr().err
+    assert "not implemented for the" in err and "execute-snapshot" in err
+    with pytest.raises(SystemExit) as done:
+        main(["backfill", "--help"])
+    assert done.value.code == 0
+    assert "--where" in capsys.readouterr().out
