@@ -99,6 +99,7 @@ def _json_bytea(values: list[Any]) -> pa.Array:
 # Postgres and Debezium (decimal.handling.mode=string) write numerics plainly; pyarrow's decimal cast crashes the
 # process on some exponent forms ("0.0E-2000000001"), so anything else is refused before the cast.
 _PLAIN_DECIMAL = r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)$"
+_TOO_MANY_DIGITS = r"^[+-]?[0.]*[1-9]([.]?[0-9]){38}"  # 39 digits or more after the leading zeros
 
 
 def _decimal_text(arr: pa.Array, target: pa.DataType) -> pa.Array:
@@ -106,6 +107,10 @@ def _decimal_text(arr: pa.Array, target: pa.DataType) -> pa.Array:
     plain = pc.match_substring_regex(arr, _PLAIN_DECIMAL)
     if not pc.all(pc.or_kleene(plain, pc.is_null(arr))).as_py():
         raise pa.ArrowInvalid("numeric text must be a plain decimal number: digits, an optional point and sign")
+    # pyarrow's cast wraps around silently on a few hundred digits ('9' * 1000 → -1): it refuses 39 digits and
+    # more only up to some length, so more than 38 are refused here, always
+    if pc.any(pc.match_substring_regex(arr, _TOO_MANY_DIGITS)).as_py():
+        raise pa.ArrowInvalid("numeric text with more digits than decimal128's precision of 38")
     return arr.cast(target)
 
 

@@ -1,0 +1,367 @@
+"""No input crashes a decoder (issue 14, item 4): one corpus of poison families, every decoding path, one answer.
+
+The paths: per event (`append_debezium_value`, the reference), the C bulk decoder (`append_debezium_values`), the
+msgspec-only bulk path (the C extension patched away), and, for the column-value families a Postgres text row can
+carry, the pgoutput text path and the COPY snapshot path (str values, `lsn_override`). Every value ends as a row
+or a dead letter with its position and reason; the Debezium paths give the same rows and the same dead letters
+(positions and reasons); the text paths give the same rows and dead-letter the same positions for the same column.
+Each value is also written alone, first in its batch, through the lake writer (file key, Parquet, dead-letter
+store): a value that crashed there, such as a commit time no date can name, stopped a Kafka consumer at its offset
+on every restart.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fsspec.implementations.local import LocalFileSystem
+
+import bankflow.lake.native as native_module
+from bankflow.engines.builtin.events import to_debezium_event
+from bankflow.lake import _envelope
+from bankflow.lake.batch import TableBatch
+from bankflow.lake.convert import DATE_DAYS, TIME_US, TIMESTAMP_US
+from bankflow.lake.decode import MAX_NESTING, SOURCE_TS_MAX, SOURCE_TS_MIN
+from bankflow.lake.positions import KafkaPosition, LsnPosition, format_span
+from bankflow.lake.writer import LakeWriter
+from bankflow.spec.models import Lake
+from tests.fixtures.lake_types import ALL_TYPES, COMMIT_TS, ROWS
+from tests.unit.test_lake_native_decoder import _mutate
+
+_NAMES = [c.name for c in ALL_TYPES.columns]
+_GOOD_TEXT = [b"1", *ROWS[0][1:]]
+
+
+def _dumps(event: Any) -> bytes:
+    """JSON as Debezium writes it; json, not orjson: orjson refuses integers beyond 64 bits."""
+    return json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _text_row(**columns: bytes | None) -> list[bytes | None]:
+    row = list(_GOOD_TEXT)
+    for name, value in columns.items():
+        row[_NAMES.index(name)] = value
+    return row
+
+
+def _event_of(row: list[bytes | None], n: int) -> dict[str, Any]:
+    """The Debezium event of a text row (as the built-in reader would emit it), id n + 1 unless the family sets
+    it, at LSN 900 + n."""
+    row = [str(n + 1).encode() if row[0] == _GOOD_TEXT[0] else row[0], *row[1:]]  # keep a poisoned key
+    return to_debezium_event(ALL_TYPES, "c", before=None, after=row, lsn=900 + n, xid=77, commit_ts_us=COMMIT_TS,
+                             topic_prefix="bank", database="db", schema="public")
+
+
+# ---------------------------------------------------------------- the corpus
+
+# Column values a Postgres text row can carry too (pgoutput, COPY): (family, text row, ends as a row?)
+TEXT_FAMILIES: list[tuple[str, list[bytes | None], bool]] = [
+    ("smallint 70000", _text_row(s=b"70000"), False),
+    ("smallint -32769", _text_row(s=b"-32769"), False),
+    ("smallint at its bounds", _text_row(s=b"-32768"), True),
+    ("integer 2^40", _text_row(i=str(2**40).encode()), False),
+    ("integer 2^31", _text_row(i=str(2**31).encode()), False),
+    ("integer at its bound", _text_row(i=str(-(2**31)).encode()), True),
+    ("bigint 2^63", _text_row(id=str(2**63).encode()), False),
+    ("bigint 2^70", _text_row(id=str(2**70).encode()), False),
+    ("date year 10000", _text_row(d=b"10000-01-01"), False),
+    ("date BC", _text_row(d=b"0044-03-15 BC"), False),
+    ("date infinity", _text_row(d=b"infinity"), False),
+    ("time 24:00:00", _text_row(tm=b"24:00:00"), False),
+    ("time 25:00:00", _text_row(tm=b"25:00:00"), False),
+    ("time at its end", _text_row(tm=b"23:59:59.999999"), True),
+    ("timestamp year 10000", _text_row(ts=b"10000-01-01 00:00:00"), False),
+    ("timestamp infinity", _text_row(ts=b"infinity"), False),
+    ("timestamptz year 10000", _text_row(tstz=b"10000-01-01 00:00:00+00"), False),
+    ("numeric beyond its precision", _text_row(m=b"12345678901234567.00"), False),
+    ("numeric beyond its scale", _text_row(m=b"1.234"), False),
+    ("numeric 1000 digits", _text_row(m38=b"9" * 1000), False),
+    ("numeric NaN", _text_row(m=b"NaN"), False),
+    ("varchar(20) with 21 characters", _text_row(v=b"x" * 21), False),
+    ("varchar(20) with 21 two-byte characters", _text_row(v=("é" * 21).encode()), False),
+    ("varchar(20) with 20 two-byte characters", _text_row(v=("é" * 20).encode()), True),
+    ("varchar(20) of 1 MB", _text_row(v=b"y" * 1_000_000), False),
+    ("char(3) with 4 characters", _text_row(c=b"abcd"), False),
+    ("char(3) with blanks beyond 3", _text_row(c=b"ab     "), True),  # Postgres stores 'ab '
+    ("char(3) with 3 characters and blanks", _text_row(c="é中x  ".encode()), True),
+    ("char(3) with an inner blank beyond 3", _text_row(c=b"ab c"), False),
+    ("uuid malformed", _text_row(u=b"not-a-uuid"), False),
+    ("uuid too long", _text_row(u=b"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a111"), False),
+    ("uuid upper case", _text_row(u=b"A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11"), True),
+    ("text of 1 MB", _text_row(t=b"z" * 1_000_000), True),
+    ("NOT NULL key missing", _text_row(id=None), False),
+]
+
+
+def _nested(k: int) -> str:
+    return "[" * k + "]" * k
+
+
+def _json_families() -> list[tuple[str, bytes, bool]]:
+    """Values only Debezium JSON can carry: (family, value, ends as a row?). Nesting levels count the envelope
+    object as 1."""
+    base = _event_of(_GOOD_TEXT, 0)
+    good = _dumps(base)
+    after, source = base["after"], base["source"]
+
+    def col(name: str, value: Any) -> bytes:
+        return _dumps({**base, "after": {**after, name: value}})
+
+    def src(**fields: Any) -> bytes:
+        return _dumps({**base, "source": {**source, **fields}})
+
+    def top(k: int) -> bytes:  # an unknown top-level field nested k deep: 1 + k levels
+        return good[:-1] + f',"x":{_nested(k)}}}'.encode()
+
+    def in_source(k: int) -> bytes:  # an unknown field of source nested k deep: 2 + k levels
+        return good.replace(b'"source":{', f'"source":{{"x":{_nested(k)},'.encode())
+
+    no_us = {k: v for k, v in source.items() if k != "ts_us"}
+    out: list[tuple[str, bytes, bool]] = [
+        ("smallint 70000", col("s", 70000), False),
+        ("integer 2^40", col("i", 2**40), False),
+        ("integer -2^40", col("i", -(2**40)), False),
+        ("bigint 2^63", col("id", 2**63), False),
+        ("date 2^40 days", col("d", 2**40), False),
+        ("date 2^31 days", col("d", 2**31), False),
+        ("date a day after Postgres' last", col("d", DATE_DAYS[1] + 1), False),
+        ("date Postgres' last", col("d", DATE_DAYS[1]), True),
+        ("date a day before Postgres' first", col("d", DATE_DAYS[0] - 1), False),
+        ("date Postgres' first", col("d", DATE_DAYS[0]), True),
+        ("time negative", col("tm", -1), False),
+        ("time 24:00:00", col("tm", TIME_US[1] + 1), False),
+        ("time 2^62", col("tm", 2**62), False),
+        ("time at its end", col("tm", TIME_US[1]), True),
+        ("timestamp before 4714 BC", col("ts", TIMESTAMP_US[0] - 1), False),
+        ("timestamp at 4714 BC", col("ts", TIMESTAMP_US[0]), True),
+        ("timestamp at int64's end", col("ts", TIMESTAMP_US[1]), True),
+        ("timestamp beyond int64", col("ts", 2**63), False),
+        ("timestamptz year 99999", col("tstz", "99999-01-01T00:00:00Z"), False),
+        ("numeric as a JSON number", col("m", 1.5), False),
+        ("varchar(20) with 21 characters", col("v", "x" * 21), False),
+        ("char(3) with 4 characters", col("c", "abcd"), False),
+        ("char(3) with blanks beyond 3", col("c", "ab     "), True),
+        ("uuid malformed", col("u", "nope"), False),
+        ("source.ts_us 2^62", src(ts_us=2**62), False),
+        ("source.ts_us -2^62", src(ts_us=-(2**62)), False),
+        ("source.ts_us a µs after 9999", src(ts_us=SOURCE_TS_MAX + 1), False),
+        ("source.ts_us at the end of 9999", src(ts_us=SOURCE_TS_MAX), True),
+        ("source.ts_us a µs before year 1", src(ts_us=SOURCE_TS_MIN - 1), False),
+        ("source.ts_us at year 1", src(ts_us=SOURCE_TS_MIN), True),
+        ("source.ts_us beyond int64", src(ts_us=2**63), False),
+        ("source.ts_ms 2^50", _dumps({**base, "source": {**no_us, "ts_ms": 2**50}}), False),
+        ("source.ts_ms 2^60", _dumps({**base, "source": {**no_us, "ts_ms": 2**60}}), False),
+        ("source.lsn negative", src(lsn=-5), False),
+        ("source.lsn 2^63", src(lsn=2**63), False),
+        ("source.lsn 2^64", src(lsn=2**64), False),
+        ("source.txId negative", src(txId=-1), False),
+        ("nesting at the bound, top level", top(MAX_NESTING - 1), True),
+        ("nesting beyond the bound, top level", top(MAX_NESTING), False),
+        ("nesting 1000, top level", top(1000), False),
+        ("nesting 1024, top level", top(1024), False),
+        ("nesting 2000, top level", top(2000), False),
+        ("nesting 100000, top level", top(100_000), False),
+        ("nesting at the bound, in source",
+         src(x=json.loads(_nested(MAX_NESTING - 2))), True),
+        ("nesting beyond the bound, in source", in_source(MAX_NESTING - 1), False),
+        ("nesting 1000, in source", in_source(1000), False),
+        ("nesting 1000, in before of an insert",
+         good.replace(b'"before":null', f'"before":{{"id":{_nested(1000)}}}'.encode()), False),
+        ("nesting 1000, as a column value", good.replace(b'"t":"hello"', f'"t":{_nested(1000)}'.encode()), False),
+        ("nesting 60, as a column value", good.replace(b'"t":"hello"', f'"t":{_nested(60)}'.encode()), False),
+        ("nesting 1000, in an unknown column",
+         good.replace(b'"t":"hello"', f'"t":"hello","nope":{_nested(1000)}'.encode()), False),
+        ("nesting 1000 of objects", good[:-1] + b',"x":' + b'{"a":' * 1000 + b"1" + b"}" * 1000 + b"}", False),
+        ("nesting 1000 in a schemas-enabled wrapper",
+         b'{"schema":' + _nested(1000).encode() + b',"payload":' + good + b"}", False),
+        ("nesting at the bound in a schemas-enabled wrapper",
+         b'{"schema":' + _nested(MAX_NESTING - 1).encode() + b',"payload":' + good + b"}", True),
+        ("brackets in strings are not nesting", col("t", "[" * 5000 + "{" * 5000), True),
+        ("unbalanced brackets", good[:-1] + b',"x":' + b"[" * 5000 + b"}", False),
+    ]
+    assert len({name for name, _, _ in out}) == len(out)
+    return out
+
+
+JSON_FAMILIES = _json_families()
+
+
+def _corpus() -> list[tuple[str, bytes, bool]]:
+    """Every family as Debezium JSON: the text ones through `to_debezium_event`, then the JSON-only ones."""
+    text = [(f"text: {name}", _dumps(_event_of(row, 0)), row_ok) for name, row, row_ok in TEXT_FAMILIES]
+    return text + [(f"json: {name}", value, row_ok) for name, value, row_ok in JSON_FAMILIES]
+
+
+CORPUS = _corpus()
+
+
+# ---------------------------------------------------------------- the paths
+
+def _per_event(values: list[bytes], positions: list[Any]) -> TableBatch:
+    batch = TableBatch(ALL_TYPES)
+    for value, position in zip(values, positions, strict=True):
+        batch.append_debezium_value(value, position)
+    return batch
+
+
+def _bulk(values: list[bytes], positions: list[Any]) -> TableBatch:
+    batch = TableBatch(ALL_TYPES)
+    batch.append_debezium_values(values, positions)
+    return batch
+
+
+def _msgspec_bulk(values: list[bytes], positions: list[Any]) -> TableBatch:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(native_module, "extension", None)
+        return _bulk(values, positions)
+
+
+DEBEZIUM_PATHS = {"per-event": _per_event, "c-bulk": _bulk, "msgspec-bulk": _msgspec_bulk}
+
+
+def _text_path(rows: list[list[bytes | None]], *, snapshot: bool = False) -> TableBatch:
+    """The pgoutput reader's way (bytes, one transaction), or the COPY snapshot's (str values, row numbers as
+    positions, the consistent point as every row's _lsn), as `bankflow.engines.builtin` drives the batch."""
+    batch = TableBatch(ALL_TYPES)
+    cols, ops, lsns = batch.text_sink()
+    if snapshot:
+        batch.begin_text_tx(1000, 77, COMMIT_TS, 900, lsn_override=1000)
+    else:
+        batch.begin_text_tx(1000, 77, COMMIT_TS, 900)
+    for n, row in enumerate(rows):
+        row = [str(n + 1).encode() if row[0] == _GOOD_TEXT[0] else row[0], *row[1:]]
+        for col, value in zip(cols, row, strict=True):
+            col.append(value.decode() if snapshot and value is not None else value)
+        ops.append("r" if snapshot else "c")
+        lsns.append(900 + n)
+    return batch
+
+
+def _outcome(batch: TableBatch) -> tuple[Any, list[tuple[Any, str]]]:
+    table = batch.to_arrow("k")
+    return table, sorted(((d.position, d.reason) for d in batch.dead_letters), key=lambda d: d[0])
+
+
+def _assert_paths_agree(values: list[bytes], positions: list[Any]) -> tuple[Any, list[tuple[Any, str]]]:
+    outcomes = {name: path(values, positions) for name, path in DEBEZIUM_PATHS.items()}
+    reference = outcomes.pop("per-event")
+    expected_table, expected_dead = _outcome(reference)
+    for name, batch in outcomes.items():
+        table, dead = _outcome(batch)
+        assert table.equals(expected_table), name
+        assert dead == expected_dead, name
+        assert batch.events == reference.events == len(values), name
+        assert (batch.first_position, batch.last_position) == (reference.first_position, reference.last_position)
+        assert batch.first_source_ts_us == reference.first_source_ts_us, name
+    assert expected_table.num_rows + len(expected_dead) == len(values)
+    return expected_table, expected_dead
+
+
+# ---------------------------------------------------------------- the tests
+
+def test_the_c_decoder_bounds_nesting_as_the_python_paths_do() -> None:
+    assert native_module.extension is _envelope  # the C path really runs below
+    assert _envelope.MAX_DEPTH == MAX_NESTING
+
+
+@pytest.mark.parametrize(("family", "value", "row_ok"), CORPUS, ids=[name for name, _, _ in CORPUS])
+def test_each_family_ends_as_a_row_or_a_dead_letter_alike_on_every_debezium_path(
+        family: str, value: bytes, row_ok: bool) -> None:
+    good = _dumps(_event_of(_GOOD_TEXT, 1))
+    values = [good, value, good]
+    table, dead = _assert_paths_agree(values, [KafkaPosition(3, 100 + i) for i in range(3)])
+    assert [p.offset for p, _ in dead] == ([] if row_ok else [101]), dead
+    assert table.num_rows == (3 if row_ok else 2)
+
+
+def test_the_whole_corpus_in_one_stream_inside_large_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    import bankflow.lake.decode as decode_module
+
+    monkeypatch.setattr(decode_module, "_BULK_LEAF", 4)
+    rng = random.Random(14)
+    good = [_dumps(_event_of(_GOOD_TEXT, n)) for n in range(40)]
+    values: list[bytes] = []
+    bad_at = []
+    for _name, value, row_ok in CORPUS:
+        values.extend(rng.choice(good) for _ in range(rng.randint(0, 9)))
+        if not row_ok:
+            bad_at.append(len(values))
+        values.append(value)
+    _table, dead = _assert_paths_agree(values, [KafkaPosition(0, i) for i in range(len(values))])
+    assert [p.offset for p, _ in dead] == bad_at
+
+
+@pytest.mark.parametrize("path", list(DEBEZIUM_PATHS))
+def test_each_family_first_in_its_batch_reaches_the_lake_without_a_crash(path: str, tmp_path: Path) -> None:
+    """The file key names the first event's commit date: a commit time no date can name was the crash."""
+    writer = LakeWriter(LocalFileSystem(auto_mkdir=True), str(tmp_path),
+                        Lake(url=f"file://{tmp_path}", layout="{table}/date={date}"))
+    for n, (family, value, row_ok) in enumerate(CORPUS):
+        position = KafkaPosition(0, n)
+        batch = DEBEZIUM_PATHS[path]([value], [position])
+        key = writer.key_for(batch)
+        assert f"-{format_span(position, position)}.parquet" in key
+        written = writer.write_batch(batch)
+        assert (written.rows, written.dead_letters) == ((1, 0) if row_ok else (0, 1)), family
+        assert (written.key is not None) == row_ok
+    records = writer.dead_letters.read_all()
+    assert len(records) == sum(not ok for _, _, ok in CORPUS)
+    assert all(r["reason"] and "offset" in r["position"] for r in records)
+
+
+@pytest.mark.parametrize("snapshot", [False, True], ids=["pgoutput", "copy-snapshot"])
+def test_the_text_paths_end_each_family_as_the_debezium_paths_do(snapshot: bool) -> None:
+    rows = [row for _name, row, _ok in TEXT_FAMILIES]
+    text = _text_path(rows, snapshot=snapshot)
+    table = text.to_arrow("k")
+    dead = sorted(text.dead_letters, key=lambda d: d.position)
+    expected = [LsnPosition(1000, 900 + n) for n, (_name, _row, ok) in enumerate(TEXT_FAMILIES) if not ok]
+    assert [d.position for d in dead] == expected
+    # the same rows through Debezium JSON, at the same positions: the same rows, the same columns blamed
+    values = [_dumps(_event_of(row, n)) for n, row in enumerate(rows)]
+    json_table, json_dead = _assert_paths_agree(values, [LsnPosition(1000, 900 + n) for n in range(len(rows))])
+    assert [p for p, _ in json_dead] == expected
+    for (_, json_reason), text_dead in zip(json_dead, dead, strict=True):
+        assert json_reason.split(":")[0] == text_dead.reason.split(":")[0], (json_reason, text_dead.reason)
+    if snapshot:  # snapshot rows carry op r and the consistent point as _lsn
+        assert set(table["_op"].to_pylist()) == {"r"} and set(table["_lsn"].to_pylist()) == {1000}
+        table = table.drop_columns(["_op", "_lsn"])
+        json_table = json_table.drop_columns(["_op", "_lsn"])
+    assert table.equals(json_table)
+    kept = {r["c"] for r in table.select(["c"]).to_pylist()}
+    assert "ab " in kept and "é中x" in kept  # char(3): blanks beyond 3 trimmed, as Postgres stores it
+
+
+def test_random_corruptions_of_the_corpus_agree_on_every_path() -> None:
+    """The mutation fuzz of `test_lake_native_decoder`, on the poison corpus and the good values, all paths."""
+    rng = random.Random(20261201)
+    sources = [value for _, value, _ in CORPUS if len(value) < 20_000]
+    sources += [_dumps(_event_of(_GOOD_TEXT, n)) for n in range(10)]
+    values = [_mutate(rng.choice(sources), rng) if rng.random() < 0.6 else rng.choice(sources)
+              for _ in range(1500)]
+    _table, dead = _assert_paths_agree(values, [KafkaPosition(1, i) for i in range(len(values))])
+    assert 0 < len(dead) < len(values)
+
+
+def _scan(values: list[bytes]) -> Iterator[int]:
+    """How many leading values the C decoder takes, for each value alone."""
+    decoder = native_module.NativeDecoder(ALL_TYPES)
+    for value in values:
+        yield decoder.decode([value])[0]
+
+
+def test_the_c_decoder_takes_what_fits_and_leaves_the_rest_to_the_python_paths() -> None:
+    """It stops at a value out of its column's bounds instead of raising (the poison message that was)."""
+    taken = dict(zip([name for name, _, _ in CORPUS], _scan([v for _, v, _ in CORPUS]), strict=True))
+    for name in ("json: smallint 70000", "json: integer 2^40", "json: date 2^40 days", "json: time 2^62",
+                 "json: source.lsn negative", "json: source.txId negative", "json: source.ts_us 2^62",
+                 "json: nesting beyond the bound, top level", "json: nesting beyond the bound, in source"):
+        assert taken[name] == 0, name
+    for name in ("json: date Postgres' last", "json: time at its end", "json: source.ts_us at the end of 9999",
+                 "json: nesting at the bound, top level", "json: nesting at the bound, in source"):
+        assert taken[name] == 1, name
