@@ -142,3 +142,19 @@ def test_backfill_refuses_on_debezium_with_what_to_do(tmp_path: Path, capsys: py
         main(["backfill", "--help"])
     assert done.value.code == 0
     assert "--where" in capsys.readouterr().out
+
+
+def test_coverage_status_says_per_table_what_the_markers_say(tmp_path: Path) -> None:
+    from bankflow.engines.builtin.backfill import backfilling, coverage_status
+    from bankflow.lake.filesystem import lake_filesystem
+
+    resolved = spec(tmp_path, "a", "b", "c")
+    fs, root = lake_filesystem(resolved)
+    store = Coverage(fs, root, "sl")
+    store.write("a", covered("a", 0x16B3A28, "initial snapshot"))
+    store.write("b", backfilling("b", "requested", "id > 5"))
+    assert coverage_status(resolved) == {
+        "a": {"state": "covered", "how": "initial snapshot", "since_lsn": "0/16B3A28"},
+        "b": {"state": "backfilling", "reason": "requested", "where": "id > 5", "chunks": 0, "rows": 0},
+        "c": {"state": "unknown"},
+    }

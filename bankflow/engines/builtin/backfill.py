@@ -489,3 +489,28 @@ def _key_text(value: Any) -> Any:
 def key_text(value: Any) -> Any:
     """A key value of a pgoutput tuple (bytes) as the chunk's CSV has it (str)."""
     return value.decode() if isinstance(value, bytes) else value
+
+
+def coverage_status(resolved: ResolvedSpec) -> dict[str, dict[str, Any]]:
+    """Per spec table, what its coverage marker says (for `status`): ``covered`` since which LSN and how, or
+    ``backfilling`` with its reason and progress (chunks, rows so far), or ``unknown`` (no marker yet: the next
+    run backfills it, or streams it only under snapshot_mode no_data)."""
+    from bankflow.lake.filesystem import lake_filesystem
+    from bankflow.lake.positions import lsn_text
+
+    fs, root = lake_filesystem(resolved)
+    coverage = Coverage(fs, root, resolved.spec.cdc.slot)
+    result: dict[str, dict[str, Any]] = {}
+    for table in resolved.spec.tables:
+        record = coverage.read(table.name)
+        if record is None:
+            result[table.name] = {"state": "unknown"}
+        elif record.get("state") == "covered":
+            since = record.get("since_lsn")
+            result[table.name] = {"state": "covered", "how": record.get("how"),
+                                  "since_lsn": lsn_text(since) if isinstance(since, int) else None}
+        else:
+            result[table.name] = {"state": "backfilling", "reason": record.get("reason"),
+                                  "where": record.get("where"), "chunks": record.get("chunks", 0),
+                                  "rows": record.get("rows", 0)}
+    return result
