@@ -201,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "them. --where is a condition in the source's SQL on your own table (e.g. \"id > 1000\"), run "
                 "read-only inside each chunk's SELECT; anything but one boolean expression is refused. A running "
                 "`apply --follow` carries the request out itself. Built-in engine only for now. Exit 0 done or "
-                "queued, 1 failed or refused.")
+                "queued, 1 failed or refused, 4 when events went to the dead-letter store.")
     _add_spec(p)
     p.add_argument("--table", required=True, help="the spec table to re-read")
     p.add_argument("--where", help="only rows matching this condition (PostgreSQL syntax)")
@@ -529,10 +529,19 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         _print(json.dumps(result, indent=2, default=str), resolved)
     elif result.get("queued"):
         _print(f"backfill of {args.table} queued: {result['message']}", resolved)
-    elif not args.quiet or not result["ok"]:
-        _print(f"backfill of {args.table}: {result.get('rows', 0):,} rows "
-               f"{'read and loaded' if result['ok'] else 'FAILED (see the run report)'}", resolved)
-    return EXIT_OK if result["ok"] else EXIT_FAILED
+    elif result["ok"] and not args.quiet:
+        _print(f"backfill of {args.table}: {result.get('rows', 0):,} rows read and loaded", resolved)
+    report = result.get("report") or {}
+    for stage in report.get("stages", []):
+        if not stage.get("ok", True):
+            bankflow_log.error_line(resolved.redact(f"bankflow backfill: error: {stage.get('name')}: "
+                                                    f"{stage.get('error')}"))
+    dead = {t: n for t, n in (report.get("dead_letters") or {}).items() if n}
+    for table, count in dead.items():
+        bankflow_log.error_line(f"bankflow backfill: {count} event(s) of {table} went to the dead-letter store")
+    if not result["ok"]:
+        return EXIT_FAILED
+    return EXIT_DEAD_LETTERS if dead else EXIT_OK
 
 
 def cmd_init(args: argparse.Namespace) -> int:
