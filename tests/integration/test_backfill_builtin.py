@@ -396,3 +396,16 @@ def test_a_composite_text_key_is_chunked_in_the_sources_order(source: Source) ->
     assert Pipeline(resolved).verify().ok
     assert source.raw("SELECT count(*) FROM (SELECT book, seq FROM raw.legs GROUP BY ALL HAVING count(*) > 1)"
                       )[0][0] == 0
+
+
+def test_snapshot_mode_always_backfills_every_table_at_each_run_while_streaming(source: Source) -> None:
+    resolved = source.spec("orders", "parts", mode="always")
+    first = apply_ok(resolved)  # the initial snapshot; no backfill right after it
+    assert cdc_details(first)["backfills"] == [] and cdc_details(first)["snapshot_rows"] == 2 * ROWS
+    with Workload(source, ["orders", "parts"], seed=29):
+        time.sleep(0.2)
+        second = apply_ok(resolved)
+    assert sorted(cdc_details(second)["backfills"]) == ["orders", "parts"]
+    apply_ok(resolved)
+    exact(source, resolved, ["orders", "parts"])
+    assert coverage(resolved, "orders")["how"] == "initial snapshot"  # what first covered it stays
