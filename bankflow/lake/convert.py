@@ -109,7 +109,8 @@ def _decimal_text(arr: pa.Array, target: pa.DataType) -> pa.Array:
         raise pa.ArrowInvalid("numeric text must be a plain decimal number: digits, an optional point and sign")
     # pyarrow's cast wraps around silently on a few hundred digits ('9' * 1000 → -1): it refuses 39 digits and
     # more only up to some length, so more than 38 are refused here, always
-    if pc.any(pc.match_substring_regex(arr, _TOO_MANY_DIGITS)).as_py():
+    longest = pc.max(pc.binary_length(arr)).as_py()  # 38 digits, a sign and a point fit in 40 bytes
+    if longest is not None and longest > 40 and pc.any(pc.match_substring_regex(arr, _TOO_MANY_DIGITS)).as_py():
         raise pa.ArrowInvalid("numeric text with more digits than decimal128's precision of 38")
     return arr.cast(target)
 

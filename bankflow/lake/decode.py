@@ -181,8 +181,9 @@ def _source_problem(source: dict[str, Any], lsn: Any, tx_id: Any, ts_label: str,
 # ---------------------------------------------------------------- msgspec: typed, strict, in bulk
 
 # A number that may not fit a double (an exponent of 3 digits, 100 digits in a row) is refused by orjson, not by
-# msgspec when it skips the field. Without the C scan: digits → "0", "E" → "e", "-" → "+", then substring tests.
-_NUMBER_SHAPES = bytes.maketrans(b"0123456789E-", b"0000000000e+")
+# msgspec when it skips the field. Without the C scan: digits → "0", "E" → "e", "-" → "+", then substring tests;
+# and "[" → "{" to count opening brackets in the same pass.
+_NUMBER_SHAPES = bytes.maketrans(b"0123456789E-[", b"0000000000e+{")
 _HUGE_SHAPES = (b"0e000", b"0e+000", b"0" * 100)
 
 
@@ -200,12 +201,12 @@ def _checked(value: bytes | str) -> bytes | str:
         if not extension.msgspec_safe(data, MAX_NESTING):
             raise _PerEventOnly
         return value
-    if data.count(b"{") + data.count(b"[") > MAX_NESTING:  # might nest too deeply (msgspec recursion, the bound)
-        raise _PerEventOnly
     if not data.isascii():
         data.decode()  # UnicodeDecodeError
     shapes = data.translate(_NUMBER_SHAPES)
-    if any(huge in shapes for huge in _HUGE_SHAPES):
+    huge, huge_signed, digits = _HUGE_SHAPES
+    # more opening brackets than the bound: it might nest too deeply (msgspec's recursion, MAX_NESTING)
+    if huge in shapes or huge_signed in shapes or digits in shapes or shapes.count(b"{") > MAX_NESTING:
         raise _PerEventOnly
     return value
 
