@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -364,3 +365,109 @@ def test_ctrl_c_stops_following_workers_cleanly(tmp_path: Path, tansu_broker: Ta
     assert out.split() == [str(len(events)), "0"]
     assert_exactly_once(resolved, events)
     assert sum(committed(resolved, prefix, partitions=2).values()) == len(events)
+
+
+# ---------------------------------------------------------------- poison messages
+
+POISON_SPEC = """\
+version: 1
+name: poison_test
+state_dir: state
+source: {{type: postgres, database: bank, schema: bank}}
+tables:
+  - name: poison
+    primary_key: [id]
+    replica_identity: full
+    columns:
+      - {{name: id, type: bigint, nullable: false}}
+      - {{name: s, type: smallint}}
+      - {{name: i, type: integer}}
+      - {{name: d, type: date}}
+      - {{name: v, type: "varchar(5)"}}
+      - {{name: c, type: "char(2)"}}
+      - {{name: amount, type: "numeric(18,2)"}}
+      - {{name: created_at, type: timestamptz}}
+cdc: {{engine: debezium, topic_prefix: {prefix}}}
+kafka: {{bootstrap_servers: "{bootstrap}", group: g{tag}, partitions: 1}}
+lake:
+  url: s3://{bucket}/lake
+  s3_endpoint: {endpoint}
+  s3_key: test-access-key
+  s3_secret: test-secret-key
+  flush: {{max_rows: 1000, max_bytes: 67108864, max_seconds: 600}}
+warehouse: {{type: duckdb, path: wh.duckdb}}
+"""
+
+
+def _poison_messages() -> list[tuple[str, bytes]]:
+    """(family, value): one poison message per family the decoders once crashed on or let through, and good
+    ones between them; the first one's commit time is the one no file key can date."""
+    after = {"id": 0, "s": 1, "i": 1, "d": 19_000, "v": "abc", "c": "ab", "amount": "1.00",
+             "created_at": "2026-01-01T00:00:00.000000Z"}
+
+    def event(n: int, source: dict[str, Any] | None = None, **columns: Any) -> bytes:
+        src = {"lsn": 1000 + n, "txId": 7, "ts_us": 1_767_225_600_000_000 + n, **(source or {})}
+        return json.dumps({"before": None, "after": {**after, "id": n, **columns}, "op": "c",
+                           "source": src}).encode()
+
+    def nested(n: int, depth: int) -> bytes:
+        return event(n)[:-1] + b',"x":' + b"[" * depth + b"]" * depth + b"}"
+
+    return [
+        ("source.ts_us 2^62, first in the batch", event(0, {"ts_us": 2**62})),
+        ("good", event(1)),
+        ("smallint 70000", event(2, s=70_000)),
+        ("integer 2^40", event(3, i=2**40)),
+        ("date 2^40 days", event(4, d=2**40)),
+        ("nesting 1000", nested(5, 1000)),
+        ("nesting 2000", nested(6, 2000)),
+        ("varchar(5) with 6 characters", event(7, v="abcdef")),
+        ("char(2) with 3 characters", event(8, c="abc")),
+        ("negative LSN", event(9, {"lsn": -1})),
+        ("good", event(10)),
+        ("source.ts_ms 2^60", event(11, {"ts_us": None, "ts_ms": 2**60})),
+        ("numeric of 1000 digits", event(12, amount="9" * 1000)),
+        ("good", event(13)),
+    ]
+
+
+def test_poison_messages_become_dead_letters_and_the_consumer_moves_past_them(
+        tmp_path: Path, tansu_broker: TansuBroker, s3_server: S3Server) -> None:
+    """A message that crashed decoding stopped the consumer at its offset on every restart."""
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    from bankflow.engines.debezium.consumer import consume_to_lake
+
+    tag = uuid.uuid4().hex[:8]
+    s3_server.create_bucket(f"lake-{tag}")
+    path = tmp_path / "spec.yaml"
+    path.write_text(POISON_SPEC.format(prefix=f"p{tag}", bootstrap=tansu_broker.bootstrap_servers, tag=tag,
+                                       bucket=f"lake-{tag}", endpoint=s3_server.endpoint_url))
+    topic = f"p{tag}.bank.poison"
+    tansu_broker.create_topic(topic, partitions=1)
+    messages = _poison_messages()
+    producer = Producer({"bootstrap.servers": tansu_broker.bootstrap_servers, "acks": "all"})
+    for _family, value in messages:
+        producer.produce(topic, key=b"1", value=value)
+    assert producer.flush(30) == 0
+
+    resolved = load_spec(path)
+    result = consume_to_lake(resolved).to_dict()
+    poison = [offset for offset, (family, _) in enumerate(messages) if family != "good"]
+    assert result["events"] == len(messages) and result["dead_letters"] == len(poison)
+
+    fs, root = lake_filesystem(resolved)
+    dead = DeadLetterStore(fs, root, resolved.spec.lake.dead_letter).read_all()
+    assert sorted(d["position"]["offset"] for d in dead) == poison
+    assert all(d["table"] == "poison" and d["reason"] for d in dead)
+    assert sorted(r["id"] for r in lake_rows(resolved)) == [1, 10, 13]
+
+    consumer = Consumer({"bootstrap.servers": tansu_broker.bootstrap_servers, "group.id": f"g{tag}",
+                         "enable.auto.commit": False})
+    try:
+        [tp] = consumer.committed([TopicPartition(topic, 0)], timeout=10)
+    finally:
+        consumer.close()
+    assert tp.offset == len(messages)  # past every poison message
+    again = consume_to_lake(resolved).to_dict()
+    assert again["events"] == 0 and again["files"] == []
