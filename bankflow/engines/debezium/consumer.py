@@ -81,6 +81,7 @@ class _Consumer:
         from confluent_kafka import Consumer
 
         spec = resolved.spec
+        self.resolved = resolved
         self.tables = dict(spec.tables_by_topic)
         self.flush = spec.lake.flush
         fs, root = lake_filesystem(resolved)
@@ -114,17 +115,46 @@ class _Consumer:
             topic, partition = tp.topic, tp.partition
             table = self.tables[topic]
             start = tp.offset
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=30, cached=False)
+            if topic not in listings:  # Parquet files and dead-letter-only batches, every partition
+                listings[topic] = self.writer.list_batches(stream=topic, table=table.name,
+                                                           schema=self.partitions.schema, topic=topic)
+            written = [f.last.offset for f in listings[topic]
+                       if isinstance(f.last, KafkaPosition) and f.last.partition == partition]
+            problem = _out_of_range(topic, partition, start, low, high, max(written) if written else None)
+            if problem is not None and self._log_holds(topic, partition, max([start - 1, *written])):
+                problem = None  # the broker's high watermark lagged (Tansu reports it one low at times)
+            if problem is not None:
+                self.result.stopped = problem
+                log.error("%s", problem)
+                return  # nothing assigned: the loop ends, nothing is committed
             if start < 0:  # nothing committed: the earliest retained offset
-                low, _high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
                 start = max(low, 0)
                 starts.append(TopicPartition(topic, partition, OFFSET_BEGINNING))
             else:
                 starts.append(TopicPartition(topic, partition, start))
-            if topic not in listings:  # Parquet files and dead-letter-only batches, every partition
-                listings[topic] = self.writer.list_batches(stream=topic, table=table.name,
-                                                           schema=self.partitions.schema, topic=topic)
             self.partitions.open(topic, partition, table, start, listings[topic])
         consumer.assign(starts)
+
+    def _log_holds(self, topic: str, partition: int, offset: int, timeout: float = 5.0) -> bool:
+        """Whether the partition's log still holds the message at `offset` (read with a throwaway consumer that
+        commits nothing): the proof a watermark cannot give when it lags."""
+        from confluent_kafka import Consumer, TopicPartition
+
+        if offset < 0:
+            return True
+        config = {**consumer_config(self.resolved), "group.id": f"{self.resolved.spec.kafka.group}.probe"}
+        probe = Consumer(config, logger=log)
+        try:
+            probe.assign([TopicPartition(topic, partition, offset)])
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                message = probe.poll(0.2)
+                if message is not None and message.error() is None:
+                    return bool(message.offset() == offset)
+            return False
+        finally:
+            probe.close()
 
     def on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         """Give partitions up cleanly: their batches become files and their offsets are committed first."""
@@ -236,7 +266,10 @@ class _Consumer:
         from confluent_kafka import TopicPartition
 
         if not self.assigned_once:
-            return False
+            # Debezium creates a table's topic with its first event: when none exists (the catch-up barrier
+            # has passed, so nothing is on its way), there is nothing to consume
+            metadata = self.consumer.list_topics(timeout=10)
+            return not any(topic in metadata.topics and not metadata.topics[topic].error for topic in self.tables)
         for state in self.partitions.states.values():
             _low, high = self.consumer.get_watermark_offsets(
                 TopicPartition(state.topic, state.partition), timeout=10, cached=False)
@@ -286,6 +319,31 @@ class _Consumer:
         self.result.seconds = time.monotonic() - started
         self._emit_progress(force=True)
         return self.result
+
+
+def _out_of_range(topic: str, partition: int, committed: int, low: int, high: int,
+                  lake_last: int | None) -> str | None:
+    """Why a partition cannot be consumed from where the group and the lake say it is (None: it can).
+
+    The log must hold what the pipeline has not read (committed offset within [low, high]) and must not be
+    shorter than what the lake already holds of it (a file up to offset L needs a log past L): otherwise the
+    topic was emptied or recreated, or retention deleted unread messages, and going on would skip changes.
+    """
+    if committed >= 0 and committed > high:
+        what = (f"the group committed offset {committed:,} but the log ends at {high:,}: the topic was emptied "
+                "or recreated (or its retention expired everything) after the pipeline read it")
+    elif committed >= 0 and committed < low:
+        what = (f"the group committed offset {committed:,} but the log now starts at {low:,}: retention deleted "
+                f"{low - committed:,} message(s) the pipeline never read")
+    elif lake_last is not None and lake_last >= high:
+        what = (f"the lake holds this partition up to offset {lake_last:,} but the log ends at {high:,}: the "
+                "topic was emptied or recreated after the pipeline read it")
+    else:
+        return None
+    return (f"{topic}[{partition}]: {what}. Changes in that range may be missing from the lake; the consumer "
+            "stopped instead of skipping them. Way forward: re-read the table from the source (bankflow backfill "
+            "SPEC --table …, or down --drop-slot and apply for a new snapshot), then reset the group's offsets "
+            "for the topic (kafka-consumer-groups --reset-offsets --to-earliest).")
 
 
 def _shape_follower(resolved: ResolvedSpec, fs: Any, root: str) -> ShapeFollower:

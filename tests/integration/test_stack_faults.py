@@ -1,0 +1,94 @@
+"""The stack environment (real Debezium + Kafka Connect + Tansu + S3/moto + DuckDB) where it used to hang or lose
+data: an empty source, a committed offset beyond the log end (issue 14, item 5)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+from bankflow.pipeline import Pipeline
+from bankflow.source.embedded import EmbeddedPostgres
+from bankflow.spec.loader import ResolvedSpec, load_spec
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def stack(tmp_path: Path, pg_server: EmbeddedPostgres, tansu_broker: Any, kafka_connect: Any,
+          s3_server: Any) -> Iterator[tuple[ResolvedSpec, Any]]:
+    """The banking spec on the harness's services, application tables created and empty."""
+    from bankflow.engines.debezium.connect import ConnectClient
+    from tests.integration.test_stack_e2e import ENV, create_application_tables, drop_slot, write_spec
+    from tests.integration.test_stack_e2e import Stack as StackHarness
+
+    tag = uuid.uuid4().hex[:8]
+    database, bucket = f"faults_{tag}", f"faults-{tag}"
+    pg_server.create_database(database)
+    s3_server.create_bucket(bucket)
+    path = write_spec(tmp_path / "banking.yaml", tag=tag, database=database, port=pg_server.port,
+                      connect_url=kafka_connect.rest_url, bootstrap=tansu_broker.bootstrap_servers,
+                      s3_endpoint=s3_server.endpoint_url, bucket=bucket, state_dir=tmp_path / "state")
+    create_application_tables(StackHarness(path, database, tag, pg_server, kafka_connect, pg_server.password))
+    resolved = load_spec(path, env=ENV)
+    try:
+        yield resolved, lambda sql: pg_server.execute(sql, dbname=database)
+    finally:
+        ConnectClient(kafka_connect.rest_url).delete(resolved.spec.cdc.connector)
+        drop_slot(pg_server, database, resolved.spec.cdc.slot)
+        pg_server.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+@pytest.mark.timeout(600)
+def test_an_empty_source_catches_up_at_once(stack: tuple[ResolvedSpec, Any]) -> None:
+    """Debezium creates a table's topic with its first event: with no data there is no topic, and the first
+    catch-up used to wait for one forever."""
+    resolved, sql = stack
+    pipeline = Pipeline(resolved)
+    report = pipeline.apply(stages=["source", "cdc", "load"], progress=False)
+    assert report.ok, report.to_dict()
+    assert report.stages[1].events == 0 and report.stages[1].seconds < 120, report.to_dict()
+    sql("INSERT INTO banking.customers (first_name, last_name, email, created_at, updated_at) "
+        "VALUES ('Ada', 'Lovelace', 'ada@example.com', now(), now())")
+    report = pipeline.apply(stages=["cdc", "load"], progress=False)
+    assert report.ok, report.to_dict()
+    con = duckdb.connect(str(resolved.spec.warehouse.path), read_only=True)  # type: ignore[union-attr]
+    try:
+        assert con.execute("SELECT first_name, _op FROM raw.customers").fetchall() == [("Ada", "c")]
+    finally:
+        con.close()
+
+
+@pytest.mark.timeout(600)
+def test_a_topic_emptied_under_the_consumer_stops_it_with_a_way_forward(stack: tuple[ResolvedSpec, Any]) -> None:
+    """The committed offsets are beyond the log's end (a recreated topic, expired retention): the consumer used to
+    carry on from the new end and the changes in between never arrived. Now the cdc stage stops and says so."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    resolved, sql = stack
+    pipeline = Pipeline(resolved)
+    sql("INSERT INTO banking.customers (first_name, last_name, email, created_at, updated_at) "
+        "SELECT 'c' || i, 'x', 'c' || i || '@example.com', now(), now() FROM generate_series(1, 5) i")
+    assert pipeline.apply(stages=["source", "cdc", "load"], progress=False).ok
+    topic = resolved.spec.topic_for(resolved.spec.table("customers"))
+    admin = AdminClient({"bootstrap.servers": resolved.spec.kafka.bootstrap_servers})
+    for future in admin.delete_topics([topic], operation_timeout=30).values():
+        future.result()
+    import time
+
+    deadline = time.monotonic() + 30
+    while topic in admin.list_topics(timeout=10).topics and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for future in admin.create_topics([NewTopic(topic, 1, 1)]).values():
+        future.result()
+    sql("INSERT INTO banking.customers (first_name, last_name, email, created_at, updated_at) "
+        "VALUES ('late', 'x', 'late@example.com', now(), now())")
+    report = pipeline.apply(stages=["cdc", "load"], progress=False)
+    assert not report.ok and report.stages[-1].name == "cdc", report.to_dict()
+    error = str(report.stages[-1].error)
+    assert f"{topic}[0]: " in error and "the topic was emptied or recreated" in error, error
+    assert "bankflow backfill" in error
