@@ -130,7 +130,9 @@ def text_converter(pg: PgType) -> Converter:
         return _text_time
     if kind == "numeric":
         return lambda v: _decimal_text(pa.array(v, pa.string()), target)
-    # ints, floats, date, timestamp, timestamptz ('+00' suffix is accepted)
+    if kind == "real":
+        return lambda v: _real(pa.array(v, pa.string()).cast(pa.float64()))
+    # ints, double, date, timestamp, timestamptz ('+00' suffix is accepted)
     return lambda v: pa.array(v, pa.string()).cast(target)
 
 
@@ -206,7 +208,17 @@ def _json_floats(values: list[Any], arrow: pa.DataType) -> pa.Array:
     for value in values:
         if value is not None and type(value) is not float and type(value) is not int:
             raise pa.ArrowInvalid(f"expected a number, got {type(value).__name__}")
+    if arrow == pa.float32():
+        return _real(pa.array(values, pa.float64()))
     return pa.array(values, arrow)
+
+
+def _real(doubles: pa.Array) -> pa.Array:
+    """float64 → float32 (real), refusing a finite value beyond real's range (the cast makes it infinite)."""
+    reals = doubles.cast(pa.float32())
+    if pc.any(pc.and_(pc.is_inf(reals), pc.invert(pc.is_inf(doubles)))).as_py():
+        raise pa.ArrowInvalid("a finite value beyond the range of real (about 3.4e38)")
+    return reals
 
 
 def json_converter(pg: PgType) -> Converter:
@@ -238,7 +250,9 @@ def json_converter(pg: PgType) -> Converter:
 def json_input_type(pg: PgType) -> pa.DataType:
     """The Arrow type a Debezium JSON value of this column is read as (before `json_finish`)."""
     kind = pg.kind
-    if kind in INT_KINDS or kind in ("real", "double precision", "boolean"):
+    if kind == "real":  # read as a double: `json_finish` refuses what real cannot hold instead of an infinity
+        return pa.float64()
+    if kind in INT_KINDS or kind in ("double precision", "boolean"):
         return arrow_type(pg)
     if kind == "date":
         return pa.int32()
@@ -266,7 +280,9 @@ def json_finish(pg: PgType) -> Callable[[pa.Array], pa.Array]:
     kind = pg.kind
     if kind in _STRING_KINDS:
         return string_check(pg)
-    if kind in INT_KINDS or kind in ("real", "double precision", "boolean"):  # read in their own width
+    if kind == "real":
+        return _real
+    if kind in INT_KINDS or kind in ("double precision", "boolean"):  # read in their own width
         return lambda a: a
     if kind == "bytea":
         return lambda a: _json_bytea(a.to_pylist())

@@ -160,7 +160,14 @@ _INSERTS = [b'"', b"\\", b",", b"}", b"{", b"[", b"]", b":", b"1", b".", b"-", b
             b"-0", b"0.5", b"e5", b"E-2", b"1e999", b"99999999999999999999", b"\\u00e9", b"\\udc00",
             b"\\ud83d\\ude00", b"\xf0\x9f\x98\x80", b"\xc3", b"\x00", b'\\"', b'"op":"d",', b'"op":"r",',
             b'"after":null,', b'"before":null,', b'"i":1,', b'"id":2,', b'"lsn":3,', b'"ts_us":null,', b'"ts_ms":5,',
-            b'"source":{"lsn":1},', b'"x":{"y":[1,2]},']
+            b'"source":{"lsn":1},', b'"x":{"y":[1,2]},',
+            # poison families (issue 14): out of a column's range, too long, negative positions, undatable
+            # commit times, nesting beyond the bound
+            b'"s":70000,', b'"i":1099511627776,', b'"d":1099511627776,', b'"tm":-1,', b'"ts":-9223372036854775807,',
+            b'"v":"abcdefghijklmnopqrstu",', b'"c":"abcd",', b'"c":"ab     ",', b'"u":"nope",', b'"lsn":-1,',
+            b'"txId":-1,', b'"ts_us":4611686018427387904,', b'"ts_ms":-4611686018427387,', b"[" * 70,
+            b'"x":' + b"[" * 64 + b"]" * 64 + b",", b'"x":' + b"[" * 63 + b"]" * 63 + b",",
+            b'"m":"' + b"9" * 500 + b'",']
 
 
 def _mutate(value: bytes, rng: random.Random) -> bytes:

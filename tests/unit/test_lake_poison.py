@@ -29,7 +29,7 @@ from bankflow.lake.convert import DATE_DAYS, TIME_US, TIMESTAMP_US
 from bankflow.lake.decode import MAX_NESTING, SOURCE_TS_MAX, SOURCE_TS_MIN
 from bankflow.lake.positions import KafkaPosition, LsnPosition, format_span
 from bankflow.lake.writer import LakeWriter
-from bankflow.spec.models import Lake
+from bankflow.spec.models import Column, Lake, Table
 from tests.fixtures.lake_types import ALL_TYPES, COMMIT_TS, ROWS
 from tests.unit.test_lake_native_decoder import _mutate
 
@@ -202,23 +202,23 @@ CORPUS = _corpus()
 
 # ---------------------------------------------------------------- the paths
 
-def _per_event(values: list[bytes], positions: list[Any]) -> TableBatch:
-    batch = TableBatch(ALL_TYPES)
+def _per_event(values: list[bytes], positions: list[Any], table: Table = ALL_TYPES) -> TableBatch:
+    batch = TableBatch(table)
     for value, position in zip(values, positions, strict=True):
         batch.append_debezium_value(value, position)
     return batch
 
 
-def _bulk(values: list[bytes], positions: list[Any]) -> TableBatch:
-    batch = TableBatch(ALL_TYPES)
+def _bulk(values: list[bytes], positions: list[Any], table: Table = ALL_TYPES) -> TableBatch:
+    batch = TableBatch(table)
     batch.append_debezium_values(values, positions)
     return batch
 
 
-def _msgspec_bulk(values: list[bytes], positions: list[Any]) -> TableBatch:
+def _msgspec_bulk(values: list[bytes], positions: list[Any], table: Table = ALL_TYPES) -> TableBatch:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(native_module, "extension", None)
-        return _bulk(values, positions)
+        return _bulk(values, positions, table)
 
 
 DEBEZIUM_PATHS = {"per-event": _per_event, "c-bulk": _bulk, "msgspec-bulk": _msgspec_bulk}
@@ -365,3 +365,32 @@ def test_the_c_decoder_takes_what_fits_and_leaves_the_rest_to_the_python_paths()
     for name in ("json: date Postgres' last", "json: time at its end", "json: source.ts_us at the end of 9999",
                  "json: nesting at the bound, top level", "json: nesting at the bound, in source"):
         assert taken[name] == 1, name
+
+
+FLOATS = Table(name="floats", primary_key=["id"], columns=[
+    Column(name="id", type="bigint", nullable=False), Column(name="r", type="real"),
+    Column(name="x", type="double precision")])
+
+
+def test_a_double_beyond_real_is_a_dead_letter_not_an_infinity() -> None:
+    """pyarrow casts 1e300 to a real's infinity without a word; Postgres' real cannot hold it."""
+    def value(n: int, r: Any) -> bytes:
+        return _dumps({"op": "c", "after": {"id": n, "r": r, "x": 1e300}, "source": {"lsn": n, "ts_us": 0}})
+
+    values = [value(0, 1.5), value(1, 1e300), value(2, -3.4e38), value(3, 3.5e38), value(4, None)]
+    positions = [KafkaPosition(0, n) for n in range(len(values))]
+    outcomes = [_outcome(path(values, positions, FLOATS)) for path in DEBEZIUM_PATHS.values()]
+    (table, dead), *others = outcomes
+    assert all(t.equals(table) and d == dead for t, d in others)
+    assert [p.offset for p, _ in dead] == [1, 3] and "range of real" in dead[0][1]
+    assert table["x"].to_pylist() == [1e300] * 3
+    text = TableBatch(FLOATS)
+    cols, ops, lsns = text.text_sink()
+    text.begin_text_tx(1, 1, 0, 0)
+    for n, r in enumerate([b"1e300", b"Infinity", b"NaN", b"-3.4e38", b"1.5"]):
+        for col, v in zip(cols, [str(n).encode(), r, b"1e300"], strict=True):
+            col.append(v)
+        ops.append("c")
+        lsns.append(n)
+    rows = text.to_arrow("k")
+    assert [d.position.lsn for d in text.dead_letters] == [0] and rows.num_rows == 4
