@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow.compute as pc
 import pytest
 from fsspec.implementations.local import LocalFileSystem
 
@@ -394,3 +395,49 @@ def test_a_double_beyond_real_is_a_dead_letter_not_an_infinity() -> None:
         lsns.append(n)
     rows = text.to_arrow("k")
     assert [d.position.lsn for d in text.dead_letters] == [0] and rows.num_rows == 4
+
+
+def _edges(low: int, high: int) -> list[int]:
+    return [low - 1, low, low + 1, high - 1, high, high + 1, 0, -1, 2**31, 2**40, -(2**63), 2**63 - 1]
+
+
+_VALUE_POOLS: dict[str, list[Any]] = {
+    "id": [None, 1, 2**63 - 1, -(2**63)],
+    "i": _edges(-(2**31), 2**31 - 1),
+    "s": _edges(-(2**15), 2**15 - 1),
+    "d": _edges(*DATE_DAYS),
+    "tm": _edges(*TIME_US),
+    "ts": _edges(TIMESTAMP_US[0], 2**62),
+    "v": ["", "x" * 19, "x" * 20, "x" * 21, "é" * 20, "é" * 21, "x" * 20 + " "],
+    "c": ["", "a", "abc", "abcd", "ab ", "abc ", "abc    ", " abc", "中中中", "中中中中"],
+    "u": ["a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a1", "x" * 36],
+    "m": ["0", "9999999999999999.99", "10000000000000000.00", "1.234", "-0.01", "9" * 39, "1e3"],
+    "m38": ["9" * 28 + "." + "9" * 10, "9" * 29, "0." + "0" * 9 + "1", "0." + "0" * 10 + "1", "9" * 600],
+}
+_SOURCE_POOLS: dict[str, list[Any]] = {
+    "lsn": [0, 1, -1, 2**63 - 1, 2**63, None],
+    "txId": [None, 0, -1, 2**63 - 1],
+    "ts_us": [None, 0, SOURCE_TS_MIN, SOURCE_TS_MIN - 1, SOURCE_TS_MAX, SOURCE_TS_MAX + 1, 2**62, -(2**62)],
+    "ts_ms": [None, 0, SOURCE_TS_MAX // 1000, SOURCE_TS_MAX // 1000 + 1, 2**60, -(2**60)],
+}
+
+
+def test_random_values_at_every_bound_agree_on_every_path() -> None:
+    """Events with a few columns and source fields drawn at and around every bound, in one stream."""
+    rng = random.Random(141)
+    base = _event_of(_GOOD_TEXT, 0)
+    values = []
+    for n in range(2500):
+        after = {**base["after"], "id": n + 1}
+        for name in rng.sample(list(_VALUE_POOLS), rng.randint(0, 3)):
+            after[name] = rng.choice(_VALUE_POOLS[name])
+        source = dict(base["source"])
+        for name in rng.sample(list(_SOURCE_POOLS), rng.randint(0, 2)):
+            source[name] = rng.choice(_SOURCE_POOLS[name])
+            if source[name] is None:
+                del source[name]
+        values.append(_dumps({**base, "after": after, "source": source}))
+    table, dead = _assert_paths_agree(values, [KafkaPosition(2, i) for i in range(len(values))])
+    assert 300 < len(dead) < 2200
+    assert pc.max(pc.utf8_length(table["v"])).as_py() <= 20 and pc.max(pc.utf8_length(table["c"])).as_py() <= 3
+    assert pc.min(table["_lsn"]).as_py() >= 0
