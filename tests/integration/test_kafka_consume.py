@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -471,3 +472,71 @@ def test_poison_messages_become_dead_letters_and_the_consumer_moves_past_them(
     assert tp.offset == len(messages)  # past every poison message
     again = consume_to_lake(resolved).to_dict()
     assert again["events"] == 0 and again["files"] == []
+
+
+# ---------------------------------------------------------------- a supervisor killed with -9
+
+
+def test_workers_die_with_their_supervisor_and_the_next_consume_is_exactly_once(
+        tmp_path: Path, tansu_broker: TansuBroker, s3_server: S3Server) -> None:
+    """kill -9 of the `consume` supervisor: its workers notice, flush and commit, and exit (they used to run on,
+    and the next `consume` started a second set on the same partitions: duplicates in raw). Then a new consume
+    catches up exactly once."""
+    from bankflow.engines.debezium.workers import run_workers
+
+    path, prefix = write_spec(tmp_path, tansu_broker, s3_server, max_rows=150, partitions=2)
+    events = make_events(3000, seed=23)
+    produce(tansu_broker, prefix, events, partitions=2)
+    resolved = load_spec(path)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", _WORKERS_CHILD, str(path)], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and proc.poll() is None:
+            fs, root = lake_filesystem(resolved)
+            fs.invalidate_cache()
+            if fs.exists(root) and sum(1 for p in fs.find(root) if p.endswith(".parquet")) >= 4:
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, "the follow run ended by itself"
+        os.kill(proc.pid, signal.SIGKILL)  # the supervisor only, not its process group
+        proc.wait()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(proc.pid, 0)  # someone of the supervisor's session still runs
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("the workers outlived their supervisor by a minute")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    out = run_workers(resolved, workers=2, follow=False, progress=False)
+    assert not out["failures"], out["failures"]
+    assert_exactly_once(resolved, events)
+    assert sum(committed(resolved, prefix, partitions=2).values()) == len(events)
+
+
+def test_a_partition_owned_by_another_worker_is_not_consumed_twice(tmp_path: Path) -> None:
+    """Fencing: a second owner of a (topic, partition) waits for the lock, and gives up with a clear error."""
+    from bankflow.engines.debezium.workers import partition_locks
+    from bankflow.errors import BankflowError
+
+    spec = tmp_path / "p.yaml"
+    spec.write_text("version: 1\nname: locks\nstate_dir: state\nsource: {database: d, schema: s}\n"
+                    "tables:\n  - {name: t, primary_key: [id], columns: [{name: id, type: bigint, nullable: false}]}\n"
+                    "lake: {url: file://lake}\nwarehouse: {type: duckdb, path: wh.duckdb}\n")
+    resolved = load_spec(spec)
+    with partition_locks(resolved, [("x.s.t", 0)]):
+        with (pytest.raises(BankflowError, match=r"x\.s\.t\[0\] is still owned by another consumer"),
+              partition_locks(resolved, [("x.s.t", 0)], wait=0.5)):
+            pass
+        with partition_locks(resolved, [("x.s.t", 1)], wait=0.5):  # another partition: free
+            pass
+    released = threading.Event()
+    with partition_locks(resolved, [("x.s.t", 0)], wait=0.5):  # released when its owner let go
+        released.set()
+    assert released.is_set()

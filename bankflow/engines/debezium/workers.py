@@ -10,16 +10,18 @@ run is stopping or the restart limit is reached, and every failure is listed in 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue as queue_mod
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from bankflow.engines.debezium.consumer import consume_to_lake, topic_partitions
+from bankflow.errors import BankflowError
 from bankflow.spec.loader import ResolvedSpec
 from bankflow.stages.base import Progress
 from bankflow.stopping import stop_on_signals
@@ -54,9 +56,60 @@ def _worker_main(index: int, resolved: ResolvedSpec, follow: bool, queue: Any, p
         queue.put(("progress", index, os.getpid(), info))
 
     with stop_on_signals(threading.Event(), (signal.SIGTERM,)) as stop:
-        result = consume_to_lake(resolved, follow=follow, stop=stop, progress=report if progress else None,
-                                 assignment=assignment)
+        _stop_with_parent(stop)
+        with partition_locks(resolved, assignment or [], stop):
+            result = consume_to_lake(resolved, follow=follow, stop=stop, progress=report if progress else None,
+                                     assignment=assignment)
     queue.put(("result", index, os.getpid(), result.to_dict()))
+
+
+def _stop_with_parent(stop: threading.Event, interval: float = 0.5) -> None:
+    """A worker whose supervisor died (kill -9) stops cleanly (flush + commit) instead of running on beside the
+    next supervisor's workers: a daemon thread watches the parent process."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while not stop.wait(interval):
+            if os.getppid() != parent:
+                log.warning("the supervisor (pid %d) is gone: stopping", parent)
+                stop.set()
+                return
+
+    threading.Thread(target=watch, name="bankflow-parent-watch", daemon=True).start()
+
+
+LOCK_WAIT = 120.0  # seconds a worker waits for a partition's previous owner to flush, commit and let go
+
+
+@contextlib.contextmanager
+def partition_locks(resolved: ResolvedSpec, assignment: Sequence[tuple[str, int]],
+                    stop: threading.Event | None = None, wait: float = LOCK_WAIT) -> Iterator[None]:
+    """Fencing for static assignments: an exclusive lock per (topic, partition) under the state dir, held while
+    the worker owns it, so two workers (of two supervisors) never consume one partition at once. The OS drops a
+    lock when its process dies, whatever killed it. Locks on one machine's file system."""
+    import fcntl
+
+    directory = resolved.state_dir / "consume-locks"
+    directory.mkdir(parents=True, exist_ok=True)
+    handles = []
+    try:
+        for topic, partition in assignment:
+            handle = open(directory / f"{topic}-{partition}.lock", "a+")  # noqa: SIM115 - held until the end
+            handles.append(handle)
+            deadline = time.monotonic() + wait
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline or (stop is not None and stop.is_set()):
+                        raise BankflowError(f"{topic}[{partition}] is still owned by another consumer after "
+                                            f"{wait:.0f}s (a worker of an earlier consume?): stop it first") from None
+                    time.sleep(0.2)
+        yield
+    finally:
+        for handle in handles:
+            handle.close()
 
 
 def _assignments(resolved: ResolvedSpec, workers: int) -> list[Assignment]:
