@@ -32,6 +32,8 @@ from bankflow.lake.arrow_schema import table_arrow_schema
 from bankflow.lake.convert import TS_UTC, Converter, convert_column, json_converter, text_converter
 from bankflow.lake.deadletter import DeadLetter
 from bankflow.lake.decode import (
+    SOURCE_TS_MAX,
+    SOURCE_TS_MIN,
     BulkRows,
     DebeziumDecoder,
     EventRow,
@@ -250,7 +252,10 @@ class TableBatch:
         if self._first is None:
             self._started = time.monotonic()
             self._first = position
-            self._first_ts = ts_us
+            # a commit time no date can name never reaches the file key (the decoders dead-letter such events;
+            # this covers the text path's and any caller's own)
+            datable = ts_us is not None and SOURCE_TS_MIN <= ts_us <= SOURCE_TS_MAX
+            self._first_ts = ts_us if datable else None
 
     def _note_other(self, position: Any) -> None:
         self._other_events += 1

@@ -441,3 +441,13 @@ def test_random_values_at_every_bound_agree_on_every_path() -> None:
     assert 300 < len(dead) < 2200
     assert pc.max(pc.utf8_length(table["v"])).as_py() <= 20 and pc.max(pc.utf8_length(table["c"])).as_py() <= 3
     assert pc.min(table["_lsn"]).as_py() >= 0
+
+
+def test_a_text_batch_with_a_commit_time_no_date_can_name_still_gets_a_key(tmp_path: Path) -> None:
+    batch = TableBatch(ALL_TYPES)
+    batch.append_text_row("c", _GOOD_TEXT, LsnPosition(5, 4), 1, 2**62)
+    assert batch.first_source_ts_us is None
+    writer = LakeWriter(LocalFileSystem(auto_mkdir=True), str(tmp_path),
+                        Lake(url=f"file://{tmp_path}", layout="{table}/date={date}"))
+    written = writer.write_batch(batch)
+    assert written.rows == 1 and written.key is not None and "/date=unknown/" in written.key
