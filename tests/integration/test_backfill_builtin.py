@@ -409,3 +409,15 @@ def test_snapshot_mode_always_backfills_every_table_at_each_run_while_streaming(
     apply_ok(resolved)
     exact(source, resolved, ["orders", "parts"])
     assert coverage(resolved, "orders")["how"] == "initial snapshot"  # what first covered it stays
+
+
+def test_a_column_dropped_before_any_event_of_the_new_shape_is_read_as_null(source: Source) -> None:
+    """The stream learns of a drop from the next event's relation; until then its shape has the column, and a
+    chunk SELECT of it would fail: the backfill reads NULL for it, as the stream's events would carry it."""
+    apply_ok(source.spec("orders"))
+    source.sql("ALTER TABLE app.parts DROP COLUMN label")
+    resolved = source.spec("orders", "parts")
+    report = Pipeline(resolved).apply(stages=["cdc", "load"], progress=False)  # the contract check would stop it
+    assert report.ok, report.to_dict()
+    assert cdc_details(report)["backfill_rows"] == ROWS
+    assert source.raw("SELECT count(*), count(label), count(amount) FROM raw.parts")[0] == (ROWS, 0, ROWS)

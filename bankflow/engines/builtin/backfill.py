@@ -461,8 +461,15 @@ class Backfiller:
                                   if wanted else "false")
             if where:
                 conditions.append(f"({where})")
-            sql = (f"SELECT {', '.join(quote_pg(n) for n in names)} FROM {quote_pg(self.schema)}."
-                   f"{quote_pg(table.name)}" + (f" WHERE {' AND '.join(conditions)}" if conditions else "")
+            relation = f"{quote_pg(self.schema)}.{quote_pg(table.name)}"
+            cur.execute("SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
+                        "AND NOT attisdropped", (relation,))
+            live = {row[0] for row in cur.fetchall()}
+            # a column dropped in the source that the stream's shape still has (no event since): NULL, as the
+            # stream's events would carry it
+            selected = [quote_pg(n) if n in live else f"NULL AS {quote_pg(n)}" for n in names]
+            sql = (f"SELECT {', '.join(selected)} FROM {relation}"
+                   + (f" WHERE {' AND '.join(conditions)}" if conditions else "")
                    + f" ORDER BY {key_sql} LIMIT {int(self.limit)}")
             out = io.BytesIO()
             try:
