@@ -190,6 +190,7 @@ class TableBatch:
         # instead of becoming dead letters; columns in `absent_ok` may be missing (events older than them).
         self.follow_shapes = False
         self.absent_ok: frozenset[str] = frozenset()
+        self.not_carried: frozenset[str] = frozenset()  # source columns the spec leaves out: dropped from events
         self._reset()
 
     # ---- state
@@ -286,7 +287,7 @@ class TableBatch:
         ts_us, judged = judge_event(event, self._columns, self.table.name,
                                     self.names if self.follow_shapes else None)
         if isinstance(judged, ShapeMismatch):
-            if judged.unknown or not set(judged.missing) <= self.absent_ok:
+            if not set(judged.unknown) <= self.not_carried or not set(judged.missing) <= self.absent_ok:
                 raise ShapeChanged(position, judged)
             judged = judged.row  # an event from before those columns were added: they are absent (NULL)
         self._touch(position, ts_us)

@@ -149,6 +149,41 @@ class SchemaHistory:
         put_atomic(self.fs, key, record.to_json())
         return key
 
+    # ---- columns the spec leaves out on purpose
+
+    def _not_carried_key(self, table: str) -> str:
+        return f"{self.base}/{table}/not-carried"
+
+    def not_carried(self, table: str) -> set[str]:
+        """Source columns the spec leaves out on purpose: in the table, never in the spec (or taken out of it).
+        They are not carried and not a schema change; a column the source gains later is (freeze / evolve)."""
+        state = self._not_carried_state(table)
+        return set(state["not_carried"]) if state else set()
+
+    def _not_carried_state(self, table: str) -> dict[str, Any] | None:
+        key = self._not_carried_key(table)
+        if not self.fs.exists(key):
+            return None
+        with self.fs.open(key, "rb") as handle:
+            data: dict[str, Any] = orjson.loads(handle.read())
+        return data
+
+    def note_spec_columns(self, table: Table, live: set[str]) -> set[str]:
+        """Keep the not-carried set in step with the spec (the source stage calls this before each stream): the
+        first time, every live column the spec does not declare; later, columns taken out of the spec join it
+        and columns put into the spec leave it. A column the source gained meanwhile is left to the stream."""
+        declared = {c.name for c in table.columns}
+        state = self._not_carried_state(table.name)
+        if state is None:
+            not_carried = live - declared
+        else:
+            removed = set(state["spec_columns"]) - declared
+            not_carried = (set(state["not_carried"]) | (removed & live)) - declared
+        if state is None or set(state["not_carried"]) != not_carried or set(state["spec_columns"]) != declared:
+            put_atomic(self.fs, self._not_carried_key(table.name), orjson.dumps(
+                {"table": table.name, "spec_columns": sorted(declared), "not_carried": sorted(not_carried)}))
+        return not_carried
+
     def records(self, table: str) -> list[ShapeRecord]:
         """Every record of `table`, oldest first."""
         directory = f"{self.base}/{table}"

@@ -159,10 +159,16 @@ def setup_sql(resolved: ResolvedSpec, *, owns_schema: bool, manage: list[str]) -
             out += ["", f"-- heartbeat table: keeps the slot advancing while the tables are idle ({by('heartbeat')})"]
             out += [f"{s};" for s in heartbeat_statements(resolved)]
     out += ["", f"-- publication: exactly the spec's tables ({by('publication')})",
-            f"{publication_statement(resolved, exists=False)};",
-            "", f"-- replication slot ({by('slot')}): the CDC engine creates it on the first apply",
-            "-- and takes the initial snapshot in the slot's exported snapshot; created by hand it would be:",
-            f"-- {slot_statement(resolved)};", ""]
+            f"{publication_statement(resolved, exists=False)};", ""]
+    if owns_schema or "slot" in manage:
+        out += [f"-- replication slot ({by('slot')}): the CDC engine creates it on the first apply",
+                "-- and takes the initial snapshot in the slot's exported snapshot",
+                f"-- {slot_statement(resolved)};", ""]
+    else:
+        out += [f"-- replication slot ({by('slot')})",
+                "-- bankflow then reads the tables' existing rows while it streams (a backfill with watermarks:",
+                "-- SELECT on the tables, pg_logical_emit_message), and never drops a slot it did not create",
+                f"{slot_statement(resolved)};", ""]
     return "\n".join(out)
 
 

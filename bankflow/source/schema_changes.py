@@ -233,6 +233,8 @@ class ShapeFollower:
         table's column names (None: read them here). Records the new shape under evolve."""
         if live is None:
             live = set(self.catalog.live_columns(self.schema, declared.name))
+        ignored = self.history.not_carried(declared.name)
+        observed = [o for o in observed if o.name not in ignored]  # left out of the spec on purpose
         changes, uncarried = shape_changes(shape, observed, live)
         if not changes and not uncarried:
             return ShapeDecision()

@@ -138,6 +138,18 @@ def _own_schema(resolved: ResolvedSpec, cur: Any) -> list[str]:
     return [t.name for t in spec.tables if t.name not in existing]
 
 
+def _note_spec_columns(resolved: ResolvedSpec, catalog: dict[str, CatalogTable]) -> None:
+    """Record which live columns the spec leaves out on purpose, so the stream does not take them for a
+    schema change (bankflow.lake.schema_history.SchemaHistory.note_spec_columns)."""
+    from bankflow.lake.schema_history import SchemaHistory
+
+    history = SchemaHistory.of(resolved)
+    for table in resolved.spec.tables:
+        live = catalog.get(table.name)
+        if live is not None:
+            history.note_spec_columns(history.current_shape(table), {c.name for c in live.columns})
+
+
 def contract_error(findings: list[Finding]) -> StageError | None:
     errors = [f for f in findings if f.severity == "error"]
     if not errors:
@@ -168,6 +180,7 @@ def ensure_source(resolved: ResolvedSpec, connect_kwargs: dict[str, Any],
                 created = _own_schema(resolved, cur)
             catalog = read_catalog(cur, spec.source.schema_name, [t.name for t in spec.tables])
             findings = live_findings(resolved, cur, catalog)
+            _note_spec_columns(resolved, catalog)
             error = contract_error(findings)
             if error is not None:
                 raise error

@@ -216,3 +216,37 @@ def test_a_heartbeat_table_the_user_cannot_write_is_listed_as_missing(source: So
     finally:
         source.pg.execute(f"DROP OWNED BY {role}", dbname=source.database)
         source.pg.execute(f"DROP ROLE {role}")
+
+
+def test_a_slot_the_dba_created_is_kept_and_the_tables_backfilled(source: Source) -> None:
+    """Management off: the DBA ran source/setup.sql (slot included). bankflow keeps that slot (it may not drop
+    it, and it has no exported snapshot to read) and reads the existing rows with watermarks while it streams."""
+    from bankflow.plan import plan
+    from bankflow.source.ddl import setup_sql
+
+    resolved = source.spec("dba")
+    setup = setup_sql(resolved, owns_schema=False, manage=[])
+    assert "\nSELECT pg_create_logical_replication_slot(" in setup  # for the DBA to run, not commented out
+    before_slot, slot_line = setup.split("\nSELECT pg_create_logical_replication_slot(")
+    source.pg.execute(before_slot, dbname=source.database)  # as a DBA would run the file (the slot on its own:
+    source.pg.execute("SELECT pg_create_logical_replication_slot(" + slot_line, dbname=source.database)  # no writes)
+    assert plan(resolved) is not None
+    report = Pipeline(resolved).apply(stages=["source", "cdc", "load"], progress=False)
+    assert report.ok, report.to_dict()
+    source.pg.execute("INSERT INTO shop.items VALUES (3, 'three', 3.00, 'c')", dbname=source.database)
+    report = Pipeline(resolved).apply(stages=["source", "cdc", "load"], progress=False)
+    # `note` is in the table and not in the spec from the start: left out on purpose, not a schema change
+    assert report.ok and not report.dead_letters, report.to_dict()
+    lake = sorted(p.name for p in (source.root / "lake").rglob("*.parquet"))
+    assert any("-backfill" in name for name in lake) and not any("snapshot" in name for name in lake), lake
+    assert source.slot_exists()
+    import duckdb
+
+    con = duckdb.connect(str(source.root / "wh.duckdb"), read_only=True)
+    try:
+        rows = con.execute("SELECT id, _op FROM raw.items ORDER BY id").fetchall()
+    finally:
+        con.close()
+    assert rows == [(1, "r"), (2, "r"), (3, "c")], rows
+    verified = Pipeline(resolved).verify()
+    assert verified.ok, verified.format()

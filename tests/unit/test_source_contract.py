@@ -95,9 +95,10 @@ GRANT SELECT, INSERT, UPDATE ON "shop"."_bankflow_heartbeat" TO "postgres";
 -- publication: exactly the spec's tables (for a DBA to run, or add publication to source.manage)
 CREATE PUBLICATION "bankflow" FOR TABLE "shop"."items";
 
--- replication slot (for a DBA to run, or add slot to source.manage): the CDC engine creates it on the first apply
--- and takes the initial snapshot in the slot's exported snapshot; created by hand it would be:
--- SELECT pg_create_logical_replication_slot('bankflow', 'pgoutput');
+-- replication slot (for a DBA to run, or add slot to source.manage)
+-- bankflow then reads the tables' existing rows while it streams (a backfill with watermarks:
+-- SELECT on the tables, pg_logical_emit_message), and never drops a slot it did not create
+SELECT pg_create_logical_replication_slot('bankflow', 'pgoutput');
 """
 
 

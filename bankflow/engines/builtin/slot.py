@@ -140,6 +140,12 @@ def _usable(resolved: ResolvedSpec, row: SlotRow, markers: SnapshotMarkers) -> b
     return not wants_snapshot(resolved) or markers.read(markers.complete) is not None
 
 
+def _manages_slot(resolved: ResolvedSpec) -> bool:
+    from bankflow.source import source_server
+
+    return source_server(resolved).manages("slot")
+
+
 def _check_publication(conn: Any, publication: str) -> None:
     with conn.cursor() as cur:
         cur.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (publication,))
@@ -222,6 +228,13 @@ def ensure_slot(resolved: ResolvedSpec, connect_kwargs: dict[str, Any], *,
         row = slot_row(conn, slot)
         if row is not None:
             if _usable(resolved, row, markers):
+                return SlotInfo()
+            if not _manages_slot(resolved):
+                # A slot someone else created (source/setup.sql): bankflow may not drop it, and it exported no
+                # snapshot bankflow could read. It is kept; the stream backfills every table it does not cover
+                # yet (bankflow.engines.builtin.backfill), with watermarks, while it goes on.
+                log.warning("slot %s was not created by bankflow (source.manage does not list slot): keeping it; "
+                            "its tables are backfilled while the stream goes on", slot)
                 return SlotInfo()
             log.warning("slot %s exists but its initial snapshot never completed: redoing it", slot)
             _drop(conn, slot)

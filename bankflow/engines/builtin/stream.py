@@ -119,7 +119,8 @@ class _Rel:
 
     __slots__ = ("fast", "key_index", "mapping", "matches", "names", "relation", "state", "unknown", "width")
 
-    def __init__(self, relation: pgoutput.Relation, state: _TableState | None) -> None:
+    def __init__(self, relation: pgoutput.Relation, state: _TableState | None,
+                 not_carried: frozenset[str] = frozenset()) -> None:
         self.relation = relation
         self.state = state
         self.names = relation.column_names
@@ -136,7 +137,8 @@ class _Rel:
             self.matches = self.fast  # `fast` is off while the table backfills (its keys are recorded)
             index = {n: i for i, n in enumerate(spec_names)}
             self.mapping = [index.get(n) for n in self.names]
-            self.unknown = [n for n in self.names if n not in index]
+            # a column the spec leaves out on purpose is dropped from the rows (in_spec_order), not unknown
+            self.unknown = [n for n in self.names if n not in index and n not in not_carried]
             position = {n: i for i, n in enumerate(self.names)}
             self.key_index = [position[k] for k in state.table.primary_key if k in position]
 
@@ -305,7 +307,7 @@ class StreamReader:
         state = self._states.get(relation.name) if relation.namespace == self.schema else None
         if state is not None and not self._follow_shape(relation, state, lsn):
             return True  # a freeze: the stream stops before this event
-        rel = _Rel(relation, state)
+        rel = _Rel(relation, state, frozenset(self.history.not_carried(relation.name)) if state else frozenset())
         if state is not None and state.seen is not None:
             rel.fast = False  # a backfill runs: every change of the table goes where its key is recorded
         if state is None:

@@ -157,6 +157,8 @@ class Partitions:
         names = self.shapes.lake_names.get(shape.name) if self.shapes is not None else None
         batch = TableBatch(shape, stream=topic, schema=self.schema, topic=topic, lake_names=names)
         batch.follow_shapes = self.shapes is not None
+        if self.shapes is not None:
+            batch.not_carried = frozenset(self.shapes.history.not_carried(shape.name))
         return batch
 
     @property

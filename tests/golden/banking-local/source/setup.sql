@@ -44,5 +44,5 @@ CREATE TABLE IF NOT EXISTS "banking"."_bankflow_heartbeat" (id integer PRIMARY K
 CREATE PUBLICATION "bankflow_banking" FOR TABLE "banking"."customers", "banking"."accounts", "banking"."transactions";
 
 -- replication slot (bankflow runs this): the CDC engine creates it on the first apply
--- and takes the initial snapshot in the slot's exported snapshot; created by hand it would be:
+-- and takes the initial snapshot in the slot's exported snapshot
 -- SELECT pg_create_logical_replication_slot('bankflow_banking', 'pgoutput');

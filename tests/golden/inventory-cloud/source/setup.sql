@@ -17,6 +17,7 @@ GRANT SELECT, INSERT, UPDATE ON "inv"."_bankflow_heartbeat" TO "inventory_reader
 -- publication: exactly the spec's tables (for a DBA to run, or add publication to source.manage)
 CREATE PUBLICATION "inv_pub" FOR TABLE "inv"."products", "inv"."stock_levels";
 
--- replication slot (for a DBA to run, or add slot to source.manage): the CDC engine creates it on the first apply
--- and takes the initial snapshot in the slot's exported snapshot; created by hand it would be:
--- SELECT pg_create_logical_replication_slot('inv_slot', 'pgoutput');
+-- replication slot (for a DBA to run, or add slot to source.manage)
+-- bankflow then reads the tables' existing rows while it streams (a backfill with watermarks:
+-- SELECT on the tables, pg_logical_emit_message), and never drops a slot it did not create
+SELECT pg_create_logical_replication_slot('inv_slot', 'pgoutput');

@@ -32,5 +32,5 @@ CREATE TABLE IF NOT EXISTS "inv"."_bankflow_heartbeat" (id integer PRIMARY KEY, 
 CREATE PUBLICATION "inv_pub" FOR TABLE "inv"."products", "inv"."stock_levels";
 
 -- replication slot (bankflow runs this): the CDC engine creates it on the first apply
--- and takes the initial snapshot in the slot's exported snapshot; created by hand it would be:
+-- and takes the initial snapshot in the slot's exported snapshot
 -- SELECT pg_create_logical_replication_slot('inv_slot', 'pgoutput');
