@@ -57,7 +57,15 @@ class Malformed:
 
 
 def _text(value: bytes | str) -> str:
-    return str(value.decode("utf-8", "replace") if isinstance(value, (bytes, bytearray, memoryview)) else value)
+    """A value as the text its dead letter keeps: valid UTF-8 (the store writes JSON), a lone surrogate of a str
+    value escaped as ``\\udXXX``."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", "replace")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
 
 
 def nesting(value: Any) -> int:

@@ -451,3 +451,17 @@ def test_a_text_batch_with_a_commit_time_no_date_can_name_still_gets_a_key(tmp_p
                         Lake(url=f"file://{tmp_path}", layout="{table}/date={date}"))
     written = writer.write_batch(batch)
     assert written.rows == 1 and written.key is not None and "/date=unknown/" in written.key
+
+
+def test_a_str_value_with_a_lone_surrogate_reaches_the_dead_letter_store(tmp_path: Path) -> None:
+    """orjson refuses to write a lone surrogate: the dead letter's text keeps it escaped instead."""
+    good = _dumps(_event_of(_GOOD_TEXT, 0)).decode()
+    lone = good.replace('"t":"hello"', '"t":"a\ud800b"')
+    writer = LakeWriter(LocalFileSystem(auto_mkdir=True), str(tmp_path),
+                        Lake(url=f"file://{tmp_path}", layout="{table}/date={date}"))
+    for path in DEBEZIUM_PATHS.values():
+        batch = path([good, lone], [KafkaPosition(0, 0), KafkaPosition(0, 1)])  # type: ignore[list-item]
+        written = writer.write_batch(batch)
+        assert (written.rows, written.dead_letters) == (1, 1)
+    [record, *_] = writer.dead_letters.read_all()
+    assert "\\ud800" in record["event"] and "malformed JSON" in record["reason"]
