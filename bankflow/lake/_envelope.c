@@ -785,8 +785,53 @@ static PyObject *msgspec_safe(PyObject *self, PyObject *args) {
     Py_RETURN_TRUE;
 }
 
+/* json_suspects(offsets, data, first: int, count: int) -> list[int]: of `count` strings of an Arrow string array
+ * (its int32 offsets and data buffers, from element `first`), the indexes of those this strict parser does not
+ * accept as one JSON value: the Python check (orjson, then the json module) looks at those only. It accepts a
+ * strict subset of JSON (no `\u` surrogates, no 3-digit exponents or 100-character numbers, MAX_DEPTH), so what
+ * it accepts is JSON. */
+static PyObject *json_suspects(PyObject *self, PyObject *args) {
+    Py_buffer offsets, data;
+    Py_ssize_t first, count;
+    if (!PyArg_ParseTuple(args, "y*y*nn", &offsets, &data, &first, &count)) return NULL;
+    PyObject *out = NULL;
+    if (first < 0 || count < 0 || (size_t)offsets.len < (size_t)(first + count + 1) * 4) {
+        PyErr_SetString(PyExc_ValueError, "offsets too short");
+        goto done;
+    }
+    out = PyList_New(0);
+    if (!out) goto done;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        int32_t start, end;
+        memcpy(&start, (const char *)offsets.buf + 4 * (first + i), 4);
+        memcpy(&end, (const char *)offsets.buf + 4 * (first + i + 1), 4);
+        int ok = 0;
+        if (start >= 0 && start <= end && (Py_ssize_t)end <= data.len) {
+            Cur cur = {(const unsigned char *)data.buf + start, (const unsigned char *)data.buf + end};
+            if (!skip_value(&cur, 1)) {
+                ws(&cur);
+                ok = cur.p == cur.end;
+            }
+        }
+        if (!ok) {
+            PyObject *index = PyLong_FromSsize_t(i);
+            if (!index || PyList_Append(out, index)) {
+                Py_XDECREF(index);
+                Py_CLEAR(out);
+                goto done;
+            }
+            Py_DECREF(index);
+        }
+    }
+done:
+    PyBuffer_Release(&offsets);
+    PyBuffer_Release(&data);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"decode", decode, METH_VARARGS, "Decode the leading Debezium JSON values into Arrow buffers."},
+    {"json_suspects", json_suspects, METH_VARARGS, "Indexes of the strings that may not be JSON."},
     {"msgspec_safe", msgspec_safe, METH_VARARGS, "Whether msgspec judges this value as orjson does."},
     {NULL, NULL, 0, NULL},
 };

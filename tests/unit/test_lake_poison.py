@@ -95,6 +95,11 @@ TEXT_FAMILIES: list[tuple[str, list[bytes | None], bool]] = [
     ("uuid too long", _text_row(u=b"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a111"), False),
     ("uuid upper case", _text_row(u=b"A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11"), True),
     ("text of 1 MB", _text_row(t=b"z" * 1_000_000), True),
+    ("jsonb that is not JSON", _text_row(j=b"{not json"), False),
+    ("jsonb NaN", _text_row(j=b"NaN"), False),
+    ("jsonb with a number beyond a double", _text_row(j=b'{"a": 1e999}'), True),
+    ("jsonb nested 2000 deep, as text", _text_row(j=b"[" * 2000 + b"]" * 2000), False),
+    ("jsonb nested 900 deep, as text", _text_row(j=b"[" * 900 + b"]" * 900), True),
     ("NOT NULL key missing", _text_row(id=None), False),
 ]
 
@@ -411,6 +416,7 @@ _VALUE_POOLS: dict[str, list[Any]] = {
     "v": ["", "x" * 19, "x" * 20, "x" * 21, "é" * 20, "é" * 21, "x" * 20 + " "],
     "c": ["", "a", "abc", "abcd", "ab ", "abc ", "abc    ", " abc", "中中中", "中中中中"],
     "u": ["a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a1", "x" * 36],
+    "j": ["{}", "[1,]", "", "null", '{"a": 1e999}', "NaN"],
     "m": ["0", "9999999999999999.99", "10000000000000000.00", "1.234", "-0.01", "9" * 39, "1e3"],
     "m38": ["9" * 28 + "." + "9" * 10, "9" * 29, "0." + "0" * 9 + "1", "0." + "0" * 10 + "1", "9" * 600],
 }
