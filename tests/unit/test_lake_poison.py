@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 from fsspec.implementations.local import LocalFileSystem
@@ -471,3 +472,20 @@ def test_a_str_value_with_a_lone_surrogate_reaches_the_dead_letter_store(tmp_pat
         assert (written.rows, written.dead_letters) == (1, 1)
     [record, *_] = writer.dead_letters.read_all()
     assert "\\ud800" in record["event"] and "malformed JSON" in record["reason"]
+
+
+def test_what_the_c_json_scan_accepts_is_json() -> None:
+    """`json_suspects` only narrows the json check: every string it accepts must parse."""
+    rng = random.Random(7)
+    seeds = [b'{"k": [1, 2.50, "x"], "e": "\\u00e9\\n", "n": null}', b'[{"a":{"b":[true,false,-0.5e-3]}}, "s"]']
+    texts = [_mutate(rng.choice(seeds), rng) if rng.random() < 0.8 else rng.choice(seeds) for _ in range(5000)]
+    texts = [t for t in texts if t.decode("utf-8", "ignore").encode() == t]  # Arrow strings are valid UTF-8
+    arr = pa.array([t.decode() for t in texts], pa.string())
+    suspects = set(_envelope.json_suspects(arr.buffers()[1], arr.buffers()[2], arr.offset, len(arr)))
+    accepted = [t for i, t in enumerate(texts) if i not in suspects]
+    assert len(accepted) > 500 and len(suspects) > 500
+    for text in accepted:
+        json.loads(text)
+    sliced = arr.slice(10, 100)
+    assert _envelope.json_suspects(sliced.buffers()[1], sliced.buffers()[2], sliced.offset, 100) == \
+        [i - 10 for i in sorted(suspects) if 10 <= i < 110]
