@@ -229,10 +229,11 @@ def ensure_slot(resolved: ResolvedSpec, connect_kwargs: dict[str, Any], *,
         if row is not None:
             if _usable(resolved, row, markers):
                 return SlotInfo()
-            if not _manages_slot(resolved):
+            if not _manages_slot(resolved) and markers.read(markers.started) is None:
                 # A slot someone else created (source/setup.sql): bankflow may not drop it, and it exported no
                 # snapshot bankflow could read. It is kept; the stream backfills every table it does not cover
-                # yet (bankflow.engines.builtin.backfill), with watermarks, while it goes on.
+                # yet (bankflow.engines.builtin.backfill), with watermarks, while it goes on. (With a "started"
+                # marker bankflow created the slot itself and its snapshot was interrupted: that one it redoes.)
                 log.warning("slot %s was not created by bankflow (source.manage does not list slot): keeping it; "
                             "its tables are backfilled while the stream goes on", slot)
                 return SlotInfo()

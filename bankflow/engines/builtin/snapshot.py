@@ -3,8 +3,11 @@
 `take_snapshot` runs while the replication connection that created the slot is still open (the exported
 snapshot lives only that long). Inside it, one REPEATABLE READ transaction: per table a COPY to a temporary
 CSV file, read back in blocks by pyarrow as text columns, cut into batches by the spec's flush policy and
-written to the lake. Every row carries the consistent point as its `_lsn` and its row number as the second
-part of its position, so file keys are ``<table>-snapshot-<consistent>.<first row>-<consistent>.<last row>``.
+written to the lake. Every row's position is (consistent point, row number), so file keys are
+``<table>-snapshot-<consistent>.<first row>-<consistent>.<last row>``; its `_lsn` is the consistent point minus
+one (`snapshot_lsn`): the consistent point is where decoding starts, so the first change streamed after the
+snapshot can have exactly that LSN (a delete there tied with the row it deletes and lost, by `_lsn`, in every
+latest-version query), while every change the snapshot saw starts at least one aligned WAL record earlier.
 
 Progress: the rows of each table are estimated first (`estimate_rows`: the planner's estimate from
 ``pg_class``, or an exact count inside the snapshot for a table never analyzed), so the report says
@@ -56,6 +59,12 @@ class SnapshotResult:
 def snapshot_stream(table: Table) -> str:
     """The lake stream (file name prefix) of a table's snapshot files."""
     return table.name + SNAPSHOT_STREAM_SUFFIX
+
+
+def snapshot_lsn(consistent: int) -> int:
+    """The `_lsn` of the initial snapshot's rows: below the first change the slot streams (which may start at the
+    consistent point itself), above every change the snapshot saw (WAL records start 8-byte aligned, before it)."""
+    return consistent - 1
 
 
 def new_batch(resolved: ResolvedSpec, table: Table, stream: str,
@@ -116,7 +125,8 @@ class _Snapshot:
         row_no = 0
         for piece in _csv_pieces(path, [c.name for c in table.columns], batch, self.flush):
             cols, ops, lsns = batch.text_sink()
-            batch.begin_text_tx(self.consistent, self.xid, self.ts_us, row_no, lsn_override=self.consistent)
+            batch.begin_text_tx(self.consistent, self.xid, self.ts_us, row_no,
+                                lsn_override=snapshot_lsn(self.consistent))
             for col, arr in zip(cols, piece.columns, strict=True):
                 col.extend(arr.to_pylist())
             ops.extend(["r"] * piece.num_rows)
