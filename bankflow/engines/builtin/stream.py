@@ -530,13 +530,13 @@ class StreamReader:
         self.backfiller.add(record)
 
     def _poll_requests(self, now: float) -> None:
-        """Follow mode: pick up `bankflow backfill` requests made while this run streams; raise a worker error."""
+        """Pick up `bankflow backfill` requests made while this run streams (every 2 s); raise a worker error."""
         backfiller = self.backfiller
         if backfiller is None:
             return
         if backfiller.error is not None:
             raise StageError(f"backfill failed: {backfiller.error}") from backfiller.error
-        if not self._follow or now - self._last_poll < 2.0:
+        if now - self._last_poll < 2.0:
             return
         self._last_poll = now
         for table in self.spec.tables:
