@@ -30,6 +30,10 @@
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
+
+/* Debezium's `unavailable.value.placeholder` (its default): an unchanged TOAST value under REPLICA IDENTITY DEFAULT */
+static const char UNAVAILABLE[] = "__debezium_unavailable_value";
+#define UNAVAILABLE_LEN (sizeof UNAVAILABLE - 1)
 #endif
 
 #define MAX_DEPTH 64
@@ -555,7 +559,12 @@ static int envelope(Ctx *x, const unsigned char *data, Py_ssize_t size) {
     Slot *slots = op == 'd' ? x->before : x->after;
     for (Py_ssize_t j = 0; j < x->ncols; j++) {
         if (slots[j].state == 0) return -1;
-        if (slots[j].state == 2 && x->kinds[j] == 's' && x->data[j].len + slots[j].slen > INT32_MAX) return -1;
+        if (slots[j].state == 2 && x->kinds[j] == 's') {
+            if (x->data[j].len + slots[j].slen > INT32_MAX) return -1;
+            /* Debezium's placeholder for an unchanged TOAST value it could not read: never a value */
+            if (slots[j].slen == UNAVAILABLE_LEN && memcmp(slots[j].s, UNAVAILABLE, UNAVAILABLE_LEN) == 0)
+                return -1;
+        }
     }
 
     /* commit */

@@ -42,6 +42,8 @@ SOURCE_TS_MIN, SOURCE_TS_MAX = -62_135_596_800_000_000, 253_402_300_799_999_999
 MAX_NESTING = 64  # JSON containers nested deeper than this (the envelope object is level 1): a dead letter
 _OPS = ("c", "u", "d", "r")  # a tuple: an op read from JSON may be unhashable (a list)
 _OP_SET = frozenset(_OPS)
+# Debezium's `unavailable.value.placeholder` (its default): the C decoder refuses it too (`_envelope.c`)
+UNAVAILABLE_VALUE = "__debezium_unavailable_value"
 
 
 # ---------------------------------------------------------------- one event at a time (the reference)
@@ -154,6 +156,11 @@ def judge_event(event: dict[str, Any], columns: Container[str], table: str,
     unknown = [k for k in row if k not in columns]
     if unknown and expected is None:
         return touched, f"unknown column(s) {unknown} for table {table!r}"
+    unavailable = [k for k, v in row.items() if v == UNAVAILABLE_VALUE]
+    if unavailable:
+        return touched, (f"column(s) {unavailable} hold Debezium's {UNAVAILABLE_VALUE!r}: an unchanged TOAST value "
+                         "it could not read (REPLICA IDENTITY DEFAULT); never written as a value (set REPLICA "
+                         "IDENTITY FULL on the table)")
     lsn = source.get("lsn")
     if lsn is None:
         return touched, "event has no source.lsn"
@@ -428,6 +435,7 @@ class DebeziumDecoder:
         # Struct → tuple → one Arrow struct array is faster than a column at a time. A missing row image or
         # source is None here: astuple raises TypeError and the chunk splits.
         images = pa.array(list(map(astuple, rows)), self._row_struct)
+        _check_available(images)
         arrays = [finish(images.field(i)) for i, finish in enumerate(self._finish)]
         self._check_not_null(arrays)
         source = pa.array(list(map(astuple, [e.source for e in events])), _SOURCE_STRUCT)
@@ -442,6 +450,13 @@ class DebeziumDecoder:
         _check_range(ts_us, SOURCE_TS_MIN, SOURCE_TS_MAX)
         arrays += [pa.array(ops_list, pa.string()), lsn, source.field(1), ts_us.cast(TS_UTC)]
         return arrays, ts_us[0].as_py()
+
+
+def _check_available(images: pa.StructArray) -> None:
+    """Raise when a string field holds Debezium's unavailable-value placeholder (the per-event path says which)."""
+    for field, column in zip(images.type, images.flatten(), strict=True):
+        if pa.types.is_string(field.type) and pc.any(pc.equal(column, UNAVAILABLE_VALUE)).as_py():
+            raise _Unconvertible("Debezium's unavailable-value placeholder")
 
 
 def _check_range(arr: pa.Array, low: int, high: int) -> None:
