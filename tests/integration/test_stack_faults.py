@@ -92,3 +92,58 @@ def test_a_topic_emptied_under_the_consumer_stops_it_with_a_way_forward(stack: t
     error = str(report.stages[-1].error)
     assert f"{topic}[0]: " in error and "the topic was emptied or recreated" in error, error
     assert "bankflow backfill" in error
+
+
+@pytest.mark.timeout(600)
+def test_a_connector_lost_by_connect_is_registered_again_while_following(stack: tuple[ResolvedSpec, Any],
+                                                                          kafka_connect: Any) -> None:
+    """A standalone Connect worker that restarts forgets connectors created over REST; `apply --follow` notices
+    and registers it again (it resumes from Connect's offsets), and what was committed meanwhile arrives."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    from bankflow.engines.debezium.connect import ConnectClient
+    from tests.integration.test_stack_e2e import ENV
+
+    resolved, sql = stack
+    path = resolved.path
+    document = yaml.safe_load(path.read_text())
+    document["environments"][ENV]["cdc"]["reregister_interval_s"] = 1
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    resolved = load_spec(path, env=ENV)
+    assert Pipeline(resolved).apply(stages=["source", "cdc"], progress=False).ok
+    client = ConnectClient(kafka_connect.rest_url)
+    name = resolved.spec.cdc.connector  # type: ignore[union-attr]
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, "-m", "bankflow", "apply", str(path), "--env", ENV, "--follow",
+                             "--stages", "cdc", "-q"], cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while client.connector_config(name) is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(2.0)  # the follow run is streaming
+        client.delete(name)  # what a restarted standalone worker looks like from outside
+        sql("INSERT INTO banking.customers (first_name, last_name, email, created_at, updated_at) "
+            "VALUES ('Grace', 'Hopper', 'grace@example.com', now(), now())")
+        deadline = time.monotonic() + 60
+        while client.connector_config(name) is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert client.connector_config(name) is not None, "the connector was not registered again"
+        assert proc.poll() is None
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=120)
+    assert proc.returncode == 0
+    report = Pipeline(resolved).apply(stages=["cdc", "load"], progress=False)
+    assert report.ok, report.to_dict()
+    con = duckdb.connect(str(resolved.spec.warehouse.path), read_only=True)  # type: ignore[union-attr]
+    try:
+        assert con.execute("SELECT first_name FROM raw.customers").fetchall() == [("Grace",)]
+    finally:
+        con.close()

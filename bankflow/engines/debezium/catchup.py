@@ -7,6 +7,8 @@ waits until the connector has durably produced past it; only then does the consu
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from typing import Any
 
@@ -15,6 +17,7 @@ from bankflow.errors import StageError
 from bankflow.lake.positions import lsn_text, parse_lsn
 from bankflow.stages.base import RunContext
 
+log = logging.getLogger(__name__)
 MARKER_PREFIX = "bankflow.catchup"  # logical decoding messages; Debezium publishes them to `<topic_prefix>.message`
 
 
@@ -39,6 +42,35 @@ def register_connector(ctx: RunContext, timeout: float = 90.0) -> dict[str, Any]
     status = client.wait_running(cdc.connector, timeout=timeout)
     return {"connector": cdc.connector, "created": live is None, "updated": changed and live is not None,
             "state": status.get("connector", {}).get("state")}
+
+
+def keep_registered(ctx: RunContext, stop: threading.Event, interval: float = 10.0) -> threading.Thread:
+    """While a follow run streams, re-register the connector when Kafka Connect has lost it (a standalone worker
+    restarted keeps no connector created over REST); it resumes from the offsets Connect kept. A daemon thread
+    that ends with `stop`."""
+    from bankflow.engines.debezium.connect import ConnectUnreachable
+    from bankflow.engines.debezium.connector import connector_config
+
+    cdc = debezium_cdc(ctx.resolved.spec)
+    config = connector_config(ctx.resolved, reveal=True)
+
+    def watch() -> None:
+        client = cdc.connect_client(timeout=5.0)
+        while not stop.wait(interval):
+            try:
+                if client.connector_config(cdc.connector) is None:
+                    log.warning("connector %s is gone from Kafka Connect (a worker restarted?): registering it "
+                                "again; it resumes from Connect's offsets", cdc.connector)
+                    client.put_config(cdc.connector, config)
+            except ConnectUnreachable as exc:
+                log.warning("Kafka Connect unreachable, will retry: %s", exc)
+            except Exception as exc:  # keep watching: a failed re-registration is retried next time
+                log.warning("connector %s could not be registered again: %s", cdc.connector,
+                            ctx.resolved.redact(str(exc)))
+
+    thread = threading.Thread(target=watch, name="bankflow-connector-keeper", daemon=True)
+    thread.start()
+    return thread
 
 
 def _offset_lsn(client: Any, connector: str) -> int:

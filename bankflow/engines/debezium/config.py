@@ -38,6 +38,9 @@ class DebeziumCdc(CdcConfig):
         None, description="the source host as Kafka Connect reaches it (e.g. a compose service name); "
         "default source.host")
     max_batch_size: int = Field(8192, ge=1)
+    reregister_interval_s: float = Field(
+        10.0, gt=0, description="apply --follow: how often to check that Kafka Connect still has the connector "
+                                "(a restarted standalone worker forgets it) and register it again")
     poll_interval_ms: int = Field(10, ge=1)
 
     @field_validator("connector")

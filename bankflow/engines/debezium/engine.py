@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from typing import Any
 
@@ -21,7 +22,7 @@ class DebeziumEngine(CdcEngine):
         return debezium_cdc(self.spec)
 
     def run(self, ctx: RunContext) -> EngineRun:
-        from bankflow.engines.debezium.catchup import register_connector, wait_for_debezium
+        from bankflow.engines.debezium.catchup import keep_registered, register_connector, wait_for_debezium
         from bankflow.engines.debezium.consumer import consume_to_lake
 
         started = time.monotonic()
@@ -34,7 +35,13 @@ class DebeziumEngine(CdcEngine):
         details: dict[str, Any] = {"connector": register_connector(ctx)}
         if not ctx.follow:  # a catch-up run: first make sure Kafka holds everything committed so far
             details["caught_up"] = wait_for_debezium(ctx)
-        outcome = consume_to_lake(self.resolved, follow=ctx.follow, stop=ctx.stop, progress=progress)
+        keeper_stop = threading.Event()
+        if ctx.follow:  # months of running: a Connect worker that restarts and forgets the connector is normal
+            keep_registered(ctx, keeper_stop, interval=self.cdc.reregister_interval_s)
+        try:
+            outcome = consume_to_lake(self.resolved, follow=ctx.follow, stop=ctx.stop, progress=progress)
+        finally:
+            keeper_stop.set()
         if outcome.stopped is not None:
             raise StageError(outcome.stopped)
         summary = outcome.to_dict()
