@@ -9,7 +9,6 @@ loads them once, `verify` passes, and a second replay writes nothing.
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from bankflow.cli import main
 from bankflow.pipeline import Pipeline
 from bankflow.source.embedded import EmbeddedPostgres
 from bankflow.spec.loader import load_spec
+from tests.fixtures.external import MANAGE_ALL, app_database
 
 pytestmark = pytest.mark.integration
 
@@ -30,18 +30,7 @@ SPEC = """\
 version: 1
 name: deadletters
 state_dir: state
-source:
-  type: postgres
-  embedded: false
-  host: {host}
-  port: {port}
-  user: {user}
-  password: ${{{variable}}}
-  database: {database}
-  schema: shop
-  sslmode: disable
-  manage: [publication, replica_identity, heartbeat, slot]
-tables:
+{source}tables:
   - name: items
     primary_key: [id]
     columns:
@@ -62,32 +51,22 @@ warehouse:
 """
 
 
+APP_DDL = """CREATE SCHEMA shop; CREATE TABLE shop.items (id bigint PRIMARY KEY, label text, price numeric(12,2));
+INSERT INTO shop.items VALUES (1, 'one', 1.00), (2, NULL, 2.00), (3, 'three', 3.00)"""
+
+
 @pytest.fixture
 def project(pg_server: EmbeddedPostgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    tag = uuid.uuid4().hex[:8]
-    database = f"dl_{tag}"
-    pg_server.create_database(database)
-    pg_server.execute("CREATE SCHEMA shop; CREATE TABLE shop.items (id bigint PRIMARY KEY, label text, "
-                      "price numeric(12,2)); INSERT INTO shop.items VALUES (1, 'one', 1.00), (2, NULL, 2.00), "
-                      "(3, 'three', 3.00)", dbname=database)
-    monkeypatch.setenv(PASSWORD_VAR, pg_server.password)
     monkeypatch.chdir(tmp_path)
-    kwargs = pg_server.connect_kwargs(database)
+    with app_database(pg_server, "dl", APP_DDL, monkeypatch, PASSWORD_VAR) as app:
 
-    def write(nullable: bool) -> Path:
-        path = tmp_path / "pipeline.yaml"
-        path.write_text(SPEC.format(host=kwargs["host"], port=kwargs["port"], user=kwargs["user"],
-                                    variable=PASSWORD_VAR, database=database, tag=tag,
-                                    nullable=str(nullable).lower()), encoding="utf-8")
-        return path
+        def write(nullable: bool) -> Path:
+            path = tmp_path / "pipeline.yaml"
+            path.write_text(SPEC.format(source=app.source_yaml("shop", manage=MANAGE_ALL), tag=app.tag,
+                                        nullable=str(nullable).lower()), encoding="utf-8")
+            return path
 
-    try:
-        yield tmp_path, write, lambda sql: pg_server.execute(sql, dbname=database)
-    finally:
-        slot = f"dl_{tag}"
-        if pg_server.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (slot,)):
-            pg_server.execute("SELECT pg_drop_replication_slot(%s)", (slot,), dbname=database)
-        pg_server.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        yield tmp_path, write, app.sql
 
 
 def raw(root: Path, sql: str) -> list[tuple[Any, ...]]:

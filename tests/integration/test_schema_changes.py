@@ -21,11 +21,11 @@ from bankflow.lake.schema_history import SchemaHistory
 from bankflow.pipeline import Pipeline
 from bankflow.source.embedded import EmbeddedPostgres
 from bankflow.spec.loader import ResolvedSpec, load_spec
+from tests.fixtures.external import MANAGE_ALL, AppDatabase, app_database
 
 pytestmark = pytest.mark.integration
 
 PASSWORD_VAR = "SCHEMA_CHANGES_PG_PASSWORD"
-MANAGE = "[publication, replica_identity, heartbeat, slot]"
 
 APP_DDL = """
 CREATE SCHEMA shop;
@@ -37,18 +37,7 @@ SPEC = """\
 version: 1
 name: schemachanges
 state_dir: {state_dir}
-source:
-  type: postgres
-  embedded: false
-  host: {host}
-  port: {port}
-  user: {user}
-  password: ${{{variable}}}
-  database: {database}
-  schema: shop
-  sslmode: disable
-  manage: {manage}
-tables:
+{source}tables:
   - name: items
     primary_key: [id]
     schema_changes: {policy}
@@ -73,21 +62,22 @@ warehouse:
 
 @dataclass
 class Source:
-    pg: EmbeddedPostgres
-    database: str
-    tag: str
+    app: AppDatabase
     root: Path
 
+    @property
+    def tag(self) -> str:
+        return self.app.tag
+
     def spec(self, policy: str, extra: str = "") -> ResolvedSpec:
-        kwargs = self.pg.connect_kwargs(self.database)
         path = self.root / "pipeline.yaml"
-        path.write_text(SPEC.format(state_dir=self.root / "state", host=kwargs["host"], port=kwargs["port"],
-                                    user=kwargs["user"], variable=PASSWORD_VAR, database=self.database,
-                                    manage=MANAGE, policy=policy, extra=extra, tag=self.tag), encoding="utf-8")
+        path.write_text(SPEC.format(state_dir=self.root / "state", source=self.app.source_yaml("shop",
+                                    manage=MANAGE_ALL), policy=policy, extra=extra, tag=self.tag),
+                        encoding="utf-8")
         return load_spec(path)
 
     def sql(self, text: str) -> list[tuple[Any, ...]]:
-        return self.pg.execute(text, dbname=self.database)
+        return self.app.sql(text)
 
     def raw(self, sql: str) -> list[tuple[Any, ...]]:
         con = duckdb.connect(str(self.root / "wh.duckdb"), read_only=True)
@@ -103,19 +93,9 @@ class Source:
 
 @pytest.fixture
 def source(pg_server: EmbeddedPostgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Source]:
-    tag = uuid.uuid4().hex[:8]
-    database = f"sc_{tag}"
-    pg_server.create_database(database)
-    pg_server.execute(APP_DDL, dbname=database)
-    monkeypatch.setenv(PASSWORD_VAR, pg_server.password)
     monkeypatch.chdir(tmp_path)
-    try:
-        yield Source(pg_server, database, tag, tmp_path)
-    finally:
-        slot = f"sc_{tag}"
-        if pg_server.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (slot,)):
-            pg_server.execute("SELECT pg_drop_replication_slot(%s)", (slot,), dbname=database)
-        pg_server.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    with app_database(pg_server, "sc", APP_DDL, monkeypatch, PASSWORD_VAR) as app:
+        yield Source(app, tmp_path)
 
 
 STAGES = ["source", "cdc", "load"]

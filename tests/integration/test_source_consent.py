@@ -6,7 +6,6 @@ must run its setup statements only where `source.manage` allows, and must stop w
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 from bankflow.pipeline import Pipeline
 from bankflow.source.embedded import EmbeddedPostgres
 from bankflow.spec.loader import ResolvedSpec, load_spec
+from tests.fixtures.external import AppDatabase, app_database
 
 pytestmark = pytest.mark.integration
 
@@ -34,17 +34,7 @@ SPEC = """\
 version: 1
 name: consent
 state_dir: {state_dir}
-source:
-  type: postgres
-  embedded: false
-  host: {host}
-  port: {port}
-  user: {user}
-  password: ${{{variable}}}
-  database: {database}
-  schema: shop
-  sslmode: disable
-{manage}tables:
+{source}tables:
   - name: items
     primary_key: [id]
     columns:
@@ -83,43 +73,39 @@ CATALOG_QUERIES = {
 
 @dataclass
 class Source:
-    pg: EmbeddedPostgres
-    database: str
-    tag: str
+    app: AppDatabase
     root: Path
 
+    @property
+    def pg(self) -> EmbeddedPostgres:
+        return self.app.pg
+
+    @property
+    def database(self) -> str:
+        return self.app.database
+
+    @property
+    def tag(self) -> str:
+        return self.app.tag
+
     def spec(self, name: str, *, manage: list[str] | None = None, extra_column: str | None = None) -> ResolvedSpec:
-        kwargs = self.pg.connect_kwargs(self.database)
-        manage_text = f"  manage: [{', '.join(manage)}]\n" if manage else ""
         extra = f"      - {{name: {extra_column}, type: text}}\n" if extra_column else ""
         path = self.root / f"{name}.yaml"
-        path.write_text(SPEC.format(state_dir=self.root / f"state-{name}", host=kwargs["host"], port=kwargs["port"],
-                                    user=kwargs["user"], variable=PASSWORD_VAR, database=self.database,
-                                    manage=manage_text, extra=extra, tag=self.tag), encoding="utf-8")
+        path.write_text(SPEC.format(state_dir=self.root / f"state-{name}", source=self.app.source_yaml(
+            "shop", manage=manage or ()), extra=extra, tag=self.tag), encoding="utf-8")
         return load_spec(path)
 
     def catalog(self) -> dict[str, list[tuple[Any, ...]]]:
-        return {name: self.pg.execute(sql, dbname=self.database) for name, sql in CATALOG_QUERIES.items()}
+        return {name: self.app.sql(sql) for name, sql in CATALOG_QUERIES.items()}
 
     def slot_exists(self) -> bool:
-        return bool(self.pg.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s",
-                                    (f"consent_{self.tag}",)))
+        return self.app.slot_exists(f"consent_{self.tag}")
 
 
 @pytest.fixture
 def source(pg_server: EmbeddedPostgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Source]:
-    tag = uuid.uuid4().hex[:8]
-    database = f"consent_{tag}"
-    pg_server.create_database(database)
-    pg_server.execute(APP_DDL, dbname=database)
-    monkeypatch.setenv(PASSWORD_VAR, pg_server.password)
-    try:
-        yield Source(pg_server, database, tag, tmp_path)
-    finally:
-        slot = f"consent_{tag}"
-        if pg_server.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (slot,)):
-            pg_server.execute("SELECT pg_drop_replication_slot(%s)", (slot,), dbname=database)
-        pg_server.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    with app_database(pg_server, "consent", APP_DDL, monkeypatch, PASSWORD_VAR) as app:
+        yield Source(app, tmp_path)
 
 
 def failed_source_stage(report: Any) -> str:
