@@ -128,8 +128,9 @@ def test_status_exits_non_zero_on_contract_drift_and_slot_lag(project: Any, caps
     _root, write, sql = project
     spec = write(nullable=True)
     assert main(["apply", str(spec), "--stages", "source,cdc,load", "-q"]) == 0
-    assert main(["status", str(spec), "-q"]) == 0
-    capsys.readouterr()
+    assert main(["status", str(spec), "--json"]) == 0
+    coverage = json.loads(capsys.readouterr().out)["coverage"]
+    assert coverage["items"]["state"] == "covered" and coverage["items"]["how"], coverage
     spec.write_text(spec.read_text().replace("  publication: dl_", "  max_lag_bytes: 0\n  publication: dl_"))
     sql("INSERT INTO shop.items VALUES (9, 'nine', 9.00)")  # the slot now retains WAL nobody acknowledged
     assert main(["status", str(spec), "--json"]) == 4

@@ -2,11 +2,13 @@
 
 `ensure_slot` creates the spec's slot when it is missing and then takes the initial snapshot (snapshot_mode
 initial) inside the snapshot the slot exported at its consistent point, so snapshot rows (op 'r', `_lsn` =
-consistent point) and the stream that follows neither overlap nor miss a change. A crash mid-snapshot is
-recoverable: a "started" marker records the consistent point before any file is written and a "complete"
-marker is written last; a slot without the complete marker is dropped, the partial snapshot files are deleted
-and everything is redone. The markers live in the lake (``_bankflow/snapshot-<slot>[.started].json``), next to
-the data they describe.
+consistent point - 1: the first streamed change can sit at the consistent point itself and must sort after them)
+and the stream that follows neither overlap nor miss a change. A crash mid-snapshot is recoverable: a "started"
+marker records the consistent point before any file is written and a "complete" marker is written last; a slot
+without the complete marker that bankflow created is dropped, the partial snapshot files are deleted and
+everything is redone. A slot someone else created (source.manage without slot) is kept: the stream backfills
+its tables (`bankflow.engines.builtin.backfill`). The markers live in the lake
+(``_bankflow/snapshot-<slot>[.started].json``), next to the data they describe.
 """
 
 from __future__ import annotations

@@ -341,9 +341,9 @@ def _out_of_range(topic: str, partition: int, committed: int, low: int, high: in
     else:
         return None
     return (f"{topic}[{partition}]: {what}. Changes in that range may be missing from the lake; the consumer "
-            "stopped instead of skipping them. Way forward: re-read the table from the source (bankflow backfill "
-            "SPEC --table …, or down --drop-slot and apply for a new snapshot), then reset the group's offsets "
-            "for the topic (kafka-consumer-groups --reset-offsets --to-earliest).")
+            "stopped instead of skipping them. Way forward: take a new snapshot (delete the connector and its "
+            "offsets in Kafka Connect, then bankflow down SPEC --drop-slot and apply), after resetting the "
+            "group's offsets for the topic (kafka-consumer-groups --reset-offsets --to-earliest).")
 
 
 def _shape_follower(resolved: ResolvedSpec, fs: Any, root: str) -> ShapeFollower:
