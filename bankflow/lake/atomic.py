@@ -40,3 +40,13 @@ def put_atomic(fs: Any, path: str, data: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def read_json(fs: Any, path: str) -> Any:
+    """The JSON object a marker or state file holds (written by `put_atomic`), or None when there is none."""
+    import orjson
+
+    if not fs.exists(path):
+        return None
+    with fs.open(path, "rb") as handle:
+        return orjson.loads(handle.read())

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 
-from bankflow.lake.atomic import put_atomic
+from bankflow.lake.atomic import put_atomic, read_json
 from bankflow.lake.positions import LsnPosition, format_span, lsn_text
 
 if TYPE_CHECKING:
@@ -161,11 +161,7 @@ class SchemaHistory:
         return set(state["not_carried"]) if state else set()
 
     def _not_carried_state(self, table: str) -> dict[str, Any] | None:
-        key = self._not_carried_key(table)
-        if not self.fs.exists(key):
-            return None
-        with self.fs.open(key, "rb") as handle:
-            data: dict[str, Any] = orjson.loads(handle.read())
+        data: dict[str, Any] | None = read_json(self.fs, self._not_carried_key(table))
         return data
 
     def note_spec_columns(self, table: Table, live: set[str]) -> set[str]:

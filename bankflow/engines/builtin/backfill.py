@@ -51,6 +51,7 @@ import orjson
 
 from bankflow.engines.builtin.connection import connect
 from bankflow.errors import BankflowError
+from bankflow.lake.atomic import read_json
 from bankflow.lake.positions import parse_file_name
 from bankflow.lake.writer import put_atomic
 from bankflow.render.sql import quote_pg
@@ -135,12 +136,8 @@ class Coverage:
         return f"{self.dir}/{table}.json"
 
     def read(self, table: str) -> dict[str, Any] | None:
-        path = self.path(table)
-        if not self.fs.exists(path):
-            return None
-        with self.fs.open(path, "rb") as handle:
-            data: dict[str, Any] = orjson.loads(handle.read())
-            return data
+        data: dict[str, Any] | None = read_json(self.fs, self.path(table))
+        return data
 
     def write(self, table: str, data: dict[str, Any]) -> None:
         put_atomic(self.fs, self.path(table), orjson.dumps(data, option=orjson.OPT_INDENT_2))

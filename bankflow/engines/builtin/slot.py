@@ -23,6 +23,7 @@ import orjson
 from bankflow.engines.builtin.backfill import Coverage
 from bankflow.engines.builtin.connection import CdcError, connect, replication_connect
 from bankflow.engines.builtin.snapshot import Progress, snapshot_stream, take_snapshot
+from bankflow.lake.atomic import read_json
 from bankflow.lake.filesystem import lake_filesystem
 from bankflow.lake.positions import lsn_text, parse_lsn
 from bankflow.lake.writer import LakeWriter, put_atomic
@@ -102,11 +103,8 @@ class SnapshotMarkers:
         self.complete = f"{root}/{MARKER_DIR}/snapshot-{slot}.json"
 
     def read(self, path: str) -> dict[str, Any] | None:
-        if not self.fs.exists(path):
-            return None
-        with self.fs.open(path, "rb") as handle:
-            data: dict[str, Any] = orjson.loads(handle.read())
-            return data
+        data: dict[str, Any] | None = read_json(self.fs, path)
+        return data
 
     def write(self, path: str, data: dict[str, Any]) -> None:
         put_atomic(self.fs, path, orjson.dumps(data, option=orjson.OPT_INDENT_2))
