@@ -34,11 +34,16 @@ def _default(value: Any) -> Any:
 
 
 def dead_letter_line(record: DeadLetter) -> bytes:
-    return orjson.dumps(
-        {"table": record.table, "position": position_json(record.position), "reason": record.reason,
-         "event": record.event},
-        default=_default, option=orjson.OPT_NON_STR_KEYS,
-    ) + b"\n"
+    """One JSON line. An event JSON cannot hold as it is (a lone surrogate, nesting beyond orjson's 255 levels)
+    is kept as its `repr`, with a note: the store never fails on what it is given to keep."""
+    body = {"table": record.table, "position": position_json(record.position), "reason": record.reason,
+            "event": record.event}
+    try:
+        return orjson.dumps(body, default=_default, option=orjson.OPT_NON_STR_KEYS) + b"\n"
+    except orjson.JSONEncodeError as exc:
+        body["event"] = repr(record.event)
+        body["event_note"] = f"kept as its Python repr: JSON cannot hold it as it is ({exc})"
+        return orjson.dumps(body, default=_default, option=orjson.OPT_NON_STR_KEYS) + b"\n"
 
 
 class DeadLetterStore:

@@ -38,3 +38,15 @@ def test_the_placeholder_is_a_dead_letter_on_every_path(path: str, monkeypatch: 
     assert [d.position.offset for d in batch.dead_letters] == [11, 13]
     assert all("__debezium_unavailable_value" in d.reason and "REPLICA IDENTITY FULL" in d.reason
                for d in batch.dead_letters), [d.reason for d in batch.dead_letters]
+
+
+def test_the_dead_letter_store_keeps_what_json_cannot_hold() -> None:
+    from bankflow.lake.deadletter import DeadLetter, dead_letter_line
+
+    deep: list[object] = []
+    for _ in range(300):
+        deep = [deep]
+    for event in ({"after": {"t": "lone \ud800 surrogate"}}, {"after": {"x": deep}}):
+        line = orjson.loads(dead_letter_line(DeadLetter("t", KafkaPosition(0, 1), "why", event)))
+        assert line["reason"] == "why" and line["position"] == {"partition": 0, "offset": 1}
+        assert isinstance(line["event"], str) and "JSON cannot hold it" in line["event_note"]
