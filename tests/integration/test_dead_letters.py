@@ -9,6 +9,7 @@ loads them once, `verify` passes, and a second replay writes nothing.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -159,3 +160,37 @@ def test_apply_verify_is_exact_and_names_what_it_cannot_compare(project: Any,
     out = capsys.readouterr().out
     assert "DIFF items: raw latest state equals source rows" in out, out
     assert "note items.secret: in the source, not in the spec" in out, out
+
+
+def test_bytes_that_are_not_utf8_are_dead_letters_from_the_snapshot_and_the_stream(
+        pg_server: EmbeddedPostgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A SQL_ASCII database stores any bytes; one that is not UTF-8 cannot be carried as text: a dead letter with
+    its position (the snapshot's CSV read used to fail as a whole on it)."""
+    from tests.fixtures.external import AppDatabase
+
+    tag = uuid.uuid4().hex[:8]
+    database = f"dl_{tag}"
+    pg_server.execute(f"CREATE DATABASE {database} ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' "
+                      "TEMPLATE template0")
+    monkeypatch.setenv(PASSWORD_VAR, pg_server.password)
+    monkeypatch.chdir(tmp_path)
+    app = AppDatabase(pg_server, database, tag, PASSWORD_VAR)
+    try:
+        app.sql("CREATE SCHEMA shop; CREATE TABLE shop.items (id bigint PRIMARY KEY, label text, "
+                "price numeric(12,2)); INSERT INTO shop.items VALUES (1, 'one', 1.00), (2, E'caf\\xe9', 2.00)")
+        path = tmp_path / "pipeline.yaml"
+        path.write_text(SPEC.format(source=app.source_yaml("shop", manage=MANAGE_ALL), tag=tag, nullable="true"),
+                        encoding="utf-8")
+        assert main(["apply", str(path), "--stages", "source,cdc,load", "-q"]) == 4
+        assert "1 event(s) of items went to the dead-letter store" in capsys.readouterr().err
+        app.sql("INSERT INTO shop.items VALUES (3, E'\\xff\\xfe', 3.00), (4, 'four', 4.00)")
+        assert main(["apply", str(path), "--stages", "cdc,load", "-q"]) == 4
+        assert sorted(raw(tmp_path, "SELECT id, label FROM raw.items")) == [(1, "one"), (4, "four")]
+        assert main(["deadletters", str(path), "list", "--json"]) == 4
+        assert json.loads(capsys.readouterr().out)["items"]["events"] == 2
+    finally:
+        slot = f"dl_{tag}"
+        if pg_server.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (slot,)):
+            pg_server.execute("SELECT pg_drop_replication_slot(%s)", (slot,), dbname=database)
+        pg_server.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')

@@ -151,7 +151,9 @@ def _csv_pieces(path: str, names: list[str], batch: TableBatch, flush: Flush) ->
         read_options=pacsv.ReadOptions(column_names=names, block_size=CSV_BLOCK_BYTES),
         parse_options=pacsv.ParseOptions(newlines_in_values=True),
         convert_options=pacsv.ConvertOptions(
-            column_types={n: "string" for n in names}, strings_can_be_null=True,
+            # binary, as pgoutput sends them: a value that is not valid UTF-8 (a SQL_ASCII source) becomes a
+            # dead letter in the batch instead of failing the whole read
+            column_types={n: "binary" for n in names}, strings_can_be_null=True,
             quoted_strings_can_be_null=False, null_values=[""]),
     )
     for record_batch in reader:
