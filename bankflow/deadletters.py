@@ -72,7 +72,14 @@ class DeadLetters:
         if not self.fs.exists(self.base):
             return []
         pattern = f"{self.base}/{table}/*.jsonl" if table else f"{self.base}/*/*.jsonl"
-        return sorted(p for p in self.fs.glob(pattern) if not p[len(self.base) + 1:].startswith("_"))
+        return sorted(p for p in self.fs.glob(pattern) if not self._relative(p).startswith("_"))
+
+    def _relative(self, key: str) -> str:
+        """`<table>/<file>` of a key in the store."""
+        return key[len(self.base) + 1:]
+
+    def _table_of(self, key: str) -> str:
+        return self._relative(key).split("/", 1)[0]
 
     def records(self, key: str) -> list[dict[str, Any]]:
         with self.fs.open(key, "rb") as handle:
@@ -86,7 +93,7 @@ class DeadLetters:
     def pending(self, table: str | None = None) -> dict[str, TablePending]:
         out: dict[str, TablePending] = {}
         for key in self.files(table):
-            name = key[len(self.base) + 1:].split("/", 1)[0]
+            name = self._table_of(key)
             entry = out.setdefault(name, TablePending())
             entry.files += 1
             for record in self.records(key):
@@ -103,13 +110,13 @@ class DeadLetters:
         counts: Counter[str] = Counter()
         for key in self.files():
             if key not in before:
-                counts[key[len(self.base) + 1:].split("/", 1)[0]] += len(self.records(key))
+                counts[self._table_of(key)] += len(self.records(key))
         return dict(counts)
 
     # ---- replay
 
     def replay(self, table: str | None = None) -> ReplayOutcome:
-        from bankflow.lake.schema_history import SchemaHistory
+        from bankflow.lake.schema_history import SchemaHistory, with_columns
         from bankflow.lake.writer import LakeWriter
 
         spec = self.resolved.spec
@@ -119,8 +126,8 @@ class DeadLetters:
         for declared in spec.tables:
             if table is not None and declared.name != table:
                 continue
-            record = history.record_at(declared.name)
-            shape = history.current_shape(declared)
+            record = history.record_at(declared.name)  # the table's current shape and lake names
+            shape = with_columns(declared, record.columns) if record else declared
             lake_names = dict(record.lake_names) if record else {}
             figures = outcome.tables.setdefault(declared.name, {"replayed": 0, "still_dead": 0, "files_written": 0})
             for key in self.files(declared.name):
@@ -162,7 +169,7 @@ class DeadLetters:
 
             put_atomic(self.fs, key, b"".join(dead_letter_line(r) for r in sorted(kept, key=lambda r: r.position)))
         else:
-            done = f"{self.base}/{REPLAYED_DIR}/{key[len(self.base) + 1:]}"
+            done = f"{self.base}/{REPLAYED_DIR}/{self._relative(key)}"
             self.fs.makedirs(done.rsplit("/", 1)[0], exist_ok=True)
             self.fs.mv(key, done)
 
