@@ -325,6 +325,19 @@ def test_two_workers_one_killed_exactly_once(tmp_path: Path, tansu_broker: Tansu
     assert_exactly_once(resolved, events)
 
 
+def wait_for_lake_files(resolved: ResolvedSpec, proc: subprocess.Popen[str], at_least: int,
+                        timeout: float = 90) -> None:
+    """Until the follow run `proc` has written `at_least` Parquet files; it must still be running then."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        fs, root = lake_filesystem(resolved)
+        fs.invalidate_cache()
+        if fs.exists(root) and sum(1 for p in fs.find(root) if p.endswith(".parquet")) >= at_least:
+            break
+        time.sleep(0.1)
+    assert proc.poll() is None, "the follow run ended by itself"
+
+
 _WORKERS_CHILD = """
 import sys
 from bankflow.engines.debezium.workers import run_workers
@@ -347,14 +360,7 @@ def test_ctrl_c_stops_following_workers_cleanly(tmp_path: Path, tansu_broker: Ta
     proc = subprocess.Popen([sys.executable, "-c", _WORKERS_CHILD, str(path)], env=env, cwd=ROOT,
                             stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and proc.poll() is None:
-            fs, root = lake_filesystem(resolved)
-            fs.invalidate_cache()
-            if fs.exists(root) and sum(1 for p in fs.find(root) if p.endswith(".parquet")) >= 10:
-                break  # the workers are streaming, with partial batches open
-            time.sleep(0.1)
-        assert proc.poll() is None, "the follow run ended by itself"
+        wait_for_lake_files(resolved, proc, 10)  # the workers are streaming, with partial batches open
         time.sleep(1.0)
         os.killpg(proc.pid, signal.SIGINT)
         out, _ = proc.communicate(timeout=120)
@@ -492,14 +498,7 @@ def test_workers_die_with_their_supervisor_and_the_next_consume_is_exactly_once(
     proc = subprocess.Popen([sys.executable, "-c", _WORKERS_CHILD, str(path)], env=env, cwd=ROOT,
                             stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and proc.poll() is None:
-            fs, root = lake_filesystem(resolved)
-            fs.invalidate_cache()
-            if fs.exists(root) and sum(1 for p in fs.find(root) if p.endswith(".parquet")) >= 4:
-                break
-            time.sleep(0.1)
-        assert proc.poll() is None, "the follow run ended by itself"
+        wait_for_lake_files(resolved, proc, 4)
         os.kill(proc.pid, signal.SIGKILL)  # the supervisor only, not its process group
         proc.wait()
         deadline = time.monotonic() + 60

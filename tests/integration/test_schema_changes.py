@@ -7,7 +7,6 @@ against raw, and checks the exact values that crossed the change.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -224,25 +223,23 @@ def test_debezium_added_column_under_evolve_and_freeze(tmp_path: Path, pg_server
     carries everything from there, once."""
     import yaml
 
-    from bankflow.engines.debezium.connect import ConnectClient
-    from tests.integration.test_stack_e2e import ENV, create_application_tables, drop_slot, write_spec
-    from tests.integration.test_stack_e2e import Stack as StackHarness
+    from tests.integration.test_stack_e2e import ENV, fresh_stack
 
-    tag = uuid.uuid4().hex[:8]
-    database, bucket = f"dbzsc_{tag}", f"dbzsc-{tag}"
-    pg_server.create_database(database)
-    s3_server.create_bucket(bucket)
-    state = tmp_path / "state"
-    path = write_spec(tmp_path / "banking.yaml", tag=tag, database=database, port=pg_server.port,
-                      connect_url=kafka_connect.rest_url, bootstrap=tansu_broker.bootstrap_servers,
-                      s3_endpoint=s3_server.endpoint_url, bucket=bucket, state_dir=state)
-    document = yaml.safe_load(path.read_text())
-    for table in document["tables"]:
-        table["schema_changes"] = "evolve" if table["name"] == "customers" else "freeze"
-    path.write_text(yaml.safe_dump(document, sort_keys=False))
-    create_application_tables(StackHarness(path, database, tag, pg_server, kafka_connect, pg_server.password))
-    resolved = load_spec(path, env=ENV)
-    warehouse = state / "warehouse.duckdb"
+    with fresh_stack(tmp_path, pg_server, tansu_broker, kafka_connect, s3_server, "dbzsc") as (resolved, sql):
+        path = resolved.path
+        document = yaml.safe_load(path.read_text())
+        for table in document["tables"]:
+            table["schema_changes"] = "evolve" if table["name"] == "customers" else "freeze"
+        path.write_text(yaml.safe_dump(document, sort_keys=False))
+        _debezium_added_column(load_spec(path, env=ENV), sql, tmp_path / "state" / "warehouse.duckdb")
+
+
+def _debezium_added_column(resolved: ResolvedSpec, sql: Any, warehouse: Path) -> None:
+    import yaml
+
+    from tests.integration.test_stack_e2e import ENV
+
+    path = resolved.path
 
     def raw(sql: str) -> list[tuple[Any, ...]]:
         try:
@@ -254,53 +251,45 @@ def test_debezium_added_column_under_evolve_and_freeze(tmp_path: Path, pg_server
         finally:
             con.close()
 
-    def sql(text: str) -> list[tuple[Any, ...]]:
-        return pg_server.execute(text, dbname=database)
-
     stages = ["cdc", "load"]
-    try:
-        pipeline = Pipeline(resolved)
-        assert pipeline.apply(stages=["source"], progress=False).ok
-        pipeline.generate(seed=5, progress=False)
-        first = pipeline.apply(stages=stages, progress=False)
-        assert first.ok, first.to_dict()
+    pipeline = Pipeline(resolved)
+    assert pipeline.apply(stages=["source"], progress=False).ok
+    pipeline.generate(seed=5, progress=False)
+    first = pipeline.apply(stages=stages, progress=False)
+    assert first.ok, first.to_dict()
 
-        sql("ALTER TABLE banking.customers ADD COLUMN nickname text")
-        sql("UPDATE banking.customers SET nickname = 'nick-' || id, updated_at = now() WHERE id <= 3")
-        evolved = pipeline.apply(stages=stages, progress=False)
-        assert evolved.ok, evolved.to_dict()
-        accepted = evolved.stages[0].details["schema_changes"]
-        assert any("column 'nickname' added (text)" in line for line in accepted), accepted
-        assert sorted(raw("SELECT id, nickname FROM raw.customers WHERE nickname IS NOT NULL")) == [
-            (1, "nick-1"), (2, "nick-2"), (3, "nick-3")]
+    sql("ALTER TABLE banking.customers ADD COLUMN nickname text")
+    sql("UPDATE banking.customers SET nickname = 'nick-' || id, updated_at = now() WHERE id <= 3")
+    evolved = pipeline.apply(stages=stages, progress=False)
+    assert evolved.ok, evolved.to_dict()
+    accepted = evolved.stages[0].details["schema_changes"]
+    assert any("column 'nickname' added (text)" in line for line in accepted), accepted
+    assert sorted(raw("SELECT id, nickname FROM raw.customers WHERE nickname IS NOT NULL")) == [
+        (1, "nick-1"), (2, "nick-2"), (3, "nick-3")]
 
-        sql("UPDATE banking.accounts SET status = status WHERE id = 1")  # before the change: carried
-        sql("ALTER TABLE banking.accounts ADD COLUMN risk text")
-        sql("UPDATE banking.accounts SET risk = 'low' WHERE id IN (1, 2)")
-        frozen = pipeline.apply(stages=stages, progress=False)
-        assert not frozen.ok and frozen.stages[-1].name == "cdc", frozen.to_dict()
-        error = str(frozen.stages[-1].error)
-        assert "column 'risk' added (text)" in error and "schema_changes: freeze" in error, error
-        assert pipeline.apply(stages=["load"], progress=False).ok  # what came before the change is in the lake
-        updates_before = raw("SELECT count(*) FROM raw.accounts WHERE _op = 'u'")[0][0]
-        assert updates_before == 1  # the update before the ALTER; none after it
+    sql("UPDATE banking.accounts SET status = status WHERE id = 1")  # before the change: carried
+    sql("ALTER TABLE banking.accounts ADD COLUMN risk text")
+    sql("UPDATE banking.accounts SET risk = 'low' WHERE id IN (1, 2)")
+    frozen = pipeline.apply(stages=stages, progress=False)
+    assert not frozen.ok and frozen.stages[-1].name == "cdc", frozen.to_dict()
+    error = str(frozen.stages[-1].error)
+    assert "column 'risk' added (text)" in error and "schema_changes: freeze" in error, error
+    assert pipeline.apply(stages=["load"], progress=False).ok  # what came before the change is in the lake
+    updates_before = raw("SELECT count(*) FROM raw.accounts WHERE _op = 'u'")[0][0]
+    assert updates_before == 1  # the update before the ALTER; none after it
 
-        document = yaml.safe_load(path.read_text())
-        accounts = next(t for t in document["tables"] if t["name"] == "accounts")
-        accounts["columns"].append({"name": "risk", "type": "text"})
-        path.write_text(yaml.safe_dump(document, sort_keys=False))
-        resolved = load_spec(path, env=ENV)
-        resumed = Pipeline(resolved).apply(stages=[*stages, "transform"], progress=False)
-        assert resumed.ok, resumed.to_dict()
-        assert raw("SELECT id, risk FROM raw.accounts WHERE _op = 'u' ORDER BY id, risk NULLS FIRST") == [
-            (1, None), (1, "low"), (2, "low")]  # nothing lost, nothing twice
-        for table in ("customers", "accounts"):
-            live = raw(f"SELECT count(*) FROM (SELECT _op, row_number() OVER (PARTITION BY id ORDER BY _lsn DESC) "
-                       f"AS r FROM raw.{table}) WHERE r = 1 AND _op <> 'd'")[0][0]
-            assert live == sql(f"SELECT count(*) FROM banking.{table}")[0][0], table
-        result = Pipeline(resolved).verify()
-        assert result.ok, result.format()
-    finally:
-        ConnectClient(kafka_connect.rest_url).delete(resolved.spec.cdc.connector)
-        drop_slot(pg_server, database, resolved.spec.cdc.slot)
-        pg_server.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    document = yaml.safe_load(path.read_text())
+    accounts = next(t for t in document["tables"] if t["name"] == "accounts")
+    accounts["columns"].append({"name": "risk", "type": "text"})
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    resolved = load_spec(path, env=ENV)
+    resumed = Pipeline(resolved).apply(stages=[*stages, "transform"], progress=False)
+    assert resumed.ok, resumed.to_dict()
+    assert raw("SELECT id, risk FROM raw.accounts WHERE _op = 'u' ORDER BY id, risk NULLS FIRST") == [
+        (1, None), (1, "low"), (2, "low")]  # nothing lost, nothing twice
+    for table in ("customers", "accounts"):
+        live = raw(f"SELECT count(*) FROM (SELECT _op, row_number() OVER (PARTITION BY id ORDER BY _lsn DESC) "
+                   f"AS r FROM raw.{table}) WHERE r = 1 AND _op <> 'd'")[0][0]
+        assert live == sql(f"SELECT count(*) FROM banking.{table}")[0][0], table
+    result = Pipeline(resolved).verify()
+    assert result.ok, result.format()

@@ -9,11 +9,12 @@ its connector, slot and database at the end (an idle slot holds WAL).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -134,6 +135,29 @@ def create_application_tables(stack: Stack) -> None:
     for table in parents_first(resolved.spec.tables):
         statements += table_ddl(resolved, table)
     stack.pg.execute(";\n".join(statements), dbname=stack.database)
+
+
+@contextlib.contextmanager
+def fresh_stack(directory: Path, pg: EmbeddedPostgres, broker: TansuBroker, connect: KafkaConnectWorker,
+                s3: Any, prefix: str) -> Iterator[tuple[ResolvedSpec, Callable[[str], list[tuple[Any, ...]]]]]:
+    """The banking spec on the harness's services in a database and bucket of its own, the application tables
+    created and empty; yields (resolved spec, run SQL in that database). Connector, slot and database are
+    removed afterwards."""
+    tag = uuid.uuid4().hex[:8]
+    database, bucket = f"{prefix}_{tag}", f"{prefix}-{tag}"
+    pg.create_database(database)
+    s3.create_bucket(bucket)
+    path = write_spec(directory / "banking.yaml", tag=tag, database=database, port=pg.port,
+                      connect_url=connect.rest_url, bootstrap=broker.bootstrap_servers,
+                      s3_endpoint=s3.endpoint_url, bucket=bucket, state_dir=directory / "state")
+    create_application_tables(Stack(path, database, tag, pg, connect, pg.password))
+    resolved = load_spec(path, env=ENV)
+    try:
+        yield resolved, lambda sql: pg.execute(sql, dbname=database)
+    finally:
+        ConnectClient(connect.rest_url).delete(resolved.spec.cdc.connector)
+        drop_slot(pg, database, resolved.spec.cdc.slot)
+        pg.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
 def drop_slot(pg: EmbeddedPostgres, database: str, slot: str, timeout: float = 30.0) -> None:

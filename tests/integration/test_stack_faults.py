@@ -3,7 +3,6 @@ data: an empty source, a committed offset beyond the log end (issue 14, item 5).
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,25 +21,10 @@ pytestmark = pytest.mark.integration
 def stack(tmp_path: Path, pg_server: EmbeddedPostgres, tansu_broker: Any, kafka_connect: Any,
           s3_server: Any) -> Iterator[tuple[ResolvedSpec, Any]]:
     """The banking spec on the harness's services, application tables created and empty."""
-    from bankflow.engines.debezium.connect import ConnectClient
-    from tests.integration.test_stack_e2e import ENV, create_application_tables, drop_slot, write_spec
-    from tests.integration.test_stack_e2e import Stack as StackHarness
+    from tests.integration.test_stack_e2e import fresh_stack
 
-    tag = uuid.uuid4().hex[:8]
-    database, bucket = f"faults_{tag}", f"faults-{tag}"
-    pg_server.create_database(database)
-    s3_server.create_bucket(bucket)
-    path = write_spec(tmp_path / "banking.yaml", tag=tag, database=database, port=pg_server.port,
-                      connect_url=kafka_connect.rest_url, bootstrap=tansu_broker.bootstrap_servers,
-                      s3_endpoint=s3_server.endpoint_url, bucket=bucket, state_dir=tmp_path / "state")
-    create_application_tables(StackHarness(path, database, tag, pg_server, kafka_connect, pg_server.password))
-    resolved = load_spec(path, env=ENV)
-    try:
-        yield resolved, lambda sql: pg_server.execute(sql, dbname=database)
-    finally:
-        ConnectClient(kafka_connect.rest_url).delete(resolved.spec.cdc.connector)
-        drop_slot(pg_server, database, resolved.spec.cdc.slot)
-        pg_server.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    with fresh_stack(tmp_path, pg_server, tansu_broker, kafka_connect, s3_server, "faults") as created:
+        yield created
 
 
 @pytest.mark.timeout(600)
