@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Iterator
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -136,19 +137,34 @@ def _json_families() -> list[tuple[str, bytes, bool]]:
         ("bigint 2^63", col("id", 2**63), False),
         ("date 2^40 days", col("d", 2**40), False),
         ("date 2^31 days", col("d", 2**31), False),
-        ("date a day after Postgres' last", col("d", DATE_DAYS[1] + 1), False),
-        ("date Postgres' last", col("d", DATE_DAYS[1]), True),
-        ("date a day before Postgres' first", col("d", DATE_DAYS[0] - 1), False),
-        ("date Postgres' first", col("d", DATE_DAYS[0]), True),
+        ("date a day after 9999", col("d", DATE_DAYS[1] + 1), False),
+        ("date 9999-12-31", col("d", DATE_DAYS[1]), True),
+        ("date a day before the year 1", col("d", DATE_DAYS[0] - 1), False),
+        ("date 0001-01-01", col("d", DATE_DAYS[0]), True),
+        ("date Postgres' last, 5874897-12-31", col("d", 2_145_042_905), False),
+        ("date Postgres' first, 4714-11-24 BC", col("d", -2_440_588), False),
+        ("date Debezium's infinity", col("d", -2_147_472_693), False),
+        ("date Debezium's -infinity", col("d", -2_147_472_692), False),
         ("time negative", col("tm", -1), False),
         ("time 24:00:00", col("tm", TIME_US[1] + 1), False),
         ("time 2^62", col("tm", 2**62), False),
         ("time at its end", col("tm", TIME_US[1]), True),
-        ("timestamp before 4714 BC", col("ts", TIMESTAMP_US[0] - 1), False),
-        ("timestamp at 4714 BC", col("ts", TIMESTAMP_US[0]), True),
-        ("timestamp at int64's end", col("ts", TIMESTAMP_US[1]), True),
+        ("timestamp a µs before the year 1", col("ts", TIMESTAMP_US[0] - 1), False),
+        ("timestamp at the year 1", col("ts", TIMESTAMP_US[0]), True),
+        ("timestamp at the end of 9999", col("ts", TIMESTAMP_US[1]), True),
+        ("timestamp a µs after 9999", col("ts", TIMESTAMP_US[1] + 1), False),
+        ("timestamp at 4714 BC", col("ts", -210_866_803_200_000_000), False),
+        ("timestamp Debezium's infinity", col("ts", 9_223_372_036_825_200_000), False),  # was a row in 294247
+        ("timestamp Debezium's -infinity", col("ts", -9_223_372_036_832_400_000), False),
+        ("timestamp at int64's end", col("ts", 2**63 - 1), False),
         ("timestamp beyond int64", col("ts", 2**63), False),
         ("timestamptz year 99999", col("tstz", "99999-01-01T00:00:00Z"), False),
+        ("timestamptz +10000", col("tstz", "+10000-01-01T00:00:00Z"), False),
+        ("timestamptz year 0 (1 BC)", col("tstz", "0000-06-01T00:00:00Z"), False),  # Arrow reads it: a crash later
+        ("timestamptz -0043 (44 BC)", col("tstz", "-0043-03-15T00:00:00Z"), False),
+        ("timestamptz infinity", col("tstz", "infinity"), False),
+        ("timestamptz at the year 1", col("tstz", "0001-01-01T00:00:00.000000Z"), True),
+        ("timestamptz with an offset", col("tstz", "2000-01-01T05:30:00+05:30"), True),
         ("numeric as a JSON number", col("m", 1.5), False),
         ("varchar(20) with 21 characters", col("v", "x" * 21), False),
         ("char(3) with 4 characters", col("c", "abcd"), False),
@@ -344,6 +360,185 @@ def test_the_text_paths_end_each_family_as_the_debezium_paths_do(snapshot: bool)
     assert "ab " in kept and "é中x" in kept  # char(3): blanks beyond 3 trimmed, as Postgres stores it
 
 
+
+# ---------------------------------------------------------------- dates and timestamps: the years 1 to 9999
+
+_EPOCH = datetime(1970, 1, 1)
+_CYCLE_DAYS = 146_097  # the proleptic Gregorian calendar repeats every 400 years
+
+
+def _days_and_clock(text: str) -> tuple[int, int]:
+    """(days since 1970-01-01, µs into the day) of Postgres text (DateStyle=ISO, offset +00), in any year: the
+    year shifted by 400-year cycles into `datetime`'s range (an independent reckoning from the one under test)."""
+    bc = text.endswith(" BC")
+    body = text.removesuffix(" BC").removesuffix("+00")
+    date_part, _, clock = body.partition(" ")
+    year_text, month, day = date_part.rsplit("-", 2)
+    year = 1 - int(year_text) if bc else int(year_text)
+    cycles = (5000 - year) // 400
+    shifted = datetime.fromisoformat(f"{year + 400 * cycles:04d}-{month}-{day} {clock or '00:00:00'}")
+    delta = shifted - _EPOCH
+    return delta.days - cycles * _CYCLE_DAYS, delta.seconds * 1_000_000 + delta.microseconds
+
+
+def _iso_year(year: int) -> str:
+    """A year as Java's ISO_LOCAL_DATE writes it (Debezium's ZonedTimestamp): +10000, 2024, 0000, -0043."""
+    return f"+{year}" if year > 9999 else f"{year:04d}" if year >= 0 else f"-{-year:04d}"
+
+
+def _debezium_image(kind: str, text: str) -> Any:
+    """Debezium 3.x's JSON value of a Postgres date, timestamp or timestamptz text (adaptive_time_microseconds):
+    days, µs since 1970-01-01, or ZonedTimestamp's ISO text in UTC; infinity as Debezium writes it."""
+    if text in ("infinity", "-infinity"):
+        sign = text == "infinity"
+        return {"date": -2_147_472_693 if sign else -2_147_472_692,
+                "timestamp": 9_223_372_036_825_200_000 if sign else -9_223_372_036_832_400_000}.get(kind, text)
+    days, clock = _days_and_clock(text)
+    if kind == "date":
+        return days
+    if kind == "timestamp":
+        return days * 86_400_000_000 + clock
+    year, month_day = int(text.split("-")[0]), text.split(" ")[0][-6:]
+    year = 1 - year if text.endswith(" BC") else year
+    seconds, fraction = divmod(clock, 1_000_000)
+    return (f"{_iso_year(year)}{month_day}T{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+            f".{fraction:06d}Z")
+
+
+_BEFORE, _AFTER = "(before the year 1)", "(after the year 9999)"
+# (column, Postgres text, what it ends as: the exact value of its row, or the words its dead letter's reason says)
+TEMPORAL: list[tuple[str, str, Any]] = [
+    ("d", "0001-01-01", date(1, 1, 1)),
+    ("d", "9999-12-31", date(9999, 12, 31)),
+    ("d", "1582-10-10", date(1582, 10, 10)),  # proleptic Gregorian, as Postgres: no Julian gap
+    ("d", "2024-02-29", date(2024, 2, 29)),
+    ("d", "0001-12-31 BC", f"0001-12-31 BC cannot be carried in a date column {_BEFORE}"),
+    ("d", "0044-03-15 BC", f"0044-03-15 BC cannot be carried in a date column {_BEFORE}"),
+    ("d", "4714-11-24 BC", f"4714-11-24 BC cannot be carried in a date column {_BEFORE}"),
+    ("d", "10000-01-01", f"10000-01-01 cannot be carried in a date column {_AFTER}"),
+    ("d", "5874897-12-31", f"5874897-12-31 cannot be carried in a date column {_AFTER}"),
+    ("d", "infinity", "infinity cannot be carried in a date column (Arrow's date32[day] has no infinity)"),
+    ("d", "-infinity", "-infinity cannot be carried in a date column (Arrow's date32[day] has no -infinity)"),
+    ("ts", "0001-01-01 00:00:00", datetime(1, 1, 1)),
+    ("ts", "9999-12-31 23:59:59.999999", datetime(9999, 12, 31, 23, 59, 59, 999_999)),
+    ("ts", "1969-12-31 23:59:59.000001", datetime(1969, 12, 31, 23, 59, 59, 1)),
+    ("ts", "0001-12-31 23:59:59.999999 BC",
+     f"0001-12-31 23:59:59.999999 BC cannot be carried in a timestamp column {_BEFORE}"),
+    ("ts", "2000-01-01 00:00:00 BC", f"2000-01-01 00:00:00 BC cannot be carried in a timestamp column {_BEFORE}"),
+    ("ts", "10000-01-01 00:00:00", f"10000-01-01 00:00:00 cannot be carried in a timestamp column {_AFTER}"),
+    ("ts", "100000-07-01 12:00:00.5", f"100000-07-01 12:00:00.5 cannot be carried in a timestamp column {_AFTER}"),
+    ("ts", "infinity", "infinity cannot be carried in a timestamp column (Arrow's timestamp[us] has no infinity)"),
+    ("ts", "-infinity", "-infinity cannot be carried in a timestamp column (Arrow's timestamp[us] has no -infinity)"),
+    ("tstz", "0001-01-01 00:00:00+00", datetime(1, 1, 1, tzinfo=timezone.utc)),
+    ("tstz", "9999-12-31 23:59:59.999999+00", datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=timezone.utc)),
+    ("tstz", "2000-01-01 00:00:00.123456+00", datetime(2000, 1, 1, 0, 0, 0, 123_456, tzinfo=timezone.utc)),
+    ("tstz", "0001-12-31 23:59:59.999999+00 BC",  # Debezium: "0000-12-31T…": Arrow reads year 0, Python cannot
+     f"0001-12-31 23:59:59.999999+00 BC cannot be carried in a timestamptz column {_BEFORE}"),
+    ("tstz", "0044-03-15 12:00:00+00 BC",
+     f"0044-03-15 12:00:00+00 BC cannot be carried in a timestamptz column {_BEFORE}"),
+    ("tstz", "10000-01-01 00:00:00+00", f"10000-01-01 00:00:00+00 cannot be carried in a timestamptz column {_AFTER}"),
+    ("tstz", "infinity",
+     "infinity cannot be carried in a timestamptz column (Arrow's timestamp[us, tz=UTC] has no infinity)"),
+    ("tstz", "-infinity",
+     "-infinity cannot be carried in a timestamptz column (Arrow's timestamp[us, tz=UTC] has no -infinity)"),
+]
+_KINDS = {"d": "date", "ts": "timestamp", "tstz": "timestamptz"}
+
+
+def test_the_debezium_images_are_debeziums() -> None:
+    """The corpus's Debezium values, checked against values Debezium is known to write."""
+    assert _debezium_image("date", "1970-01-02") == 1 and _debezium_image("date", "0001-01-01") == -719_162
+    assert _debezium_image("date", "0001-12-31 BC") == -719_163  # 1 BC is year 0, a leap year
+    assert _debezium_image("timestamp", "1969-12-31 23:59:59.000001") == -999_999
+    assert _debezium_image("timestamptz", "2000-01-01 00:00:00+00") == "2000-01-01T00:00:00.000000Z"
+    assert _debezium_image("timestamptz", "0044-03-15 12:00:00+00 BC") == "-0043-03-15T12:00:00.000000Z"
+    assert _debezium_image("timestamptz", "10000-01-01 00:00:00+00") == "+10000-01-01T00:00:00.000000Z"
+
+
+def _temporal_stream() -> tuple[list[list[bytes | None]], list[bytes], list[int]]:
+    """The corpus among good rows: text rows, their Debezium values, and the indexes of the corpus's rows."""
+    rows: list[list[bytes | None]] = []
+    values: list[bytes] = []
+    at: list[int] = []
+    for name, text, _expected in TEMPORAL:
+        for _ in range(2):  # a good row before each, so a dead letter never shifts a neighbour
+            rows.append(list(_GOOD_TEXT))
+        at.append(len(rows))
+        rows.append(_text_row(**{name: text.encode()}))
+    for n in range(len(rows)):
+        event = _event_of(_GOOD_TEXT, n)
+        if n in at:
+            name, text, _ = TEMPORAL[at.index(n)]
+            event["after"][name] = _debezium_image(_KINDS[name], text)
+        values.append(_dumps(event))
+    return rows, values, at
+
+
+def _explained(reason: str) -> str:
+    """A dead-letter reason without its value as the path read it (text, days, µs or ISO): what it says of it."""
+    head, _, why = reason.partition(": cannot convert ")
+    return head + ": " + why.split(": ", 1)[1]
+
+
+@pytest.mark.parametrize("snapshot", [False, True], ids=["pgoutput", "copy-snapshot"])
+def test_dates_and_timestamps_end_alike_on_every_path(snapshot: bool) -> None:
+    """BC, beyond 9999 and ±infinity, in dates and timestamps with and without zone: the same rows with the same
+    exact values, the same dead letters at the same positions, for the same reason, on all five paths."""
+    rows, values, at = _temporal_stream()
+    text = _text_path(rows, snapshot=snapshot)
+    text_table = text.to_arrow("k")
+    text_dead = sorted(text.dead_letters, key=lambda d: d.position)
+    json_table, json_dead = _assert_paths_agree(values, [LsnPosition(1000, 900 + n) for n in range(len(rows))])
+
+    bad = [n for n, (_name, _text, expected) in zip(at, TEMPORAL, strict=True) if isinstance(expected, str)]
+    assert [d.position for d in text_dead] == [p for p, _ in json_dead] == [LsnPosition(1000, 900 + n) for n in bad]
+    reasons = {n: expected for n, (_name, _t, expected) in zip(at, TEMPORAL, strict=True) if n in bad}
+    for n, text_letter, (_, json_reason) in zip(bad, text_dead, json_dead, strict=True):
+        column = TEMPORAL[at.index(n)][0]
+        assert text_letter.reason.startswith(f"column {column!r}: cannot convert {TEMPORAL[at.index(n)][1]!r}: ")
+        assert reasons[n] in text_letter.reason and "years 1 to 9999" in text_letter.reason
+        assert _explained(json_reason) == _explained(text_letter.reason), (json_reason, text_letter.reason)
+
+    if snapshot:
+        text_table = text_table.drop_columns(["_op", "_lsn"])
+        json_table = json_table.drop_columns(["_op", "_lsn"])
+    assert text_table.equals(json_table)
+    kept = {r["id"]: r for r in text_table.select(["id", "d", "ts", "tstz"]).to_pylist()}  # Python can read all
+    for n, (name, _text, expected) in zip(at, TEMPORAL, strict=True):
+        if not isinstance(expected, str):
+            assert kept[n + 1][name] == expected, (name, _text)
+    assert len(kept) == len(rows) - len(bad)
+
+
+def test_the_c_decoder_refuses_dates_and_timestamps_beyond_the_years() -> None:
+    """It stops at them (the Python paths then say why) and takes the years' first and last values."""
+    _rows, values, at = _temporal_stream()
+    taken = list(_scan([values[n] for n in at]))
+    for (name, text, expected), count in zip(TEMPORAL, taken, strict=True):
+        if name != "tstz":  # a timestamptz is a string to the C decoder: its cast refuses it
+            assert count == (0 if isinstance(expected, str) else 1), (name, text)
+
+
+def test_the_years_first_and_last_values_load_into_duckdb_exactly(tmp_path: Path) -> None:
+    """What the lake carries, a warehouse reads back: the edge rows through the lake writer's Parquet into DuckDB."""
+    import duckdb
+
+    rows, _values, at = _temporal_stream()
+    writer = LakeWriter(LocalFileSystem(auto_mkdir=True), str(tmp_path),
+                        Lake(url=f"file://{tmp_path}", layout="{table}/date={date}"))
+    written = writer.write_batch(_text_path(rows))
+    bad = sum(isinstance(expected, str) for _n, _t, expected in TEMPORAL)
+    assert (written.rows, written.dead_letters) == (len(rows) - bad, bad) and written.key is not None
+    path = str(tmp_path / written.key.split(str(tmp_path))[-1].lstrip("/"))
+    with duckdb.connect() as db:
+        db.execute("SET TimeZone = 'UTC'")
+        got = dict(((i, c), v) for i, *cols in db.execute(f"SELECT id, d, ts, tstz FROM '{path}'").fetchall()
+                   for c, v in zip(("d", "ts", "tstz"), cols, strict=True))
+    for n, (name, _text, expected) in zip(at, TEMPORAL, strict=True):
+        if not isinstance(expected, str):
+            assert got[(n + 1, name)] == expected, (name, _text)
+
+
 def test_random_corruptions_of_the_corpus_agree_on_every_path() -> None:
     """The mutation fuzz of `test_lake_native_decoder`, on the poison corpus and the good values, all paths."""
     rng = random.Random(20261201)
@@ -366,10 +561,12 @@ def test_the_c_decoder_takes_what_fits_and_leaves_the_rest_to_the_python_paths()
     """It stops at a value out of its column's bounds instead of raising (the poison message that was)."""
     taken = dict(zip([name for name, _, _ in CORPUS], _scan([v for _, v, _ in CORPUS]), strict=True))
     for name in ("json: smallint 70000", "json: integer 2^40", "json: date 2^40 days", "json: time 2^62",
+                 "json: date Debezium's infinity", "json: timestamp Debezium's infinity",
+                 "json: date a day after 9999", "json: timestamp a µs before the year 1",
                  "json: source.lsn negative", "json: source.txId negative", "json: source.ts_us 2^62",
                  "json: nesting beyond the bound, top level", "json: nesting beyond the bound, in source"):
         assert taken[name] == 0, name
-    for name in ("json: date Postgres' last", "json: time at its end", "json: source.ts_us at the end of 9999",
+    for name in ("json: date 9999-12-31", "json: time at its end", "json: source.ts_us at the end of 9999",
                  "json: nesting at the bound, top level", "json: nesting at the bound, in source"):
         assert taken[name] == 1, name
 
@@ -411,9 +608,11 @@ _VALUE_POOLS: dict[str, list[Any]] = {
     "id": [None, 1, 2**63 - 1, -(2**63)],
     "i": _edges(-(2**31), 2**31 - 1),
     "s": _edges(-(2**15), 2**15 - 1),
-    "d": _edges(*DATE_DAYS),
+    "d": [*_edges(*DATE_DAYS), -2_147_472_693, -2_147_472_692, -2_440_588, 2_145_042_905],
     "tm": _edges(*TIME_US),
-    "ts": _edges(TIMESTAMP_US[0], 2**62),
+    "ts": [*_edges(*TIMESTAMP_US), 9_223_372_036_825_200_000, -9_223_372_036_832_400_000, 2**62],
+    "tstz": ["0001-01-01T00:00:00Z", "0000-12-31T23:59:59.999999Z", "9999-12-31T23:59:59.999999Z", "infinity",
+             "+10000-01-01T00:00:00Z", "-0043-03-15T00:00:00.000000Z", "-infinity", "2000-01-01T00:00:00+01:00"],
     "v": ["", "x" * 19, "x" * 20, "x" * 21, "é" * 20, "é" * 21, "x" * 20 + " "],
     "c": ["", "a", "abc", "abcd", "ab ", "abc ", "abc    ", " abc", "中中中", "中中中中"],
     "u": ["a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a1", "x" * 36],
