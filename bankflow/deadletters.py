@@ -183,11 +183,11 @@ def _reason_kind(reason: str) -> str:
 
 
 def _position(data: Any) -> Any:
-    from bankflow.lake.positions import KafkaPosition, LsnPosition
+    from bankflow.lake.positions import KafkaPosition, lsn_position_of_json
 
     if isinstance(data, dict):
         if "commit_lsn_int" in data:
-            return LsnPosition(int(data["commit_lsn_int"]), int(data["lsn_int"]))
+            return lsn_position_of_json(data)
         if "offset" in data:
             return KafkaPosition(int(data["partition"]), int(data["offset"]))
     raise ValueError(f"not a position: {data!r}")

@@ -90,9 +90,16 @@ class _JsonRows:
         return self.lsns, self.tx_ids, self.ts_us
 
 
+_Run = tuple[int, int | None, int | None, int, int | None, int | None]
+
+
 class _TextRows:
     """Rows as the built-in reader appends them: text per column, op and change LSN per row, and runs of rows
-    that share a transaction: (first row, xid, commit ts µs, commit lsn, _lsn override for snapshot rows or None)."""
+    that share a transaction: (first row, xid, commit ts µs, commit lsn, _lsn override for snapshot rows or None,
+    index of the run's first row in its transaction or None). Inside a run the index goes up by one per row, so
+    a row's position (commit lsn, change lsn, seq = index) costs nothing per row; a gap in the indexes (an event of
+    the transaction that is not a row here: a dead letter, a skipped replay) starts a new run. Runs without an
+    index (snapshot rows, backfill chunks: their "LSN" is a row number) have index 0 throughout."""
 
     __slots__ = ("cols", "lsns", "names", "ops", "runs", "starts", "table")
 
@@ -102,29 +109,44 @@ class _TextRows:
         self.cols: list[list[Any]] = [[] for _ in names]
         self.ops: list[str] = []
         self.lsns: list[int] = []
-        self.runs: list[tuple[int, int | None, int | None, int, int | None]] = []
+        self.runs: list[_Run] = []
         self.starts: list[int] = []  # first row of each run, for bisecting
 
-    def begin(self, commit_lsn: int, xid: int | None, commit_ts_us: int | None, lsn_override: int | None) -> None:
+    def begin(self, commit_lsn: int, xid: int | None, commit_ts_us: int | None, lsn_override: int | None,
+              first_index: int | None = None) -> None:
         start = len(self.ops)
         if self.runs and self.runs[-1][0] == start:  # the previous run got no rows
             self.runs.pop()
             self.starts.pop()
-        self.runs.append((start, xid, commit_ts_us, commit_lsn, lsn_override))
+        self.runs.append((start, xid, commit_ts_us, commit_lsn, lsn_override, first_index))
         self.starts.append(start)
 
-    def _run(self, i: int) -> tuple[int, int | None, int | None, int, int | None]:
+    def _run(self, i: int) -> _Run:
         return self.runs[bisect_right(self.starts, i) - 1]
 
+    @staticmethod
+    def _index(run: _Run, i: int) -> int:
+        first = run[5]
+        return 0 if first is None else first + i - run[0]
+
+    def next_index(self) -> int | None:
+        """The index the next row continues the last run with (None: no run, or a run without indexes)."""
+        if not self.runs or self.runs[-1][5] is None:
+            return None
+        return self._index(self.runs[-1], len(self.ops))
+
     def last_position(self) -> LsnPosition:
-        return LsnPosition(self.runs[-1][3], self.lsns[-1])
+        run = self.runs[-1]
+        last = len(self.ops) - 1
+        return LsnPosition(run[3], self.lsns[last], self._index(run, last))
 
     def position(self, i: int) -> LsnPosition:
-        return LsnPosition(self._run(i)[3], self.lsns[i])
+        run = self._run(i)
+        return LsnPosition(run[3], self.lsns[i], self._index(run, i))
 
     def event(self, i: int) -> dict[str, Any]:
         """Row `i` as a Debezium-shaped event (what its dead letter keeps)."""
-        _start, xid, ts, commit, override = self._run(i)
+        _start, xid, ts, commit, override, _index = self._run(i)
         op = self.ops[i]
         values = {n: (c[i].decode(errors="replace") if isinstance(c[i], bytes) else c[i])
                   for n, c in zip(self.names, self.cols, strict=True)}
@@ -137,13 +159,13 @@ class _TextRows:
         spans = list(zip(self.runs, [*self.starts[1:], len(self.ops)], strict=True))
         xids: list[int | None] = []
         tss: list[int | None] = []
-        for (start, xid, ts, _commit, _override), end in spans:
+        for (start, xid, ts, _commit, _override, _index), end in spans:
             xids.extend([xid] * (end - start))
             tss.extend([ts] * (end - start))
         if all(run[4] is None for run in self.runs):
             return self.lsns, xids, tss
         lsns: list[int] = []
-        for (start, _xid, _ts, _commit, override), end in spans:
+        for (start, _xid, _ts, _commit, override, _index), end in spans:
             lsns.extend([override] * (end - start) if override is not None else self.lsns[start:end])
         return lsns, xids, tss
 
@@ -350,29 +372,33 @@ class TableBatch:
 
         Contract per row: one value (bytes text or None) appended to every column list, the op to `ops`, the
         change LSN to `lsns`, `approx_bytes` increased; `begin_text_tx` before the first row of each
-        transaction in this batch. Positions, event counts and CDC columns all derive from these lists. A flush
+        transaction in this batch, and again whenever the next row's index in its transaction is not the one
+        after the previous row's. Positions, event counts and CDC columns all derive from these lists. A flush
         (`to_arrow`) starts new lists: call this again after one.
         """
         pending = self._text_rows()
         return pending.cols, pending.ops, pending.lsns
 
     def begin_text_tx(self, commit_lsn: int, xid: int | None, commit_ts_us: int | None, first_lsn: int,
-                      lsn_override: int | None = None) -> None:
+                      lsn_override: int | None = None, first_index: int | None = None) -> None:
         """Start a run of rows from one transaction (xid and commit time are per transaction in pgoutput).
 
-        Snapshot rows pass their row number as the "LSN" (it orders them in the file key) and the slot's
-        consistent point as `lsn_override`, the `_lsn` every snapshot row carries.
+        `first_index`: the index of the run's first row among its table's events in the transaction; the rows
+        after it follow one by one (positions `LsnPosition(commit_lsn, lsn, seq)`). Snapshot rows and backfill
+        chunks pass none (index 0): their row number is the "LSN" (it orders them in the file key), and
+        `lsn_override` the `_lsn` every row of the run carries.
         """
-        self._text_rows().begin(commit_lsn, xid, commit_ts_us, lsn_override)
-        self._touch(LsnPosition(commit_lsn, first_lsn), commit_ts_us)
+        self._text_rows().begin(commit_lsn, xid, commit_ts_us, lsn_override, first_index)
+        self._touch(LsnPosition(commit_lsn, first_lsn, first_index or 0), commit_ts_us)
 
     def append_text_row(self, op: str, values: list[Any], position: LsnPosition, xid: int | None,
                         commit_ts_us: int | None) -> None:
         """The fast path for one row (values in spec column order, bytes text or None)."""
         pending = self._text_rows()
         runs = pending.runs
-        if not runs or runs[-1][3] != position.commit or runs[-1][1] != xid:
-            self.begin_text_tx(position.commit, xid, commit_ts_us, position.lsn)
+        if (not runs or runs[-1][3] != position.commit or runs[-1][1] != xid
+                or pending.next_index() != position.seq):
+            self.begin_text_tx(position.commit, xid, commit_ts_us, position.lsn, first_index=position.seq)
         for col, value in zip(pending.cols, values, strict=True):
             col.append(value)
         pending.ops.append(op)

@@ -15,6 +15,16 @@ them twice. So on start, per stream (a table for the built-in reader, a topic pa
   position;
 - time- and size-based flushing resumes only after the last cut.
 
+Both need positions that name one event each: a Kafka offset does; on the built-in reader the change LSN alone
+does not (many rows of a COPY or multi-row INSERT share one, and a key change is two events at one), so its
+positions carry the event's index in its transaction (`bankflow.lake.positions.LsnPosition`).
+
+A replay that cannot reproduce an orphan exactly (the event at its last position never comes, or the replayed
+batch would start elsewhere than the orphan) would leave the lake with events twice or not at all. A *strict*
+plan (the built-in reader's) raises `ReplayMismatch` then, so the run stops with an error instead of going on;
+a plan that is not strict (the Kafka consumer's, whose offsets can vanish by retention or compaction) warns and
+cuts where it is, so the cuts after it stay aligned.
+
 "Acknowledged" is one rule for every position kind: a position is acknowledged when it sorts before the
 *resume position*, the first position the source sends again (`lsn_resume`, `kafka_resume`).
 
@@ -30,12 +40,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from bankflow.errors import StageError
 from bankflow.lake.positions import KafkaPosition, LsnPosition
 from bankflow.lake.writer import LakeFile
 
 log = logging.getLogger(__name__)
 
 P = TypeVar("P", LsnPosition, KafkaPosition)
+
+
+class ReplayMismatch(StageError):
+    """A replay that cannot reproduce the files a crashed run left behind: going on would lose or duplicate."""
 
 
 def lsn_resume(confirmed_flush_lsn: int) -> LsnPosition:
@@ -59,15 +74,19 @@ def _same_stream(file: LakeFile, resume: LsnPosition | KafkaPosition) -> bool:
 class ReplayPlan(Generic[P]):
     cuts: list[LakeFile] = field(default_factory=list)
     skip_until: P | None = None
+    strict: bool = False  # raise ReplayMismatch instead of warning when an orphan cannot be reproduced
+    _skip_file: str = ""  # the key of the straddling file being skipped (for the error)
 
     @classmethod
-    def resume(cls, files: Sequence[LakeFile], resume: P) -> ReplayPlan[P]:
+    def resume(cls, files: Sequence[LakeFile], resume: P, *, strict: bool = False) -> ReplayPlan[P]:
         """The plan for a stream the source resends from `resume` on: positions before it are acknowledged.
 
         Files of other streams in `files` (another Kafka partition, another position kind) are ignored.
         """
         mine = [f for f in files if _same_stream(f, resume)]
-        return cls.from_files(mine, lambda position: bool(position < resume))
+        plan = cls.from_files(mine, lambda position: bool(position < resume))
+        plan.strict = strict
+        return plan
 
     @classmethod
     def from_files(cls, files: Sequence[LakeFile], is_acked: Callable[[P], bool]) -> ReplayPlan[P]:
@@ -78,6 +97,7 @@ class ReplayPlan(Generic[P]):
             if is_acked(f.first):
                 if plan.skip_until is None or f.last > plan.skip_until:
                     plan.skip_until = f.last
+                    plan._skip_file = f.key
             else:
                 plan.cuts.append(f)
         return plan
@@ -95,25 +115,44 @@ class ReplayPlan(Generic[P]):
         return text
 
     def skip(self, position: P) -> bool:
-        """True for a replayed event that is already durable in a straddling file."""
-        if self.skip_until is None:
+        """True for a replayed event that is already durable in a straddling file (up to and including the
+        event at its last position, which ends the skip).
+
+        An event after that position while the skip is still on means the event at it never came back: the
+        straddling file holds events the replay cannot line up with (strict: `ReplayMismatch`).
+        """
+        until = self.skip_until
+        if until is None:
             return False
-        if position <= self.skip_until:
+        if position < until:
             return True
         self.skip_until = None
+        if position == until:
+            return True
+        if self.strict:
+            raise ReplayMismatch(
+                f"replay passed the end {until} of the straddling file {self._skip_file} at {position} without "
+                "meeting it: the events after the acknowledged position cannot be lined up with the lake, so the "
+                "stream stops here instead of losing or duplicating them (nothing after the acknowledged "
+                "position was acknowledged)")
         return False
 
     def cut_due(self, position: P) -> LakeFile | None:
         """The orphan whose last event this is (flush now, this event included, to reproduce it), else None.
 
         If the replay passed an orphan's last position without meeting it (the source no longer has that
-        event), that orphan cannot be reproduced: it is dropped from the plan with a warning and the batch is
-        cut here, so the cuts after it stay aligned.
+        event), that orphan cannot be reproduced: strict, `ReplayMismatch`; otherwise it is dropped from the plan
+        with a warning and the batch is cut here, so the cuts after it stay aligned.
         """
         due = None
         while self.cuts and position >= self.cuts[0].last:
             due = self.cuts.pop(0)
             if position != due.last:
+                if self.strict:
+                    raise ReplayMismatch(
+                        f"replay passed the end {due.last} of orphan {due.key} at {position} without meeting it: "
+                        "the orphan cannot be reproduced, so the stream stops here instead of writing its events "
+                        "under another key (nothing after the acknowledged position was acknowledged)")
                 log.warning("replay passed the end %s of orphan %s at %s without meeting it: the lake may "
                             "hold duplicates of its events", due.last, due.key, position)
         return due

@@ -162,3 +162,63 @@ def test_numeric_specials_are_dead_letters_not_floats(value: bytes) -> None:
     row[3] = value
     batch = _text_batch([row])
     assert batch.to_arrow("k").num_rows == 0 and len(batch.dead_letters) == 1
+
+
+def _two_columns() -> TableBatch:
+    return TableBatch(Table(name="t", primary_key=["id"], columns=[Column(name="id", type="bigint", nullable=False),
+                                                                    Column(name="m", type="numeric(10,2)")]))
+
+
+def test_rows_sharing_a_change_lsn_get_consecutive_positions_from_their_runs_first_index() -> None:
+    """The fast path: a run stores its first index once; every row's position derives from it (no per-row cost)."""
+    batch = _two_columns()
+    cols, ops, lsns = batch.text_sink()
+    batch.begin_text_tx(9000, 5, COMMIT_TS, 800, first_index=3)  # a transaction already 3 events in (last batch)
+    for i, m in enumerate([b"1.00", b"oops", b"3.00", b"4.00"]):
+        cols[0].append(str(i).encode())
+        cols[1].append(m)
+        ops.append("c")
+        lsns.append(800)  # one multi-insert WAL record
+    assert batch.first_position == LsnPosition(9000, 800, 3) and batch.last_position == LsnPosition(9000, 800, 6)
+    # a gap in the indexes (an event of the transaction that is not a row here) starts a new run
+    batch.append_text_row("c", [b"9", b"9.00"], LsnPosition(9000, 800, 9), 5, COMMIT_TS)
+    batch.append_text_row("c", [b"10", b"10.00"], LsnPosition(9000, 810, 10), 5, COMMIT_TS)
+    assert batch.last_position == LsnPosition(9000, 810, 10)
+    table = batch.to_arrow("k")
+    assert table["id"].to_pylist() == [0, 2, 3, 9, 10] and set(table["_lsn"].to_pylist()) == {800, 810}
+    assert [d.position for d in batch.dead_letters] == [LsnPosition(9000, 800, 4)]  # the bad value's own position
+
+
+def test_snapshot_runs_have_row_numbers_as_lsns_and_seq_zero() -> None:
+    batch = _two_columns()
+    for row_no in (0, 2):  # two pieces of a snapshot, one run each
+        cols, ops, lsns = batch.text_sink()
+        batch.begin_text_tx(7000, 1, COMMIT_TS, row_no, lsn_override=6999)
+        for i in range(row_no, row_no + 2):
+            cols[0].append(str(i).encode())
+            cols[1].append(b"1.00")
+            ops.append("r")
+            lsns.append(i)
+    assert batch.first_position == LsnPosition(7000, 0, 0) and batch.last_position == LsnPosition(7000, 3, 0)
+    assert batch.to_arrow("k")["_lsn"].to_pylist() == [6999] * 4
+
+
+def test_lsn_positions_with_seq_format_fixed_width_sort_and_parse_back() -> None:
+    from bankflow.lake.positions import (
+        format_span,
+        lsn_position_of_json,
+        parse_file_name,
+        parse_span,
+        position_json,
+    )
+
+    a, b = LsnPosition(0x20, 0x10, 9), LsnPosition(0x20, 0x10, 10)
+    span = format_span(a, b)
+    assert span == "0000000000000020.0000000000000010.00000009-0000000000000020.0000000000000010.0000000A"
+    assert parse_span(span) == (a, b) and format_span(a, a) < format_span(b, b)
+    assert parse_file_name(f"my-table-{span}.parquet") == ("my-table", a, b)
+    assert parse_file_name(f"my-table-snapshot-{span}.jsonl") == ("my-table-snapshot", a, b)
+    assert lsn_position_of_json(position_json(b)) == b
+    assert lsn_position_of_json({"commit_lsn_int": 32, "lsn_int": 16}) == LsnPosition(32, 16, 0)  # older record
+    with pytest.raises(ValueError, match="index in its transaction"):
+        format_span(LsnPosition(1, 1, -1), b)

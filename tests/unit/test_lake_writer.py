@@ -30,9 +30,11 @@ def _event(i: int, ts: int = TS_2024_03_05) -> dict:
 def test_spans_are_fixed_width_sortable_and_parse_back() -> None:
     a = format_span(LsnPosition(0x16B3A28, 0x16B3A00), LsnPosition(0x16B3A28, 0x16B3A10))
     b = format_span(LsnPosition(0x1000000000, 1), LsnPosition(0x1000000000, 2))
-    assert a == "00000000016B3A28.00000000016B3A00-00000000016B3A28.00000000016B3A10"
+    assert a == "00000000016B3A28.00000000016B3A00.00000000-00000000016B3A28.00000000016B3A10.00000000"
     assert a < b and len(a) == len(b)
     assert parse_span(a) == (LsnPosition(0x16B3A28, 0x16B3A00), LsnPosition(0x16B3A28, 0x16B3A10))
+    # keys written before positions carried `seq` parse with seq 0
+    assert parse_span("00000000016B3A28.00000000016B3A00-00000000016B3A28.00000000016B3A10") == parse_span(a)
     k = format_span(KafkaPosition(3, 9), KafkaPosition(3, 10))
     assert k == "p00003-00000000000000000009-00000000000000000010"
     assert parse_file_name(f"bank.public.accounts-{k}.parquet") == ("bank.public.accounts", KafkaPosition(3, 9),

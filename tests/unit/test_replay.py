@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from bankflow.lake.positions import KafkaPosition, LsnPosition
-from bankflow.lake.replay import ReplayPlan, kafka_resume, lsn_resume
+from bankflow.lake.replay import ReplayMismatch, ReplayPlan, kafka_resume, lsn_resume
 from bankflow.lake.writer import LakeFile
 
 
@@ -61,3 +61,40 @@ def test_a_replay_that_passes_an_orphans_end_cuts_there_and_warns(caplog: pytest
     assert due is not None and due.key == "p0-3-4" and [f.key for f in plan.cuts] == ["p0-5-9"]
     assert "may hold duplicates" in caplog.text
     assert "p0-0-2" in caplog.text and "p0-3-4" in caplog.text
+
+
+def seq_file(first: tuple[int, int, int], last: tuple[int, int, int]) -> LakeFile:
+    return LakeFile(f"seq-{first}-{last}", "t", LsnPosition(*first), LsnPosition(*last))
+
+
+def test_rows_at_one_lsn_are_cut_and_skipped_exactly_by_their_index() -> None:
+    """A multi-insert puts many rows at one change LSN: without `seq` a cut fired at the first of them and a skip
+    swallowed all of them."""
+    straddling = seq_file((10, 5, 0), (20, 7, 3))  # ends in the middle of the rows at LSN 7
+    orphans = [seq_file((20, 7, 4), (20, 7, 8)), seq_file((20, 7, 9), (20, 9, 12))]
+    plan = ReplayPlan.resume([straddling, *orphans], lsn_resume(15), strict=True)
+    events = [LsnPosition(20, 7, i) for i in range(10)] + [LsnPosition(20, 9, i) for i in range(10, 13)]
+    skipped = [e for e in events if plan.skip(e)]
+    assert skipped == events[:4] and plan.skip_until is None
+    cuts = [(e, due.key) for e in events[4:] if (due := plan.cut_due(e)) is not None]
+    assert cuts == [(LsnPosition(20, 7, 8), orphans[0].key), (LsnPosition(20, 9, 12), orphans[1].key)]
+    assert not plan.active
+
+
+def test_a_strict_plan_stops_when_an_orphans_end_never_comes() -> None:
+    plan = ReplayPlan.resume([seq_file((20, 7, 0), (20, 7, 4))], lsn_resume(15), strict=True)
+    assert plan.cut_due(LsnPosition(20, 7, 3)) is None
+    with pytest.raises(ReplayMismatch, match="without meeting it"):
+        plan.cut_due(LsnPosition(20, 8, 5))
+
+
+def test_a_strict_plan_stops_when_a_straddling_files_end_never_comes() -> None:
+    plan = ReplayPlan.resume([seq_file((10, 5, 0), (20, 7, 3))], lsn_resume(15), strict=True)
+    assert plan.skip(LsnPosition(20, 7, 0))
+    with pytest.raises(ReplayMismatch, match="straddling file"):
+        plan.skip(LsnPosition(20, 8, 1))  # seq 1..3 never came: the rows after them cannot be lined up
+
+
+def test_a_plan_that_is_not_strict_still_warns_and_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    plan = ReplayPlan.resume([seq_file((10, 5, 0), (20, 7, 3))], lsn_resume(15))
+    assert plan.skip(LsnPosition(20, 7, 0)) and not plan.skip(LsnPosition(20, 8, 1)) and not plan.active

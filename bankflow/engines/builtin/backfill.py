@@ -17,15 +17,16 @@ primary-key order (`BuiltinCdc.backfill_chunk_rows` rows):
 3. SELECT the chunk (COPY of ``… WHERE (key) > (last key) [AND (where)] ORDER BY key LIMIT n``, read-only);
 4. write a high watermark.
 
-The stream, from the first low watermark of a table's backfill on, records the primary key of every change of
-that table. At a high watermark the chunk's rows whose key changed since the backfill began are dropped (the
-stream carries them, newer), the others are written as op 'r' rows to the table's ``<table>-backfill`` lake
-stream, each with ``_lsn`` = the commit LSN of the chunk's low watermark and the file position (that LSN, row
-number in the chunk). That `_lsn` orders a backfill row correctly against every change of its key: a change
-committed before the SELECT's snapshot and not in the stream since the backfill began has a smaller LSN (its
-transaction ended before step 3 — step 2 makes sure of it); a change after the snapshot comes from a transaction
-that was not running at the low watermark, so all of its WAL, and its change LSN, comes after it. Each existing
-row arrives once: from the backfill, or (when it changed during the backfill) from the stream.
+The stream, from the first low watermark of a table's backfill on, records the primary key of every change of that
+table. At a high watermark the chunk's rows whose key changed since the backfill began are dropped (the stream
+carries them, newer), the others are written as op 'r' rows to the table's ``<table>-backfill`` lake stream, each
+with ``_lsn`` = the commit LSN of the chunk's low watermark and the file position (that LSN, row number in the
+chunk, 0: unique per row, each chunk at its own low watermark). That `_lsn` orders a backfill row correctly against
+every change of its key: a change committed before the SELECT's snapshot and not in the stream since the backfill
+began has a smaller LSN (its transaction ended before step 3 — step 2 makes sure of it); a change after the snapshot
+comes from a transaction that was not running at the low watermark, so all of its WAL, and its change LSN, comes
+after it. Each existing row arrives once: from the backfill, or (when it changed during the backfill) from the
+stream.
 
 Crash safety: the slot is not acknowledged past a chunk's low watermark until the chunk's file is durable; before
 the file is written the marker records the chunk as pending (its position, last key and row count), after it the

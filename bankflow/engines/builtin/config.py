@@ -23,8 +23,9 @@ class BuiltinCdc(CdcConfig):
     capabilities: ClassVar[EngineCapabilities] = EngineCapabilities(
         uses_kafka=False,
         snapshot_modes=frozenset({"initial", "when_needed", "always", "no_data", "never"}),
-        file_key_scheme="{layout}/{table}[-snapshot]-{commit:016X}.{lsn:016X}-{commit:016X}.{lsn:016X}.parquet  "
-                        "(commit LSN and change LSN of the file's first and last events)",
+        file_key_scheme="{layout}/{table}[-snapshot]-{commit:016X}.{lsn:016X}.{seq:08X}-{commit:016X}.{lsn:016X}"
+                        ".{seq:08X}.parquet  (commit LSN, change LSN and index in its transaction of the file's "
+                        "first and last events)",
         event_source="postgres-logical-replication",
         label="built-in engine",
         snapshot_note="it always streams after its snapshot (initial_only would stop after it); for a one-off "

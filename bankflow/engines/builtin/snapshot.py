@@ -1,13 +1,14 @@
 """The initial snapshot: every spec table, read at the slot's exported snapshot, into op 'r' lake files.
 
-`take_snapshot` runs while the replication connection that created the slot is still open (the exported
-snapshot lives only that long). Inside it, one REPEATABLE READ transaction: per table a COPY to a temporary
-CSV file, read back in blocks by pyarrow as text columns, cut into batches by the spec's flush policy and
-written to the lake. Every row's position is (consistent point, row number), so file keys are
-``<table>-snapshot-<consistent>.<first row>-<consistent>.<last row>``; its `_lsn` is the consistent point minus
-one (`snapshot_lsn`): the consistent point is where decoding starts, so the first change streamed after the
-snapshot can have exactly that LSN (a delete there tied with the row it deletes and lost, by `_lsn`, in every
-latest-version query), while every change the snapshot saw starts at least one aligned WAL record earlier.
+`take_snapshot` runs while the replication connection that created the slot is still open (the exported snapshot
+lives only that long). Inside it, one REPEATABLE READ transaction: per table a COPY to a temporary CSV file, read
+back in blocks by pyarrow as text columns, cut into batches by the spec's flush policy and written to the lake.
+Every row's position is (consistent point, row number, 0), unique per row, so file keys are
+``<table>-snapshot-<consistent>.<first row>.00000000-<consistent>.<last row>.00000000``; its `_lsn` is the
+consistent point minus one (`snapshot_lsn`): the consistent point is where decoding starts, so the first change
+streamed after the snapshot can have exactly that LSN (a delete there tied with the row it deletes and lost, by
+`_lsn`, in every latest-version query), while every change the snapshot saw starts at least one aligned WAL record
+earlier.
 
 Progress: the rows of each table are estimated first (`estimate_rows`: the planner's estimate from
 ``pg_class``, or an exact count inside the snapshot for a table never analyzed), so the report says

@@ -8,8 +8,16 @@ events are all durable in the lake. A crash loses nothing (unacknowledged transa
 duplicates nothing: file keys come from source positions and a replay reproduces the crashed run's files
 exactly (`bankflow.lake.replay`).
 
-Positions are `LsnPosition(commit LSN, change LSN)`: pgoutput sends whole transactions in commit order, so the
-commit LSN orders the stream and the change LSN orders events inside a transaction.
+Positions are `LsnPosition(commit LSN, change LSN, index)`: pgoutput sends whole transactions in commit order,
+so the commit LSN orders the stream and the change LSN orders events inside a transaction; the index (the
+event's number among its table's events in the transaction, from 0) tells apart the events that share a change
+LSN (a COPY or multi-row INSERT writes many rows per WAL record; a key change is a delete and a create at the
+update's LSN). Every event of the table counts, whatever becomes of it (a row, a dead letter, an event a replay
+skips, both halves of a key change), so the slot's resend of a transaction (always whole, from its begin)
+recomputes the same positions and a replay cuts and skips exactly; a transaction that spans two batches goes on
+counting. The fast path pays nothing per row for it: a run of rows stores its first index (see
+`bankflow.lake.batch`), and the count is the table's event counter minus its value at the transaction's first
+event. A replay that cannot reproduce an orphan exactly stops the run with an error (`ReplayMismatch`).
 
 Modes: catch-up (default) reads `pg_current_wal_lsn()` at start and returns once every transaction committed
 up to it is received and flushed; follow runs until `stop` is set, flushing by rows/bytes/seconds. When
@@ -55,7 +63,7 @@ from bankflow.lake.batch import DeadLetter, TableBatch
 from bankflow.lake.filesystem import lake_filesystem
 from bankflow.lake.gctune import large_young_generation
 from bankflow.lake.positions import LsnPosition, lsn_text, parse_lsn
-from bankflow.lake.replay import ReplayPlan, lsn_resume
+from bankflow.lake.replay import ReplayMismatch, ReplayPlan, lsn_resume
 from bankflow.lake.schema_history import SchemaHistory
 from bankflow.lake.writer import LakeFile, LakeWriter, WrittenFile
 from bankflow.source.schema_changes import Observed, ShapeFollower, SourceCatalog, warehouse_widens
@@ -95,9 +103,10 @@ class CdcRunResult:
 
 
 class _TableState:
-    """One spec table's open batch (and the lists the fast path appends to), replay plan and event count."""
+    """One spec table's open batch (and the lists the fast path appends to), replay plan and event counts."""
 
-    __slots__ = ("batch", "cols", "events", "lsns", "ops", "plan", "replaying", "seen", "table", "tx")
+    __slots__ = ("base", "batch", "cols", "count_tx", "events", "lsns", "ops", "plan", "replaying", "seen",
+                 "skipped", "table", "tx")
 
     def __init__(self, table: Table, batch: TableBatch, plan: ReplayPlan[LsnPosition]) -> None:
         self.table = table
@@ -106,12 +115,24 @@ class _TableState:
         self.replaying = plan.active
         self.tx: Any = None  # the transaction whose run the fast path is appending to
         self.events = 0
+        self.skipped = 0  # events a replay skipped (durable in a straddling file)
+        self.count_tx: Any = None  # the transaction `base` belongs to
+        self.base = 0  # events + skipped at the first event of the table in `count_tx`
         self.seen: set[tuple[Any, ...]] | None = None  # while a backfill runs: keys its stream changed since
         self.cols, self.ops, self.lsns = batch.text_sink()
 
     def refresh(self) -> None:
         self.tx = None
         self.cols, self.ops, self.lsns = self.batch.text_sink()
+
+    def index_in(self, tx: Any) -> int:
+        """The index in transaction `tx` of the table's next event (every event counts: rows, dead letters,
+        skipped replays, both halves of a key change)."""
+        seen = self.events + self.skipped
+        if self.count_tx is not tx:
+            self.count_tx = tx
+            self.base = seen
+        return seen - self.base
 
 
 class _Rel:
@@ -255,7 +276,7 @@ class StreamReader:
         """A table's state, with the plan that reproduces the files a crashed run left after `confirmed`."""
         files = self.writer.list_batches(stream=table.name, table=table.name, schema=self.schema,
                                          topic=self.spec.topic_for(table))
-        plan = ReplayPlan.resume(files, lsn_resume(confirmed))
+        plan = ReplayPlan.resume(files, lsn_resume(confirmed), strict=True)
         if plan.active:
             log.warning("table %s: replaying after an interrupted run: %s", table.name, plan.describe())
         shape = self.shapes.start_at(table, confirmed)
@@ -389,7 +410,7 @@ class StreamReader:
                 if rel.fast and not state.replaying:
                     lsn = msg.data_start
                     if state.tx is not tx:
-                        state.batch.begin_text_tx(tx[0], tx[1], tx[2], lsn)
+                        state.batch.begin_text_tx(tx[0], tx[1], tx[2], lsn, first_index=state.index_in(tx))
                         state.tx = tx
                     pos = 8  # 'I', relid, 'N', natts
                     for col in state.cols:
@@ -436,29 +457,33 @@ class StreamReader:
         if state is None:
             return
         tx = self._tx
-        position = LsnPosition(tx[0], lsn)
         if state.seen is not None:
             state.seen.update(rel.keys_of(message))
-        if state.replaying and state.plan.skip(position):
-            self.result.skipped_replayed += 1
-            return
-        state.events += 1
-        self.result.events += 1
-        batch = state.batch
+        events: tuple[Any, ...] = (message,)
         if isinstance(message, pgoutput.Update) and rel.key_changed(message):
             # Debezium's shape for a key change: a delete of the old key, then a create of the new one, both
-            # at the update's position, so staging and history close the old key instead of keeping it live.
+            # at the update's LSN (two events, two indexes), so staging and history close the old key instead
+            # of keeping it live.
             assert message.old is not None
+            new, _reason = pgoutput.resolve_unchanged(message.new, message.old, message.old_kind, rel.names)
+            events = (pgoutput.Delete(message.relid, message.old_kind or "K", message.old),
+                      pgoutput.Insert(message.relid, new))  # an unresolved TOAST marker dead-letters it there
+        replayed = False
+        for event in events:
+            position = LsnPosition(tx[0], lsn, state.index_in(tx))
+            if state.replaying and state.plan.skip(position):
+                state.skipped += 1
+                state.tx = None  # the rows after it are a new run (their indexes do not follow the last row's)
+                self.result.skipped_replayed += 1
+                continue
             state.events += 1
             self.result.events += 1
-            self._append(rel, state, pgoutput.Delete(message.relid, message.old_kind or "K", message.old),
-                         position)
-            new, _reason = pgoutput.resolve_unchanged(message.new, message.old, message.old_kind, rel.names)
-            message = pgoutput.Insert(message.relid, new)  # an unresolved TOAST marker dead-letters it there
-        self._append(rel, state, message, position)
-        if state.replaying:
-            self._replay_step(state, position)
-        elif batch.rows >= self.flush.max_rows or batch.approx_bytes >= self.flush.max_bytes:
+            self._append(rel, state, event, position)
+            if state.replaying:
+                replayed = True
+                self._replay_step(state, position)
+        batch = state.batch
+        if not replayed and (batch.rows >= self.flush.max_rows or batch.approx_bytes >= self.flush.max_bytes):
             self._flush_state(state)
 
     def _append(self, rel: _Rel, state: _TableState, message: Any, position: LsnPosition) -> None:
@@ -468,17 +493,22 @@ class StreamReader:
         op, values, reason = _row_of(rel, message)
         if reason is not None:
             batch.dead_letter(position, reason, self._event_for(rel, message, position.lsn), tx[2])
+            state.tx = None  # not a row: the fast path's next row starts a new run
         else:
             batch.append_text_row(op, rel.in_spec_order(values), position, tx[1], tx[2])
             state.tx = tx
 
     def _replay_step(self, state: _TableState, position: LsnPosition) -> None:
-        orphan = state.plan.cut_due(position)
+        """While replaying: cut exactly at an orphan's last event; stop the run if that would not reproduce it."""
+        orphan = state.plan.cut_due(position)  # strict: raises ReplayMismatch if the replay passed an orphan
         if orphan is not None:
             first = state.batch.first_position
             if first != orphan.first:
-                log.warning("replay of %s did not reproduce %s (starts at %s here): the lake may hold "
-                            "duplicates of these events", state.table.name, orphan.key, first)
+                raise ReplayMismatch(
+                    f"replay of table {state.table.name} cannot reproduce the lake file {orphan.key}: the "
+                    f"replayed events up to its last position {orphan.last} start at {first}, not at its first "
+                    f"position {orphan.first}; the stream stops here instead of writing them under another key "
+                    "(nothing after the acknowledged position was acknowledged)")
             self._flush_state(state)
         state.replaying = state.plan.active
 
@@ -710,8 +740,11 @@ class StreamReader:
     def _finish(self) -> None:
         for state in self._states.values():
             if state.plan.cuts:
-                log.warning("table %s: %d orphan file(s) were not reached by the replay", state.table.name,
-                            len(state.plan.cuts))
+                # its batch is a part of an orphan: written now it would be a file overlapping that orphan;
+                # unwritten, it stays unacknowledged and the next run replays it
+                log.warning("table %s: %d orphan file(s) were not reached by the replay: the next run replays "
+                            "them", state.table.name, len(state.plan.cuts))
+                continue
             self._flush_state(state)
         self._reap(wait_all=True)
         self._ack_idle()
