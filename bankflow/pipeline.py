@@ -239,18 +239,16 @@ class Pipeline:
         return lines
 
     def backfill(self, table: str, where: str | None = None, *, progress: bool = True) -> dict[str, Any]:
-        """Re-read one table from the source while the stream goes on, and load it (see `bankflow.engines.builtin
-        .backfill`): its rows arrive as op 'r' events ordered against concurrent changes. `where` is a condition
-        in the source's SQL (checked: one read-only boolean expression). A running `apply --follow` carries the
-        request out itself (``queued``); otherwise this runs the source (its contract check), cdc and load
-        stages. Built-in engine only for now."""
+        """Re-read one table from the source while the stream goes on, and load it (`bankflow.engines.builtin
+        .backfill`, `bankflow.engines.debezium.backfill`): its rows arrive as op 'r' events ordered against
+        concurrent changes. `where` is a condition in the source's SQL (checked: one read-only boolean
+        expression). On the built-in engine a running `apply --follow` carries the request out itself
+        (``queued``); otherwise this runs the source (its contract check), cdc and load stages."""
         from bankflow.source import source_connect_kwargs
 
         engine = self.spec.cdc.engine_for(self.resolved)
         if not hasattr(engine, "request_backfill"):
-            raise BankflowError(f"`backfill` is not implemented for the {self.spec.cdc.capabilities.label} yet "
-                                "(Debezium's incremental snapshot signal is planned); on this engine re-read a table "
-                                "with Debezium's own signal table (execute-snapshot)")
+            raise BankflowError(f"`backfill` is not implemented for the {self.spec.cdc.capabilities.label}")
         record = engine.request_backfill(table, where, source_connect_kwargs(self.resolved, start=True))
         result: dict[str, Any] = {"table": table, "where": record.get("where"), "id": record["id"]}
         if record["slot_active"]:

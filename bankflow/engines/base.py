@@ -47,6 +47,9 @@ class EngineCapabilities:
     passes_source_password: bool = False
     # Why some snapshot modes are missing (said when a spec asks for one).
     snapshot_note: str = ""
+    # Backfills go through a signal table on the source (Debezium's incremental snapshots): the source stage
+    # creates or checks it and the publication lists it.
+    signal_table: bool = False
 
 
 @dataclass(frozen=True)

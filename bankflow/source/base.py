@@ -69,5 +69,5 @@ class PostgresServer(ABC):
         return False
 
     def manages(self, item: str) -> bool:
-        """May bankflow create or change `item` (publication, replica_identity, heartbeat, slot) here?"""
+        """May bankflow create or change `item` (publication, replica_identity, heartbeat, signal, slot) here?"""
         return self.owns_schema or item in self.source.manage

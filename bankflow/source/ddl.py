@@ -17,6 +17,9 @@ if TYPE_CHECKING:
     from bankflow.spec.models import Column, Table
 
 HEARTBEAT_TABLE = "_bankflow_heartbeat"
+# Debezium's signal table (`signal.data.collection`): bankflow inserts `execute-snapshot` signals for backfills
+# and Debezium its incremental-snapshot watermarks; it is in the publication, so the connector reads both.
+SIGNAL_TABLE = "_bankflow_signal"
 
 
 def column_type_sql(resolved: ResolvedSpec, column: Column) -> str:
@@ -77,6 +80,8 @@ def source_statements(resolved: ResolvedSpec) -> list[str]:
     for table in parents_first(spec.tables):
         statements.extend(table_ddl(resolved, table))
     statements.append(heartbeat_statements(resolved)[0])
+    if signals_on(resolved):
+        statements.append(signal_statements(resolved)[0])
     return statements
 
 
@@ -104,9 +109,20 @@ def heartbeats_on(resolved: ResolvedSpec) -> bool:
     return resolved.spec.cdc.heartbeat_interval_ms > 0
 
 
+def signals_on(resolved: ResolvedSpec) -> bool:
+    """The engine reads a signal table (Debezium: backfills are incremental snapshots started by a signal)."""
+    return resolved.spec.cdc.capabilities.signal_table
+
+
+def publication_tables(resolved: ResolvedSpec) -> list[str]:
+    """What the publication lists: the spec's tables, and the signal table where the engine reads one."""
+    return [t.name for t in resolved.spec.tables] + ([SIGNAL_TABLE] if signals_on(resolved) else [])
+
+
 def publication_statement(resolved: ResolvedSpec, *, exists: bool) -> str:
-    """The publication lists exactly the spec's tables (a filtered publication, as Debezium's autocreate)."""
-    tables = ", ".join(qualified(resolved, t.name) for t in resolved.spec.tables)
+    """The publication lists exactly the spec's tables (a filtered publication, as Debezium's autocreate), plus
+    the signal table of an engine that reads one."""
+    tables = ", ".join(qualified(resolved, name) for name in publication_tables(resolved))
     name = quote_pg(resolved.spec.cdc.publication)
     return f"ALTER PUBLICATION {name} SET TABLE {tables}" if exists else f"CREATE PUBLICATION {name} FOR TABLE {tables}"
 
@@ -120,6 +136,15 @@ def heartbeat_statements(resolved: ResolvedSpec) -> list[str]:
     table = qualified(resolved, HEARTBEAT_TABLE)
     return [f"CREATE TABLE IF NOT EXISTS {table} (id integer PRIMARY KEY, beat_at timestamptz NOT NULL)",
             f"GRANT SELECT, INSERT, UPDATE ON {table} TO {quote_pg(resolved.spec.source.user)}"]
+
+
+def signal_statements(resolved: ResolvedSpec) -> list[str]:
+    """Debezium's signal table, in the shape its docs give (id, type, data): bankflow INSERTs signals, the
+    connector INSERTs (and with insert_delete watermarking DELETEs) its snapshot-window markers."""
+    table = qualified(resolved, SIGNAL_TABLE)
+    return [f"CREATE TABLE IF NOT EXISTS {table} (id varchar(64) PRIMARY KEY, type varchar(32) NOT NULL, "
+            "data varchar(2048))",
+            f"GRANT SELECT, INSERT, DELETE ON {table} TO {quote_pg(resolved.spec.source.user)}"]
 
 
 def slot_statement(resolved: ResolvedSpec) -> str:
@@ -158,7 +183,12 @@ def setup_sql(resolved: ResolvedSpec, *, owns_schema: bool, manage: list[str]) -
         if heartbeats_on(resolved):
             out += ["", f"-- heartbeat table: keeps the slot advancing while the tables are idle ({by('heartbeat')})"]
             out += [f"{s};" for s in heartbeat_statements(resolved)]
-    out += ["", f"-- publication: exactly the spec's tables ({by('publication')})",
+        if signals_on(resolved):
+            out += ["", "-- signal table: Debezium reads backfill requests (incremental snapshots) from it and "
+                    f"writes its watermarks ({by('signal')})"]
+            out += [f"{s};" for s in signal_statements(resolved)]
+    what = "exactly the spec's tables" + (" and the signal table" if signals_on(resolved) else "")
+    out += ["", f"-- publication: {what} ({by('publication')})",
             f"{publication_statement(resolved, exists=False)};", ""]
     if owns_schema or "slot" in manage:
         out += [f"-- replication slot ({by('slot')}): the CDC engine creates it on the first apply",

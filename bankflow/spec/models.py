@@ -77,7 +77,7 @@ class PostgresSource(StrictModel):
     sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
     schema_name: str = Field("public", alias="schema")
     embedded: bool = False
-    manage: list[Literal["publication", "replica_identity", "heartbeat", "slot"]] = Field(
+    manage: list[Literal["publication", "replica_identity", "heartbeat", "signal", "slot"]] = Field(
         default_factory=list,
         description="what bankflow may create or change on a source it does not run (default: nothing; it then "
                     "checks each prerequisite and stops with the list of what is missing, see plan's "

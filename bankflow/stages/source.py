@@ -3,7 +3,7 @@
 A source bankflow runs itself (the embedded `local` one) gets its schema, tables, replica identity, heartbeat
 table and publication created idempotently. On a source somebody else runs bankflow never creates or alters a
 table: it runs the setup statements only for what `source.manage` allows (publication, replica_identity,
-heartbeat, slot) and otherwise checks each prerequisite, stopping with the list of what is missing and a pointer
+heartbeat, signal, slot) and otherwise checks each prerequisite, stopping with the list of what is missing and a pointer
 to `source/setup.sql` (written by `bankflow plan --out`). Both then check the source contract
 (`bankflow.source.contract`): a spec column missing in the source, a type or a key that differs stops here,
 before a slot exists; an extra source column is a warning (it would not be carried).
@@ -19,11 +19,15 @@ from bankflow.errors import StageError
 from bankflow.source.contract import CatalogTable, Finding, live_findings, read_catalog
 from bankflow.source.ddl import (
     HEARTBEAT_TABLE,
+    SIGNAL_TABLE,
     heartbeat_statements,
     heartbeats_on,
     publication_statement,
+    publication_tables,
     qualified,
     replica_identity_statement,
+    signal_statements,
+    signals_on,
     source_statements,
 )
 from bankflow.stages.base import RunContext, StageResult
@@ -92,6 +96,18 @@ class _Prerequisites:
             self.missing.append(f"the user {self.resolved.spec.source.user} cannot INSERT and UPDATE the heartbeat "
                                 f"table {name} (GRANT INSERT, UPDATE ON {name} TO …, or heartbeat_interval_ms: 0)")
 
+    def signal(self) -> None:
+        if not signals_on(self.resolved):
+            return
+        name = qualified(self.resolved, SIGNAL_TABLE)
+        if not self.one("SELECT to_regclass(%s) IS NOT NULL", (name,)):
+            self.fix_or_report("signal", signal_statements(self.resolved),
+                               f"no signal table {name} (Debezium's backfills are started through it)")
+        elif not self.one("SELECT has_table_privilege(%s, 'SELECT') AND has_table_privilege(%s, 'INSERT')",
+                          (name, name)):
+            self.missing.append(f"the user {self.resolved.spec.source.user} cannot SELECT and INSERT the signal "
+                                f"table {name} (GRANT SELECT, INSERT, DELETE ON {name} TO …)")
+
     def publication(self) -> None:
         spec = self.resolved.spec
         name = spec.cdc.publication
@@ -102,7 +118,7 @@ class _Prerequisites:
             return
         self.cur.execute("SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s", (name,))
         listed = {(s, t) for s, t in self.cur.fetchall()}
-        wanted = {(spec.source.schema_name, t.name) for t in spec.tables}
+        wanted = {(spec.source.schema_name, name) for name in publication_tables(self.resolved)}
         if listed != wanted:
             extra = ", ".join(sorted(f"{s}.{t}" for s, t in listed - wanted)) or "none"
             lacking = ", ".join(sorted(f"{s}.{t}" for s, t in wanted - listed)) or "none"
@@ -121,6 +137,7 @@ class _Prerequisites:
         self.access()
         self.replica_identity()
         self.heartbeat()
+        self.signal()
         self.publication()
         self.slot()
 

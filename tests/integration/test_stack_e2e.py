@@ -70,7 +70,7 @@ def write_spec(path: Path, *, tag: str, database: str, port: int, connect_url: s
                    # the embedded server's password, from the environment: it must never show up in clear
                    "password": "${" + PASSWORD_VAR + "}",
                    # a throwaway database: bankflow may manage what CDC needs (never the tables: see the fixture)
-                   "manage": ["publication", "replica_identity", "heartbeat", "slot"]},
+                   "manage": ["publication", "replica_identity", "heartbeat", "signal", "slot"]},
         "cdc": {"engine": "debezium", "connect_url": connect_url, "connector": f"bankflow-{tag}",
                 "topic_prefix": f"bank{tag}", "slot": f"bf_{tag}", "publication": f"bf_{tag}",
                 "snapshot_mode": "initial"},  # heartbeats as in banking.yaml (10 s): the wait must not need them

@@ -127,21 +127,55 @@ def test_what_runs_is_the_parsed_condition_so_a_comment_cannot_swallow_the_rest(
     assert checked_where("id = 1 /* x */ AND note = 'a'") == "id = 1 AND note = 'a'"
 
 
-def test_backfill_refuses_on_debezium_with_what_to_do(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_backfill_help_names_the_where_option(capsys: pytest.CaptureFixture[str]) -> None:
     from bankflow.cli import main
 
-    text = (Path(__file__).parents[1] / "specs" / "minimal.yaml").read_text()
-    spec_path = tmp_path / "minimal.yaml"  # without its transform (no dbt project here)
-    spec_path.write_text(text[:text.index("transform:")] + text[text.index("environments:"):])
-    monkeypatch.chdir(tmp_path)
-    assert main(["backfill", str(spec_path), "--env", "stack", "--table", "items"]) == 1
-    err = capsys.readouterr().err
-    assert "not implemented for the" in err and "execute-snapshot" in err
     with pytest.raises(SystemExit) as done:
         main(["backfill", "--help"])
     assert done.value.code == 0
     assert "--where" in capsys.readouterr().out
+
+
+def test_debezium_signal_names_escaped_tables_and_checked_conditions(tmp_path: Path) -> None:
+    """The execute-snapshot signal: tables as Debezium's regexes (escaped), each --where as an additional
+    condition after the same check as the built-in engine's (a statement is refused before anything is sent)."""
+    from bankflow.engines.builtin.backfill import WhereRefused
+    from bankflow.engines.debezium.backfill import signal_data
+
+    resolved = _debezium_spec(tmp_path)
+    data = signal_data(resolved, [{"table": "items", "where": "id > 5"}, {"table": "items", "where": None}])
+    assert data == {"data-collections": ["shop\\.items", "shop\\.items"], "type": "incremental",
+                    "additional-conditions": [{"data-collection": "shop.items", "filter": "id > 5"}]}
+    with pytest.raises(WhereRefused):
+        signal_data(resolved, [{"table": "items", "where": "1; DROP TABLE app.items"}])
+
+
+def test_debezium_notifications_tell_a_backfill_running_done_or_aborted() -> None:
+    from bankflow.engines.debezium.backfill import backfill_state
+
+    def note(kind: str, signal: str = "s1", **extra: str) -> dict[str, object]:
+        return {"id": signal, "aggregate_type": "Incremental Snapshot", "type": kind, "additional_data": extra}
+
+    notes = [{"id": "x", "aggregate_type": "Initial Snapshot", "type": "COMPLETED"}, note("STARTED"),
+             note("IN_PROGRESS", current_collection_in_progress="app.items", last_processed_key="200",
+                  maximum_key="1500")]
+    assert backfill_state(notes, "s1")["state"] == "running"
+    assert backfill_state(notes, "s1")["progress"] == "app.items: key 200 of 1500"
+    assert backfill_state(notes, "other")["state"] == "waiting"
+    done = [*notes, note("TABLE_SCAN_COMPLETED", scanned_collection="app.items", total_rows_scanned="1500",
+                         status="SUCCEEDED"), note("COMPLETED")]
+    assert backfill_state(done, "s1") == {"state": "completed", "progress": "app.items: key 200 of 1500",
+                                          "tables": {"items": {"rows": 1500, "status": "SUCCEEDED"}}}
+    assert backfill_state([*notes, note("ABORTED")], "s1")["state"] == "aborted"
+
+
+def _debezium_spec(tmp_path: Path) -> Any:
+    from bankflow.spec.loader import load_spec
+
+    text = (Path(__file__).parents[1] / "specs" / "minimal.yaml").read_text()
+    spec_path = tmp_path / "minimal.yaml"  # without its transform (no dbt project here)
+    spec_path.write_text(text[:text.index("transform:")] + text[text.index("environments:"):])
+    return load_spec(spec_path, env="stack", check_dbt=False)
 
 
 def test_coverage_status_says_per_table_what_the_markers_say(tmp_path: Path) -> None:

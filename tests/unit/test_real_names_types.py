@@ -282,7 +282,8 @@ def test_include_list_escapes_names_for_debeziums_regexes(tmp_path: Path) -> Non
     path.write_text(path.read_text() + "environments:\n  stack:\n    cdc:\n      engine: debezium\n")
     resolved = load_spec(path, env="stack", check_dbt=False)
     config = connector_config(resolved)
-    assert config["table.include.list"] == r"app\.LoanSchedule" and config["schema.include.list"] == "app"
+    assert config["table.include.list"] == r"app\.LoanSchedule,app\._bankflow_signal"
+    assert config["schema.include.list"] == "app"
     assert include_regex("app", "a,b c.d$") == r"app\.a\x2Cb\x20c\.d\x24"
     import re
 

@@ -53,16 +53,21 @@ def test_connector_has_every_key(case: str) -> None:
     assert config["slot.name"] == spec.cdc.slot
     assert config["publication.name"] == spec.cdc.publication
     assert config["topic.prefix"] == spec.cdc.topic_prefix
-    assert config["table.include.list"] == ",".join(f"{schema}\\.{t.name}" for t in spec.tables)
+    assert config["table.include.list"] == ",".join(f"{schema}\\.{t}" for t in [*(t.name for t in spec.tables),
+                                                                                 "_bankflow_signal"])
     assert config["snapshot.mode"] == spec.cdc.snapshot_mode
     # Debezium may create the publication only where the spec lets bankflow manage it
     managed = "publication" in spec.source.manage
     assert config["publication.autocreate.mode"] == ("filtered" if managed else "disabled")
     assert config["heartbeat.interval.ms"] == str(spec.cdc.heartbeat_interval_ms)
     assert config["heartbeat.action.query"].startswith(f'INSERT INTO "{schema}"."_bankflow_heartbeat"')
-    # Topics Debezium will write are exactly the ones the topology consumes.
+    # Topics Debezium will write are the ones the topology consumes, plus the signal table's (not consumed).
     topics = {f"{config['topic.prefix']}.{t.replace(chr(92), '')}" for t in config["table.include.list"].split(",")}
-    assert topics == {s["topic"] for s in json.loads(render_all(resolved).files["topology.json"])["streams"]}
+    signal = f"{schema}._bankflow_signal"
+    assert config["signal.data.collection"] == signal and config["signal.enabled.channels"] == "source"
+    assert topics == {s["topic"] for s in json.loads(render_all(resolved).files["topology.json"])["streams"]} | {
+        f"{config['topic.prefix']}.{signal}"}
+    assert config["notification.sink.topic.name"] == f"{config['topic.prefix']}._bankflow_notifications"
 
 
 def test_connector_values_for_banking_and_inventory() -> None:
@@ -72,7 +77,7 @@ def test_connector_values_for_banking_and_inventory() -> None:
     assert banking["snapshot.mode"] == "initial"
     assert banking["database.port"] == "5433" and banking["database.user"] == "cdc_reader"
     inventory = connector_config(load_case("inventory-cloud"))
-    assert inventory["table.include.list"] == "inv\\.products,inv\\.stock_levels"
+    assert inventory["table.include.list"] == "inv\\.products,inv\\.stock_levels,inv\\._bankflow_signal"
     assert inventory["snapshot.mode"] == "no_data"
     assert inventory["heartbeat.interval.ms"] == "2500"
     assert inventory["database.sslmode"] == "require"

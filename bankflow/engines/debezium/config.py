@@ -25,6 +25,7 @@ class DebeziumCdc(CdcConfig):
         event_source="kafka",
         label="Debezium engine",
         passes_source_password=True,
+        signal_table=True,
     )
 
     engine: Literal["debezium"] = "debezium"
@@ -42,6 +43,17 @@ class DebeziumCdc(CdcConfig):
         10.0, gt=0, description="apply --follow: how often to check that Kafka Connect still has the connector "
                                 "(a restarted standalone worker forgets it) and register it again")
     poll_interval_ms: int = Field(10, ge=1)
+    backfill_chunk_rows: int = Field(
+        10_000, ge=1, le=1_000_000,
+        description="rows per chunk of a backfill (tables new to the spec, `bankflow backfill`): Debezium's "
+                    "incremental.snapshot.chunk.size")
+    backfill_timeout_s: float = Field(
+        3600.0, gt=0, description="how long a catch-up apply waits for Debezium to finish a backfill")
+
+    @property
+    def notification_topic(self) -> str:
+        """Where Debezium reports backfill progress (`notification.sink.topic.name`)."""
+        return f"{self.topic_prefix}._bankflow_notifications"
 
     @field_validator("connector")
     @classmethod

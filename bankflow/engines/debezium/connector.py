@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from bankflow.engines.debezium.config import debezium_cdc
 from bankflow.render.sql import quote_pg
 from bankflow.source import source_server
-from bankflow.source.ddl import HEARTBEAT_TABLE
+from bankflow.source.ddl import HEARTBEAT_TABLE, SIGNAL_TABLE
 
 if TYPE_CHECKING:
     from bankflow.spec.loader import ResolvedSpec
@@ -59,8 +59,17 @@ def connector_config(resolved: ResolvedSpec, *, reveal: bool = False) -> dict[st
         # Debezium creates the publication only where the spec lets bankflow manage it (source.manage)
         "publication.autocreate.mode": "filtered" if source_server(resolved).manages("publication") else "disabled",
         "schema.include.list": include_regex(schema),
-        "table.include.list": ",".join(include_regex(schema, t.name) for t in spec.tables),
+        # the signal table is captured too (Debezium reads signals and its watermarks from the stream)
+        "table.include.list": ",".join([*(include_regex(schema, t.name) for t in spec.tables),
+                                        include_regex(schema, SIGNAL_TABLE)]),
         "snapshot.mode": cdc.snapshot_mode,
+        # backfills (`bankflow.engines.debezium.backfill`): incremental snapshots started by a row in the signal
+        # table, their progress reported to a notification topic bankflow reads
+        "signal.data.collection": f"{schema}.{SIGNAL_TABLE}",
+        "signal.enabled.channels": "source",
+        "incremental.snapshot.chunk.size": str(cdc.backfill_chunk_rows),
+        "notification.enabled.channels": "sink",
+        "notification.sink.topic.name": cdc.notification_topic,
         "decimal.handling.mode": "string",
         "time.precision.mode": "adaptive_time_microseconds",
         "binary.handling.mode": "base64",

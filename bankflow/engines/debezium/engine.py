@@ -33,11 +33,17 @@ class DebeziumEngine(CdcEngine):
             ctx.progress.update("cdc", f"{events:,} events ({rate:,.0f}/s), {info.get('files', 0)} files")
 
         details: dict[str, Any] = {"connector": register_connector(ctx)}
+        backfills = self._start_backfills(ctx)
+        scanned: dict[str, int] = {}
         if not ctx.follow:  # a catch-up run: first make sure Kafka holds everything committed so far
+            if backfills:
+                scanned = self._wait_for_backfills(ctx, backfills)
             details["caught_up"] = wait_for_debezium(ctx)
         keeper_stop = threading.Event()
         if ctx.follow:  # months of running: a Connect worker that restarts and forgets the connector is normal
             keep_registered(ctx, keeper_stop, interval=self.cdc.reregister_interval_s)
+            if backfills:
+                self._finish_backfills_while_following(ctx, backfills, keeper_stop)
         try:
             outcome = consume_to_lake(self.resolved, follow=ctx.follow, stop=ctx.stop, progress=progress)
         finally:
@@ -47,8 +53,77 @@ class DebeziumEngine(CdcEngine):
         summary = outcome.to_dict()
         files = summary.pop("files", [])
         details.update(summary)
+        if backfills and not ctx.follow:
+            from bankflow.engines.debezium.backfill import coverage_of, finish
+
+            deletes = finish(self.resolved, ctx.source_connect_kwargs(), coverage_of(self.resolved), backfills,
+                             scanned)
+            details["backfills"] = sorted(r["table"] for r in backfills)
+            details["backfill_rows"] = sum(scanned.values())
+            details["backfill_deletes"] = sum(deletes.values())
         return EngineRun(events=int(summary.get("events", 0)),
                          files=len(files) if isinstance(files, list) else int(files), details=details)
+
+    # ---- backfills (bankflow.engines.debezium.backfill)
+
+    def _start_backfills(self, ctx: RunContext) -> list[dict[str, Any]]:
+        """The backfills this run carries out (tables new to the spec or added back, requests), signalled."""
+        from bankflow.engines.debezium.backfill import coverage_of, plan, send_signal
+        from bankflow.lake.writer import LakeWriter
+
+        resolved = self.resolved
+        coverage = coverage_of(resolved)
+        writer = LakeWriter(coverage.fs, coverage.dir.rsplit("/_bankflow/", 1)[0], self.spec.lake)
+
+        def has_files(table: Any) -> bool:
+            directory = writer.directory(table=table.name, schema=self.spec.source.schema_name,
+                                         topic=self.spec.topic_for(table))
+            return bool(coverage.fs.glob(f"{directory}/*.parquet"))
+
+        fresh = not coverage.tables() and not any(has_files(t) for t in self.spec.tables)
+        records = plan(resolved, coverage, fresh=fresh, has_files=has_files)
+        if records:
+            ctx.progress.update("cdc", f"backfilling {', '.join(r['table'] for r in records)}", force=True)
+            send_signal(resolved, ctx.source_connect_kwargs(), coverage, records)
+        return records
+
+    def _wait_for_backfills(self, ctx: RunContext, records: list[dict[str, Any]]) -> dict[str, int]:
+        from bankflow.engines.debezium.backfill import wait_for_backfills
+
+        client = self.cdc.connect_client()
+        return wait_for_backfills(self.resolved, records,
+                                  progress=lambda text: ctx.progress.update("cdc", text),
+                                  check_connector=lambda: client.wait_running(self.cdc.connector, timeout=30.0),
+                                  timeout=self.cdc.backfill_timeout_s)
+
+    def _finish_backfills_while_following(self, ctx: RunContext, records: list[dict[str, Any]],
+                                          stop: threading.Event) -> threading.Thread:
+        """A follow run streams on while Debezium backfills: a thread waits for the backfill, then for the
+        consumers to have the table's topic up to where it was then, then sweeps and marks the tables covered."""
+        from bankflow.engines.debezium.backfill import coverage_of, finish, wait_consumed
+
+        def watch() -> None:
+            try:
+                scanned = self._wait_for_backfills(ctx, records)
+                topics = [self.spec.topic_for(self.spec.table(r["table"])) for r in records]
+                if wait_consumed(self.resolved, topics, stop):
+                    finish(self.resolved, ctx.source_connect_kwargs(), coverage_of(self.resolved), records,
+                           scanned)
+            except Exception as exc:  # the stream goes on; the next apply resumes the backfill from its marker
+                log.error("backfill of %s not finished: %s", ", ".join(r["table"] for r in records),
+                          self.resolved.redact(str(exc)))
+
+        thread = threading.Thread(target=watch, name="bankflow-debezium-backfill", daemon=True)
+        thread.start()
+        return thread
+
+    def request_backfill(self, table: str, where: str | None, source_kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Record an on-demand backfill of `table`: the next catch-up run signals Debezium and waits for it.
+        ``slot_active`` is False: the caller runs that catch-up (consumers share the group, so a running
+        `apply --follow` is no obstacle)."""
+        from bankflow.engines.debezium.backfill import request
+
+        return {**request(self.resolved, table, where), "slot_active": False}
 
     def artifacts(self) -> dict[str, str]:
         from bankflow.engines.debezium.connector import render_connector_json

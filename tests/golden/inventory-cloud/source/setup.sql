@@ -14,8 +14,12 @@ ALTER TABLE "inv"."stock_levels" REPLICA IDENTITY FULL;
 CREATE TABLE IF NOT EXISTS "inv"."_bankflow_heartbeat" (id integer PRIMARY KEY, beat_at timestamptz NOT NULL);
 GRANT SELECT, INSERT, UPDATE ON "inv"."_bankflow_heartbeat" TO "inventory_reader";
 
--- publication: exactly the spec's tables (for a DBA to run, or add publication to source.manage)
-CREATE PUBLICATION "inv_pub" FOR TABLE "inv"."products", "inv"."stock_levels";
+-- signal table: Debezium reads backfill requests (incremental snapshots) from it and writes its watermarks (for a DBA to run, or add signal to source.manage)
+CREATE TABLE IF NOT EXISTS "inv"."_bankflow_signal" (id varchar(64) PRIMARY KEY, type varchar(32) NOT NULL, data varchar(2048));
+GRANT SELECT, INSERT, DELETE ON "inv"."_bankflow_signal" TO "inventory_reader";
+
+-- publication: exactly the spec's tables and the signal table (for a DBA to run, or add publication to source.manage)
+CREATE PUBLICATION "inv_pub" FOR TABLE "inv"."products", "inv"."stock_levels", "inv"."_bankflow_signal";
 
 -- replication slot (for a DBA to run, or add slot to source.manage)
 -- bankflow then reads the tables' existing rows while it streams (a backfill with watermarks:
