@@ -127,6 +127,16 @@ def parse_file_name(name: str) -> tuple[str, Any, Any] | None:
     return match["stream"], span[0], span[1]
 
 
+def show_position(position: Any) -> str:
+    """A position for messages: ``commit 0/16B3A28, LSN 0/16B3A00, event 3 of its table in the transaction``."""
+    if isinstance(position, LsnPosition):
+        return (f"commit {lsn_text(position.commit)}, LSN {lsn_text(position.lsn)}, event {position.seq} of its "
+                "table in the transaction")
+    if isinstance(position, KafkaPosition):
+        return f"partition {position.partition}, offset {position.offset}"
+    return str(position)
+
+
 def lsn_position_of_json(data: dict[str, Any]) -> LsnPosition:
     """Inverse of `position_json` for an LSN position (records written before `seq` existed: 0)."""
     return LsnPosition(int(data["commit_lsn_int"]), int(data["lsn_int"]), int(data.get("seq", 0)))

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from bankflow.errors import StageError
-from bankflow.lake.positions import KafkaPosition, LsnPosition
+from bankflow.lake.positions import KafkaPosition, LsnPosition, show_position
 from bankflow.lake.writer import LakeFile
 
 log = logging.getLogger(__name__)
@@ -110,8 +110,8 @@ class ReplayPlan(Generic[P]):
         """For the log line a replaying stream writes when it starts."""
         text = f"{len(self.cuts)} file(s) to reproduce"
         if self.skip_until is not None:
-            text += f", skipping events up to {self.skip_until} (durable in a file that straddles the " \
-                    "acknowledged position)"
+            text += f", skipping events up to ({show_position(self.skip_until)}): durable in a file that " \
+                    "straddles the acknowledged position"
         return text
 
     def skip(self, position: P) -> bool:
@@ -131,10 +131,10 @@ class ReplayPlan(Generic[P]):
             return True
         if self.strict:
             raise ReplayMismatch(
-                f"replay passed the end {until} of the straddling file {self._skip_file} at {position} without "
-                "meeting it: the events after the acknowledged position cannot be lined up with the lake, so the "
-                "stream stops here instead of losing or duplicating them (nothing after the acknowledged "
-                "position was acknowledged)")
+                f"replay passed the end ({show_position(until)}) of the straddling file {self._skip_file} at "
+                f"({show_position(position)}) without meeting it: the events after the acknowledged position "
+                "cannot be lined up with the lake, so the stream stops here instead of losing or duplicating them "
+                "(nothing after the acknowledged position was acknowledged)")
         return False
 
     def cut_due(self, position: P) -> LakeFile | None:
@@ -150,7 +150,8 @@ class ReplayPlan(Generic[P]):
             if position != due.last:
                 if self.strict:
                     raise ReplayMismatch(
-                        f"replay passed the end {due.last} of orphan {due.key} at {position} without meeting it: "
+                        f"replay passed the end ({show_position(due.last)}) of orphan {due.key} at "
+                        f"({show_position(position)}) without meeting it: "
                         "the orphan cannot be reproduced, so the stream stops here instead of writing its events "
                         "under another key (nothing after the acknowledged position was acknowledged)")
                 log.warning("replay passed the end %s of orphan %s at %s without meeting it: the lake may "

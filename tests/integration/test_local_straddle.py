@@ -129,7 +129,7 @@ class Stack:
             con.close()
 
     def apply(self, *args: str) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run([sys.executable, "-m", "bankflow", "apply", str(self.spec_path), "-q", *args],
+        return subprocess.run([sys.executable, "-m", "bankflow", "apply", str(self.spec_path), *args],
                               cwd=self.root, capture_output=True, timeout=240)
 
     def confirmed(self) -> int:
@@ -138,16 +138,41 @@ class Stack:
         hi, lo = row[0][0].split("/")
         return (int(hi, 16) << 32) | int(lo, 16)
 
-    def straddling(self) -> list[str]:
-        """Lake files whose first event is acknowledged and last is not (the replay's skip case)."""
-        resume = LsnPosition(self.confirmed(), 0)
-        found = []
+    def files(self) -> Iterator[tuple[Path, LsnPosition, LsnPosition]]:
         for table in TABLES:
             for path in (self.root / "lake" / table).rglob("*.parquet"):
                 parsed = parse_file_name(path.name)
-                if parsed is not None and parsed[0] == table and parsed[1] < resume <= parsed[2]:
-                    found.append(path.name)
-        return found
+                if parsed is not None and parsed[0] == table:
+                    yield path, parsed[1], parsed[2]
+
+    def straddling(self) -> list[str]:
+        """Lake files whose first event is acknowledged and last is not (the replay's skip case)."""
+        resume = LsnPosition(self.confirmed(), 0)
+        return [path.name for path, first, last in self.files() if first < resume <= last]
+
+    def orphans(self) -> list[Path]:
+        """Lake files wholly after the acknowledged position (the replay's cut case)."""
+        resume = LsnPosition(self.confirmed(), 0)
+        return [path for path, first, _last in self.files() if first >= resume]
+
+    def follow(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "bankflow", "apply", str(self.spec_path), "--follow",
+                                 "--stages", "source,cdc", "-q"], cwd=self.root, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, start_new_session=True)
+
+    def kill_when(self, process: subprocess.Popen[bytes], ready: Any, wait: float, timeout: float = 4.0) -> None:
+        """After `wait` seconds, kill the process group with SIGKILL as soon as `ready()` (or at `timeout`)."""
+        try:
+            time.sleep(wait)
+            deadline = time.monotonic() + timeout
+            while not ready() and time.monotonic() < deadline:
+                assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
+                time.sleep(0.01)
+        finally:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
+            if process.stderr:
+                process.stderr.close()
 
 
 @pytest.fixture
@@ -284,21 +309,8 @@ def test_kill_9_while_a_file_straddles_the_confirmed_position_then_apply_is_exac
         max_rows, max_seconds = rnd.choice([97, 150, 200, 333]), rnd.choice([0.2, 0.5, 1.0, 3.0])
         stack.write_spec(max_rows=max_rows, max_seconds=max_seconds)
         with Workload(stack, random.Random(rnd.randrange(10**9))) as workload:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "bankflow", "apply", str(stack.spec_path), "--follow", "--stages",
-                 "source,cdc", "-q"], cwd=stack.root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                start_new_session=True)
-            try:
-                time.sleep(rnd.uniform(1.5, 3.5))  # the start (imports, the source stage), then streaming
-                deadline = time.monotonic() + 4.0
-                while not stack.straddling() and time.monotonic() < deadline:
-                    assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
-                    time.sleep(0.01)
-            finally:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(10)
-                if process.stderr:
-                    process.stderr.close()
+            # the start (imports, the source stage) takes a second or two, then it streams
+            stack.kill_when(stack.follow(), stack.straddling, rnd.uniform(1.5, 3.5))
         at_kill = stack.straddling()
         straddled += bool(at_kill)
         result = stack.apply()
@@ -308,3 +320,35 @@ def test_kill_9_while_a_file_straddles_the_confirmed_position_then_apply_is_exac
         check_exact(stack)
     print(f"{straddled} of {trials} kills hit a straddling file; {time.monotonic() - t0:.0f} s")
     assert straddled >= trials // 2, "too few kills hit a straddling file: the workload no longer makes them"
+
+
+def test_a_replay_that_cannot_reproduce_an_orphan_fails_the_apply_and_loses_nothing(stack: Stack) -> None:
+    """An orphan whose key the replay cannot meet (here renamed to a key of the format before `seq`): apply stops
+    with an error (exit != 0) instead of writing its events under another key; with the key back, apply is exact."""
+    stack.write_spec(max_rows=97, max_seconds=3.0)
+    assert stack.apply().returncode == 0
+
+    def tamperable() -> list[tuple[Path, LsnPosition, LsnPosition]]:
+        """Orphans whose key without `seq` names another range, met nowhere (see ReplayPlan.cut_due): their first
+        event is not the first at its LSN, and they end at another LSN."""
+        orphans = set(stack.orphans())
+        return [(p, first, last) for p, first, last in stack.files()
+                if p in orphans and first.seq > 0 and first[:2] != last[:2]]
+
+    with Workload(stack, random.Random(5)):
+        stack.kill_when(stack.follow(), tamperable, 2.0, timeout=15.0)
+    victims = tamperable()
+    assert victims, "no orphan to tamper with after the kill: the workload no longer makes them"
+    victim, first, last = victims[0]
+    old_key = victim.with_name(f"{victim.name.split('-')[0]}-{first.commit:016X}.{first.lsn:016X}-"
+                               f"{last.commit:016X}.{last.lsn:016X}.parquet")
+    victim.rename(old_key)
+    failed = stack.apply()
+    report = (failed.stdout + failed.stderr).decode()
+    assert failed.returncode != 0, report
+    assert "without meeting it" in report or "cannot reproduce" in report, report
+    print(f"\nthe apply that could not reproduce {old_key.name}:\n{report[-1500:]}")
+    old_key.rename(victim)
+    result = stack.apply()
+    assert result.returncode == 0, result.stderr.decode()[-3000:]
+    check_exact(stack)

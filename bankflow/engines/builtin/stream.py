@@ -8,14 +8,14 @@ events are all durable in the lake. A crash loses nothing (unacknowledged transa
 duplicates nothing: file keys come from source positions and a replay reproduces the crashed run's files
 exactly (`bankflow.lake.replay`).
 
-Positions are `LsnPosition(commit LSN, change LSN, index)`: pgoutput sends whole transactions in commit order,
-so the commit LSN orders the stream and the change LSN orders events inside a transaction; the index (the
-event's number among its table's events in the transaction, from 0) tells apart the events that share a change
+Positions are `LsnPosition(commit LSN, change LSN, seq)`: pgoutput sends whole transactions in commit order,
+so the commit LSN orders the stream and the change LSN orders events inside a transaction; `seq` (the event's
+index among its table's events in the transaction, from 0) tells apart the events that share a change
 LSN (a COPY or multi-row INSERT writes many rows per WAL record; a key change is a delete and a create at the
 update's LSN). Every event of the table counts, whatever becomes of it (a row, a dead letter, an event a replay
 skips, both halves of a key change), so the slot's resend of a transaction (always whole, from its begin)
 recomputes the same positions and a replay cuts and skips exactly; a transaction that spans two batches goes on
-counting. The fast path pays nothing per row for it: a run of rows stores its first index (see
+counting. The fast path pays nothing per row for it: a run of rows stores its first `seq` (see
 `bankflow.lake.batch`), and the count is the table's event counter minus its value at the transaction's first
 event. A replay that cannot reproduce an orphan exactly stops the run with an error (`ReplayMismatch`).
 
@@ -62,7 +62,7 @@ from bankflow.errors import StageError
 from bankflow.lake.batch import DeadLetter, TableBatch
 from bankflow.lake.filesystem import lake_filesystem
 from bankflow.lake.gctune import large_young_generation
-from bankflow.lake.positions import LsnPosition, lsn_text, parse_lsn
+from bankflow.lake.positions import LsnPosition, lsn_text, parse_lsn, show_position
 from bankflow.lake.replay import ReplayMismatch, ReplayPlan, lsn_resume
 from bankflow.lake.schema_history import SchemaHistory
 from bankflow.lake.writer import LakeFile, LakeWriter, WrittenFile
@@ -506,9 +506,10 @@ class StreamReader:
             if first != orphan.first:
                 raise ReplayMismatch(
                     f"replay of table {state.table.name} cannot reproduce the lake file {orphan.key}: the "
-                    f"replayed events up to its last position {orphan.last} start at {first}, not at its first "
-                    f"position {orphan.first}; the stream stops here instead of writing them under another key "
-                    "(nothing after the acknowledged position was acknowledged)")
+                    f"replayed events up to its last position ({show_position(orphan.last)}) start at "
+                    f"({show_position(first)}), not at its first position ({show_position(orphan.first)}); "
+                    "the stream stops here instead of writing them under another key (nothing after the "
+                    "acknowledged position was acknowledged)")
             self._flush_state(state)
         state.replaying = state.plan.active
 
