@@ -10,6 +10,7 @@ Writes are atomic and durable (`bankflow.lake.atomic.put_atomic`): a reader neve
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -51,6 +52,7 @@ class WrittenFile:
     rows: int
     bytes: int
     dead_letters: int
+    dropped: int = 0  # rows the batch's row filter took out (changes the lake already has)
 
 
 class LakeWriter:
@@ -77,11 +79,16 @@ class LakeWriter:
 
     # ---- writing
 
-    def write_batch(self, batch: TableBatch) -> WrittenFile:
-        """Write the batch's Parquet file and its dead letters, durably; then clear the batch."""
+    def write_batch(self, batch: TableBatch,
+                    row_filter: Callable[[pa.Table], tuple[pa.Table, int]] | None = None) -> WrittenFile:
+        """Write the batch's Parquet file and its dead letters, durably; then clear the batch. `row_filter`
+        takes rows out first (and says how many): copies of changes already in the lake."""
         first, last = batch.first_position, batch.last_position
         key = self.key_for(batch)
         table = batch.to_arrow(key)
+        dropped = 0
+        if row_filter is not None:
+            table, dropped = row_filter(table)
         size = 0
         written_key: str | None = None
         if table.num_rows:
@@ -90,7 +97,7 @@ class LakeWriter:
         dead = self.dead_letters.write(batch.table.name, batch.stream, first, last, batch.dead_letters)
         rows = table.num_rows
         batch.clear()
-        return WrittenFile(written_key, rows, size, dead)
+        return WrittenFile(written_key, rows, size, dead, dropped)
 
     def write_table(self, key: str, table: pa.Table) -> int:
         """One Parquet file, written atomically. Dictionary encoding only for text columns: on numbers, decimals

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, overload
 
+from bankflow.engines.debezium.resent import ResentFilter
 from bankflow.lake.batch import ShapeChanged, TableBatch
 from bankflow.lake.positions import KafkaPosition, LsnPosition, lsn_text
 from bankflow.lake.replay import ReplayPlan, kafka_resume
@@ -43,6 +44,7 @@ class ConsumeResult:
     orphans_replayed: int = 0
     skipped_replayed: int = 0
     dropped_partial: int = 0
+    resent_dropped: int = 0  # changes Debezium produced again (a Connect restart), kept once
     committed: dict[str, dict[int, int]] = field(default_factory=dict)
     seconds: float = 0.0
     schema_changes: list[str] = field(default_factory=list)  # what evolve accepted, one line each
@@ -54,7 +56,7 @@ class ConsumeResult:
             "rows": self.rows, "bytes": self.bytes, "files": list(self.files),
             "dead_letter_files": self.dead_letter_files, "commits": self.commits,
             "orphans_replayed": self.orphans_replayed, "skipped_replayed": self.skipped_replayed,
-            "dropped_partial": self.dropped_partial,
+            "dropped_partial": self.dropped_partial, "resent_dropped": self.resent_dropped,
             "committed": {t: dict(p) for t, p in self.committed.items()}, "seconds": round(self.seconds, 3),
             "schema_changes": list(self.schema_changes), "stopped": self.stopped,
         }
@@ -91,8 +93,8 @@ class Partition:
     go to the batch in one bulk call; `count` is the open batch's events, pending values included.
     """
 
-    __slots__ = ("batch", "committed", "count", "frozen_at", "next_offset", "offsets", "partition", "plan", "topic",
-                 "values")
+    __slots__ = ("batch", "committed", "count", "frozen_at", "next_offset", "offsets", "partition", "plan", "resent",
+                 "topic", "values")
 
     def __init__(self, topic: str, partition: int, batch: TableBatch, start: int,
                  plan: ReplayPlan[KafkaPosition] | None = None) -> None:
@@ -106,6 +108,8 @@ class Partition:
         self.values: list[bytes] = []
         self.offsets: list[int] = []
         self.frozen_at: int | None = None  # a schema change stopped the partition here: nothing past it commits
+        # copies of changes Debezium sent again (the key columns as the lake names them)
+        self.resent = ResentFilter([batch.lake_names.get(k, k) for k in batch.table.primary_key])
 
     def add(self, values: list[bytes], offsets: list[int]) -> None:
         if self.frozen_at is not None:
@@ -150,6 +154,8 @@ class Partitions:
         shape = table if self.shapes is None else self.shapes.start_at(table)
         state = Partition(topic, partition, self._batch(shape, topic), start,
                           self.replay_plan(topic, partition, start, batches))
+        state.resent.load(self.writer.fs, [f for f in batches if isinstance(f.first, KafkaPosition)
+                                           and f.first.partition == partition], start)
         self.states[(topic, partition)] = state
         return state
 
@@ -230,8 +236,13 @@ class Partitions:
         """Write the open batch durably, then commit up to `through` (default: everything consumed)."""
         self.drain(state)
         if state.count:
-            written = self.writer.write_batch(state.batch)
+            written = self.writer.write_batch(state.batch, row_filter=state.resent.filter)
+            state.resent.written()
             result = self.result
+            if written.dropped:
+                result.resent_dropped += written.dropped
+                log.warning("%s[%d]: %d change(s) Debezium sent again (a Kafka Connect restart) were already in "
+                            "the lake: kept once", state.topic, state.partition, written.dropped)
             if written.key is not None:
                 result.files.append(written.key)
             result.rows += written.rows
