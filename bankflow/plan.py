@@ -8,15 +8,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bankflow.render import load_sql_name, render_all
+from bankflow.render.airflow import dag_file_name, render_dag
 from bankflow.spec.loader import ResolvedSpec
 
 APPLIED_DIR = "applied"
 # What a plan directory holds. Other files there are not the plan's: never reported as removed, never deleted.
 ARTIFACT_RE = re.compile(
     r"^(debezium/[^/]+\.json|topology\.json|dbt/profiles\.yml|warehouse/[a-z0-9_]+/[a-z0-9_]+\.sql"
-    r"|source/setup\.sql)$")
+    r"|source/setup\.sql|airflow/[^/]+\.py)$")
 # Pending-file lists change with every run: apply does not record them, so they are not compared with it.
 LOAD_SQL_RE = re.compile(r"^warehouse/[a-z0-9_]+/load\.sql$")
+# Nor does it deploy the Airflow DAG (the scheduler's, not bankflow's): plan writes it, apply leaves it alone.
+NOT_APPLIED_RE = re.compile(rf"{LOAD_SQL_RE.pattern}|^airflow/[^/]+\.py$")
 
 
 @dataclass
@@ -62,6 +65,7 @@ def plan(resolved: ResolvedSpec, out: Path | None = None, *, pending_files: dict
          check_live: bool = True) -> PlanResult:
     """Render everything; compare with `out` (an earlier plan) or else the last applied state; then write."""
     files = dict(render_all(resolved).files)
+    files[dag_file_name(resolved)] = resolved.redact(render_dag(resolved))
     if pending_files is not None:
         from bankflow.render.warehouse import render_load_sql
 
@@ -70,7 +74,7 @@ def plan(resolved: ResolvedSpec, out: Path | None = None, *, pending_files: dict
     for candidate in ([out] if out else []) + [resolved.state_dir / APPLIED_DIR]:
         if candidate is not None and candidate.is_dir() and _previous(candidate):
             result.compared_with = candidate
-            result.changed = compare(files, candidate, ignore=None if candidate == out else LOAD_SQL_RE)
+            result.changed = compare(files, candidate, ignore=None if candidate == out else NOT_APPLIED_RE)
             break
     if check_live:
         diff, note = resolved.spec.cdc.engine_for(resolved).live_diff()

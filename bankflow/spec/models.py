@@ -43,9 +43,9 @@ from bankflow.warehouses.duckdb.config import DuckDBWarehouse
 from bankflow.warehouses.snowflake.config import SnowflakeWarehouse
 
 __all__ = [
-    "BuiltinCdc", "Column", "DbtStep", "DebeziumCdc", "DuckDBWarehouse", "Flush", "Generate", "Identifier", "Kafka",
-    "Lake", "PipelineSpec", "PostgresSource", "SnowflakeWarehouse", "SpecValueError", "Table", "Transform",
-    "Verify", "VerifyCheck", "check_identifier",
+    "Airflow", "BuiltinCdc", "Column", "DbtStep", "DebeziumCdc", "DuckDBWarehouse", "Flush", "Generate",
+    "Identifier", "Kafka", "Lake", "PipelineSpec", "PostgresSource", "SnowflakeWarehouse", "SpecValueError", "Table",
+    "Transform", "Verify", "VerifyCheck", "check_identifier",
 ]
 
 # dbt's node selection syntax, one selector per item: `[@][N+]method:value[+N]`, joined by commas (intersection).
@@ -438,6 +438,50 @@ class Verify(StrictModel):
     checks: list[VerifyCheck] = Field(default_factory=list)
 
 
+# ---------------------------------------------------------------- airflow
+
+# Airflow's schedule presets (a cron expression is the other way to write a schedule).
+AIRFLOW_PRESETS = ("@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly", "@once", "@continuous")
+CRON_FIELD_RE = re.compile(r"[0-9A-Za-z*?/,#-]+")
+DAG_ID_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,249}")  # Airflow's dag_id characters, 250 at most
+
+
+class Airflow(StrictModel):
+    """The Airflow DAG `plan` renders (airflow/<dag_id>.py): the stages as tasks in order, then verify."""
+
+    schedule: str = Field("@hourly", description="a cron expression (5 fields, e.g. '*/15 * * * *') or a preset: "
+                                                 + ", ".join(AIRFLOW_PRESETS))
+    dag_id: str | None = Field(None, description="the DAG's id and file name; default bankflow_<pipeline name>")
+    retries: int = Field(0, ge=0, le=10, description="retries of a failed task, 5 minutes apart (not the cdc "
+                                                     "task's: a second try would not see the dead letters of "
+                                                     "the first, exit 4, and pass)")
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        value = " ".join(value.split())
+        if value.startswith("@"):
+            if value not in AIRFLOW_PRESETS:
+                raise SpecValueError(f"schedule {value!r} is not an Airflow preset",
+                                     f"use one of {', '.join(AIRFLOW_PRESETS)} or a cron expression")
+            return value
+        fields = value.split(" ")
+        if len(fields) != 5 or not all(CRON_FIELD_RE.fullmatch(f) for f in fields):
+            raise SpecValueError(f"schedule {value!r} is neither a cron expression of 5 fields nor a preset",
+                                 "write minute hour day-of-month month day-of-week, e.g. schedule: '*/15 * * * *', "
+                                 f"or a preset ({', '.join(AIRFLOW_PRESETS)})")
+        return value
+
+    @field_validator("dag_id")
+    @classmethod
+    def _dag_id(cls, value: str | None) -> str | None:
+        if value is not None and not DAG_ID_RE.fullmatch(value):
+            raise SpecValueError(f"dag_id {value!r} is not a valid Airflow dag_id",
+                                 "use letters, digits, '_', '.' and '-' (max 250), starting with a letter, digit "
+                                 "or '_'")
+        return value
+
+
 # ---------------------------------------------------------------- the spec
 
 class PipelineSpec(StrictModel):
@@ -455,6 +499,7 @@ class PipelineSpec(StrictModel):
     transform: Transform | None = None
     generate: Generate | None = None
     verify: Verify = Verify()
+    airflow: Airflow = Field(default_factory=Airflow)
     environments: dict[str, dict] = Field(
         default_factory=dict, description="overlays merged over the spec by `--env NAME`"
     )

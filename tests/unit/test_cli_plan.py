@@ -13,6 +13,7 @@ import bankflow.cli
 from bankflow.cli import main
 from bankflow.plan import APPLIED_DIR, write_files
 from bankflow.render import render_all
+from bankflow.render.airflow import render_dag
 from bankflow.render.warehouse import FILES_PLACEHOLDER
 from bankflow.spec.loader import load_spec
 from tests.specs.support import (
@@ -26,8 +27,8 @@ from tests.specs.support import (
 )
 
 # The local environment runs the built-in engine: no Kafka Connect, so no connector JSON.
-DUCKDB_FILES = ["dbt/profiles.yml", "source/setup.sql", "topology.json", "warehouse/duckdb/load.sql",
-                "warehouse/duckdb/setup.sql"]
+DUCKDB_FILES = ["airflow/bankflow_inventory.py", "dbt/profiles.yml", "source/setup.sql", "topology.json",
+                "warehouse/duckdb/load.sql", "warehouse/duckdb/setup.sql"]
 
 
 @pytest.fixture
@@ -48,11 +49,12 @@ def test_plan_writes_then_no_changes_then_differs(inventory: Path, tmp_path: Pat
     assert main(argv) == 0
     first = capsys.readouterr().out
     assert first.startswith("plan for inventory (environment: local)\n")
-    assert "wrote 5 artifact(s)" in first
+    assert "wrote 6 artifact(s)" in first
     assert "change(s)" not in first
     files = written(out)
     assert sorted(files) == DUCKDB_FILES
-    assert files == render_all(load_spec(inventory, environ={})).files
+    resolved = load_spec(inventory, environ={})
+    assert files == {**render_all(resolved).files, "airflow/bankflow_inventory.py": render_dag(resolved)}
 
     assert main(argv) == 0
     second = capsys.readouterr().out
@@ -132,8 +134,9 @@ def test_plan_stack_with_connect_unreachable(tmp_path: Path, monkeypatch: pytest
     assert f"127.0.0.1:{port}" in unreachable[0] and "rendered offline" in unreachable[0]
     assert "Traceback" not in captured.out + captured.err
     files = written(out)
-    assert sorted(files) == ["dbt/profiles.yml", "debezium/connector.json", "source/setup.sql", "topology.json",
-                             "warehouse/snowflake/load.sql", "warehouse/snowflake/setup.sql"]
+    assert sorted(files) == ["airflow/bankflow_banking.py", "dbt/profiles.yml", "debezium/connector.json",
+                             "source/setup.sql", "topology.json", "warehouse/snowflake/load.sql",
+                             "warehouse/snowflake/setup.sql"]
     assert FILES_PLACEHOLDER in files["warehouse/snowflake/load.sql"]
     assert json.loads(files["debezium/connector.json"])["config"]["database.password"] == "${env:PGPASSWORD}"
     for text in [captured.out, captured.err, *files.values()]:
@@ -165,11 +168,13 @@ def test_switching_environment_in_one_out_dir(tmp_path: Path, monkeypatch: pytes
     assert "change(s)" not in capsys.readouterr().out  # NOTES.md is no earlier plan
     assert main(["plan", str(spec), "--env", "cloud", "--out", str(out), "--offline", "--json"]) == 3
     switched = json.loads(capsys.readouterr().out)
-    assert switched["changed"] == ["dbt/profiles.yml", "debezium/connector.json", "source/setup.sql", "topology.json",
-                                   "warehouse/duckdb/load.sql", "warehouse/duckdb/setup.sql",
-                                   "warehouse/snowflake/load.sql", "warehouse/snowflake/setup.sql"]
+    assert switched["changed"] == ["airflow/bankflow_inventory.py", "dbt/profiles.yml", "debezium/connector.json",
+                                   "source/setup.sql", "topology.json", "warehouse/duckdb/load.sql",
+                                   "warehouse/duckdb/setup.sql", "warehouse/snowflake/load.sql",
+                                   "warehouse/snowflake/setup.sql"]
     assert main(["plan", str(spec), "--env", "cloud", "--out", str(out), "--offline", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["changed"] == [] and report["compared_with"] == str(out)
-    assert sorted(written(out)) == ["NOTES.md", "dbt/profiles.yml", "debezium/connector.json", "source/setup.sql",
-                                    "topology.json", "warehouse/snowflake/load.sql", "warehouse/snowflake/setup.sql"]
+    assert sorted(written(out)) == ["NOTES.md", "airflow/bankflow_inventory.py", "dbt/profiles.yml",
+                                    "debezium/connector.json", "source/setup.sql", "topology.json",
+                                    "warehouse/snowflake/load.sql", "warehouse/snowflake/setup.sql"]

@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 
 from bankflow.render import render_all
+from bankflow.render.airflow import render_dag
 from bankflow.render.warehouse import render_load_sql
 from bankflow.spec.loader import ResolvedSpec
 from tests.specs.support import CASES, GOLDEN, SECRETS, check_golden, load_case, normalise
 
 ARTIFACTS = ("debezium/connector.json", "topology.json", "dbt/profiles.yml", "setup.sql", "load.sql",
-             "source/setup.sql")
+             "source/setup.sql", "airflow/dag.py")
 
 
 def pending_files(resolved: ResolvedSpec) -> dict[str, list[str]]:
@@ -46,6 +47,7 @@ def rendered(case: str) -> dict[str, str]:
         "load.sql": files[f"warehouse/{kind}/load.sql"],
         "load-with-files.sql": render_load_sql(resolved, pending_files(resolved)),
         "source/setup.sql": files["source/setup.sql"],
+        "airflow/dag.py": render_dag(resolved),  # plan's airflow/<dag_id>.py
     }
     engine_files = set()
     if resolved.spec.cdc.capabilities.uses_kafka:  # the connector is rendered where Kafka Connect runs it
