@@ -47,6 +47,7 @@ def stream_to_lake(
     result = StreamReader(resolved, connect_kwargs, progress=progress, fresh_slot=slot.created).run(
         follow=follow, stop=stop)
     result.snapshot_rows = slot.snapshot_rows
+    result.dead_letters += slot.snapshot_dead_letters
     result.files = slot.snapshot_files + result.files
     result.seconds = time.monotonic() - t0
     return result

@@ -42,6 +42,7 @@ class SlotInfo:
 
     snapshot_rows: int = 0
     snapshot_files: list[str] = field(default_factory=list)
+    snapshot_dead_letters: int = 0
     created: bool = False  # the slot was created in this run
 
 
@@ -176,7 +177,7 @@ def _create(resolved: ResolvedSpec, connect_kwargs: dict[str, Any], writer: Lake
         if export:
             markers.write(markers.started, {"slot": slot, "consistent_lsn": consistent})
             taken = take_snapshot(resolved, connect_kwargs, writer, snapshot_name, consistent, progress)
-            info = SlotInfo(taken.rows, taken.files, created=True)
+            info = SlotInfo(taken.rows, taken.files, taken.dead_letters, created=True)
             markers.write(markers.complete, {
                 "slot": slot, "consistent_lsn": consistent, "consistent_lsn_text": lsn_text(consistent),
                 "rows": taken.rows, "files": taken.files})

@@ -55,6 +55,7 @@ Progress = Callable[[dict[str, Any]], None]
 class SnapshotResult:
     rows: int = 0
     files: list[str] = field(default_factory=list)
+    dead_letters: int = 0  # rows COPY gave that could not be carried (in the dead-letter store, counted here)
 
 
 def snapshot_stream(table: Table) -> str:
@@ -135,12 +136,18 @@ class _Snapshot:
             batch.approx_bytes += piece.nbytes
             row_no += piece.num_rows
             if batch.should_flush(self.flush):
-                self.result.files += _write(self.writer, batch)
+                self._write(batch)
                 self.report(self.result.rows + row_no)
         if not batch.empty:
-            self.result.files += _write(self.writer, batch)
+            self._write(batch)
         self.result.rows += row_no
         self.report(self.result.rows)
+
+    def _write(self, batch: TableBatch) -> None:
+        written = self.writer.write_batch(batch)
+        if written.key:
+            self.result.files.append(written.key)
+        self.result.dead_letters += written.dead_letters
 
 
 def _csv_pieces(path: str, names: list[str], batch: TableBatch, flush: Flush) -> Iterator[Any]:
@@ -165,9 +172,6 @@ def _csv_pieces(path: str, names: list[str], batch: TableBatch, flush: Flush) ->
             yield piece
 
 
-def _write(writer: LakeWriter, batch: TableBatch) -> list[str]:
-    written = writer.write_batch(batch)
-    return [written.key] if written.key else []
 
 
 def take_snapshot(resolved: ResolvedSpec, connect_kwargs: dict[str, Any], writer: LakeWriter, snapshot_name: str,
