@@ -80,15 +80,19 @@ class LakeWriter:
     # ---- writing
 
     def write_batch(self, batch: TableBatch,
-                    row_filter: Callable[[pa.Table], tuple[pa.Table, int]] | None = None) -> WrittenFile:
+                    row_filter: Callable[[pa.Table], tuple[pa.Table, int]] | None = None,
+                    metadata: dict[bytes, bytes] | None = None) -> WrittenFile:
         """Write the batch's Parquet file and its dead letters, durably; then clear the batch. `row_filter`
-        takes rows out first (and says how many): copies of changes already in the lake."""
+        takes rows out first (and says how many): copies of changes already in the lake; `metadata` goes in
+        the file's key-value metadata."""
         first, last = batch.first_position, batch.last_position
         key = self.key_for(batch)
         table = batch.to_arrow(key)
         dropped = 0
         if row_filter is not None:
             table, dropped = row_filter(table)
+        if metadata:
+            table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
         size = 0
         written_key: str | None = None
         if table.num_rows:

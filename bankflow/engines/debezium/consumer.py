@@ -26,7 +26,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bankflow.engines.debezium.partitions import ConsumeResult, Partition, Partitions
+import orjson
+
+from bankflow.engines.debezium.partitions import ConsumeResult, Partition, Partitions, tail_digest
 from bankflow.lake.filesystem import lake_filesystem
 from bankflow.lake.gctune import large_young_generation
 from bankflow.lake.positions import KafkaPosition
@@ -42,6 +44,12 @@ log = logging.getLogger(__name__)
 BATCH_MESSAGES = 10_000  # consume() batch size: large enough to amortise the call, small enough to stay responsive
 POLL_TIMEOUT = 0.1  # seconds; also the idle latency of follow mode
 PROGRESS_EVERY = 1.0  # seconds between progress callbacks
+LOG_CHECK_EVERY = 30.0  # follow mode: seconds between checks that each partition's log is still the one read
+_MISSING = object()  # `_log_message`: the log has no message at that offset
+WAY_FORWARD = ("Changes may be missing from the lake; the consumer stopped instead of skipping them. Way forward: "
+               "take a new snapshot (delete the connector and its offsets in Kafka Connect, then bankflow down "
+               "SPEC --drop-slot and apply), after resetting the group's offsets for the topic "
+               "(kafka-consumer-groups --reset-offsets --to-earliest).")
 
 
 def consumer_config(resolved: ResolvedSpec) -> dict[str, Any]:
@@ -52,7 +60,9 @@ def consumer_config(resolved: ResolvedSpec) -> dict[str, Any]:
         "group.id": kafka.group,
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
-        "auto.offset.reset": "earliest",
+        # every start offset is explicit (committed, or the log's beginning for a new group): an offset the log
+        # no longer has (a topic emptied or recreated under a running consumer) is an error, never a silent jump
+        "auto.offset.reset": "error",
         "fetch.wait.max.ms": 10,
         "session.timeout.ms": 6000,
         "heartbeat.interval.ms": 1000,
@@ -124,6 +134,9 @@ class _Consumer:
             problem = _out_of_range(topic, partition, start, low, high, max(written) if written else None)
             if problem is not None and self._log_holds(topic, partition, max([start - 1, *written])):
                 problem = None  # the broker's high watermark lagged (Tansu reports it one low at times)
+            if problem is None:
+                problem = self._stopped_before(topic, partition) or self._not_what_was_read(
+                    topic, partition, listings[topic])
             if problem is not None:
                 self.result.stopped = problem
                 log.error("%s", problem)
@@ -136,13 +149,42 @@ class _Consumer:
             self.partitions.open(topic, partition, table, start, listings[topic])
         consumer.assign(starts)
 
-    def _log_holds(self, topic: str, partition: int, offset: int, timeout: float = 5.0) -> bool:
-        """Whether the partition's log still holds the message at `offset` (read with a throwaway consumer that
-        commits nothing): the proof a watermark cannot give when it lags."""
-        from confluent_kafka import Consumer, TopicPartition
+    def _not_what_was_read(self, topic: str, partition: int, files: list[LakeFile]) -> str | None:
+        """The partition's newest lake file names its last message (offset, digest): a log that no longer has
+        that message there was recreated, even when it has grown past that offset since (and a recreated topic
+        loses the group's committed offset, which would make every file look like an orphan to replay)."""
+        import pyarrow.parquet as pq
 
-        if offset < 0:
-            return True
+        from bankflow.engines.debezium.partitions import LAST_MESSAGE_KEY
+
+        mine = [f for f in files if isinstance(f.last, KafkaPosition) and f.last.partition == partition
+                and f.key.endswith(".parquet")]
+        if not mine:
+            return None
+        last = max(mine, key=lambda f: f.last.offset)
+        with self.writer.fs.open(last.key, "rb") as handle:
+            named = (pq.read_schema(handle).metadata or {}).get(LAST_MESSAGE_KEY)
+        if named is None:
+            return None
+        offset_text, digest = named.decode().split(":", 1)
+        offset = int(offset_text)
+        held = self._log_message(topic, partition, offset)
+        if held is not _MISSING and tail_digest(held) == digest:
+            return None
+        what = "is gone" if held is _MISSING else "is another one"
+        return (f"{topic}[{partition}]: the message at offset {offset:,}, the last of lake file {last.key}, {what}: "
+                f"the topic was emptied or recreated after the pipeline read it. {WAY_FORWARD}")
+
+    def _log_holds(self, topic: str, partition: int, offset: int, timeout: float = 5.0) -> bool:
+        """Whether the partition's log still holds the message at `offset`: the proof a watermark cannot give
+        when it lags."""
+        return offset < 0 or self._log_message(topic, partition, offset, timeout) is not _MISSING
+
+    def _log_message(self, topic: str, partition: int, offset: int, timeout: float = 5.0) -> Any:
+        """The value of the message at `offset` (None for a tombstone), read with a throwaway consumer that
+        commits nothing; `_MISSING` when the log does not have that offset."""
+        from confluent_kafka import Consumer, KafkaError, TopicPartition
+
         config = {**consumer_config(self.resolved), "group.id": f"{self.resolved.spec.kafka.group}.probe"}
         probe = Consumer(config, logger=log)
         try:
@@ -150,9 +192,15 @@ class _Consumer:
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
                 message = probe.poll(0.2)
-                if message is not None and message.error() is None:
-                    return bool(message.offset() == offset)
-            return False
+                if message is None:
+                    continue
+                error = message.error()
+                if error is not None:
+                    if error.code() == KafkaError._AUTO_OFFSET_RESET:
+                        return _MISSING
+                    continue
+                return message.value() if message.offset() == offset else _MISSING
+            return _MISSING
         finally:
             probe.close()
 
@@ -183,7 +231,9 @@ class _Consumer:
             first = messages[i]
             err = first.error()
             if err is not None:
-                if err.code() != KafkaError._PARTITION_EOF:
+                if err.code() == KafkaError._AUTO_OFFSET_RESET:
+                    self._stop_out_of_range(first)
+                elif err.code() != KafkaError._PARTITION_EOF:
                     log.warning("consumer error: %s", err)
                 i += 1
                 continue
@@ -205,11 +255,62 @@ class _Consumer:
         for state in states.values():
             self.partitions.drain(state)
 
+    def _stop_out_of_range(self, message: Any) -> None:
+        """The broker no longer has the offset this partition is at: the topic was emptied or recreated (or
+        retention deleted unread messages) while the consumer ran. Stop; what was read so far stays committed."""
+        topic, partition = message.topic(), message.partition()
+        state = self.partitions.states.get((topic, partition))
+        at = state.next_offset if state is not None else "?"
+        self._stop_for_good(topic, partition, f"the log no longer has offset {at} the consumer was at "
+                            f"({message.error().str()}): the topic was emptied or recreated under the running "
+                            "consumer")
+
+    def _check_logs(self) -> None:
+        """Follow mode, now and then: the first and the last message each partition read this run are still
+        there. A topic recreated under the consumer whose new log already reaches past its position raises no
+        offset error, but those offsets hold other messages."""
+        for state in list(self.partitions.states.values()):
+            if state.first_seen is None or state.plan.active:
+                continue
+            for offset, digest in (state.first_seen, (state.last_offset, tail_digest(state.last_value))):
+                held = self._log_message(state.topic, state.partition, offset)
+                if held is _MISSING or tail_digest(held) != digest:
+                    self._stop_for_good(state.topic, state.partition,
+                                        f"offset {offset} no longer holds the message the consumer read there: the "
+                                        "topic was emptied or recreated under the running consumer")
+                    return
+
+    def _stop_for_good(self, topic: str, partition: int, what: str) -> None:
+        """Stop, and leave a marker in the lake so every later consumer of the partition stops too until a person
+        has taken the way forward (the group's offsets may look fine once the new log has grown)."""
+        from bankflow.lake.atomic import put_atomic
+
+        self.result.stopped = f"{topic}[{partition}]: {what}. {WAY_FORWARD}"
+        log.error("%s", self.result.stopped)
+        marker = self._stop_marker(topic, partition)
+        put_atomic(self.writer.fs, marker, orjson.dumps({"topic": topic, "partition": partition,
+                                                         "reason": self.result.stopped, "at": time.time()}))
+
+    def _stop_marker(self, topic: str, partition: int) -> str:
+        return f"{self.writer.root}/_bankflow/consumer-stops/{self.resolved.spec.kafka.group}/{topic}-{partition}.json"
+
+    def _stopped_before(self, topic: str, partition: int) -> str | None:
+        from bankflow.lake.atomic import read_json
+
+        marker = self._stop_marker(topic, partition)
+        data = read_json(self.writer.fs, marker)
+        if data is None:
+            return None
+        return f"{data.get('reason')} (an earlier run stopped here; remove {marker} once that is done)"
+
     def _take(self, state: Partition, run: list[Any]) -> None:
         """A run of messages for a partition that is not replaying: append, cutting batches at max_rows."""
         values = [m.value() for m in run]
         offsets = [m.offset() for m in run]
         state.next_offset = offsets[-1] + 1
+        state.last_offset, state.last_value = offsets[-1], values[-1]
+        if state.first_seen is None:
+            state.first_seen = (offsets[0], tail_digest(values[0]))
         if None in values:  # tombstones: skipped, their offsets committed with the next flush
             kept = [k for k, v in enumerate(values) if v is not None]
             self.result.tombstones += len(values) - len(kept)
@@ -235,6 +336,9 @@ class _Consumer:
             offset = msg.offset()
             value = msg.value()
             state.next_offset = offset + 1
+            state.last_offset, state.last_value = offset, value
+            if state.first_seen is None:
+                state.first_seen = (offset, tail_digest(value))
             if value is None:
                 self.result.tombstones += 1
                 continue
@@ -277,7 +381,30 @@ class _Consumer:
                 log.debug("not caught up: %s[%d] at %d < %d", state.topic, state.partition, state.next_offset,
                           high)
                 return False
-        return True
+        return not self._more_in_logs()
+
+    def _more_in_logs(self, timeout: float = 1.5) -> bool:
+        """Whether any owned partition's log has a message at the position the consumer is at: the watermark
+        says caught up, but Tansu's lags behind its log by a produce batch at times."""
+        from confluent_kafka import Consumer, TopicPartition
+
+        states = [s for s in self.partitions.states.values() if s.frozen_at is None]
+        if not states:
+            return False
+        config = {**consumer_config(self.resolved), "group.id": f"{self.resolved.spec.kafka.group}.probe"}
+        probe = Consumer(config, logger=log)
+        try:
+            probe.assign([TopicPartition(s.topic, s.partition, s.next_offset) for s in states])
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                message = probe.poll(0.1)
+                if message is not None and message.error() is None:
+                    log.debug("not caught up: %s[%d] has offset %d", message.topic(), message.partition(),
+                              message.offset())
+                    return True
+            return False
+        finally:
+            probe.close()
 
     def _emit_progress(self, force: bool = False) -> None:
         if self.progress is None:
@@ -292,7 +419,7 @@ class _Consumer:
             assignment: list[tuple[str, int]] | None = None) -> ConsumeResult:
         from confluent_kafka import TopicPartition
 
-        started = time.monotonic()
+        started = last_check = time.monotonic()
         consumer = self.consumer
         if assignment is None:
             consumer.subscribe(sorted(self.tables), on_assign=self.on_assign, on_revoke=self.on_revoke,
@@ -307,6 +434,9 @@ class _Consumer:
                         self._handle(messages)
                     self._policy_flush()
                     self._emit_progress()
+                    if follow and time.monotonic() - last_check >= LOG_CHECK_EVERY:
+                        last_check = time.monotonic()
+                        self._check_logs()
                     if self.partitions.stopped is not None:
                         break  # a schema change under freeze: the partitions stay committed before it
                     if not messages and not follow and self._caught_up():
@@ -340,10 +470,7 @@ def _out_of_range(topic: str, partition: int, committed: int, low: int, high: in
                 "topic was emptied or recreated after the pipeline read it")
     else:
         return None
-    return (f"{topic}[{partition}]: {what}. Changes in that range may be missing from the lake; the consumer "
-            "stopped instead of skipping them. Way forward: take a new snapshot (delete the connector and its "
-            "offsets in Kafka Connect, then bankflow down SPEC --drop-slot and apply), after resetting the "
-            "group's offsets for the topic (kafka-consumer-groups --reset-offsets --to-earliest).")
+    return f"{topic}[{partition}]: {what}. {WAY_FORWARD}"
 
 
 def _shape_follower(resolved: ResolvedSpec, fs: Any, root: str) -> ShapeFollower:

@@ -27,6 +27,15 @@ from bankflow.spec.models import Table
 log = logging.getLogger(__name__)
 
 Commit = Callable[[str, int, int], None]  # (topic, partition, next offset): synchronous, done when it returns
+# a lake file's Parquet metadata: "<offset>:<sha1 of the value>" of the file's last message, so that a consumer
+# resuming after it can tell the log still holds that message (a recreated topic holds others there)
+LAST_MESSAGE_KEY = b"bankflow.last_message"
+
+
+def tail_digest(value: bytes | None) -> str:
+    import hashlib
+
+    return hashlib.sha1(value or b"", usedforsecurity=False).hexdigest()
 
 
 @dataclass
@@ -93,8 +102,8 @@ class Partition:
     go to the batch in one bulk call; `count` is the open batch's events, pending values included.
     """
 
-    __slots__ = ("batch", "committed", "count", "frozen_at", "next_offset", "offsets", "partition", "plan", "resent",
-                 "topic", "values")
+    __slots__ = ("batch", "committed", "count", "first_seen", "frozen_at", "last_offset", "last_value",
+                 "next_offset", "offsets", "partition", "plan", "resent", "tail", "topic", "values")
 
     def __init__(self, topic: str, partition: int, batch: TableBatch, start: int,
                  plan: ReplayPlan[KafkaPosition] | None = None) -> None:
@@ -102,6 +111,10 @@ class Partition:
         self.partition = partition
         self.batch = batch
         self.next_offset = start  # offset after the last message consumed (tombstones included)
+        self.last_offset = -1  # the last message consumed, and its value (follow mode checks the log still has it)
+        self.last_value: bytes | None = None
+        self.first_seen: tuple[int, str] | None = None  # the first message this run read: (offset, digest)
+        self.tail: tuple[int, bytes] | None = None  # the last event given to the batch (named in its file)
         self.committed = start
         self.plan: ReplayPlan[KafkaPosition] = plan if plan is not None else ReplayPlan()
         self.count = 0
@@ -117,6 +130,8 @@ class Partition:
         self.values.extend(values)
         self.offsets.extend(offsets)
         self.count += len(values)
+        if values:
+            self.tail = (offsets[-1], values[-1])
 
     def drain(self) -> None:
         """Hand the pending message values to the batch (one bulk conversion)."""
@@ -236,7 +251,11 @@ class Partitions:
         """Write the open batch durably, then commit up to `through` (default: everything consumed)."""
         self.drain(state)
         if state.count:
-            written = self.writer.write_batch(state.batch, row_filter=state.resent.filter)
+            tail = state.tail
+            last = state.batch.last_position
+            metadata = ({LAST_MESSAGE_KEY: f"{tail[0]}:{tail_digest(tail[1])}".encode()}
+                        if tail is not None and isinstance(last, KafkaPosition) and last.offset == tail[0] else None)
+            written = self.writer.write_batch(state.batch, row_filter=state.resent.filter, metadata=metadata)
             state.resent.written()
             result = self.result
             if written.dropped:
