@@ -22,9 +22,9 @@ import psycopg2
 import pytest
 
 from bankflow.cli import main
-from bankflow.engines.builtin.backfill import Coverage, WhereRefused, checked_where
 from bankflow.lake.filesystem import lake_filesystem
 from bankflow.pipeline import Pipeline
+from bankflow.source.backfill import Coverage, WhereRefused, checked_where
 from bankflow.source.embedded import EmbeddedPostgres
 from bankflow.spec.loader import ResolvedSpec, load_spec
 

@@ -9,16 +9,8 @@ from typing import Any
 import fsspec
 import pytest
 
-from bankflow.engines.builtin.backfill import (
-    Coverage,
-    WhereRefused,
-    checked_where,
-    covered,
-    parse_watermark,
-    plan,
-    request,
-    watermark,
-)
+from bankflow.engines.builtin.backfill import parse_watermark, watermark
+from bankflow.source.backfill import Coverage, WhereRefused, checked_where, covered, plan, request
 from bankflow.spec.loader import ResolvedSpec, load_spec
 
 SPEC = """\
@@ -139,8 +131,8 @@ def test_backfill_help_names_the_where_option(capsys: pytest.CaptureFixture[str]
 def test_debezium_signal_names_escaped_tables_and_checked_conditions(tmp_path: Path) -> None:
     """The execute-snapshot signal: tables as Debezium's regexes (escaped), each --where as an additional
     condition after the same check as the built-in engine's (a statement is refused before anything is sent)."""
-    from bankflow.engines.builtin.backfill import WhereRefused
     from bankflow.engines.debezium.backfill import signal_data
+    from bankflow.source.backfill import WhereRefused
 
     resolved = _debezium_spec(tmp_path)
     data = signal_data(resolved, [{"table": "items", "where": "id > 5"}, {"table": "items", "where": None}])
@@ -179,8 +171,8 @@ def _debezium_spec(tmp_path: Path) -> Any:
 
 
 def test_coverage_status_says_per_table_what_the_markers_say(tmp_path: Path) -> None:
-    from bankflow.engines.builtin.backfill import backfilling, coverage_status
     from bankflow.lake.filesystem import lake_filesystem
+    from bankflow.source.backfill import backfilling, coverage_status
 
     resolved = spec(tmp_path, "a", "b", "c")
     fs, root = lake_filesystem(resolved)

@@ -36,7 +36,7 @@ class BuiltinEngine(CdcEngine):
 
     def status(self) -> dict[str, Any]:
         """Per table: whether the slot's stream covers it (since when, how) or a backfill is running."""
-        from bankflow.engines.builtin.backfill import coverage_status
+        from bankflow.source.backfill import coverage_status
 
         try:
             return {"coverage": coverage_status(self.resolved)}
@@ -64,11 +64,11 @@ class BuiltinEngine(CdcEngine):
         Returns the request's marker and ``slot_active``: a `apply --follow` holds the slot (it picks the request
         up within seconds), so the caller must not start a stream of its own.
         """
-        from bankflow.engines.builtin.backfill import Coverage, request
         from bankflow.engines.builtin.connection import connect
         from bankflow.engines.builtin.slot import slot_row
         from bankflow.errors import BankflowError
         from bankflow.lake.filesystem import lake_filesystem
+        from bankflow.source.backfill import Coverage, request
 
         spec = self.spec
         by_name = {t.name: t for t in spec.tables}

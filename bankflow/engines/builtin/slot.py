@@ -20,7 +20,6 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from bankflow.engines.builtin.backfill import Coverage
 from bankflow.engines.builtin.connection import CdcError, connect, replication_connect
 from bankflow.engines.builtin.snapshot import Progress, snapshot_stream, take_snapshot
 from bankflow.lake.atomic import read_json
@@ -28,6 +27,7 @@ from bankflow.lake.filesystem import lake_filesystem
 from bankflow.lake.positions import lsn_text, parse_lsn
 from bankflow.lake.writer import LakeWriter, put_atomic
 from bankflow.render.sql import quote_pg
+from bankflow.source.backfill import Coverage
 from bankflow.spec.loader import ResolvedSpec
 
 log = logging.getLogger(__name__)

@@ -48,12 +48,9 @@ from bankflow.engines.builtin.backfill import (
     WATERMARK_PREFIX,
     Backfiller,
     Chunk,
-    Coverage,
     backfill_stream,
-    covered,
     key_text,
     parse_watermark,
-    plan,
 )
 from bankflow.engines.builtin.connection import connect, replication_connect
 from bankflow.engines.builtin.slot import catalog_primary_keys, idle_slot, slot_row
@@ -66,6 +63,7 @@ from bankflow.lake.positions import LsnPosition, lsn_text, parse_lsn, show_posit
 from bankflow.lake.replay import ReplayMismatch, ReplayPlan, lsn_resume
 from bankflow.lake.schema_history import SchemaHistory
 from bankflow.lake.writer import LakeFile, LakeWriter, WrittenFile
+from bankflow.source.backfill import Coverage, covered, plan
 from bankflow.source.schema_changes import Observed, ShapeFollower, SourceCatalog, warehouse_widens
 from bankflow.spec.loader import ResolvedSpec
 from bankflow.spec.models import Table

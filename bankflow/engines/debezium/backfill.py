@@ -1,7 +1,7 @@
 """Backfills of the Debezium engine: Debezium's incremental snapshots, started and watched by bankflow.
 
 Which tables the connector's stream covers is kept in the lake as on the built-in engine (one coverage marker
-per table, `bankflow.engines.builtin.backfill.Coverage`, under the slot's name). A spec table without a marker
+per table, `bankflow.source.backfill.Coverage`, under the slot's name). A spec table without a marker
 is new to the spec or added back (a table that leaves the spec loses its marker), so it is backfilled;
 `bankflow backfill --table T [--where …]` writes a ``backfilling`` marker on demand.
 
@@ -35,19 +35,14 @@ from typing import Any
 
 import orjson
 
-from bankflow.engines.builtin.backfill import (
-    BACKFILL_NEW_TABLES,
-    Coverage,
-    backfilling,
-    checked_where,
-    covered,
-)
 from bankflow.engines.debezium.config import debezium_cdc
 from bankflow.engines.debezium.connector import include_regex
 from bankflow.errors import BankflowError, StageError
 from bankflow.lake.filesystem import lake_filesystem
 from bankflow.lake.positions import LsnPosition
 from bankflow.render.sql import quote_pg
+from bankflow.source.backfill import Coverage, checked_where, covered
+from bankflow.source.backfill import plan as shared_plan
 from bankflow.source.ddl import SIGNAL_TABLE, qualified
 from bankflow.spec.loader import ResolvedSpec
 from bankflow.spec.models import Table
@@ -65,44 +60,21 @@ def coverage_of(resolved: ResolvedSpec) -> Coverage:
 
 def plan(resolved: ResolvedSpec, coverage: Coverage, *, fresh: bool, has_files: Callable[[Table], bool]
          ) -> list[dict[str, Any]]:
-    """The backfills to run now (new, re-added, requested, resumed), markers updated to say so.
-
-    `fresh`: the connector is new and the lake empty: its initial snapshot (per snapshot_mode) covers every
-    table. With no marker at all, a table the lake has data of predates the markers: taken as covered. Under
-    snapshot_mode ``always`` Debezium itself snapshots every table at each start, so nothing more is asked."""
-    spec = resolved.spec
-    mode = spec.cdc.snapshot_mode
-    names = {t.name for t in spec.tables}
-    known = coverage.tables()
-    legacy = not known and not fresh  # a lake from before markers: what it has data of was covered
-    for name in known:
-        if name not in names:
-            log.info("table %s left the spec: its coverage marker is removed (adding it back backfills it)", name)
-            coverage.remove(name)
-    queue: list[dict[str, Any]] = []
-    for table in spec.tables:
-        record = coverage.read(table.name)
-        if record is None:
-            if fresh:
-                how = ("initial snapshot" if mode in ("initial", "when_needed", "always", "initial_only")
-                       else f"stream only (snapshot_mode {mode})")
-                record = covered(table.name, None, how)
-            elif legacy and has_files(table):
-                record = covered(table.name, None, "assumed (lake data from before coverage markers)")
-            elif mode in BACKFILL_NEW_TABLES:
-                log.info("table %s is new to the stream: backfilling it while streaming", table.name)
-                record = backfilling(table.name, "new to the spec")
-            else:
-                record = covered(table.name, None, f"stream only (snapshot_mode {mode})")
-            coverage.write(table.name, record)
-        if record.get("state") == "backfilling":
-            queue.append(record)
-    return queue
+    """The backfills to run now (`bankflow.source.backfill.plan`). `fresh`: the connector is new and the lake
+    empty, so its initial snapshot (per snapshot_mode) covers every table. Under snapshot_mode ``always``
+    Debezium snapshots every table at each start itself, so no run asks for more."""
+    if fresh:
+        mode = resolved.spec.cdc.snapshot_mode
+        how = ("initial snapshot" if mode in ("initial", "when_needed", "always", "initial_only")
+               else f"stream only (snapshot_mode {mode})")
+        coverage.cover_all(list(resolved.spec.tables), None, how)
+    return shared_plan(resolved, coverage, fresh_slot=fresh, position=None, has_files=has_files,
+                       backfill_always=False)
 
 
 def request(resolved: ResolvedSpec, table: str, where: str | None) -> dict[str, Any]:
     """`bankflow backfill --table`: a ``backfilling`` marker (the next catch-up run signals and waits for it)."""
-    from bankflow.engines.builtin.backfill import request as write_request
+    from bankflow.source.backfill import request as write_request
 
     by_name = {t.name: t for t in resolved.spec.tables}
     if table not in by_name:
