@@ -60,3 +60,19 @@ def test_the_window_is_whole_recent_files_and_a_restart_rebuilds_it_from_the_lak
     earlier = ResentFilter(["id"], window_rows=4)
     earlier.load(fs, files, start=9)
     assert earlier.filter(rows((10, 103, "c")))[1] == 0 and earlier.filter(rows((7, 102, "c")))[1] == 1
+
+
+def test_a_change_committed_after_a_snapshot_row_of_its_key_sorts_after_it() -> None:
+    """A transaction changed key 21 before Debezium read its chunk (change LSN 900) and committed after the
+    chunk was emitted at LSN 1000: it comes later in the partition, and must win over the snapshot row."""
+    window = ResentFilter(["id"])
+    first, _ = window.filter(rows((21, 1000, "r"), (22, 1000, "r"), (30, 990, "u")))
+    assert first.column("_lsn").to_pylist() == [1000, 1000, 990]
+    window.written()
+    later, dropped = window.filter(rows((21, 900, "u"), (22, 1300, "u"), (31, 950, "u"), (21, 1400, "d")))
+    assert dropped == 0
+    assert later.column("_lsn").to_pylist() == [1001, 1300, 950, 1400]
+    # inside one batch too, and a copy Debezium sends again still matches the original (unchanged) identity
+    window.written()
+    again, dropped = window.filter(rows((21, 900, "u"), (40, 500, "r"), (40, 400, "u")))
+    assert dropped == 1 and again.column("_lsn").to_pylist() == [500, 501]

@@ -47,37 +47,66 @@ def identities(table: pa.Table, keys: list[str]) -> pa.Array:
     return joined.combine_chunks() if isinstance(joined, pa.ChunkedArray) else joined
 
 
+def key_texts(table: pa.Table, keys: list[str]) -> list[str]:
+    """One string per row for its primary key alone (as `identities` joins it)."""
+    parts: list[Any] = []
+    for name in keys:
+        text = pc.fill_null(pc.cast(table.column(name), pa.string()), "\x00null")
+        parts += [pc.cast(pc.utf8_length(text), pa.string()), text]
+    joined = pc.binary_join_element_wise(*parts, "\x1f") if len(parts) > 1 else parts[0]
+    return list(joined.to_pylist())
+
+
+def _snapshot_rows(table: pa.Table, keys: list[str]) -> dict[str, int]:
+    """Key → `_lsn` of the table's snapshot (op r) rows, the last one of a key winning."""
+    ops = table.column("_op")
+    if not pc.any(pc.equal(ops, "r")).as_py():
+        return {}
+    rows = table.filter(pc.equal(ops, "r"))
+    return dict(zip(key_texts(rows, keys), rows.column("_lsn").to_pylist(), strict=True))
+
+
 class ResentFilter:
-    """The identities of one partition's recent rows, and the filter for the next batch."""
+    """The identities of one partition's recent rows, and the filter for the next batch.
+
+    It also keeps a snapshot row below the changes that came after it. Debezium emits a snapshot chunk at the
+    close of its window (an incremental snapshot) or at the snapshot's LSN, and a transaction that changed a key
+    before that point but committed after it comes later in the partition with a lower change LSN; ordered by
+    `_lsn`, the older snapshot row would win. Such a change gets `_lsn` = the snapshot row's + 1: after it, as
+    its commit was, and still before the key's next change (which waited for that commit)."""
 
     def __init__(self, keys: list[str], window_rows: int = WINDOW_ROWS) -> None:
         self.keys = keys
         self.window_rows = window_rows
-        self.files: deque[pa.Array] = deque()
+        self.files: deque[tuple[pa.Array, dict[str, int]]] = deque()
         self.rows = 0
         self._seen: pa.Array | None = None
-        self._pending: pa.Table | None = None
+        self._snapshots: dict[str, int] = {}
+        self._pending: tuple[pa.Array, dict[str, int]] | None = None
+        self.reordered = 0
 
     def load(self, fs: Any, files: list[LakeFile], start: int) -> None:
         """The Parquet files of this partition that begin before offset `start` (sorted by position)."""
         import pyarrow.parquet as pq
 
         before = [f for f in files if f.key.endswith(".parquet") and f.first.offset < start]
-        picked: list[pa.Array] = []
+        picked: list[tuple[pa.Array, dict[str, int]]] = []
         rows = 0
         for file in reversed(before):
             if rows >= self.window_rows:
                 break
             with fs.open(file.key, "rb") as handle:
                 part = pq.read_table(handle, columns=[*self.keys, "_lsn", "_op"])
-            picked.append(identities(part, self.keys))
+            picked.append((identities(part, self.keys), _snapshot_rows(part, self.keys)))
             rows += part.num_rows
-        for ids in reversed(picked):
-            self._push(ids)
+        for entry in reversed(picked):
+            self._push(entry)
 
     def filter(self, table: pa.Table) -> tuple[pa.Table, int]:
-        """The batch without the rows seen before (in the window or earlier in the batch); how many dropped."""
+        """The batch without the rows seen before (in the window or earlier in the batch), snapshot rows kept
+        below later changes; and how many rows were dropped."""
         if table.num_rows == 0:
+            self._pending = None
             return table, 0
         ids = identities(table, self.keys)
         keep = pc.invert(pc.is_in(ids, value_set=self._seen)) if self._seen is not None and len(self._seen) else None
@@ -86,19 +115,66 @@ class ResentFilter:
         if grouped.num_rows < len(ids):  # a copy inside the batch: keep each identity's first row
             first = pc.is_in(index, value_set=grouped.column("i_min"))
             keep = first if keep is None else pc.and_(keep, first)
-        kept = table if keep is None or pc.all(keep).as_py() else table.filter(keep)
-        self._pending = kept
+        if keep is None or pc.all(keep).as_py():
+            kept, kept_ids = table, ids
+        else:
+            kept, kept_ids = table.filter(keep), ids.filter(keep)
+        kept, snapshots = self._order_after_snapshots(kept)
+        self._pending = (kept_ids, snapshots)  # identities as Debezium sent them (a copy has the original _lsn)
         return kept, table.num_rows - kept.num_rows
+
+    def _order_after_snapshots(self, table: pa.Table) -> tuple[pa.Table, dict[str, int]]:
+        ops = table.column("_op")
+        is_snapshot = pc.equal(ops, "r")
+        if not self._snapshots and not pc.any(is_snapshot).as_py():
+            return table, {}
+        keys = key_texts(table, self.keys)
+        snapshot_at = pc.indices_nonzero(is_snapshot).to_pylist()
+        watched = set(self._snapshots) | {keys[i] for i in snapshot_at}
+        candidates = [i for i, k in enumerate(keys) if k in watched]
+        known = self._snapshots
+        lsns = table.column("_lsn")
+        ops_list = ops.to_pylist()
+        working = dict(known)
+        mine: dict[str, int] = {}
+        changed: dict[int, int] = {}
+        for i in candidates:
+            key, lsn = keys[i], lsns[i].as_py()
+            if ops_list[i] == "r":
+                working[key] = mine[key] = lsn
+                continue
+            floor = working.get(key)
+            if floor is not None and lsn <= floor:
+                changed[i] = floor + 1
+        if changed:
+            values = lsns.to_pylist()
+            for i, lsn in changed.items():
+                values[i] = lsn
+            column = table.schema.get_field_index("_lsn")
+            table = table.set_column(column, table.schema.field(column), pa.array(values, pa.int64()))
+            self.reordered += len(changed)
+            log.info("%d change(s) made before a snapshot row of their key and committed after it: ordered after "
+                     "it (_lsn = the snapshot row's + 1)", len(changed))
+        return table, mine
 
     def written(self) -> None:
         """The batch last filtered became a durable file: its rows join the window."""
-        kept, self._pending = self._pending, None
-        if kept is not None and kept.num_rows:
-            self._push(identities(kept, self.keys))
+        pending, self._pending = self._pending, None
+        if pending is not None and len(pending[0]):
+            self._push(pending)
 
-    def _push(self, ids: pa.Array) -> None:
-        self.files.append(ids)
-        self.rows += len(ids)
-        while len(self.files) > 1 and self.rows - len(self.files[0]) >= self.window_rows:
-            self.rows -= len(self.files.popleft())
-        self._seen = pa.concat_arrays(list(self.files)) if self.files else None
+    def _push(self, entry: tuple[pa.Array, dict[str, int]]) -> None:
+        self.files.append(entry)
+        self.rows += len(entry[0])
+        trimmed = False
+        while len(self.files) > 1 and self.rows - len(self.files[0][0]) >= self.window_rows:
+            old = self.files.popleft()
+            self.rows -= len(old[0])
+            trimmed = trimmed or bool(old[1])
+        self._seen = pa.concat_arrays([ids for ids, _ in self.files]) if self.files else None
+        if trimmed:
+            self._snapshots = {}
+            for _ids, snapshots in self.files:
+                self._snapshots.update(snapshots)
+        else:
+            self._snapshots.update(entry[1])
