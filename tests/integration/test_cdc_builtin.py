@@ -422,7 +422,7 @@ def test_snapshot_interrupted_midway_is_redone_from_scratch(source: Source, monk
     real_write = builtin_snapshot._write
     calls = {"n": 0}
 
-    def crash_on_second(writer: Any, batch: Any) -> list[str]:
+    def crash_on_second(writer: Any, batch: Any) -> Any:
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt("simulated crash mid-snapshot")

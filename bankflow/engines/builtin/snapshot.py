@@ -27,7 +27,7 @@ from typing import Any
 
 from bankflow.engines.builtin.connection import connect
 from bankflow.lake.batch import TableBatch
-from bankflow.lake.writer import LakeWriter
+from bankflow.lake.writer import LakeWriter, WrittenFile
 from bankflow.render.sql import quote_pg
 from bankflow.spec.loader import ResolvedSpec
 from bankflow.spec.models import Flush, Table
@@ -144,7 +144,7 @@ class _Snapshot:
         self.report(self.result.rows)
 
     def _write(self, batch: TableBatch) -> None:
-        written = self.writer.write_batch(batch)
+        written = _write(self.writer, batch)
         if written.key:
             self.result.files.append(written.key)
         self.result.dead_letters += written.dead_letters
@@ -172,6 +172,11 @@ def _csv_pieces(path: str, names: list[str], batch: TableBatch, flush: Flush) ->
             yield piece
 
 
+
+
+def _write(writer: LakeWriter, batch: TableBatch) -> WrittenFile:
+    """One snapshot file, durably (a module function: a test interrupts a snapshot here)."""
+    return writer.write_batch(batch)
 
 
 def take_snapshot(resolved: ResolvedSpec, connect_kwargs: dict[str, Any], writer: LakeWriter, snapshot_name: str,
