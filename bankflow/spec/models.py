@@ -44,7 +44,7 @@ from bankflow.warehouses.snowflake.config import SnowflakeWarehouse
 
 __all__ = [
     "Airflow", "BuiltinCdc", "Column", "DbtStep", "DebeziumCdc", "DuckDBWarehouse", "Flush", "Generate",
-    "Identifier", "Kafka", "Lake", "PipelineSpec", "PostgresSource", "SnowflakeWarehouse", "SpecValueError", "Table",
+    "Identifier", "Kafka", "Lake", "Monitor", "RunLoop", "PipelineSpec", "PostgresSource", "SnowflakeWarehouse", "SpecValueError", "Table",
     "Transform", "Verify", "VerifyCheck", "check_identifier",
 ]
 
@@ -482,6 +482,99 @@ class Airflow(StrictModel):
         return value
 
 
+# ---------------------------------------------------------------- run, monitor
+
+DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h)?")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(value: str | float | int) -> float:
+    """Seconds from 30, 2.5, '500ms', '30s', '5m' or '1h'."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    match = DURATION_RE.fullmatch(value.strip())
+    if not match:
+        raise ValueError(value)
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+class RunLoad(StrictModel):
+    """When `bankflow run` loads the lake's new files into raw: whichever limit is reached first, checked every
+    `check_seconds`. Each load goes through the same ledger as `apply`'s load stage (each file exactly once)."""
+
+    max_seconds: float = Field(1.0, gt=0, description="load pending files at least this often (seconds)")
+    max_rows: int = Field(100_000, ge=1, description="or as soon as this many rows are pending")
+    max_bytes: int = Field(64 * 1024 * 1024, ge=1, description="or as soon as this many bytes are pending")
+    check_seconds: float = Field(0.25, gt=0, le=60, description="how often the lake is listed for new files")
+
+
+class RunTransform(StrictModel):
+    """When `bankflow run` transforms (the spec's dbt steps): on a cadence, and also when enough changes arrived.
+    Never two at once, and never while a load runs; the stream goes on meanwhile."""
+
+    every: str = Field("60s", description="an interval ('30s', '5m', '1h') or a cron expression of 5 fields "
+                                          "('*/5 * * * *', UTC)")
+    after_changes: int | None = Field(None, ge=1, description="also transform as soon as this many rows were "
+                                                              "loaded into raw since the last transform")
+
+    @field_validator("every")
+    @classmethod
+    def _every(cls, value: str) -> str:
+        value = " ".join(str(value).split())
+        fields = value.split(" ")
+        if len(fields) == 5:
+            if not all(CRON_FIELD_RE.fullmatch(f) for f in fields):
+                raise SpecValueError(f"every {value!r} is not a cron expression",
+                                     "write minute hour day-of-month month day-of-week, e.g. '*/5 * * * *'")
+            return value
+        try:
+            seconds = parse_duration(value)
+        except ValueError:
+            raise SpecValueError(f"every {value!r} is neither an interval nor a cron expression of 5 fields",
+                                 "write an interval such as 30s, 5m or 1h, or a cron expression such as "
+                                 "'*/5 * * * *'") from None
+        if seconds <= 0:
+            raise SpecValueError(f"every {value!r} is not a positive interval", "write e.g. 30s, 5m or 1h")
+        return value
+
+    @property
+    def cron(self) -> str | None:
+        return self.every if len(self.every.split(" ")) == 5 else None
+
+    @property
+    def interval_seconds(self) -> float | None:
+        return None if self.cron else parse_duration(self.every)
+
+
+class RunMetrics(StrictModel):
+    """The Prometheus endpoint of `bankflow run` (text exposition format at /metrics)."""
+
+    port: int | None = Field(9464, ge=0, le=65535, description="0 picks a free port; null turns it off")
+    host: str = Field("127.0.0.1", description="the address to listen on (0.0.0.0 to be scraped from elsewhere)")
+
+
+class RunLoop(StrictModel):
+    """`bankflow run`: one long-running process keeping raw and the marts current while the stream runs."""
+
+    load: RunLoad = Field(default_factory=RunLoad)
+    transform: RunTransform = Field(default_factory=RunTransform)
+    metrics: RunMetrics = Field(default_factory=RunMetrics)
+
+
+class Monitor(StrictModel):
+    """Thresholds `bankflow status` checks (and exits 4 on), and `bankflow run` exports with its metrics. Unset
+    means unchecked."""
+
+    max_lag_seconds: float | None = Field(None, gt=0, description="source commit time of the newest change in "
+                                                                  "the lake vs now, while the source has changes "
+                                                                  "the lake has not")
+    max_raw_age_seconds: float | None = Field(None, gt=0, description="time since the last successful load")
+    max_mart_age_seconds: float | None = Field(None, gt=0, description="time since the last successful transform")
+    max_dead_letters: int | None = Field(None, ge=0, description="pending dead letters allowed (status already "
+                                                                 "exits 4 on any; this raises that bar)")
+    # WAL retained by the slot: cdc.max_lag_bytes (checked by status since before this section existed)
+
+
 # ---------------------------------------------------------------- the spec
 
 class PipelineSpec(StrictModel):
@@ -500,6 +593,8 @@ class PipelineSpec(StrictModel):
     generate: Generate | None = None
     verify: Verify = Verify()
     airflow: Airflow = Field(default_factory=Airflow)
+    run: RunLoop = Field(default_factory=RunLoop)
+    monitor: Monitor = Field(default_factory=Monitor)
     environments: dict[str, dict] = Field(
         default_factory=dict, description="overlays merged over the spec by `--env NAME`"
     )
