@@ -82,6 +82,19 @@ class PostgresSource(StrictModel):
         description="what bankflow may create or change on a source it does not run (default: nothing; it then "
                     "checks each prerequisite and stops with the list of what is missing, see plan's "
                     "source/setup.sql). The embedded source manages everything. Tables are never created.")
+    max_slot_wal_keep_size: str = Field(
+        "4GB", description="embedded source only: the most WAL a replication slot may retain before PostgreSQL "
+                           "invalidates it (postgresql.conf max_slot_wal_keep_size; -1 = unlimited). An "
+                           "invalidated slot is reported by status and stops cdc with what to do.")
+
+    @field_validator("max_slot_wal_keep_size")
+    @classmethod
+    def _wal_size(cls, value: str) -> str:
+        value = str(value).strip()
+        if value != "-1" and not re.fullmatch(r"[1-9][0-9]*(kB|MB|GB|TB)", value):
+            raise SpecValueError(f"max_slot_wal_keep_size {value!r} is not a size PostgreSQL reads",
+                                 "write a whole number with kB, MB, GB or TB (e.g. 4GB), or -1 for unlimited")
+        return value
 
     @field_validator("database", "user", "schema_name")
     @classmethod
@@ -447,7 +460,11 @@ DAG_ID_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,249}")  # Airflow's dag_id
 
 
 class Airflow(StrictModel):
-    """The Airflow DAG `plan` renders (airflow/<dag_id>.py): the stages as tasks in order, then verify."""
+    """The Airflow DAG `plan` renders (airflow/<dag_id>.py): the stages as tasks in order, then verify; or, with
+    `mode: run`, one long-lived `bankflow run` task."""
+
+    mode: Literal["stages", "run"] = Field("stages", description="stages: apply's stages as tasks on the schedule; "
+                                                                 "run: one long-running `bankflow run` task")
 
     schedule: str = Field("@hourly", description="a cron expression (5 fields, e.g. '*/15 * * * *') or a preset: "
                                                  + ", ".join(AIRFLOW_PRESETS))
