@@ -7,6 +7,9 @@ messages look. `bankflow` (the CLI) calls `configure()`:
     -v        also INFO, every line with a timestamp (and the traceback of an internal error)
     -vv       also DEBUG
     -q        errors only, no progress display
+    --log-format json
+              one JSON object per line (`ts`, `level`, `logger`, `message`, `exc`, and any `extra=` fields), for
+              a log shipper; no progress display (its carriage-return lines would break the stream)
 
 Every line that leaves through this handler has the spec's secret values redacted (`add_secrets`).
 """
@@ -27,9 +30,17 @@ from typing import TextIO
 LOGGER = "bankflow"
 # Passed to processes bankflow spawns (consumer workers), which do not inherit the parent's logging setup.
 LEVEL_ENV = "BANKFLOW_LOG_LEVEL"
+FORMAT_ENV = "BANKFLOW_LOG_FORMAT"
+FORMATS = ("text", "json")
 
 _secrets: set[str] = set()
 _lock = threading.RLock()
+_format = "text"  # what configure() chose; "json" turns the progress display off and error_line into JSON
+
+
+def json_lines() -> bool:
+    """Whether stderr is a JSON-lines stream (`--log-format json`): nothing else may write free text to it."""
+    return _format == "json"
 
 
 class Console:
@@ -46,8 +57,13 @@ class Console:
 
 
 def error_line(text: str) -> None:
-    """Write one line to stderr for the CLI, after clearing an open progress status line."""
+    """Write one line to stderr for the CLI, after clearing an open progress status line (in JSON mode, one
+    JSON object of level error, so the stream stays parseable)."""
     with _lock:
+        if json_lines():
+            record = logging.LogRecord("bankflow.cli", logging.ERROR, __file__, 0, text, None, None)
+            print(_JsonFormatter().format(record), file=sys.stderr)
+            return
         Console.clear_status_line(sys.stderr)
         print(text, file=sys.stderr)
 
@@ -109,6 +125,38 @@ class _Formatter(logging.Formatter):
         return redact(super().format(record))
 
 
+# The attributes every LogRecord has: anything else on a record came from `extra={...}` and goes into the object.
+_RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime",
+                                                                                     "levelname_lower"}
+
+
+class _JsonFormatter(logging.Formatter):
+    """One JSON object per record: ts (ISO-8601 UTC, microseconds), level, logger, message, exc when there is
+    one, then the record's `extra` fields. The whole line is redacted, as the text formatter's is."""
+
+    def __init__(self, worker: str | None = None) -> None:
+        super().__init__()
+        self.worker = worker
+
+    def format(self, record: logging.LogRecord) -> str:
+        import datetime as dt
+
+        ts = dt.datetime.fromtimestamp(record.created, dt.timezone.utc)
+        document: dict[str, object] = {
+            "ts": ts.isoformat(timespec="microseconds").replace("+00:00", "Z"),
+            "level": record.levelname.lower(), "logger": record.name, "message": record.getMessage()}
+        if self.worker:
+            document |= {"worker": self.worker, "pid": record.process}
+        if record.exc_info:
+            document["exc"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            document["exc"] = record.exc_text
+        for key, value in vars(record).items():
+            if key not in _RECORD_FIELDS and key not in document:
+                document[key] = value
+        return redact(json.dumps(document, default=str, ensure_ascii=False))
+
+
 class _Handler(logging.StreamHandler):
     """Writes to the current sys.stderr (tests swap it), after clearing an open progress status line."""
 
@@ -128,24 +176,33 @@ def level_for(verbose: int, quiet: bool) -> int:
     return {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
 
 
-_saved: list[tuple[int, str | None]] = []  # (logger level, LEVEL_ENV) before configure(), for reset()
+# (logger level, LEVEL_ENV, FORMAT_ENV, format) before configure(), for reset()
+_saved: list[tuple[int, str | None, str | None, str]] = []
 
 
-def configure(verbose: int = 0, quiet: bool = False, *, prefix: str = "") -> int:
+def configure(verbose: int = 0, quiet: bool = False, *, prefix: str = "", fmt: str = "text",
+              worker: str | None = None) -> int:
     """Install bankflow's one handler on the `bankflow` logger (idempotent); return the level chosen.
 
-    `reset()` undoes it (the CLI calls both, so running `main()` in-process leaves logging as it was).
+    `fmt` is "text" (for people) or "json" (one object per line). `reset()` undoes it (the CLI calls both, so
+    running `main()` in-process leaves logging as it was).
     """
+    global _format
+    if fmt not in FORMATS:
+        raise ValueError(f"log format {fmt!r}: expected one of {', '.join(FORMATS)}")
     level = level_for(verbose, quiet)
     logger = logging.getLogger(LOGGER)
     if not any(isinstance(h, _Handler) for h in logger.handlers):
-        _saved.append((logger.level, os.environ.get(LEVEL_ENV)))
+        _saved.append((logger.level, os.environ.get(LEVEL_ENV), os.environ.get(FORMAT_ENV), _format))
     _remove_handlers(logger)
     handler = _Handler()
-    handler.setFormatter(_Formatter(timestamps=level <= logging.INFO, prefix=prefix))
+    handler.setFormatter(_JsonFormatter(worker) if fmt == "json"
+                         else _Formatter(timestamps=level <= logging.INFO, prefix=prefix))
     logger.addHandler(handler)
     logger.setLevel(level)
+    _format = fmt
     os.environ[LEVEL_ENV] = logging.getLevelName(level)
+    os.environ[FORMAT_ENV] = fmt
     return level
 
 
@@ -156,23 +213,26 @@ def _remove_handlers(logger: logging.Logger) -> None:
 
 
 def reset() -> None:
-    """Remove bankflow's handler and restore the logger level and environment configure() changed."""
+    """Remove bankflow's handler and restore the logger level, format and environment configure() changed."""
+    global _format
     logger = logging.getLogger(LOGGER)
     _remove_handlers(logger)
     _secrets.clear()
     Console.status_line_open = False
     if _saved:
-        level, env = _saved.pop()
+        level, level_env, format_env, _format = _saved.pop()
         _saved.clear()
         logger.setLevel(level)
-        if env is None:
-            os.environ.pop(LEVEL_ENV, None)
-        else:
-            os.environ[LEVEL_ENV] = env
+        for name, value in ((LEVEL_ENV, level_env), (FORMAT_ENV, format_env)):
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def configure_worker(name: str) -> None:
-    """In a process bankflow spawned: the same handler and level as the parent CLI's, lines prefixed by `name`.
+    """In a process bankflow spawned: the same handler, level and format as the parent CLI's, lines prefixed
+    by `name` (in JSON, `worker` and `pid` fields).
 
     A library user's own process (no `BANKFLOW_LOG_LEVEL` in the environment) is left alone.
     """
@@ -182,5 +242,6 @@ def configure_worker(name: str) -> None:
     numeric = logging.getLevelName(level)
     if not isinstance(numeric, int):
         return
+    fmt = os.environ.get(FORMAT_ENV) or "text"
     configure(verbose={logging.INFO: 1, logging.DEBUG: 2}.get(numeric, 0), quiet=numeric >= logging.ERROR,
-              prefix=f"{name} %(process)d ")
+              prefix=f"{name} %(process)d ", fmt=fmt if fmt in FORMATS else "text", worker=name)
