@@ -95,6 +95,9 @@ def _output_options(dest_suffix: str = "") -> argparse.ArgumentParser:
                        "-vv debug")
     group.add_argument("-q", "--quiet", action="store_true", dest="quiet" + dest_suffix,
                        help="errors only, no progress display")
+    group.add_argument("--log-format", choices=bankflow_log.FORMATS, default=None, dest="log_format" + dest_suffix,
+                       help="text (default, for people) or json: one JSON object per line on stderr, no "
+                       "progress display")
     return parent
 
 
@@ -656,7 +659,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.quiet = args.quiet or args.quiet_global
     if verbose and args.quiet:
         parser.error("-v and -q cannot be combined")
-    bankflow_log.configure(verbose, args.quiet)
+    bankflow_log.configure(verbose, args.quiet, fmt=args.log_format or args.log_format_global or "text")
     _Session.resolved = None
     try:
         code = _run(args, verbose)
