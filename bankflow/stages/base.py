@@ -9,7 +9,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from bankflow.log import Console, lock
+from bankflow.log import Console, json_lines, lock
 
 if TYPE_CHECKING:
     from bankflow.spec.loader import ResolvedSpec
@@ -101,7 +101,10 @@ class Progress:
             self._write(f"[{stage}] {text}\n")
 
     def _write(self, text: str, *, open_line: bool = False, clear: bool = False) -> None:
-        """A display that cannot be written (stderr closed, `2>&1 | head`) turns itself off; the run goes on."""
+        """A display that cannot be written (stderr closed, `2>&1 | head`) turns itself off; the run goes on.
+        With `--log-format json` it writes nothing: stderr is a stream of JSON lines."""
+        if json_lines():
+            return
         with lock():
             try:
                 if clear:
