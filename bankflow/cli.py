@@ -148,6 +148,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="when every stage succeeded, run verify too (exit 1 when it finds a difference)")
     p.add_argument("--json", action="store_true", help="print the run report as JSON")
 
+    p = command("run", help="keep the pipeline current: stream, load on a cycle, transform on a cadence",
+                description="One long-running process: the cdc stage streams into the lake (as apply --follow), "
+                "new lake files are loaded into raw on the spec's run.load cycle, and the dbt steps run on "
+                "run.transform's cadence (an interval or cron expression, or after N changes), one at a time. "
+                "Serves Prometheus metrics (run.metrics) and writes <state_dir>/run_state.json for status. "
+                "SIGINT/SIGTERM: flush, acknowledge, load what is pending, exit; a kill -9 loses nothing (the "
+                "next run resumes). Exit 1 when the stream failed or the last transform failed; exit 4 when "
+                "events went to the dead-letter store.")
+    _add_spec(p)
+    p.add_argument("--workers", type=positive_int, default=1,
+                   help="consumer processes in the spec's group (Kafka environments; default 1)")
+    metrics = p.add_mutually_exclusive_group()
+    metrics.add_argument("--metrics-port", type=int, help="listen on this port instead of run.metrics.port "
+                         "(0 = a free port, printed)")
+    metrics.add_argument("--no-metrics", action="store_true", help="serve no metrics endpoint")
+    p.add_argument("--accept-dead-letters", action="store_true",
+                   help="exit 0 even when events went to the dead-letter store (they are still reported)")
+    p.add_argument("--json", action="store_true", help="print what the run did as JSON when it ends")
+
     p = command("generate", help="write a realistic workload into the source database",
                 description="Run the spec's workload (generate.workload) against the source.")
     _add_spec(p)
@@ -408,6 +427,31 @@ def cmd_apply(args: argparse.Namespace) -> int:
     return EXIT_DEAD_LETTERS if report.dead_letters and not args.accept_dead_letters else EXIT_OK
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from bankflow.pipeline import Pipeline
+
+    resolved = _load(args)
+    port = None if args.no_metrics else (-1 if args.metrics_port is None else args.metrics_port)
+    outcome = Pipeline(resolved).run(workers=args.workers, progress=_progress(args), metrics_port=port)
+    if args.json:
+        print(json.dumps(outcome.to_dict(), indent=2, default=str))
+    elif not args.quiet:
+        rows = sum(outcome.rows_loaded.values())
+        print(f"run ended after {outcome.seconds:.0f} s: {outcome.loads} load(s), {rows:,} rows into raw, "
+              f"{outcome.transforms} transform(s) ({outcome.transform_errors} failed)")
+    if outcome.cdc_error:
+        bankflow_log.error_line(f"bankflow run: error: the stream stopped: {outcome.cdc_error}")
+    if outcome.last_transform_ok is False:
+        bankflow_log.error_line("bankflow run: error: the last transform failed (see the log above and "
+                                f"{resolved.state_dir / 'dbt' / 'logs'})")
+    for table, events in sorted(outcome.dead_letters.items()):
+        bankflow_log.error_line(f"bankflow run: {events:,} event(s) of {table} went to the dead-letter store "
+                                f"(bankflow deadletters {args.spec} list --table {table})")
+    if not outcome.ok:
+        return EXIT_FAILED
+    return EXIT_DEAD_LETTERS if outcome.dead_letters and not args.accept_dead_letters else EXIT_OK
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from bankflow.pipeline import Pipeline
 
@@ -573,7 +617,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {
-    "validate": cmd_validate, "plan": cmd_plan, "schema": cmd_schema, "apply": cmd_apply,
+    "validate": cmd_validate, "plan": cmd_plan, "schema": cmd_schema, "apply": cmd_apply, "run": cmd_run,
     "generate": cmd_generate, "verify": cmd_verify, "status": cmd_status, "down": cmd_down,
     "consume": cmd_consume, "init": cmd_init, "deadletters": cmd_deadletters,
     "backfill": cmd_backfill,

@@ -115,6 +115,18 @@ class Pipeline:
                     self._save_applied()
         return report
 
+    # ------------------------------------------------------------ run
+
+    def run(self, *, workers: int = 1, progress: bool = True, metrics_port: int | None = -1,
+            stop: Any = None) -> Any:
+        """Keep the pipeline current until SIGINT/SIGTERM or `stop` (a threading.Event) is set: stream, load
+        on the `run.load` cycle, transform on the `run.transform` cadence (bankflow.runner). `metrics_port`:
+        -1 = the spec's `run.metrics.port`, None = no endpoint, 0 = a free port. Returns a RunOutcome."""
+        from bankflow.runner import PipelineRunner
+
+        return PipelineRunner(self.resolved, workers=workers, progress=progress, metrics_port=metrics_port,
+                              stop=stop).run()
+
     def _dead_letter_keys(self) -> set[str] | None:
         """The dead-letter files before a run (None when the lake cannot be read: then nothing is counted)."""
         from bankflow.deadletters import DeadLetters

@@ -137,6 +137,7 @@ class RunContext:
     progress: Progress
     follow: bool = False
     stop: threading.Event = field(default_factory=threading.Event)
+    workers: int = 1  # consumer processes of a follow run on Kafka (`bankflow run --workers N`)
     _source_kwargs: dict[str, Any] | None = None
 
     def source_connect_kwargs(self) -> dict[str, Any]:

@@ -45,12 +45,15 @@ class DebeziumEngine(CdcEngine):
             if backfills:
                 self._finish_backfills_while_following(ctx, backfills, keeper_stop)
         try:
-            outcome = consume_to_lake(self.resolved, follow=ctx.follow, stop=ctx.stop, progress=progress)
+            if ctx.follow and ctx.workers > 1:  # `bankflow run --workers N`: N processes, one consumer group
+                summary = self._follow_with_workers(ctx)
+            else:
+                outcome = consume_to_lake(self.resolved, follow=ctx.follow, stop=ctx.stop, progress=progress)
+                if outcome.stopped is not None:
+                    raise StageError(outcome.stopped)
+                summary = outcome.to_dict()
         finally:
             keeper_stop.set()
-        if outcome.stopped is not None:
-            raise StageError(outcome.stopped)
-        summary = outcome.to_dict()
         files = summary.pop("files", [])
         details.update(summary)
         if backfills and not ctx.follow:
@@ -63,6 +66,20 @@ class DebeziumEngine(CdcEngine):
             details["backfill_deletes"] = sum(deletes.values())
         return EngineRun(events=int(summary.get("events", 0)),
                          files=len(files) if isinstance(files, list) else int(files), details=details)
+
+    def _follow_with_workers(self, ctx: RunContext) -> dict[str, Any]:
+        """The consumers as `consume --workers N` runs them (a worker that dies is replaced), stopped by the
+        run's stop; a worker that stopped on an error (an emptied topic) fails the stage as one consumer would."""
+        from bankflow.engines.debezium.workers import run_workers
+
+        summary = run_workers(self.resolved, workers=ctx.workers, follow=True, progress=False, stop=ctx.stop)
+        stopped = summary.pop("stopped", [])
+        if stopped:
+            raise StageError("; ".join(stopped))
+        if not ctx.stop.is_set():  # following, the supervisor only returns when stopped or out of restarts
+            raise StageError("the consumer workers gave up: " + "; ".join(summary.get("failures") or ["?"]))
+        summary.pop("per_worker", None)
+        return summary
 
     # ---- backfills (bankflow.engines.debezium.backfill)
 

@@ -1,0 +1,535 @@
+"""`bankflow run`: one long-running process that keeps the whole pipeline current.
+
+    source stage once → cdc in follow mode (its own thread: streams into the lake, acknowledges positions only
+    once files are durable, exactly as `apply --follow`) → on the main thread, a loop that loads new lake files
+    into raw on the flush cycle (`run.load`) and transforms on the cadence (`run.transform`)
+
+Loads and transforms take turns on the main thread, so there are never two at once and neither waits for the
+stream; the stream never waits for them. Every load goes through the warehouse's ledger (each file once, rows
+and ledger rows in one transaction on DuckDB), so a `kill -9` at any moment loses nothing and duplicates
+nothing: the next run finds the files the ledger lacks, and the cdc engine replays what the lake lacks.
+
+SIGINT/SIGTERM stop cleanly: the stream flushes its batches and acknowledges them, then everything pending is
+loaded, and the process exits. A second signal gives up at once (nothing is lost: see above).
+
+The loop writes `<state_dir>/run_state.json` after every cycle (`bankflow status` reads it) and, unless
+`run.metrics.port` is null, serves Prometheus metrics (`bankflow.metrics`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from bankflow.errors import BankflowError
+from bankflow.stages.base import Progress, RunContext, StageResult
+from bankflow.stopping import stop_on_signals
+
+if TYPE_CHECKING:
+    from bankflow.spec.loader import ResolvedSpec
+    from bankflow.spec.models import RunTransform, Table
+
+log = logging.getLogger(__name__)
+
+RUN_STATE = "run_state.json"
+PROBE_EVERY = 10.0  # seconds between slot / dead-letter probes for the metrics
+STATE_EVERY = 1.0  # seconds between writes of run_state.json when nothing happened
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+# ---------------------------------------------------------------- what is in the lake and not in raw yet
+
+@dataclass(frozen=True)
+class LakeFileInfo:
+    table: str
+    key: str  # relative to the lake root, as the ledger has it
+    rows: int
+    size: int
+    newest_commit: dt.datetime | None  # max(_source_ts) from the file's statistics
+
+
+def _newest_commit(metadata: Any) -> dt.datetime | None:
+    """The largest `_source_ts` in a Parquet footer's row-group statistics (None when absent)."""
+    schema = metadata.schema.to_arrow_schema()
+    if "_source_ts" not in schema.names:
+        return None
+    index = schema.names.index("_source_ts")
+    newest = None
+    for group in range(metadata.num_row_groups):
+        stats = metadata.row_group(group).column(index).statistics
+        if stats is None or not stats.has_min_max:
+            continue
+        value = stats.max
+        if isinstance(value, dt.datetime):
+            value = value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+            newest = value if newest is None or value > newest else newest
+    return newest
+
+
+class LakeWatch:
+    """The lake's files that the ledger does not have, with their rows, bytes and newest commit time: each file's
+    footer is read once. `loaded` starts from the ledger and grows with every load this process makes."""
+
+    def __init__(self, resolved: ResolvedSpec, loaded: dict[str, set[str]]) -> None:
+        from bankflow.lake.filesystem import lake_filesystem
+
+        self.resolved = resolved
+        self.fs, self.root = lake_filesystem(resolved)
+        self.loaded = loaded
+        self._known: dict[str, LakeFileInfo] = {}
+
+    def pending(self) -> dict[str, list[LakeFileInfo]]:
+        from bankflow.stages.load import lake_files
+
+        result: dict[str, list[LakeFileInfo]] = {}
+        for table in self.resolved.spec.tables:
+            done = self.loaded.setdefault(table.name, set())
+            files = []
+            for key in lake_files(self.resolved, table):
+                if key in done:
+                    continue
+                info = self._known.get(key) or self._read(table, key)
+                if info is not None:
+                    files.append(info)
+            if files:
+                result[table.name] = files
+        return result
+
+    def _read(self, table: Table, key: str) -> LakeFileInfo | None:
+        import pyarrow.parquet as pq
+
+        path = f"{self.root}/{key}"
+        try:
+            size = int(self.fs.info(path).get("size") or 0)
+            with self.fs.open(path, "rb") as handle:
+                metadata = pq.read_metadata(handle)
+        except FileNotFoundError:
+            return None  # gone between listing and reading (a test cleaning up): the next scan decides
+        info = LakeFileInfo(table.name, key, metadata.num_rows, size, _newest_commit(metadata))
+        self._known[key] = info
+        return info
+
+    def mark_loaded(self, files: list[LakeFileInfo]) -> None:
+        for info in files:
+            self.loaded.setdefault(info.table, set()).add(info.key)
+            self._known.pop(info.key, None)
+
+
+def ledger_keys(resolved: ResolvedSpec) -> dict[str, set[str]]:
+    """Per table: the files the warehouse's ledger lists (what earlier runs and applies loaded)."""
+    from bankflow.warehouses import connect_warehouse
+
+    adapter = connect_warehouse(resolved)
+    try:
+        adapter.setup()
+        return {table.name: adapter.ledger_keys(table) for table in resolved.spec.tables}
+    finally:
+        adapter.close()
+
+
+# ---------------------------------------------------------------- when to transform
+
+class TransformCadence:
+    """`run.transform`: an interval or a cron expression (UTC), and/or "when N rows were loaded"."""
+
+    def __init__(self, spec: RunTransform, started: dt.datetime) -> None:
+        self.spec = spec
+        self.next_at = started  # the first transform runs at once: marts catch up with raw
+        self.rows_since = 0
+        self.tables_since: set[str] = set()
+
+    def loaded(self, rows_by_table: dict[str, int]) -> None:
+        for table, rows in rows_by_table.items():
+            if rows:
+                self.rows_since += rows
+                self.tables_since.add(table)
+
+    def due(self, now: dt.datetime) -> bool:
+        if self.spec.after_changes is not None and self.rows_since >= self.spec.after_changes:
+            return True
+        return now >= self.next_at
+
+    def done(self, started: dt.datetime) -> None:
+        """A transform that started at `started` ran (well or not): the next one is one cadence later."""
+        self.rows_since = 0
+        self.tables_since = set()
+        cron = self.spec.cron
+        if cron is not None:
+            from croniter import croniter
+
+            self.next_at = croniter(cron, started).get_next(dt.datetime)
+        else:
+            self.next_at = started + dt.timedelta(seconds=self.spec.interval_seconds or 60.0)
+
+
+# ---------------------------------------------------------------- the loop
+
+@dataclass
+class RunOutcome:
+    """What a `run` did, for its exit code and `--json`."""
+
+    pipeline: str
+    env: str | None
+    started_at: str
+    seconds: float = 0.0
+    loads: int = 0
+    load_errors: int = 0
+    rows_loaded: dict[str, int] = field(default_factory=dict)
+    files_loaded: int = 0
+    transforms: int = 0
+    transform_errors: int = 0
+    transforms_skipped: int = 0
+    last_transform_ok: bool | None = None
+    cdc: dict[str, Any] | None = None
+    cdc_error: str | None = None
+    dead_letters: dict[str, int] = field(default_factory=dict)
+    metrics_port: int | None = None
+    stopped_by: str = "signal"
+
+    @property
+    def ok(self) -> bool:
+        return self.cdc_error is None and self.last_transform_ok is not False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"pipeline": self.pipeline, "env": self.env, "started_at": self.started_at, "ok": self.ok,
+                "seconds": round(self.seconds, 3), "loads": self.loads, "load_errors": self.load_errors,
+                "files_loaded": self.files_loaded, "rows_loaded": dict(self.rows_loaded),
+                "transforms": self.transforms, "transform_errors": self.transform_errors,
+                "transforms_skipped": self.transforms_skipped, "last_transform_ok": self.last_transform_ok,
+                "cdc": self.cdc, "cdc_error": self.cdc_error, "dead_letters": dict(self.dead_letters),
+                "metrics_port": self.metrics_port, "stopped_by": self.stopped_by}
+
+
+class _NoMetrics:
+    """Stands in for bankflow.metrics.RunMetrics when `run.metrics.port` is null: every call does nothing."""
+
+    def __getattr__(self, _name: str) -> Any:
+        return lambda *args, **kwargs: None
+
+
+class PipelineRunner:
+    """One spec in one environment, kept current until stopped. `stop` ends it as a signal would."""
+
+    def __init__(self, resolved: ResolvedSpec, *, workers: int = 1, progress: bool = True,
+                 metrics_port: int | None = -1, stop: threading.Event | None = None) -> None:
+        resolved.require_set()
+        self.resolved = resolved
+        self.spec = resolved.spec
+        self.workers = workers
+        self.progress = Progress(progress)
+        self.stop = stop or threading.Event()
+        configured = self.spec.run.metrics.port
+        self.metrics_port = configured if metrics_port == -1 else metrics_port
+        self.outcome = RunOutcome(self.spec.name, resolved.env, _iso(_now()) or "")
+        self.state: dict[str, Any] = {
+            "pid": os.getpid(), "started_at": self.outcome.started_at, "updated_at": None,
+            "last_load": None, "last_successful_load_at": None, "last_transform": None,
+            "last_successful_transform_at": None, "raw_newest_commit": {}, "lake_newest_commit": None,
+            "marts_as_of": None, "stopped_at": None,
+        }
+        self._cdc_thread: threading.Thread | None = None
+        self._cdc_done = threading.Event()
+        self._metrics: Any = _NoMetrics()
+
+    # ---- the whole run
+
+    def run(self) -> RunOutcome:
+        started = time.monotonic()
+        from bankflow.deadletters import DeadLetters
+
+        dead = DeadLetters(self.resolved)
+        dead_before = dead.keys()
+        with stop_on_signals(self.stop):
+            try:
+                self._start_metrics()
+                self._source()
+                watch = LakeWatch(self.resolved, ledger_keys(self.resolved))
+                self._start_cdc()
+                self._loop(watch)
+            finally:
+                self._final(watch if "watch" in locals() else None)
+                self.outcome.seconds = time.monotonic() - started
+                try:
+                    self.outcome.dead_letters = dead.new_since(dead_before)
+                except Exception:  # an unreachable lake: the cdc error says so
+                    pass
+                self.state["stopped_at"] = _iso(_now())
+                self._write_state()
+                self._metrics.close()
+        return self.outcome
+
+    def _start_metrics(self) -> None:
+        if self.metrics_port is None:
+            return
+        from bankflow.metrics import RunMetrics
+
+        self._metrics = RunMetrics(self.spec.name, self.resolved.env)
+        self._metrics.thresholds(self.spec.monitor)
+        self.outcome.metrics_port = self._metrics.serve(self.spec.run.metrics.host, self.metrics_port)
+        log.info("metrics on http://%s:%d/metrics", self.spec.run.metrics.host, self.outcome.metrics_port)
+
+    def _source(self) -> None:
+        from bankflow.stages import source
+
+        ctx = RunContext(self.resolved, self.progress)
+        result = source.run(ctx)
+        self.progress.done(result)
+        self._metrics.stage_finished("source", result.ok, result.seconds)
+        if not result.ok:
+            raise BankflowError(result.error or "the source stage failed")
+
+    # ---- cdc: a thread streaming into the lake
+
+    def _start_cdc(self) -> None:
+        from bankflow.stages import cdc
+
+        ctx = RunContext(self.resolved, self.progress, follow=True, stop=self.stop, workers=self.workers)
+
+        def stream() -> None:
+            started = time.monotonic()
+            try:
+                result = cdc.run(ctx)
+                self.outcome.cdc = {"events": result.events, "files": result.files, **result.details}
+                self._metrics.stage_finished("cdc", True, time.monotonic() - started)
+            except BankflowError as exc:
+                self.outcome.cdc_error = self.resolved.redact(str(exc))
+            except Exception as exc:  # reported, with the trace kept, and the run stops
+                self.outcome.cdc_error = self.resolved.redact(f"{type(exc).__name__}: {exc}")
+                self._save_traceback("cdc")
+            finally:
+                if self.outcome.cdc_error is not None:
+                    self._metrics.stage_finished("cdc", False, time.monotonic() - started,
+                                                 error=self.outcome.cdc_error)
+                    log.error("cdc stopped: %s", self.outcome.cdc_error)
+                self._cdc_done.set()
+                self.stop.set()  # without a stream there is nothing to keep current: the run ends
+
+        self._cdc_thread = threading.Thread(target=stream, name="bankflow-cdc", daemon=True)
+        self._cdc_thread.start()
+
+    # ---- the main loop: loads and transforms, one at a time
+
+    def _loop(self, watch: LakeWatch) -> None:
+        load_spec = self.spec.run.load
+        cadence = TransformCadence(self.spec.run.transform, _now())
+        waiting_since: float | None = None
+        last_probe = 0.0
+        last_state = 0.0
+        while not self.stop.is_set():
+            now = time.monotonic()
+            pending = watch.pending()
+            if pending:
+                waiting_since = now if waiting_since is None else waiting_since
+                files = [f for table_files in pending.values() for f in table_files]
+                rows = sum(f.rows for f in files)
+                size = sum(f.size for f in files)
+                if (rows >= load_spec.max_rows or size >= load_spec.max_bytes
+                        or now - waiting_since >= load_spec.max_seconds):
+                    self._load(watch, pending, cadence)
+                    waiting_since = None
+            if not self.stop.is_set() and cadence.due(_now()):
+                self._transform(cadence)
+            if now - last_probe >= PROBE_EVERY:
+                self._probe()
+                last_probe = now
+            if now - last_state >= STATE_EVERY:
+                self._write_state()
+                last_state = now
+            self.stop.wait(load_spec.check_seconds)
+
+    def _final(self, watch: LakeWatch | None) -> None:
+        """After a stop: let the stream flush and acknowledge, then load what it wrote."""
+        self.stop.set()
+        if self._cdc_thread is not None:
+            self.progress.update("run", "stopping: the stream flushes its batches", force=True)
+            while not self._cdc_done.wait(1.0):
+                pass
+        if watch is not None:
+            try:
+                pending = watch.pending()
+            except Exception as exc:
+                log.error("could not list the lake for the last load: %s", self.resolved.redact(str(exc)))
+                return
+            if pending:
+                self._load(watch, pending, None)
+
+    def _load(self, watch: LakeWatch, pending: dict[str, list[LakeFileInfo]],
+              cadence: TransformCadence | None) -> None:
+        started_at = _now()
+        started = time.monotonic()
+        result = StageResult("load")
+        rows_by_table: dict[str, int] = {}
+        try:
+            loaded = self._load_files(watch, pending, result, rows_by_table)
+        except Exception as exc:  # retried next cycle; the ledger is re-read, since it is the truth
+            loaded = []
+            result.ok = False
+            result.error = self.resolved.redact(str(exc) if isinstance(exc, BankflowError)
+                                                else f"{type(exc).__name__}: {exc}")
+            log.warning("load failed, retrying next cycle: %s", result.error)
+            try:
+                watch.loaded.clear()
+                watch.loaded.update(ledger_keys(self.resolved))
+            except Exception:
+                pass
+        result.seconds = time.monotonic() - started
+        self._record_load(started_at, result, rows_by_table, loaded)
+        if cadence is not None:
+            cadence.loaded(rows_by_table)
+        if result.rows:
+            self.progress.update("load", f"{result.rows:,} rows from {result.files} file(s) in "
+                                         f"{result.seconds:.2f} s", force=True)
+        self._write_state()
+
+    def _load_files(self, watch: LakeWatch, pending: dict[str, list[LakeFileInfo]], result: StageResult,
+                    rows_by_table: dict[str, int]) -> list[LakeFileInfo]:
+        """The pending files into raw through the ledger (the warehouse is held only meanwhile)."""
+        from bankflow.warehouses import connect_warehouse
+
+        loaded: list[LakeFileInfo] = []
+        adapter = connect_warehouse(self.resolved)
+        try:
+            adapter.setup()  # new columns the schema history accepted reach raw before their rows do
+            for table in self.spec.tables:
+                files = pending.get(table.name)
+                if not files:
+                    continue
+                outcome = adapter.load_files(table, [f.key for f in files])
+                loaded.extend(files)
+                watch.mark_loaded(files)
+                rows_by_table[table.raw_name] = outcome.rows
+                result.rows += outcome.rows
+                result.files += outcome.files
+        finally:
+            adapter.close()
+        return loaded
+
+    def _record_load(self, started_at: dt.datetime, result: StageResult, rows_by_table: dict[str, int],
+                     loaded: list[LakeFileInfo]) -> None:
+        """The outcome, the metrics and run_state.json's load fields (raw's newest commit per table)."""
+        self.outcome.loads += 1
+        self.outcome.load_errors += not result.ok
+        self.outcome.files_loaded += result.files
+        for table, rows in rows_by_table.items():
+            self.outcome.rows_loaded[table] = self.outcome.rows_loaded.get(table, 0) + rows
+        self._metrics.stage_finished("load", result.ok, result.seconds, rows_by_table=rows_by_table,
+                                     error=result.error)
+        self.state["last_load"] = {"at": _iso(started_at), "ok": result.ok, "rows": result.rows,
+                                   "error": result.error}
+        if result.ok:
+            self.state["last_successful_load_at"] = _iso(started_at)
+        by_raw = {t.name: t.raw_name for t in self.spec.tables}
+        newest_raw: dict[str, Any] = self.state["raw_newest_commit"]
+        for info in loaded:
+            raw = by_raw[info.table]
+            self._metrics.lake_written(info.table, 1, info.rows, info.size)
+            if info.newest_commit is None:
+                continue
+            stamp = info.newest_commit.isoformat()
+            if newest_raw.get(raw) is None or stamp > newest_raw[raw]:
+                newest_raw[raw] = stamp
+                self._metrics.raw_newest_commit(raw, info.newest_commit)
+            if self.state["lake_newest_commit"] is None or stamp > self.state["lake_newest_commit"]:
+                self.state["lake_newest_commit"] = stamp
+                self._metrics.lake_newest_commit(info.newest_commit)
+
+    def _transform(self, cadence: TransformCadence) -> None:
+        if self.spec.transform is None:
+            cadence.done(_now())
+            return
+        started_at = _now()
+        started = time.monotonic()
+        as_of = max(self.state["raw_newest_commit"].values(), default=None)
+        changed = set(cadence.tables_since)
+        first = self.outcome.transforms == 0 and self.outcome.transforms_skipped == 0
+        error: str | None = None
+        result: StageResult | None = None
+        try:
+            transformer = self._transformer()
+            ctx = RunContext(self.resolved, self.progress)
+            result = transformer.run(ctx, changed_tables=None if first else changed)
+        except BankflowError as exc:
+            error = self.resolved.redact(str(exc))
+        except Exception as exc:
+            error = self.resolved.redact(f"{type(exc).__name__}: {exc}")
+            self._save_traceback("transform")
+        cadence.done(started_at)
+        seconds = time.monotonic() - started
+        skipped = result is not None and bool(result.details.get("skipped"))
+        if skipped:
+            self.outcome.transforms_skipped += 1
+            return
+        self.outcome.transforms += 1
+        self.outcome.transform_errors += error is not None
+        self.outcome.last_transform_ok = error is None
+        self._metrics.stage_finished("transform", error is None, seconds, error=error)
+        self.state["last_transform"] = {"at": _iso(started_at), "ok": error is None, "error": error,
+                                        "seconds": round(seconds, 3)}
+        if error is None:
+            self.state["last_successful_transform_at"] = _iso(started_at)
+            self.state["marts_as_of"] = as_of
+            self._metrics.marts_as_of(dt.datetime.fromisoformat(as_of) if as_of else None, [])
+            self.progress.update("transform", f"done in {seconds:.2f} s", force=True)
+        else:
+            log.error("transform failed (the next cycle tries again): %s", error)
+        self._write_state()
+
+    def _transformer(self) -> Any:
+        if not hasattr(self, "_transformer_instance"):
+            from bankflow.stages.transform import Transformer
+
+            self._transformer_instance = Transformer(self.resolved)
+        return self._transformer_instance
+
+    # ---- probes, state, errors
+
+    def _probe(self) -> None:
+        """Slot and dead letters for the metrics, every PROBE_EVERY seconds; a failed probe is only logged."""
+        try:
+            from bankflow.deadletters import DeadLetters
+
+            pending = DeadLetters(self.resolved).pending()
+            self._metrics.dead_letters({table: item.events for table, item in pending.items()})
+        except Exception as exc:
+            log.debug("dead-letter probe failed: %s", exc)
+        try:
+            from bankflow.metrics import probe_slot
+
+            slot = probe_slot(self.resolved)
+            if slot is not None:
+                self._metrics.slot(slot["name"], slot.get("retained_bytes"), slot.get("lag_bytes"),
+                                   slot.get("wal_status"), slot.get("active"))
+        except Exception as exc:
+            log.debug("slot probe failed: %s", exc)
+
+    def _write_state(self) -> None:
+        self.state["updated_at"] = _iso(_now())
+        path = self.resolved.state_dir / RUN_STATE
+        temporary = path.with_name(f".{RUN_STATE}.{os.getpid()}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporary.write_text(json.dumps(self.state, indent=2, default=str), encoding="utf-8")
+            os.replace(temporary, path)  # a reader sees the old state or the new one, never half of one
+        except OSError as exc:
+            log.warning("could not write %s: %s", path, exc)
+
+    def _save_traceback(self, stage: str) -> None:
+        directory = self.resolved.state_dir / "logs"
+        directory.mkdir(parents=True, exist_ok=True)
+        stamp = self.outcome.started_at.replace(":", "").replace("-", "")[:15]
+        path = directory / f"run-{stamp}-{stage}.traceback.txt"
+        path.write_text(self.resolved.redact(traceback.format_exc()), encoding="utf-8")
