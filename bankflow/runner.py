@@ -169,7 +169,7 @@ class TransformCadence:
         self.tables_since = set()
         cron = self.spec.cron
         if cron is not None:
-            from croniter import croniter
+            from croniter import croniter  # type: ignore[import-untyped]
 
             self.next_at = croniter(cron, started).get_next(dt.datetime)
         else:
@@ -239,7 +239,7 @@ class PipelineRunner:
             "pid": os.getpid(), "started_at": self.outcome.started_at, "updated_at": None,
             "last_load": None, "last_successful_load_at": None, "last_transform": None,
             "last_successful_transform_at": None, "raw_newest_commit": {}, "lake_newest_commit": None,
-            "marts_as_of": None, "stopped_at": None,
+            "marts_as_of": None, "stopped_at": None, "metrics_port": None,
         }
         self._cdc_thread: threading.Thread | None = None
         self._cdc_done = threading.Event()
@@ -280,6 +280,7 @@ class PipelineRunner:
         self._metrics = RunMetrics(self.spec.name, self.resolved.env)
         self._metrics.thresholds(self.spec.monitor)
         self.outcome.metrics_port = self._metrics.serve(self.spec.run.metrics.host, self.metrics_port)
+        self.state["metrics_port"] = self.outcome.metrics_port
         log.info("metrics on http://%s:%d/metrics", self.spec.run.metrics.host, self.outcome.metrics_port)
 
     def _source(self) -> None:
