@@ -467,11 +467,12 @@ class Airflow(StrictModel):
                                                                  "run: one long-running `bankflow run` task")
 
     schedule: str = Field("@hourly", description="a cron expression (5 fields, e.g. '*/15 * * * *') or a preset: "
-                                                 + ", ".join(AIRFLOW_PRESETS))
+                                                 + ", ".join(AIRFLOW_PRESETS) + " (mode run: default @continuous)")
     dag_id: str | None = Field(None, description="the DAG's id and file name; default bankflow_<pipeline name>")
     retries: int = Field(0, ge=0, le=10, description="retries of a failed task, 5 minutes apart (not the cdc "
                                                      "task's: a second try would not see the dead letters of "
-                                                     "the first, exit 4, and pass)")
+                                                     "the first, exit 4, and pass); mode run: default 8, "
+                                                     "30 s doubling up to 30 min")
 
     @field_validator("schedule")
     @classmethod
@@ -497,6 +498,18 @@ class Airflow(StrictModel):
                                  "use letters, digits, '_', '.' and '-' (max 250), starting with a letter, digit "
                                  "or '_'")
         return value
+
+    @model_validator(mode="after")
+    def _run_retries(self) -> Airflow:
+        """Under @continuous (mode run's default) Airflow starts a new run as soon as one fails: with no retry,
+        and so no backoff, a `bankflow run` that cannot start would be restarted at once, in a loop."""
+        continuous = self.schedule == "@continuous" or "schedule" not in self.model_fields_set
+        if self.mode == "run" and continuous and self.retries == 0 and "retries" in self.model_fields_set:
+            raise SpecValueError("mode run on @continuous needs retries: Airflow starts a failed run again at "
+                                 "once, so a run that cannot start would restart in a loop",
+                                 "set retries: 1 or more (each try waits twice as long as the last, 30 s to 30 "
+                                 "min), or remove it (mode run's default is 8)", at=("retries",))
+        return self
 
 
 # ---------------------------------------------------------------- run, monitor

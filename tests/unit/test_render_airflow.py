@@ -1,12 +1,13 @@
-"""The Airflow DAG `plan` renders (bankflow/render/airflow.py): tasks, commands, order, schedule and dag_id, and
-hostile strings from the spec that stay data.
+"""The Airflow DAG `plan` renders (bankflow/render/airflow.py), in both modes (`stages`, `run`): tasks, commands,
+order, schedule and dag_id, and hostile strings from the spec that stay data.
 
-Airflow's own loader (DagBag) is not used: apache-airflow is not a dependency of bankflow (adding it would break
-the pinned install), so the rendered file is read as Python instead. `ast.parse` proves it is valid Python; the
-AST gives the `DAG(...)` arguments, each `BashOperator(...)` and the `>>` chain as literals; each command is
-rendered the way Airflow renders a templated field (a Jinja sandbox with the default delimiters) and then run by
-bash with a stand-in `bankflow` that prints the arguments it was given. Finally the file is executed against
-stand-ins for `airflow.sdk` and the standard provider, which record the DAG, its tasks and their dependencies.
+Airflow's own loader (DagBag) is in tests/integration/test_airflow_dagbag.py, with apache-airflow in a venv of
+its own (its pins collide with bankflow's); here the rendered file is read as Python instead. `ast.parse` proves
+it is valid Python; the AST gives the `DAG(...)` arguments, each `BashOperator(...)` and the `>>` chain as
+literals; each command is rendered the way Airflow renders a templated field (a Jinja sandbox with the default
+delimiters) and then run by bash with a stand-in `bankflow` that prints the arguments it was given. Finally the
+file is executed against stand-ins for `airflow.sdk` and the standard provider, which record the DAG, its tasks
+and their dependencies.
 """
 
 from __future__ import annotations
@@ -27,7 +28,13 @@ import pytest
 
 from bankflow.errors import SpecError
 from bankflow.plan import plan
-from bankflow.render.airflow import bankflow_command, render_dag, render_dag_text
+from bankflow.render.airflow import (
+    RUN_RETRIES,
+    bankflow_command,
+    render_dag,
+    render_dag_text,
+    render_run_dag_text,
+)
 from bankflow.spec.loader import load_spec
 from bankflow.stages.base import STAGE_ORDER
 from tests.specs.support import BANKING, BANKING_STACK_ENV, MINIMAL, SECRETS, copy_spec
@@ -93,6 +100,8 @@ def parse_dag(text: str) -> Dag:
             assert isinstance(statement, ast.Expr), ast.dump(statement)
             assert not dag.chain, "one chain"
             dag.chain = rshift_chain(statement.value)
+    if not dag.chain and len(dag.tasks) == 1:
+        dag.chain = list(dag.tasks)  # one task (mode run): nothing to chain
     assert sorted(dag.chain) == sorted(dag.tasks), "every task is in the chain, once"
     return dag
 
@@ -113,6 +122,10 @@ def apply_args(spec: Path | str, env: str | None, stage: str) -> list[str]:
 
 def verify_args(spec: Path | str, env: str | None) -> list[str]:
     return ["bankflow", "verify", str(spec)] + (["--env", env] if env is not None else []) + ["--json"]
+
+
+def run_args(spec: Path | str, env: str | None) -> list[str]:
+    return ["exec", "bankflow", "run", str(spec)] + (["--env", env] if env is not None else [])
 
 
 def check_tasks(dag: Dag, spec: Path | str, env: str | None, stages: list[str]) -> None:
@@ -160,8 +173,8 @@ def test_no_secret_and_no_service_address_in_the_dag() -> None:
         assert BANKING_STACK_ENV[name] not in text, name  # the worker's environment supplies them
 
 
-def test_the_dag_runs_against_stand_ins_for_airflow(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Executed (not only parsed): the names it uses exist, one DAG holds five tasks chained in order."""
+def airflow_stand_ins(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Stand-ins for `airflow.sdk.DAG` and the standard provider's BashOperator; the list gets each DAG created."""
     created: list[Any] = []
 
     class DAG:
@@ -195,7 +208,12 @@ def test_the_dag_runs_against_stand_ins_for_airflow(monkeypatch: pytest.MonkeyPa
         monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
     monkeypatch.setitem(sys.modules, "airflow.sdk", sdk)
     monkeypatch.setitem(sys.modules, "airflow.providers.standard.operators.bash", bash)
+    return created
 
+
+def test_the_dag_runs_against_stand_ins_for_airflow(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Executed (not only parsed): the names it uses exist, one DAG holds five tasks chained in order."""
+    created = airflow_stand_ins(monkeypatch)
     text = render_dag(load_spec(BANKING, env="local", environ={}))
     exec(compile(text, "bankflow_banking.py", "exec"), {"__name__": "bankflow_banking"})
     [dag] = created
@@ -203,6 +221,101 @@ def test_the_dag_runs_against_stand_ins_for_airflow(monkeypatch: pytest.MonkeyPa
     assert dag.kwargs["start_date"].tzinfo is not None and dag.kwargs["doc_md"].startswith("A bankflow pipeline")
     assert [t.task_id for t in dag.tasks] == TASKS
     assert [t.downstream for t in dag.tasks] == [[b] for b in TASKS[1:]] + [[]]
+
+
+# ---------------------------------------------------------------- mode run: one long-lived task
+
+
+def banking_run(tmp_path: Path, airflow: str = "airflow:\n  mode: run\n") -> Path:
+    """A copy of pipelines/banking.yaml with an `airflow:` section (top level, after the environments)."""
+    spec = copy_spec(BANKING, tmp_path)
+    spec.write_text(spec.read_text(encoding="utf-8") + airflow, encoding="utf-8")
+    return spec
+
+
+@pytest.mark.parametrize(("env", "variables"), [("local", {}), ("stack", BANKING_STACK_ENV)])
+def test_run_mode_one_long_lived_task(tmp_path: Path, env: str, variables: dict[str, str]) -> None:
+    spec = banking_run(tmp_path)
+    resolved = load_spec(spec, env=env, environ=dict(variables))
+    text = render_dag(resolved)
+    dag = parse_dag(text)
+
+    assert dag.imports["airflow.sdk"] == ["DAG"]
+    assert dag.imports["airflow.providers.standard.operators.bash"] == ["BashOperator"]
+    assert dag.task_ids == ["run"]
+    assert args_of(dag.command("run")) == run_args(spec.resolve(), env)
+    # Restarted as soon as it ends, never two at once, never timed out.
+    assert dag.kwargs["schedule"] == "@continuous"
+    assert dag.kwargs["catchup"] is False and dag.kwargs["max_active_runs"] == 1
+    assert dag.kwargs["dagrun_timeout"] is None
+    assert dag.kwargs["dag_id"] == "bankflow_banking" and dag.kwargs["tags"] == ["bankflow", "banking"]
+    task = dag.tasks["run"]
+    assert task["execution_timeout"] is None and task["max_active_tis_per_dag"] == 1
+    assert task["skip_on_exit_code"] is None  # 4 (dead letters) fails the try
+    # A crash is retried with exponential backoff: the run resumes from its positions and the ledger.
+    assert task["retries"] == RUN_RETRIES == 8
+    assert task["retry_delay"] == "datetime.timedelta(seconds=30)"
+    assert task["retry_exponential_backoff"] == 2.0
+    assert task["max_retry_delay"] == "datetime.timedelta(seconds=1800)"
+    assert "verify" not in text and "--stages" not in text
+    assert "The schedule is @continuous" in dag.docstring and "No secret is in this file" in dag.docstring
+    assert "SIGTERM" in dag.docstring and "killed_task_cleanup_time" in dag.docstring
+    for secret in SECRETS:
+        assert secret not in text
+    for name in ("PGHOST", "CONNECT_URL", "KAFKA_BOOTSTRAP_SERVERS", "S3_ENDPOINT_URL", "SNOWFLAKE_ACCOUNT"):
+        assert BANKING_STACK_ENV[name] not in text, name
+
+
+def test_run_mode_written_by_plan(tmp_path: Path) -> None:
+    spec = banking_run(tmp_path)
+    resolved = load_spec(spec, env="local", environ={})
+    out = tmp_path / "plan"
+    result = plan(resolved, out, check_live=False)
+    written = (out / "airflow" / "bankflow_banking.py").read_text(encoding="utf-8")
+    assert written == result.files["airflow/bankflow_banking.py"] == render_dag(resolved)
+    assert parse_dag(written).task_ids == ["run"]
+
+
+def test_run_mode_honours_an_explicit_schedule_and_retries(tmp_path: Path) -> None:
+    spec = banking_run(tmp_path, "airflow:\n  mode: run\n  schedule: '*/10 * * * *'\n  retries: 0\n")
+    dag = parse_dag(render_dag(load_spec(spec, env="local", environ={})))
+    assert dag.kwargs["schedule"] == "*/10 * * * *"  # a restart on the next tick: no loop without retries
+    assert dag.tasks["run"]["retries"] == 0
+    assert "The schedule is @continuous" not in dag.docstring and "next tick" in dag.docstring
+
+
+def test_run_mode_in_one_environment_only(tmp_path: Path) -> None:
+    """`mode` is overridable per environment: stages locally, one `run` task on stack."""
+    spec = minimal(tmp_path, "    airflow: {mode: run, retries: 3}\n")  # appended under environments.stack
+    local = parse_dag(render_dag(load_spec(spec, environ={})))
+    assert local.task_ids == [*STAGE_ORDER, "verify"] and local.kwargs["schedule"] == "@hourly"
+    stack = parse_dag(render_dag(load_spec(spec, env="stack", environ={})))
+    assert stack.task_ids == ["run"] and stack.kwargs["schedule"] == "@continuous"
+    assert stack.tasks["run"]["retries"] == 3
+    assert args_of(stack.command("run")) == run_args(spec.resolve(), "stack")
+
+
+@pytest.mark.parametrize("section", ["mode: run\n  retries: 0", "mode: run\n  retries: 0\n  schedule: '@continuous'"])
+def test_run_mode_on_continuous_refuses_zero_retries(tmp_path: Path, section: str) -> None:
+    spec = minimal(tmp_path, f"airflow:\n  {section}\n")
+    with pytest.raises(SpecError) as caught:
+        load_spec(spec, environ={})
+    [issue] = caught.value.issues
+    assert issue.field == "airflow.retries" and "restart in a loop" in issue.message, issue
+    assert "retries: 1 or more" in (issue.hint or ""), issue
+
+
+def test_the_run_dag_runs_against_stand_ins_for_airflow(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    created = airflow_stand_ins(monkeypatch)
+    spec = banking_run(tmp_path)
+    text = render_dag(load_spec(spec, env="local", environ={}))
+    exec(compile(text, "bankflow_banking.py", "exec"), {"__name__": "bankflow_banking"})
+    [dag] = created
+    assert dag.kwargs["schedule"] == "@continuous" and dag.kwargs["dagrun_timeout"] is None
+    [task] = dag.tasks
+    assert task.task_id == "run" and task.downstream == []
+    assert task.kwargs["retry_delay"].total_seconds() == 30 and task.kwargs["max_retry_delay"].total_seconds() == 1800
+    assert task.kwargs["execution_timeout"] is None
 
 
 # ---------------------------------------------------------------- the spec's airflow: section
@@ -306,6 +419,22 @@ def test_hostile_strings_stay_data(tmp_path: Path) -> None:
     for stage in STAGE_ORDER:
         assert run_in_bash(dag.command(stage), env, work) == apply_args(spec_path, f"env{HOSTILE}", stage)
     assert run_in_bash(dag.command("verify"), env, work) == verify_args(spec_path, f"env{HOSTILE}")
+    assert not list(work.iterdir()), "a command substitution ran"
+
+
+def test_hostile_strings_stay_data_in_the_run_dag(tmp_path: Path) -> None:
+    spec_path = f"/srv/{HOSTILE}/spec.yaml"
+    text = render_run_dag_text(dag_id=f"dag{HOSTILE}", pipeline=f"name{HOSTILE}", spec_path=spec_path,
+                               env=f"env{HOSTILE}", schedule=f"@continuous{HOSTILE}", retries=2,
+                               description=f"desc{HOSTILE}\"\"\"")
+    dag = parse_dag(text)
+    assert dag.kwargs["dag_id"] == f"dag{HOSTILE}" and dag.kwargs["schedule"] == f"@continuous{HOSTILE}"
+    assert dag.kwargs["description"] == f"desc{HOSTILE}\"\"\"" and dag.kwargs["tags"] == ["bankflow", f"name{HOSTILE}"]
+    assert HOSTILE not in dag.docstring and "\"\"\"" not in dag.docstring
+    assert args_of(dag.command("run")) == run_args(spec_path, f"env{HOSTILE}")
+    work = tmp_path / "work"
+    work.mkdir()
+    assert run_in_bash(dag.command("run"), fake_bankflow(tmp_path), work) == run_args(spec_path, f"env{HOSTILE}")[1:]
     assert not list(work.iterdir()), "a command substitution ran"
 
 
