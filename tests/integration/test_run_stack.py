@@ -1,0 +1,88 @@
+"""`bankflow run` on the stack harness: Debezium on Kafka Connect → Tansu → Parquet on S3 (moto) → DuckDB raw →
+dbt, with two consumer processes in one group (`--workers 2`), while a workload writes.
+
+The run keeps raw and the marts current by itself (no apply in between): the test waits until raw equals the
+source and the marts were built after the last write, stops the run as a signal would, and checks verify.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from bankflow.pipeline import Pipeline
+from bankflow.source.embedded import EmbeddedPostgres
+from bankflow.spec.loader import ResolvedSpec, load_spec
+from tests.harness.connect import KafkaConnectWorker
+from tests.harness.s3 import S3Server
+from tests.harness.tansu import TansuBroker
+from tests.integration.test_stack_e2e import ENV, Stack, assert_raw_matches_source, fresh_stack
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def stack_spec(tmp_path: Path, pg_server: EmbeddedPostgres, tansu_broker: TansuBroker,
+               kafka_connect: KafkaConnectWorker, s3_server: S3Server) -> Iterator[tuple[ResolvedSpec, Stack]]:
+    for resolved, _sql in fresh_stack(tmp_path, pg_server, tansu_broker, kafka_connect, s3_server, "runstack"):
+        # a short cadence and small files, so the test sees several loads and transforms in seconds
+        text = yaml.safe_load(resolved.path.read_text(encoding="utf-8"))
+        text["run"] = {"transform": {"every": "3s"}, "metrics": {"port": None}}
+        text["environments"][ENV]["lake"]["flush"] = {"max_rows": 200000, "max_seconds": 0.5}
+        resolved.path.write_text(yaml.safe_dump(text, sort_keys=False), encoding="utf-8")
+        resolved = load_spec(resolved.path, env=ENV)
+        yield resolved, Stack(resolved.path, resolved.spec.source.database, "", pg_server, kafka_connect,
+                              pg_server.password)
+
+
+def _run_state(resolved: ResolvedSpec) -> dict[str, Any]:
+    try:
+        return json.loads((resolved.state_dir / "run_state.json").read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def test_run_on_stack_with_two_workers_keeps_raw_and_marts_current(
+        stack_spec: tuple[ResolvedSpec, Stack]) -> None:
+    resolved, stack = stack_spec
+    pipeline = Pipeline(resolved)
+    pipeline.generate(progress=False)  # a first day of data before the connector exists: its snapshot
+    stop = threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        outcome["run"] = pipeline.run(workers=2, progress=False, metrics_port=None, stop=stop)
+
+    runner = threading.Thread(target=run, name="test-run", daemon=True)
+    runner.start()
+    try:
+        pipeline.generate(rate=10, duration=8, progress=False)  # changes while the run streams
+        written_until = dt.datetime.now(dt.timezone.utc)
+        deadline = time.monotonic() + 240
+        while True:
+            state = _run_state(resolved)
+            as_of = state.get("marts_as_of")
+            if as_of and dt.datetime.fromisoformat(as_of) >= written_until - dt.timedelta(seconds=2):
+                break
+            assert runner.is_alive(), f"run ended early: {outcome.get('run')}"
+            assert time.monotonic() < deadline, f"the marts did not catch up: {state}"
+            time.sleep(1.0)
+    finally:
+        stop.set()
+        runner.join(120)
+    assert not runner.is_alive()
+    result = outcome["run"]
+    assert result.ok, result.to_dict()
+    assert result.cdc is not None and result.cdc.get("workers") == 2
+    assert result.loads > 1 and result.transforms >= 1
+    assert_raw_matches_source(stack, resolved)
+    report = pipeline.verify()
+    assert report.ok, report.format()
