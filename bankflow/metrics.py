@@ -260,35 +260,13 @@ class RunMetrics:
 
 # ---------------------------------------------------------------- the slot, for `run` and `status`
 
-SLOT_QUERY = (
-    "SELECT active, confirmed_flush_lsn::text, restart_lsn::text, pg_current_wal_lsn()::text, "
-    "pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint, "
-    "pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, wal_status, safe_wal_size "
-    "FROM pg_replication_slots WHERE slot_name = %s")
-
-
-def read_slot(cursor: Any, name: str) -> dict[str, Any] | None:
-    """The slot as `pg_replication_slots` has it (PostgreSQL >= 13), None when it does not exist.
-
-    lag_bytes: WAL past the confirmed position (changes not yet durable in the lake); retained_bytes: WAL the
-    server keeps for the slot (past restart_lsn; None once the slot is lost); wal_status: reserved, extended,
-    unreserved (about to be removed; safe_wal_size says how much more may be written) or lost.
-    """
-    cursor.execute(SLOT_QUERY, (name,))
-    row = cursor.fetchone()
-    if row is None:
-        return None
-    active, confirmed, restart, current, lag, retained, wal_status, safe = row
-    return {"name": name, "active": active, "confirmed_flush_lsn": confirmed, "restart_lsn": restart,
-            "current_wal_lsn": current, "lag_bytes": lag, "retained_bytes": retained, "wal_status": wal_status,
-            "safe_wal_size": safe}
-
-
 def probe_slot(resolved: ResolvedSpec) -> dict[str, Any] | None:
-    """`read_slot` over a short connection to the source (never starts an embedded server)."""
+    """The slot as `bankflow status` reads it (bankflow.status.read_slot), over a short connection to the
+    source; never starts an embedded server. None when the slot does not exist."""
     import psycopg2
 
     from bankflow.source import source_server
+    from bankflow.status import read_slot
 
     server = source_server(resolved)
     conn = psycopg2.connect(**server.connect_kwargs(start=False))

@@ -2,13 +2,47 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import os
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from bankflow.spec.loader import ResolvedSpec
 
 _RUN_STAGE_FIELDS = ("ok", "seconds", "events", "rows", "files")
+RUN_STATE = "run_state.json"  # written by `bankflow run` every cycle (bankflow.runner)
+
+SLOT_QUERY = (
+    "SELECT active, confirmed_flush_lsn::text, restart_lsn::text, pg_current_wal_lsn()::text, "
+    "pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint, "
+    "pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, wal_status, safe_wal_size "
+    "FROM pg_replication_slots WHERE slot_name = %s")
+
+
+def read_slot(cursor: Any, name: str) -> dict[str, Any] | None:
+    """The slot as `pg_replication_slots` has it (PostgreSQL >= 13), None when it does not exist; `status` and
+    `run`'s metrics (bankflow.metrics.probe_slot) both read it here.
+
+    lag_bytes: WAL past the confirmed position (changes not yet durable in the lake); retained_bytes: WAL the
+    server keeps for the slot (past restart_lsn; None once the slot is lost); wal_status: reserved, extended,
+    unreserved (past max_slot_wal_keep_size: safe_wal_size says how much more may be written before it is lost)
+    or lost (invalidated: the WAL it needed is gone).
+    """
+    cursor.execute(SLOT_QUERY, (name,))
+    row = cursor.fetchone()
+    if row is None:
+        return None
+    active, confirmed, restart, current, lag, retained, wal_status, safe = row
+    return {"name": name, "active": active, "confirmed_flush_lsn": confirmed, "restart_lsn": restart,
+            "current_wal_lsn": current, "lag_bytes": lag, "retained_bytes": retained, "wal_status": wal_status,
+            "safe_wal_size": safe}
+
+
+def lost_slot_message(slot: str) -> str:
+    """What to do about a slot PostgreSQL invalidated (status's attention and cdc's error say the same)."""
+    return (f"slot {slot} was invalidated: WAL it needed was removed (max_slot_wal_keep_size); run "
+            f"`bankflow down --drop-slot` and apply again: the tables are snapshotted again")
 
 
 def _error(resolved: ResolvedSpec, exc: BaseException) -> str:
@@ -35,14 +69,7 @@ def _source_status(resolved: ResolvedSpec) -> dict[str, Any]:
     info["up"] = True
     try:
         with conn.cursor() as cur:
-            cur.execute(
-                "SELECT active, confirmed_flush_lsn::text, "
-                "pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint, pg_current_wal_lsn()::text "
-                "FROM pg_replication_slots WHERE slot_name = %s", (spec.cdc.slot,))
-            row = cur.fetchone()
-            info["slot"] = None if row is None else {
-                "name": spec.cdc.slot, "active": row[0], "confirmed_flush_lsn": row[1], "lag_bytes": row[2],
-                "current_wal_lsn": row[3]}
+            info["slot"] = read_slot(cur, spec.cdc.slot)
         info["contract"] = _contract(resolved, conn)
     finally:
         conn.close()
@@ -74,19 +101,59 @@ def _lake_status(resolved: ResolvedSpec) -> dict[str, Any]:
         from bankflow.lake.filesystem import lake_filesystem
 
         fs, root = lake_filesystem(resolved)
+        lake_newest: dt.datetime | None = None
         for table in resolved.spec.tables:
             keys = lake_files(resolved, table)
             rows = 0
+            newest: dt.datetime | None = None
             for key in keys:
                 with fs.open(f"{root.rstrip('/')}/{key}", "rb") as handle:
-                    rows += pq.ParquetFile(handle).metadata.num_rows
-            info["tables"][table.name] = {"files": len(keys), "rows": rows}
+                    metadata = pq.ParquetFile(handle).metadata
+                rows += metadata.num_rows
+                newest = _later(newest, newest_commit(metadata))
+            info["tables"][table.name] = {"files": len(keys), "rows": rows, "newest_commit": _iso(newest)}
+            lake_newest = _later(lake_newest, newest)
+        info["newest_commit"] = _iso(lake_newest)
         from bankflow.deadletters import DeadLetters
 
         info["dead_letters"] = {t: p.to_dict() for t, p in sorted(DeadLetters(resolved).pending().items())}
     except Exception as exc:
         info["error"] = _error(resolved, exc)
     return info
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _later(a: dt.datetime | None, b: dt.datetime | None) -> dt.datetime | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
+def parse_time(value: Any) -> dt.datetime | None:
+    """An ISO-8601 string (or datetime) as an aware UTC datetime; None for null or anything unreadable."""
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value)
+        except ValueError:
+            return None
+    if not isinstance(value, dt.datetime):
+        return None
+    return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
+
+
+def newest_commit(metadata: Any) -> dt.datetime | None:
+    """The newest `_source_ts` (source commit time) in a Parquet footer's row-group statistics: no data read."""
+    names = metadata.schema.names
+    if "_source_ts" not in names:
+        return None
+    index = names.index("_source_ts")
+    newest = None
+    for group in range(metadata.num_row_groups):
+        stats = metadata.row_group(group).column(index).statistics
+        if stats is not None and stats.has_min_max:
+            newest = _later(newest, parse_time(stats.max))
+    return newest
 
 
 def _warehouse_status(resolved: ResolvedSpec) -> dict[str, Any]:
@@ -107,6 +174,11 @@ def _warehouse_status(resolved: ResolvedSpec) -> dict[str, Any]:
             except Exception:
                 rows, files = None, 0
             info["tables"][table.raw_name] = {"rows": rows, "files_loaded": files}
+        try:  # the ledger's newest entry: when a load last brought files in (apply users have no run_state.json)
+            info["last_loaded_at"] = _iso(parse_time(
+                adapter.query(f"SELECT max(loaded_at) FROM {adapter.dialect.ledger_table()}")[0][0]))
+        except Exception:
+            info["last_loaded_at"] = None
     finally:
         adapter.close()
     return info
@@ -120,17 +192,91 @@ def _stage_summary(stage: dict[str, Any]) -> dict[str, Any]:
 
 
 def _last_run(resolved: ResolvedSpec) -> dict[str, Any] | None:
-    """The last run's summary from `<state_dir>/last_run.json`; None before the first run."""
+    """The last run's summary from `<state_dir>/last_run.json`; None before the first run. Each stage says when
+    it started (the run's start plus the stages before it), for raw and mart age."""
     path = resolved.state_dir / "last_run.json"
     try:
         if not path.is_file():
             return None
         run = json.loads(path.read_text(encoding="utf-8"))
-        stages = run.get("stages") or []
-        return {k: run.get(k) for k in ("run_id", "started_at", "ok", "seconds")} | {"stages": {
-            str(s.get("name")): _stage_summary(s) for s in stages if isinstance(s, dict)}}
+        stages = [s for s in run.get("stages") or [] if isinstance(s, dict)]
+        summary = {k: run.get(k) for k in ("run_id", "started_at", "ok", "seconds")} | {"stages": {
+            str(s.get("name")): _stage_summary(s) for s in stages}}
+        at = parse_time(run.get("started_at"))
+        for stage in stages:
+            if at is not None:
+                summary["stages"][str(stage.get("name"))]["started_at"] = at.isoformat()
+                seconds = stage.get("seconds")
+                at += dt.timedelta(seconds=seconds if isinstance(seconds, (int, float)) else 0)
+        return summary
     except (OSError, ValueError, AttributeError, TypeError) as exc:  # unreadable, not JSON, not the shape we write
         return {"error": f"cannot read {path}: {_error(resolved, exc)}"}
+
+
+def _pid_alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def _run_state(resolved: ResolvedSpec) -> dict[str, Any] | None:
+    """`<state_dir>/run_state.json` of `bankflow run`, with whether that process is still running; None when no
+    run ever wrote one."""
+    path = resolved.state_dir / RUN_STATE
+    try:
+        if not path.is_file():
+            return None
+        state = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(state, dict):
+            raise TypeError("not a JSON object")
+    except (OSError, ValueError, TypeError) as exc:
+        return {"error": f"cannot read {path}: {_error(resolved, exc)}"}
+    state["running"] = not state.get("stopped_at") and _pid_alive(state.get("pid"))
+    return state
+
+
+def _stage_ok_at(run: dict[str, Any] | None, stage: str) -> dt.datetime | None:
+    """When `stage` of the last apply started, if it succeeded."""
+    info = ((run or {}).get("stages") or {}).get(stage) or {}
+    return parse_time(info.get("started_at")) if info.get("ok") else None
+
+
+def _freshness(resolved: ResolvedSpec, status: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
+    """Raw age, mart age and lag in seconds, each from every place that knows: `run`'s state file, the last
+    apply's report and the warehouse ledger (the newest of them counts)."""
+    state = status.get("run") or {}
+    if state.get("error"):
+        state = {}
+    run = status.get("last_run")
+    loaded = max(filter(None, (parse_time(state.get("last_successful_load_at")), _stage_ok_at(run, "load"),
+                                parse_time(status["warehouse"].get("last_loaded_at")))), default=None)
+    transformed = max(filter(None, (parse_time(state.get("last_successful_transform_at")),
+                                    _stage_ok_at(run, "transform"))), default=None)
+    lake_newest = _later(parse_time(status["lake"].get("newest_commit")), parse_time(state.get("lake_newest_commit")))
+    slot = status["source"].get("slot") or {}
+    lag_bytes = slot.get("lag_bytes")
+    if lag_bytes is not None and lag_bytes <= 0:  # nothing the lake lacks: not behind, however old its data
+        lag: float | None = 0.0
+    elif lag_bytes is None or lake_newest is None:
+        lag = None
+    else:  # an upper bound: the oldest change not yet read committed after the lake's newest one
+        lag = max((now - lake_newest).total_seconds(), 0.0)
+
+    def age(ts: dt.datetime | None) -> float | None:
+        return None if ts is None else round(max((now - ts).total_seconds(), 0.0), 3)
+
+    return {"last_successful_load_at": _iso(loaded), "raw_age_seconds": age(loaded),
+            "last_successful_transform_at": _iso(transformed), "mart_age_seconds": age(transformed),
+            "lake_newest_commit": _iso(lake_newest), "lag_seconds": None if lag is None else round(lag, 3),
+            "raw_newest_commit": state.get("raw_newest_commit") or {}, "marts_as_of": state.get("marts_as_of")}
 
 
 def collect_status(resolved: ResolvedSpec) -> dict[str, Any]:
@@ -146,9 +292,63 @@ def collect_status(resolved: ResolvedSpec) -> dict[str, Any]:
         "lake": _lake_status(resolved),
         "warehouse": _warehouse_status(resolved),
         "last_run": _last_run(resolved),
+        "run": _run_state(resolved),
     }
+    status["freshness"] = _freshness(resolved, status, dt.datetime.now(dt.timezone.utc))
     status["attention"] = _attention(resolved, status) + engine.needs_attention(status)
+    status["warnings"] = _warnings(status)
     return status
+
+
+def _seconds(value: float) -> str:
+    return f"{value:,.1f} s" if value < 600 else f"{value:,.0f} s ({value / 3600:.1f} h)"
+
+
+def _thresholds(resolved: ResolvedSpec, status: dict[str, Any]) -> list[str]:
+    """The spec's `monitor:` thresholds that are breached, each with what was measured and the field to change."""
+    monitor = resolved.spec.monitor
+    fresh = status["freshness"]
+    found = []
+    lag = fresh.get("lag_seconds")
+    if monitor.max_lag_seconds is not None and lag is not None and lag > monitor.max_lag_seconds:
+        found.append(f"the lake is {_seconds(lag)} behind the source (its newest commit {fresh['lake_newest_commit']}"
+                     f" while the slot has unread WAL), over monitor.max_lag_seconds {monitor.max_lag_seconds:g}")
+    raw_age = fresh.get("raw_age_seconds")
+    if monitor.max_raw_age_seconds is not None:
+        if raw_age is None:
+            found.append(f"raw was never loaded successfully (monitor.max_raw_age_seconds "
+                         f"{monitor.max_raw_age_seconds:g})")
+        elif raw_age > monitor.max_raw_age_seconds:
+            found.append(f"raw was last loaded {_seconds(raw_age)} ago ({fresh['last_successful_load_at']}), over "
+                         f"monitor.max_raw_age_seconds {monitor.max_raw_age_seconds:g}")
+    mart_age = fresh.get("mart_age_seconds")
+    if monitor.max_mart_age_seconds is not None and resolved.spec.transform is not None:
+        if mart_age is None:
+            found.append(f"the marts were never built successfully (monitor.max_mart_age_seconds "
+                         f"{monitor.max_mart_age_seconds:g})")
+        elif mart_age > monitor.max_mart_age_seconds:
+            found.append(f"the marts were last built {_seconds(mart_age)} ago "
+                         f"({fresh['last_successful_transform_at']}), over monitor.max_mart_age_seconds "
+                         f"{monitor.max_mart_age_seconds:g}")
+    return found
+
+
+def _warnings(status: dict[str, Any]) -> list[str]:
+    """What a person should know but that does not fail `status`: a slot close to its WAL cap, a run that ended
+    without stopping cleanly."""
+    found = []
+    slot = status["source"].get("slot") or {}
+    if slot.get("wal_status") == "unreserved":
+        safe = slot.get("safe_wal_size")
+        found.append(f"slot {slot['name']} retains more WAL than max_slot_wal_keep_size allows: "
+                     + (f"{safe:,} more bytes of WAL and it is invalidated" if isinstance(safe, int) and safe >= 0
+                        else "the next checkpoint may invalidate it")
+                     + " (start the stream: bankflow run or apply)")
+    run = status.get("run") or {}
+    if run and not run.get("error") and not run.get("running") and not run.get("stopped_at"):
+        found.append(f"bankflow run (pid {run.get('pid')}) is gone without stopping cleanly (last update "
+                     f"{run.get('updated_at')})")
+    return found
 
 
 def _attention(resolved: ResolvedSpec, status: dict[str, Any]) -> list[str]:
@@ -164,12 +364,22 @@ def _attention(resolved: ResolvedSpec, status: dict[str, Any]) -> list[str]:
         found.append(f"source contract: {len(errors)} difference(s) stop apply (first: {errors[0]['where']}: "
                      f"{errors[0]['table']}: {errors[0]['message']})")
     slot = source.get("slot") or {}
+    if slot.get("wal_status") == "lost":
+        found.append(lost_slot_message(slot["name"]))
     threshold = resolved.spec.cdc.max_lag_bytes
     if threshold is not None and (slot.get("lag_bytes") or 0) > threshold:
         found.append(f"slot {slot['name']} retains {slot['lag_bytes']:,} bytes of WAL, over cdc.max_lag_bytes "
                      f"{threshold:,}")
-    for table, entry in (status["lake"].get("dead_letters") or {}).items():
-        found.append(f"{entry['events']:,} dead letter(s) of {table} pending (bankflow deadletters … list)")
+    letters = status["lake"].get("dead_letters") or {}
+    allowed = resolved.spec.monitor.max_dead_letters
+    if allowed is None:  # any pending dead letter needs a person
+        for table, entry in letters.items():
+            found.append(f"{entry['events']:,} dead letter(s) of {table} pending (bankflow deadletters … list)")
+    elif (total := sum(entry["events"] for entry in letters.values())) > allowed:
+        tables = ", ".join(f"{table} {entry['events']:,}" for table, entry in letters.items())
+        found.append(f"{total:,} dead letter(s) pending ({tables}), over monitor.max_dead_letters {allowed:,} "
+                     f"(bankflow deadletters … list)")
+    found += _thresholds(resolved, status)
     for part in ("lake", "warehouse"):
         if status[part].get("error"):
             found.append(f"{part}: {status[part]['error']}")
@@ -203,8 +413,13 @@ def _source_lines(source: dict[str, Any]) -> list[str]:
         lines.append(f"  connect    {_connect_hint(connection)}")
     slot = source.get("slot")
     if slot:
+        retained = slot.get("retained_bytes")
+        lag = slot.get("lag_bytes")
         lines.append(f"  slot       {slot['name']}: confirmed {slot['confirmed_flush_lsn']}, lag "
-                     f"{slot['lag_bytes']:,} bytes, {'active' if slot['active'] else 'idle'}")
+                     f"{'-' if lag is None else f'{lag:,}'} bytes, "
+                     + (f"retains {retained:,} bytes of WAL, " if retained is not None else "")
+                     + f"{'active' if slot['active'] else 'idle'}"
+                     + (f", wal_status {slot['wal_status']}" if slot.get("wal_status") else ""))
     elif source.get("up"):
         lines.append("  slot       not created yet")
     return lines + _contract_lines(source.get("contract"))
@@ -259,6 +474,49 @@ def _run_lines(run: dict[str, Any] | None) -> list[str]:
     return [f"  last run   {run['started_at']} {'ok' if run['ok'] else 'FAILED'} ({stages})"]
 
 
+def _ago(value: Any, now: dt.datetime) -> str:
+    ts = parse_time(value)
+    return "never" if ts is None else f"{_seconds(max((now - ts).total_seconds(), 0.0))} ago"
+
+
+def _live_run_lines(state: dict[str, Any] | None) -> list[str]:
+    """`bankflow run`'s own line, from its state file: running or not, its last load and transform."""
+    if not state:
+        return []
+    if state.get("error"):
+        return [f"  run        {state['error']}"]
+    now = dt.datetime.now(dt.timezone.utc)
+    if state.get("running"):
+        head = f"running (pid {state.get('pid')}) since {state.get('started_at')}"
+    elif state.get("stopped_at"):
+        head = f"stopped at {state.get('stopped_at')}"
+    else:
+        head = f"not running (pid {state.get('pid')} is gone; last update {state.get('updated_at')})"
+    parts = [head]
+    load = state.get("last_load") or {}
+    if load:
+        parts.append(f"last load {'ok' if load.get('ok') else 'FAILED'} {_ago(load.get('at'), now)}"
+                     + (f" ({load['rows']:,} rows)" if isinstance(load.get("rows"), int) else ""))
+    transform = state.get("last_transform") or {}
+    if transform:
+        parts.append(f"last transform {'ok' if transform.get('ok') else 'FAILED'} {_ago(transform.get('at'), now)}")
+    return ["  run        " + "; ".join(parts)]
+
+
+def _freshness_lines(fresh: dict[str, Any] | None) -> list[str]:
+    if not fresh:
+        return []
+    parts = []
+    for label, key in (("raw loaded", "raw_age_seconds"), ("marts built", "mart_age_seconds")):
+        value = fresh.get(key)
+        parts.append(f"{label} {'never' if value is None else _seconds(value) + ' ago'}")
+    lag = fresh.get("lag_seconds")
+    parts.append(f"lag {'unknown' if lag is None else _seconds(lag)}"
+                 + (f" (lake's newest commit {fresh['lake_newest_commit']})" if fresh.get("lake_newest_commit")
+                    else ""))
+    return ["  freshness  " + ", ".join(parts)]
+
+
 def format_status(status: dict[str, Any]) -> str:
     """The document as `bankflow status` prints it: one line per part, each saying what it could not reach."""
     lines = [f"pipeline {status['pipeline']} (environment: {status['env'] or 'default'})",
@@ -266,7 +524,10 @@ def format_status(status: dict[str, Any]) -> str:
              *_engine_lines(status),
              *_lake_lines(status["lake"]),
              *_warehouse_lines(status["warehouse"]),
-             *_run_lines(status.get("last_run"))]
+             *_run_lines(status.get("last_run")),
+             *_live_run_lines(status.get("run")),
+             *_freshness_lines(status.get("freshness"))]
+    lines += [f"warning: {item}" for item in status.get("warnings") or []]
     attention = status.get("attention") or []
     lines += [f"needs attention: {item}" for item in attention] or ["needs attention: nothing"]
     return "\n".join(lines)
