@@ -203,12 +203,13 @@ def _last_run(resolved: ResolvedSpec) -> dict[str, Any] | None:
         summary = {k: run.get(k) for k in ("run_id", "started_at", "ok", "seconds")} | {"stages": {
             str(s.get("name")): _stage_summary(s) for s in stages}}
         at = parse_time(run.get("started_at"))
+        started: dict[str, str] = {}
         for stage in stages:
             if at is not None:
-                summary["stages"][str(stage.get("name"))]["started_at"] = at.isoformat()
+                started[str(stage.get("name"))] = at.isoformat()
                 seconds = stage.get("seconds")
                 at += dt.timedelta(seconds=seconds if isinstance(seconds, (int, float)) else 0)
-        return summary
+        return summary | {"stage_started_at": started}
     except (OSError, ValueError, AttributeError, TypeError) as exc:  # unreadable, not JSON, not the shape we write
         return {"error": f"cannot read {path}: {_error(resolved, exc)}"}
 
@@ -246,7 +247,7 @@ def _run_state(resolved: ResolvedSpec) -> dict[str, Any] | None:
 def _stage_ok_at(run: dict[str, Any] | None, stage: str) -> dt.datetime | None:
     """When `stage` of the last apply started, if it succeeded."""
     info = ((run or {}).get("stages") or {}).get(stage) or {}
-    return parse_time(info.get("started_at")) if info.get("ok") else None
+    return parse_time(((run or {}).get("stage_started_at") or {}).get(stage)) if info.get("ok") else None
 
 
 def _freshness(resolved: ResolvedSpec, status: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
