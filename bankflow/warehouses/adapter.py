@@ -62,6 +62,33 @@ class WarehouseAdapter(ABC):
     def load_files(self, table: Table, files: Sequence[str]) -> LoadOutcome:
         """Load the given lake files (keys relative to the lake root) and record them in the ledger."""
 
+    def raw_file_values(self, keys: Sequence[str]) -> dict[str, str]:
+        """Per lake key: the `_file` value its rows carry (read from the Parquet footer's statistics).
+
+        The lake writer stamps every row with the key it writes to, under the lake root it had then; raw keeps
+        that value, the ledger keeps the key relative to the lake root. Reading the value back from the file
+        (instead of rebuilding it from today's root) keeps the dbt join exact for a moved lake and for files
+        written by other tools. Falls back to reading the column when the footer has no statistics.
+        """
+        import pyarrow.parquet as pq
+
+        from bankflow.lake.filesystem import lake_filesystem
+
+        fs, root = lake_filesystem(self.resolved)
+        values: dict[str, str] = {}
+        for key in keys:
+            with fs.open(f"{root}/{key}", "rb") as handle:
+                parquet = pq.ParquetFile(handle)
+                found = _single_value(parquet.metadata, "_file")
+                if found is None:
+                    distinct = set(parquet.read(columns=["_file"]).column("_file").to_pylist())
+                    if len(distinct) > 1:
+                        raise StageError(f"lake file {key!r} carries {len(distinct)} different _file values; "
+                                         "bankflow writes one per file: rewrite the file")
+                    found = next(iter(distinct), None)
+            values[key] = found if found is not None else f"{root}/{key}"
+        return values
+
     # -- shared behaviour
     def setup(self) -> list[str]:
         """Schema, stage, raw tables and the ledger; then reconcile drift. Returns the statements run."""
@@ -69,6 +96,8 @@ class WarehouseAdapter(ABC):
         for statement in statements:
             self.execute(statement)
         self.execute(self.dialect.ledger_ddl())
+        for statement in self.dialect.ledger_migrations():
+            self.execute(statement)
         executed = [self.resolved.redact(s) for s in statements]
         for table in self.resolved.spec.tables:
             executed.extend(self.reconcile_columns(table))
@@ -103,3 +132,23 @@ class WarehouseAdapter(ABC):
             self.execute(statement)
             statements.append(statement)
         return statements
+
+
+def _single_value(metadata: Any, column: str) -> str | None:
+    """The one value of a text column according to every row group's statistics, else None."""
+    names = metadata.schema.names
+    if column not in names:
+        return None
+    index = names.index(column)
+    seen: set[str] = set()
+    for group in range(metadata.num_row_groups):
+        stats = metadata.row_group(group).column(index).statistics
+        if stats is None or not stats.has_min_max:
+            return None
+        if not (getattr(stats, "is_min_value_exact", True) and getattr(stats, "is_max_value_exact", True)):
+            return None  # truncated statistics: read the column instead
+        low, high = stats.min, stats.max
+        low = low.decode() if isinstance(low, bytes) else low
+        high = high.decode() if isinstance(high, bytes) else high
+        seen.update((str(low), str(high)))
+    return next(iter(seen)) if len(seen) == 1 else None

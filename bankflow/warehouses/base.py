@@ -175,6 +175,16 @@ class Dialect(ABC):
     def ledger_ddl(self) -> str:
         """CREATE TABLE IF NOT EXISTS for the ledger."""
 
+    # Ledger columns added after its first release, as (name, type): `ledger_migrations` adds them to a ledger
+    # created before them. `load_seq` is raw's commit position (each load chunk takes max + 1; old rows null =
+    # 0), `raw_file` the `_file` value the file's rows carry in raw (what dbt joins the ledger on).
+    ledger_added_columns: ClassVar[tuple[tuple[str, str], ...]] = (("load_seq", "BIGINT"), ("raw_file", "VARCHAR"))
+
+    def ledger_migrations(self) -> list[str]:
+        """ALTER TABLE … ADD COLUMN IF NOT EXISTS for each added ledger column (idempotent)."""
+        return [f"ALTER TABLE {self.ledger_table()} ADD COLUMN IF NOT EXISTS {self.quote(name)} {kind}"
+                for name, kind in self.ledger_added_columns]
+
     def file_list(self, files: Sequence[str] | None) -> str:
         return FILES_PLACEHOLDER if files is None else ", ".join(self.string_literal(f) for f in files)
 

@@ -231,13 +231,13 @@ def test_incremental_changes_flow_through(warehouse: Warehouse, second_round: di
     # exact history: one row per committed change, valid_from = commit time
     _assert_exact_history(wh)
 
-    # incremental fact: the second run used the _lsn filter, no duplicates, new rows present
+    # incremental fact: the second run took the legs past its load-sequence mark, no duplicates, new rows present
     fact_run = next(r for r in second_round["results"]["run --select marts"].result.results
                     if r.node.name == "fact_transactions")
-    assert "_lsn >" in fact_run.node.compiled_code
+    assert "_bankflow_load_seq >" in fact_run.node.compiled_code and "_lsn >" not in fact_run.node.compiled_code
     first_run = next(r for r in wh.first_results["run --select marts"].result.results  # type: ignore[attr-defined]
                      if r.node.name == "fact_transactions")
-    assert "_lsn >" not in first_run.node.compiled_code
+    assert "_bankflow_load_seq >" not in first_run.node.compiled_code
     _assert_fact(wh)
     ids = {i for (i,) in wh.query(f"select id from {SCHEMA}.fact_transactions")}
     assert set(second_round["new_transactions"]) <= ids
@@ -335,6 +335,6 @@ def test_project_runs_with_dbt_snowflake_on_fakesnow(tmp_path: Path) -> None:
             assert q("select count(*) from ANALYTICS.dim_customers where is_current") == [(len(log.rows["customers"]),)]
 
             compiled = dbt(["compile", "--select", "fact_transactions"])
-            assert "_lsn >" in compiled.result.results[0].node.compiled_code
+            assert "_bankflow_load_seq >" in compiled.result.results[0].node.compiled_code
         finally:
             con.close()

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 from bankflow.errors import StageError
 from bankflow.render.warehouse import chunked
 from bankflow.warehouses.adapter import LoadOutcome, WarehouseAdapter
+from bankflow.warehouses.duckdb.lock import connect as connect_waiting
+from bankflow.warehouses.duckdb.lock import wait_seconds
 
 if TYPE_CHECKING:
     from bankflow.spec.loader import ResolvedSpec
@@ -22,8 +24,6 @@ class DuckDBAdapter(WarehouseAdapter):
 
     def __init__(self, resolved: ResolvedSpec, warehouse: DuckDBWarehouse, read_only: bool = False):
         super().__init__(resolved, warehouse)
-        import duckdb
-
         path = resolved.resolve_path(warehouse.path)
         self.path = path
         self.read_only = read_only
@@ -34,7 +34,7 @@ class DuckDBAdapter(WarehouseAdapter):
             self.con = self._open_read_only()
             return  # a read-only connection loads nothing: no lake filesystem
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.con = duckdb.connect(str(path))
+        self.con = connect_waiting(path, what="writing the warehouse", wait=wait_seconds(resolved))
         self.con.execute("SET TimeZone = 'UTC'")
         if resolved.spec.lake.scheme == "s3":
             # httpfs cannot be downloaded here (and needs no network on a laptop either): read s3:// via s3fs.
@@ -50,7 +50,8 @@ class DuckDBAdapter(WarehouseAdapter):
         import duckdb
 
         try:
-            con = duckdb.connect(str(self.path), read_only=True)
+            con = connect_waiting(self.path, read_only=True, what="reading the warehouse",
+                                  wait=wait_seconds(self.resolved))
         except duckdb.ConnectionException:
             # This process holds the file read-write already (a load, or dbt-duckdb's connection after a
             # transform), and DuckDB opens one file one way per process: share that database. Its settings are
@@ -129,7 +130,8 @@ class DuckDBAdapter(WarehouseAdapter):
         return str(self.resolved.resolve_path(lake.url) / key)
 
     def load_files(self, table: Table, files: Sequence[str]) -> LoadOutcome:
-        """One transaction per chunk: the rows and their ledger entries commit together or not at all."""
+        """One transaction per chunk: the rows and their ledger entries commit together or not at all; the
+        chunk's ledger rows carry one `load_seq` (max + 1) and each file's `_file` value (`raw_file`)."""
         self._writable()
         outcome = LoadOutcome()
         target = self.dialect.raw_table(table)
@@ -137,6 +139,7 @@ class DuckDBAdapter(WarehouseAdapter):
             chunk_urls = [self.file_url(key) for key in keys]
             by_url = dict(zip(chunk_urls, keys, strict=True))
             statement = self.dialect.load_statement(table, chunk_urls)
+            raw_files = self.raw_file_values(keys)
             self.con.execute("BEGIN TRANSACTION")
             try:
                 before = self.query(f"SELECT count(*) FROM {target}")[0][0]
@@ -144,9 +147,14 @@ class DuckDBAdapter(WarehouseAdapter):
                 after = self.query(f"SELECT count(*) FROM {target}")[0][0]
                 # From the files' footers: no column is added to the rows, so a source column may be `filename`.
                 counts = dict(self.query("SELECT file_name, num_rows FROM parquet_file_metadata(?)", [chunk_urls]))
+                # raw's commit position: read inside this transaction, so the chunk's number is larger than that
+                # of every load committed before it (bankflow runs one load of a warehouse at a time).
+                load_seq = self.query(f"SELECT coalesce(max(load_seq), 0) + 1 FROM {self.ledger}")[0][0]
                 self.con.executemany(
-                    f"INSERT INTO {self.ledger} (file_key, raw_table, rows) VALUES (?, ?, ?)",
-                    [[by_url[u], table.raw_name, int(counts.get(u, 0))] for u in chunk_urls])
+                    f"INSERT INTO {self.ledger} (file_key, raw_table, rows, load_seq, raw_file) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    [[by_url[u], table.raw_name, int(counts.get(u, 0)), load_seq, raw_files[by_url[u]]]
+                     for u in chunk_urls])
                 self.con.execute("COMMIT")
             except Exception:
                 self.con.execute("ROLLBACK")

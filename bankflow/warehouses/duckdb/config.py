@@ -23,6 +23,8 @@ class DuckDBWarehouse(WarehouseConfig):
     type: Literal["duckdb"] = "duckdb"
     path: str = Field(".bankflow/warehouse.duckdb", description="relative paths: from the spec's directory")
     raw_schema: str = "raw"
+    lock_wait_seconds: float = Field(60.0, ge=0, description="how long a load or transform waits for another "
+                                     "process (e.g. a read-only session) to release the DuckDB file")
 
     @field_validator("raw_schema")
     @classmethod

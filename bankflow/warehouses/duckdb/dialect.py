@@ -63,4 +63,5 @@ class DuckDBDialect(Dialect):
 
     def ledger_ddl(self) -> str:
         return (f"CREATE TABLE IF NOT EXISTS {self.ledger_table()} (file_key VARCHAR PRIMARY KEY, raw_table "
-                "VARCHAR NOT NULL, rows BIGINT NOT NULL, loaded_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp)")
+                "VARCHAR NOT NULL, rows BIGINT NOT NULL, loaded_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp, "
+                "load_seq BIGINT, raw_file VARCHAR)")

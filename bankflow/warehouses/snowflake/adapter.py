@@ -139,6 +139,14 @@ class SnowflakeAdapter(WarehouseAdapter):
         return {r[0] for r in rows}
 
     # -- loading
+    def ledger_insert(self, n_rows: int) -> str:
+        """INSERT of `n_rows` ledger rows (5 bound values each) sharing one new load_seq."""
+        values = ", ".join(["(?, ?, ?, ?, ?)"] * n_rows)
+        return (f"INSERT INTO {self.ledger} (FILE_KEY, RAW_TABLE, ROWS_LOADED, COPY_STATUS, RAW_FILE, LOAD_SEQ) "
+                f"SELECT v.file_key, v.raw_table, v.rows_loaded, v.copy_status, v.raw_file, "
+                f"(SELECT COALESCE(MAX(LOAD_SEQ), 0) + 1 FROM {self.ledger}) "
+                f"FROM (VALUES {values}) AS v (file_key, raw_table, rows_loaded, copy_status, raw_file)")
+
     def load_files(self, table: Table, files: Sequence[str]) -> LoadOutcome:
         """COPY each chunk (ON_ERROR=ABORT_STATEMENT: all or nothing), then write its ledger rows."""
         outcome = LoadOutcome()
@@ -155,6 +163,7 @@ class SnowflakeAdapter(WarehouseAdapter):
                                  f"{self.resolved.redact(str(exc))}") from None
             finally:
                 cursor.close()
+            raw_files = self.raw_file_values(chunk)
             ledger_rows = []
             for key in chunk:
                 result = _result_for(results, key)
@@ -164,12 +173,12 @@ class SnowflakeAdapter(WarehouseAdapter):
                                      f"{self.resolved.redact(str(result.get('first_error') if result else ''))}")
                 rows = int(result.get("rows_loaded") or 0) if result else 0
                 outcome.rows += rows
-                ledger_rows.append([key, table.raw_name, rows, status])
+                ledger_rows.append([key, table.raw_name, rows, status, raw_files[key]])
             cursor = self.con.cursor()
             try:
-                # One statement per chunk; written only now that the COPY has committed (see module doc).
-                cursor.executemany(f"INSERT INTO {self.ledger} (FILE_KEY, RAW_TABLE, ROWS_LOADED, COPY_STATUS) "
-                                   "VALUES (?, ?, ?, ?)", ledger_rows)
+                # One statement per chunk, written only now that the COPY has committed (see module doc); it takes
+                # its load_seq (max + 1) in the same statement, so the number follows the ledger's commit order.
+                cursor.execute(self.ledger_insert(len(ledger_rows)), [v for row in ledger_rows for v in row])
             finally:
                 cursor.close()
             outcome.files += len(chunk)

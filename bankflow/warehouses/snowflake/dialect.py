@@ -104,7 +104,11 @@ class SnowflakeDialect(Dialect):
         return self.render("copy_into.sql.j2", table=self.raw_table(table), stage=self._object(self.config.stage),
                            files=self.file_list(files), file_format=self._object(self.config.file_format))
 
+    ledger_added_columns: ClassVar[tuple[tuple[str, str], ...]] = (("load_seq", "NUMBER(19,0)"),
+                                                                    ("raw_file", "VARCHAR"))
+
     def ledger_ddl(self) -> str:
         return (f"CREATE TABLE IF NOT EXISTS {self.ledger_table()} (FILE_KEY VARCHAR NOT NULL, RAW_TABLE VARCHAR "
                 "NOT NULL, ROWS_LOADED NUMBER(19,0) NOT NULL, COPY_STATUS VARCHAR, "
-                "LOADED_AT TIMESTAMP_TZ DEFAULT CURRENT_TIMESTAMP(), PRIMARY KEY (FILE_KEY, RAW_TABLE))")
+                "LOADED_AT TIMESTAMP_TZ DEFAULT CURRENT_TIMESTAMP(), LOAD_SEQ NUMBER(19,0), RAW_FILE VARCHAR, "
+                "PRIMARY KEY (FILE_KEY, RAW_TABLE))")

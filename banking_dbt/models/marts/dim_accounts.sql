@@ -1,4 +1,9 @@
--- Account dimension (SCD2 at snapshot time) from accounts_snapshot.
+-- Account dimension (SCD2 at snapshot time) from accounts_snapshot. Incremental: every version of the accounts
+-- whose history changed since this table's mark, replaced as a whole (the snapshot only changes those).
+{{ config(incremental_strategy='delete+insert', unique_key='account_id') }}
+{%- set parent = ref('account_history') -%}
+{%- set mark = bankflow_mark() -%}
+{%- set position = bankflow_model_position(parent) %}
 select
     dbt_scd_id as account_version_key,
     id as account_id,
@@ -15,5 +20,9 @@ select
     dbt_valid_from as valid_from,
     dbt_valid_to as valid_to,
     case when dbt_valid_to is null then true else false end as is_current,
-    case when dbt_is_deleted = 'True' then true else false end as is_deleted
+    case when dbt_is_deleted = 'True' then true else false end as is_deleted,
+    {{ bankflow_seq_column(position) }}
 from {{ ref('accounts_snapshot') }}
+{%- if mark is not none %}
+where id in (select id from {{ parent }} where {{ bankflow_changed(mark, position) }})
+{%- endif %}

@@ -1,16 +1,18 @@
 {#-
-  One row per transaction leg. Incremental: only change events past the high-water mark (_lsn) of this table are
-  read; the merge / delete+insert on `id` makes a re-read (var fact_lsn_lookback) idempotent, so no duplicates.
+  One row per transaction leg. Incremental on raw's commit position (macros/bankflow/incremental.sql): the legs
+  stg_transactions rewrote since this table's mark (its `_bankflow_load_seq`), merged on `id`. Never a mark on
+  _lsn: an overlapping transaction can commit a lower LSN after a higher one.
   The pre-hook widens the kept amount columns when raw's amount was widened (numeric(18,2) -> (20,4)), so the new
   rows keep their scale instead of being rounded to the table's old one.
 -#}
 {{ config(
-    materialized='incremental',
     unique_key='id',
-    on_schema_change='append_new_columns',
     pre_hook="{{ widen_money_columns(this, source('raw', 'transactions'),
                                      {'amount': 'amount', 'signed_amount': 'amount'}) }}"
 ) }}
+{%- set parent = ref('stg_transactions') -%}
+{%- set mark = bankflow_mark() -%}
+{%- set position = bankflow_model_position(parent) %}
 
 select
     id,
@@ -24,11 +26,7 @@ select
     _tx_id as source_tx_id,
     is_deleted,
     _lsn,
-    _source_ts
-from {{ ref('stg_transactions') }}
-{% if is_incremental() %}
-where _lsn > (
-    select coalesce(max(_lsn), -1) - {{ var('fact_lsn_lookback', 0) | int }}
-    from {{ this }}
-)
-{% endif %}
+    _source_ts,
+    {{ bankflow_seq_column(position) }}
+from {{ parent }}
+where {{ bankflow_changed(mark, position) }}

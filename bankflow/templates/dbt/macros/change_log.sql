@@ -1,6 +1,13 @@
 {#-
   Helpers over bankflow's raw change log (one row per change event; _op, _lsn, _tx_id, _source_ts, _file).
   Plain ANSI SQL: window functions in subqueries, no QUALIFY, no adapter-specific functions.
+  (Shipped with bankflow: `bankflow init` copies this folder into a project's macros/bankflow/.)
+
+  Both models are incremental when materialized so (see incremental.sql): a run recomputes only the keys that
+  appear in raw files loaded past the model's mark, from all the events of those keys, and writes
+  `_bankflow_load_seq` (raw's position read at the run's start). As a view or a table they read all of raw.
+  Configure `latest_version` with unique_key = the key (merge or delete+insert), `change_log_history` with
+  incremental_strategy='delete+insert' and unique_key = the key: a key's versions are replaced as a whole.
 -#}
 
 {#-
@@ -18,6 +25,8 @@
 {% macro latest_version(relation, key, columns, money_columns=[]) %}
 {%- set keys = key_columns(key) -%}
 {%- do assert_exact_money(relation, money_columns) -%}
+{%- set mark = bankflow_mark() -%}
+{%- set position = bankflow_raw_position(relation) -%}
 select
     {%- for col in columns %}
     {% if col in money_columns %}{{ money(col) }} as {{ col }}{% else %}{{ col }}{% endif %},
@@ -27,13 +36,14 @@ select
     _lsn,
     _tx_id,
     _source_ts,
-    _file
+    _file,
+    {{ bankflow_seq_column(position) }}
 from (
     select
         change_log.*,
         -- an event loaded twice has the same (key, _lsn): either copy is the same version
         row_number() over (partition by {{ keys | join(', ') }} order by _lsn desc, _file desc) as _version_rank
-    from {{ relation }} as change_log
+    from {{ bankflow_raw_events(relation, key, mark, position) }} as change_log
 ) as ranked
 where _version_rank = 1
 {% endmacro %}
@@ -54,6 +64,8 @@ where _version_rank = 1
 {%- set keys = key_columns(key) -%}
 {%- set by_key = keys | join(', ') -%}
 {%- do assert_exact_money(relation, money_columns) -%}
+{%- set mark = bankflow_mark() -%}
+{%- set position = bankflow_raw_position(relation) -%}
 with events as (
     select
         {%- for col in columns %}
@@ -64,7 +76,7 @@ with events as (
         _tx_id,
         _source_ts,
         row_number() over (partition by {{ by_key }}, _lsn order by _file) as _event_rank
-    from {{ relation }}
+    from {{ bankflow_raw_events(relation, key, mark, position) }} as change_log
 ),
 
 committed as (
@@ -115,6 +127,7 @@ select
     _source_ts as valid_from,
     lead(_source_ts) over (partition by {{ by_key }} order by _lsn) as valid_to,
     case when lead(_lsn) over (partition by {{ by_key }} order by _lsn) is null then true else false end as is_current,
-    case when _op = 'd' then true else false end as is_deleted
+    case when _op = 'd' then true else false end as is_deleted,
+    {{ bankflow_seq_column(position) }}
 from versions
 {% endmacro %}

@@ -98,8 +98,8 @@
             {%- if (precision, scale) != (p1, s1) -%}
                 {{ log("widening " ~ relation ~ "." ~ col ~ " from decimal(" ~ p1 ~ "," ~ s1 ~ ") to decimal("
                        ~ precision ~ "," ~ scale ~ ") like " ~ raw_relation ~ "." ~ raw_col, info=true) }}
-                {%- do adapter.dispatch('widen_column', 'banking_dbt')(relation, col,
-                                                                       "decimal(" ~ precision ~ ", " ~ scale ~ ")") -%}
+                {%- do adapter.dispatch('widen_column')(relation, col,
+                                                      "decimal(" ~ precision ~ ", " ~ scale ~ ")") -%}
             {%- endif -%}
         {%- endfor -%}
     {%- endif -%}

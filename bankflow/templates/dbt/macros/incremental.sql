@@ -1,0 +1,144 @@
+{#-
+  Incremental models over bankflow's raw change log, on raw's COMMIT position, never on a change's own _lsn.
+  (Shipped with bankflow: `bankflow init` copies this folder into a project's macros/bankflow/; edit a copy under
+  another name, not these files.)
+
+  Change LSNs do not follow commit order: transactions overlap, so a change with a lower LSN can commit, and reach
+  raw, after one with a higher LSN; a mark on max(_lsn) loses it for good. bankflow's ledger of loaded files
+  (`<raw schema>._bankflow_loaded_files`) gives every load chunk a `load_seq` (max + 1 when it is written), so
+  whatever the LSNs inside, anything loaded later has a larger number. Its `raw_file` column is the `_file` value
+  the file's rows carry in raw. On Snowflake a COPY commits before its ledger row: rows count as arrived once
+  their ledger row exists, which keeps exactly-once.
+
+  Each incremental model keeps a bookkeeping column (`_bankflow_load_seq`): the position of its parent (the
+  ledger, or a parent model's own column) it has processed up to; its mark is max() of it in {{ this }}. A run
+  1. reads the parent's position once, at the model's start (the upper bound: a load that commits meanwhile has a
+     larger number and waits for the next run, it cannot slip under the mark);
+  2. takes the keys of the parent's rows past the mark, up to that bound (for raw: the rows of the ledger's files
+     in that range);
+  3. recomputes those keys from ALL their events and replaces those keys' rows (merge or delete+insert on the
+     key), so a late, overlapping or re-delivered change lands where it belongs.
+  A full build reads everything and records the same bound, so both give the same rows (bookkeeping aside).
+-#}
+
+{#- bankflow's ledger of loaded files, beside the raw tables (same database and schema). -#}
+{% macro bankflow_ledger(raw_relation) -%}
+    {{ return(api.Relation.create(database=raw_relation.database, schema=raw_relation.schema,
+                                  identifier=var('bankflow_ledger', '_bankflow_loaded_files'), type='table')) }}
+{%- endmacro %}
+
+
+{#- A string literal (standard SQL; Snowflake also reads a backslash as an escape). -#}
+{% macro bankflow_string(value) -%}
+    {{ return(adapter.dispatch('bankflow_string')(value)) }}
+{%- endmacro %}
+
+{% macro default__bankflow_string(value) -%}
+    {{ return("'" ~ (value | replace("'", "''")) ~ "'") }}
+{%- endmacro %}
+
+{% macro snowflake__bankflow_string(value) -%}
+    {{ return("'" ~ (value | replace("\\", "\\\\") | replace("'", "''")) ~ "'") }}
+{%- endmacro %}
+
+
+{#- The integer a one-value query returns (0 for null, and while parsing). -#}
+{% macro bankflow_scalar(sql) -%}
+    {%- if not execute -%}
+        {{ return(0) }}
+    {%- endif -%}
+    {%- set value = run_query(sql).columns[0].values()[0] -%}
+    {{ return(0 if value is none else value | int) }}
+{%- endmacro %}
+
+
+{#-
+  The model's mark: max(column) of {{ this }} in an incremental run; none for a full build, and when the kept
+  table predates the column (then the run recomputes every key, once, and the column is added).
+-#}
+{% macro bankflow_mark(column='_bankflow_load_seq') -%}
+    {%- if execute and is_incremental() -%}
+        {%- set names = adapter.get_columns_in_relation(this) | map(attribute='name') | map('lower') | list -%}
+        {%- if column | lower in names -%}
+            {{ return(bankflow_scalar("select max(" ~ column ~ ") from " ~ this)) }}
+        {%- endif -%}
+    {%- endif -%}
+    {{ return(none) }}
+{%- endmacro %}
+
+
+{#- raw's position now: the ledger's max(load_seq) (0 while there is no ledger; an incremental run needs one). -#}
+{% macro bankflow_raw_position(raw_relation) -%}
+    {%- if not execute -%}
+        {{ return(0) }}
+    {%- endif -%}
+    {%- set ledger = load_relation(bankflow_ledger(raw_relation)) -%}
+    {%- if ledger is none -%}
+        {%- if is_incremental() -%}
+            {{ exceptions.raise_compiler_error(
+                "no ledger " ~ bankflow_ledger(raw_relation) ~ " beside " ~ raw_relation ~ ": an incremental "
+                ~ "model over raw takes its changes from bankflow's ledger of loaded files (bankflow's load "
+                ~ "stage writes it); load raw with bankflow, or run with --full-refresh") }}
+        {%- endif -%}
+        {{ return(0) }}
+    {%- endif -%}
+    {{ return(bankflow_scalar("select max(load_seq) from " ~ ledger)) }}
+{%- endmacro %}
+
+
+{#- A parent model's position now: max(column) of it. -#}
+{% macro bankflow_model_position(relation, column='_bankflow_load_seq') -%}
+    {{ return(bankflow_scalar("select max(" ~ column ~ ") from " ~ relation)) }}
+{%- endmacro %}
+
+
+{#- The bookkeeping value of the rows a run writes: the parent position it read at its start. -#}
+{% macro bankflow_seq_column(position, column='_bankflow_load_seq') -%}
+    cast({{ position }} as {{ dbt.type_bigint() }}) as {{ column }}
+{%- endmacro %}
+
+
+{#- A condition on a parent model's rows: past the mark, up to the position (true in a full build). -#}
+{% macro bankflow_changed(mark, position, column='_bankflow_load_seq') -%}
+    {%- if mark is none -%}
+    (1 = 1)
+    {%- else -%}
+    ({{ column }} > {{ mark }} and {{ column }} <= {{ position }})
+    {%- endif -%}
+{%- endmacro %}
+
+
+{#- The distinct keys of the raw rows loaded in ledger files with load_seq in (mark, position]. -#}
+{% macro bankflow_raw_delta_keys(raw_relation, key, mark, position) -%}
+{%- set keys = key_columns(key) -%}
+select distinct {{ keys | join(', ') }}
+from {{ raw_relation }}
+where _file in (
+    select raw_file
+    from {{ bankflow_ledger(raw_relation) }}
+    where lower(raw_table) = lower({{ bankflow_string(raw_relation.identifier) }})
+      and load_seq > {{ mark }}
+      and load_seq <= {{ position }}
+)
+{%- endmacro %}
+
+
+{#-
+  The raw change events a model recomputes, as a relation or a parenthesised subquery: all of raw in a full
+  build (mark none), else every event of the keys that appear in the delta.
+-#}
+{% macro bankflow_raw_events(raw_relation, key, mark, position) -%}
+{%- if mark is none -%}
+{{ raw_relation }}
+{%- else -%}
+{%- set keys = key_columns(key) -%}
+(
+    select change_log.*
+    from {{ raw_relation }} as change_log
+    inner join (
+        {{ bankflow_raw_delta_keys(raw_relation, key, mark, position) | indent(8) }}
+    ) as touched
+        on {% for k in keys %}touched.{{ k }} = change_log.{{ k }}{% if not loop.last %} and {% endif %}{% endfor %}
+)
+{%- endif -%}
+{%- endmacro %}
