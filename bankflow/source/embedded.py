@@ -12,6 +12,11 @@ Locked down: the superuser has a generated password (scram-sha-256, set by ``ini
 pg_hba asks every connection, socket or 127.0.0.1, for it; the socket and its directory are 0700, the data
 dir 0700 and the files bankflow writes 0600. A cluster from an earlier bankflow (trust auth, no password
 file) is refused with a message naming the directory to delete.
+
+WAL capped: a replication slot nobody reads keeps every WAL segment written after it, until the disk is full.
+``max_slot_wal_keep_size`` (the spec's ``source.max_slot_wal_keep_size``, default 4GB) makes PostgreSQL invalidate
+such a slot instead (its ``wal_status`` becomes ``lost``; `status` says what to do). It is written into the
+server's configuration on every start, and reloaded into a server that is already running.
 """
 
 from __future__ import annotations
@@ -127,8 +132,12 @@ class EmbeddedPostgres:
     started by another process), so a CLI run and a test session can share it.
     """
 
-    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+    def __init__(self, data_dir: Path, port: int | None = None, *, max_slot_wal_keep_size: str | None = None
+                 ) -> None:
+        """`max_slot_wal_keep_size`: the cap on WAL a slot retains ("4GB", "-1" = unlimited); None leaves the
+        server's setting as this handle finds it (PostgreSQL's default, unlimited, on a new cluster)."""
         self.data_dir = Path(data_dir).absolute()
+        self.max_slot_wal_keep_size = max_slot_wal_keep_size
         self.host = "127.0.0.1"
         self._requested_port = port
         self._port: int | None = port
@@ -373,6 +382,7 @@ class EmbeddedPostgres:
             self._refuse_trust_cluster()
             if self.is_running():
                 self._adopt_running()
+                self._reload_settings()
                 return self
             state = self._choose_layout()
             bin_dir = self.bin_dir()
@@ -448,7 +458,7 @@ class EmbeddedPostgres:
             conf.write(f"\n# added by bankflow: settings live in {CONFIG_FILE}, rewritten on every start\n"
                        f"include_if_exists = '{CONFIG_FILE}'\n")
 
-    def _write_config(self, cluster: Path, port: int, socket_dir: Path) -> None:
+    def _config_text(self, port: int, socket_dir: Path) -> str:
         settings = {
             "listen_addresses": conf_string(self.host),
             "port": str(port),
@@ -462,8 +472,29 @@ class EmbeddedPostgres:
             "password_encryption": "'scram-sha-256'",
             "unix_socket_permissions": "0700",
         }
-        _write_private(cluster / CONFIG_FILE, "".join(f"{k} = {v}\n" for k, v in settings.items()), self.run_as)
+        if self.max_slot_wal_keep_size is not None:
+            settings["max_slot_wal_keep_size"] = conf_string(str(self.max_slot_wal_keep_size))
+        return "".join(f"{k} = {v}\n" for k, v in settings.items())
+
+    def _write_config(self, cluster: Path, port: int, socket_dir: Path) -> None:
+        _write_private(cluster / CONFIG_FILE, self._config_text(port, socket_dir), self.run_as)
         _write_private(cluster / "pg_hba.conf", HBA, self.run_as)
+
+    def _reload_settings(self) -> None:
+        """A running server whose configuration file differs from what this handle would write (a changed
+        max_slot_wal_keep_size): rewrite the file and reload it (pg_reload_conf; the cap needs no restart).
+        A handle given no settings leaves a running server's file alone."""
+        if self.max_slot_wal_keep_size is None:
+            return
+        path = self.cluster_dir / CONFIG_FILE
+        text = self._config_text(self.port, self.socket_dir)
+        try:
+            if path.read_text() == text:
+                return
+        except OSError:
+            pass
+        _write_private(path, text, self.run_as)
+        self.execute("SELECT pg_reload_conf()")
 
     def stop(self, timeout: float = 60.0) -> None:
         """Fast shutdown (disconnects clients, keeps data); a no-op when not running."""
@@ -572,7 +603,8 @@ class EmbeddedSource(PostgresServer):
 
     def __init__(self, resolved: ResolvedSpec):
         super().__init__(resolved)
-        self.server = EmbeddedPostgres(resolved.state_dir / "postgres", port=self.source.port or None)
+        self.server = EmbeddedPostgres(resolved.state_dir / "postgres", port=self.source.port or None,
+                                       max_slot_wal_keep_size=self.source.max_slot_wal_keep_size)
 
     def server_kwargs(self, *, start: bool) -> dict[str, Any]:
         if start:

@@ -141,6 +141,18 @@ def _usable(resolved: ResolvedSpec, row: SlotRow, markers: SnapshotMarkers) -> b
     return not wants_snapshot(resolved) or markers.read(markers.complete) is not None
 
 
+def _refuse_lost(conn: Any, slot: str) -> None:
+    """A slot PostgreSQL invalidated (max_slot_wal_keep_size) cannot be read: say what to do, not what failed."""
+    from bankflow.errors import StageError
+    from bankflow.status import lost_slot_message
+
+    with conn.cursor() as cur:
+        cur.execute("SELECT wal_status FROM pg_replication_slots WHERE slot_name = %s", (slot,))
+        found = cur.fetchone()
+    if found is not None and found[0] == "lost":
+        raise StageError(lost_slot_message(slot))
+
+
 def _manages_slot(resolved: ResolvedSpec) -> bool:
     from bankflow.source import source_server
 
@@ -228,6 +240,7 @@ def ensure_slot(resolved: ResolvedSpec, connect_kwargs: dict[str, Any], *,
     try:
         row = slot_row(conn, slot)
         if row is not None:
+            _refuse_lost(conn, slot)
             if _usable(resolved, row, markers):
                 return SlotInfo()
             if not _manages_slot(resolved) and markers.read(markers.started) is None:
