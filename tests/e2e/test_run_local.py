@@ -7,6 +7,7 @@ Real parts only: the embedded PostgreSQL, the built-in pgoutput reader, Parquet 
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import random
@@ -160,8 +161,7 @@ def test_run_survives_kill_9_while_the_source_is_written(pipeline: tuple[str, Pa
             current = _state(state)
             as_of = current.get("marts_as_of")
             return (current.get("pid") == proc.pid and as_of is not None
-                    and time.mktime(time.strptime(as_of[:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
-                    >= written_until - 5)
+                    and dt.datetime.fromisoformat(as_of).timestamp() >= written_until - 5)
         _wait_for(marts_current, 180, "the marts to catch up with the workload", proc, log)
         samples = _samples(_metrics_text(_state(state)["metrics_port"]))
         loaded = samples[("bankflow_rows_total", (("pipeline", "banking"), ("stage", "load"),
