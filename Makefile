@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 SPEC   ?= pipelines/banking.yaml
 
-.PHONY: venv demo test test-unit lint wheel-smoke constraints bench clean down
+.PHONY: venv airflow-venv demo test test-unit lint wheel-smoke constraints bench clean down
 
 # constraints.txt pins the whole resolution, so the pip a new virtualenv ships installs it without backtracking (no
 # pip upgrade first). Through PIP_CONSTRAINT (rather than -c) it also pins the build backend in pip's build env.
@@ -17,6 +17,17 @@ $(BIN)/bankflow: pyproject.toml setup.py constraints.txt
 
 venv: $(BIN)/bankflow
 
+# apache-airflow in a venv of its own, for the test that loads the rendered DAGs with Airflow's DagBag
+# (tests/integration/test_airflow_dagbag.py): its pins collide with constraints.txt, so never in $(VENV).
+AIRFLOW_VENV ?= .venv-airflow
+$(AIRFLOW_VENV)/bin/airflow: .ci/airflow-constraints.txt
+	rm -rf $(AIRFLOW_VENV)
+	$(PYTHON) -m venv $(AIRFLOW_VENV)
+	PIP_CONSTRAINT=$(CURDIR)/.ci/airflow-constraints.txt $(AIRFLOW_VENV)/bin/pip install --quiet 'apache-airflow==3.3.2'
+	@touch $@
+
+airflow-venv: $(AIRFLOW_VENV)/bin/airflow
+
 demo: venv
 	$(BIN)/bankflow validate $(SPEC)
 	$(BIN)/bankflow generate $(SPEC) --seed 42
@@ -26,7 +37,7 @@ demo: venv
 	$(BIN)/bankflow verify $(SPEC)
 	$(BIN)/bankflow status $(SPEC)
 
-test: venv
+test: venv airflow-venv
 	$(BIN)/python -m pytest tests -q -p no:cacheprovider
 
 test-unit: venv
