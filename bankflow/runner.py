@@ -95,6 +95,8 @@ class LakeWatch:
     def pending(self) -> dict[str, list[LakeFileInfo]]:
         from bankflow.stages.load import lake_files
 
+        # s3fs keeps directory listings forever: the consumer workers (other processes) write behind its back
+        self.fs.invalidate_cache()
         result: dict[str, list[LakeFileInfo]] = {}
         for table in self.resolved.spec.tables:
             done = self.loaded.setdefault(table.name, set())
