@@ -4,10 +4,13 @@
   Incremental: only the accounts touched since this table's marks, one per parent (stg_accounts' rows and
   fact_transactions' legs past `_bankflow_accounts_seq` / `_bankflow_fact_seq`), recomputed from all their legs.
   An account deleted meanwhile comes through as a tombstone row that the post-hook removes, so the table holds
-  exactly the live accounts, as a full build does.
+  exactly the live accounts, as a full build does. The pre-hook widens the kept amounts when raw's were widened.
 -#}
 {{ config(
     unique_key='account_id',
+    pre_hook="{{ widen_money_columns(this, source('raw', 'accounts'), {
+                   'opening_balance': 'opening_balance', 'source_balance': 'balance', 'transactions_total': 'balance',
+                   'computed_balance': 'balance', 'difference': 'balance'}) }}",
     post_hook="delete from {{ this }} where _bankflow_tombstone"
 ) }}
 {%- set scale = money_scale([

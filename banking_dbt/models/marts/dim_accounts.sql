@@ -1,6 +1,12 @@
 -- Account dimension (SCD2 at snapshot time) from accounts_snapshot. Incremental: every version of the accounts
 -- whose history changed since this table's mark, replaced as a whole (the snapshot only changes those).
-{{ config(incremental_strategy='delete+insert', unique_key='account_id') }}
+-- The pre-hook widens the kept money columns when raw's were widened (numeric(18,2) -> (20,4)).
+{{ config(
+    incremental_strategy='delete+insert',
+    unique_key='account_id',
+    pre_hook="{{ widen_money_columns(this, source('raw', 'accounts'),
+                                     {'opening_balance': 'opening_balance', 'balance': 'balance'}) }}"
+) }}
 {%- set parent = ref('account_history') -%}
 {%- set mark = bankflow_mark() -%}
 {%- set position = bankflow_model_position(parent) %}

@@ -1,4 +1,6 @@
 -- Latest version of every account by WAL position.
+-- The pre-hook widens the kept money columns when raw's were widened (numeric(18,2) -> (20,4)).
+{{ config(pre_hook="{{ widen_money_columns(this, source('raw', 'accounts'), {'opening_balance': 'opening_balance', 'balance': 'balance'}) }}") }}
 {{ latest_version(
     source('raw', 'accounts'),
     key='id',
