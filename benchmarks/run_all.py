@@ -15,6 +15,8 @@ BENCHMARKS = [
     ("commit → Parquet-in-lake latency, Debezium follow vs built-in", ["bench_latency.py"]),
     ("backfill while streaming, built-in (2M rows) and Debezium (100k): rows/s and stream latency",
      ["bench_backfill.py"]),
+    ("commit → raw and commit → mart under bankflow run, local and stack (200 commits/s, 120 s)",
+     ["bench_freshness.py"]),
 ]
 
 
