@@ -259,7 +259,7 @@ def test_run_mode_one_long_lived_task(tmp_path: Path, env: str, variables: dict[
     assert task["max_retry_delay"] == "datetime.timedelta(seconds=1800)"
     assert "verify" not in text and "--stages" not in text
     assert "The schedule is @continuous" in dag.docstring and "No secret is in this file" in dag.docstring
-    assert "SIGTERM" in dag.docstring and "killed_task_cleanup_time" in dag.docstring
+    assert "SIGTERM" in dag.docstring and "pause the DAG first" in dag.docstring
     for secret in SECRETS:
         assert secret not in text
     for name in ("PGHOST", "CONNECT_URL", "KAFKA_BOOTSTRAP_SERVERS", "S3_ENDPOINT_URL", "SNOWFLAKE_ACCOUNT"):
