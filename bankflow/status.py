@@ -345,6 +345,11 @@ def _warnings(status: dict[str, Any]) -> list[str]:
                      + (f"{safe:,} more bytes of WAL and it is invalidated" if isinstance(safe, int) and safe >= 0
                         else "the next checkpoint may invalidate it")
                      + " (start the stream: bankflow run or apply)")
+    elif (isinstance(slot.get("safe_wal_size"), int) and isinstance(slot.get("retained_bytes"), int)
+          and slot["retained_bytes"] > slot["safe_wal_size"] >= 0):  # over half way to the cap
+        found.append(f"slot {slot['name']} retains {slot['retained_bytes']:,} bytes of WAL: "
+                     f"{slot['safe_wal_size']:,} more and max_slot_wal_keep_size invalidates it "
+                     "(start the stream: bankflow run or apply)")
     run = status.get("run") or {}
     if run and not run.get("error") and not run.get("running") and not run.get("stopped_at"):
         found.append(f"bankflow run (pid {run.get('pid')}) is gone without stopping cleanly (last update "

@@ -1,9 +1,10 @@
-"""The embedded source caps the WAL an idle slot retains (source.max_slot_wal_keep_size), and says so when the cap
-invalidates the slot: `status` exits 4 naming the fix, `apply` fails with one line naming it (no traceback), and
-the fix (`down --drop-slot`, apply again) snapshots the tables again (issue 15, item 3).
+"""The embedded source caps the WAL an idle slot retains (source.max_slot_wal_keep_size): `status` warns half way
+to the cap and when the slot is past it, and once the cap invalidates the slot it exits 4 naming the fix; `apply`
+fails with the same line (no traceback), and the fix (`down --drop-slot`, apply again) snapshots the tables again
+(issue 15, item 3).
 
-A real embedded PostgreSQL with a 1MB cap; unrelated WAL (another database, pg_switch_wal and a checkpoint: WAL
-segments are 16 MB, so the cap is passed as soon as one segment is recycled) invalidates the idle slot.
+A real embedded PostgreSQL, its cap lowered from 64MB to 1MB while it runs (a reload, no restart); unrelated WAL
+(another database, pg_switch_wal and a checkpoint: WAL segments are 16 MB) invalidates the idle slot.
 """
 
 from __future__ import annotations
@@ -63,34 +64,51 @@ def status(spec: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str
 def test_the_cap_invalidates_an_idle_slot_and_status_and_apply_say_what_to_do(
         project: tuple[Path, Any], capsys: pytest.CaptureFixture[str]) -> None:
     _, write = project
-    spec = write("1MB")
+    spec = write("64MB")
     server = EmbeddedSource(load_spec(spec))
     server.connect_kwargs(start=True)
     pg = server.server
-    assert pg.execute("SHOW max_slot_wal_keep_size") == [("1MB",)]
+    assert pg.execute("SHOW max_slot_wal_keep_size") == [("64MB",)]
     pg.execute("CREATE SCHEMA shop; CREATE TABLE shop.items (id bigint PRIMARY KEY, label text); "
                "INSERT INTO shop.items SELECT i, 'item ' || i FROM generate_series(1, 3) i", dbname="shop")
     assert main(["apply", spec]) == 0, capsys.readouterr().err
     code, document = status(spec, capsys)
     assert code == 0, document["attention"]
-    assert document["source"]["slot"]["wal_status"] == "reserved"
+    assert document["source"]["slot"]["wal_status"] == "reserved" and document["warnings"] == []
 
-    # a changed cap reaches the running server without a restart
+    # ~40 MB of unrelated WAL: the idle slot keeps it, over half way to the cap: a warning
+    pg.execute("CREATE TABLE IF NOT EXISTS junk (n int, pad text)")
+    for _ in range(5):
+        pg.execute("INSERT INTO junk SELECT i, repeat('x', 1000) FROM generate_series(1, 8000) i")
+    code, document = status(spec, capsys)
+    assert code == 0, document["attention"]
+    slot = document["source"]["slot"]
+    assert slot["retained_bytes"] > 40_000_000 and slot["retained_bytes"] > slot["safe_wal_size"] > 0
+    assert document["warnings"] == [
+        f"slot walcap retains {slot['retained_bytes']:,} bytes of WAL: {slot['safe_wal_size']:,} more and "
+        "max_slot_wal_keep_size invalidates it (start the stream: bankflow run or apply)"], document["warnings"]
+
+    # a smaller cap reaches the running server without a restart
     pid = pg.server_pid()
-    assert main(["apply", write("2MB"), "--stages", "source", "-q"]) == 0
-    deadline = time.monotonic() + 10
-    while pg.execute("SHOW max_slot_wal_keep_size") != [("2MB",)] and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert pg.execute("SHOW max_slot_wal_keep_size") == [("2MB",)] and pg.server_pid() == pid
     spec = write("1MB")
     assert main(["apply", spec, "--stages", "source", "-q"]) == 0
+    deadline = time.monotonic() + 10
+    while pg.execute("SHOW max_slot_wal_keep_size") != [("1MB",)] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert pg.execute("SHOW max_slot_wal_keep_size") == [("1MB",)] and pg.server_pid() == pid
 
     # unrelated WAL while nothing reads the slot: a few 16 MB segments, then a checkpoint
-    pg.execute("CREATE TABLE IF NOT EXISTS junk (n int, pad text)")
-    for _ in range(30):
+    for attempt in range(30):
         for _ in range(4):
             pg.execute("INSERT INTO junk SELECT i, repeat('x', 100) FROM generate_series(1, 100) i")
             pg.execute("SELECT pg_switch_wal()")
+        if attempt == 0:  # past the cap, before the checkpoint that removes the WAL: a warning, not attention
+            code, document = status(spec, capsys)
+            assert document["source"]["slot"]["wal_status"] == "unreserved"
+            assert code == 0, document["attention"]
+            assert document["warnings"] == [
+                "slot walcap retains more WAL than max_slot_wal_keep_size allows: the next checkpoint may "
+                "invalidate it (start the stream: bankflow run or apply)"], document["warnings"]
         pg.execute("CHECKPOINT")
         if pg.execute("SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'walcap'") == [("lost",)]:
             break
