@@ -151,6 +151,8 @@ class _JsonFormatter(logging.Formatter):
             document["exc"] = self.formatException(record.exc_info)
         elif record.exc_text:
             document["exc"] = record.exc_text
+        if record.stack_info:
+            document["stack"] = record.stack_info
         for key, value in vars(record).items():
             if key not in _RECORD_FIELDS and key not in document:
                 document[key] = value
