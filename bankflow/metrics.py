@@ -269,7 +269,7 @@ def probe_slot(resolved: ResolvedSpec) -> dict[str, Any] | None:
     from bankflow.status import read_slot
 
     server = source_server(resolved)
-    conn = psycopg2.connect(**server.connect_kwargs(start=False))
+    conn = psycopg2.connect(**{"connect_timeout": 5, **server.connect_kwargs(start=False)})  # a probe, not a wait
     try:
         with conn.cursor() as cur:
             return read_slot(cur, resolved.spec.cdc.slot)
