@@ -21,7 +21,9 @@ from typing import Any
 import pytest
 
 from bankflow.cli import main
+from bankflow.metrics import probe_slot
 from bankflow.source.embedded import EmbeddedPostgres
+from bankflow.spec.loader import load_spec
 from tests.fixtures.external import MANAGE_ALL, app_database
 
 pytestmark = pytest.mark.integration
@@ -126,6 +128,10 @@ def test_status_exits_4_on_each_monitor_threshold(project: Any, capsys: pytest.C
     assert fresh["raw_age_seconds"] < 60 and fresh["lake_newest_commit"] is not None
     assert document["source"]["slot"]["wal_status"] == "reserved"
     assert document["source"]["slot"]["retained_bytes"] >= document["source"]["slot"]["lag_bytes"] >= 0
+    probed = probe_slot(load_spec(write()))  # what `run` exports as metrics: the same slot, the same fields
+    assert probed is not None and probed.keys() == document["source"]["slot"].keys()
+    assert (probed["name"], probed["wal_status"], probed["active"]) == (document["source"]["slot"]["name"],
+                                                                        "reserved", False)
     assert main(["status", write()]) == 0
     text = capsys.readouterr().out
     assert "  run        running (pid" in text and "  freshness  raw loaded" in text, text
