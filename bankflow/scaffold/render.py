@@ -150,6 +150,21 @@ def staging_sql(table: TableModel) -> str:
     return render_package_template(PACKAGE, "staging.sql.j2", table=table, **FILTERS)
 
 
+MACROS_PACKAGE = "bankflow"
+MACROS_DIR = "templates/dbt/macros"
+
+
+def shipped_macros() -> dict[str, str]:
+    """bankflow's generic dbt macros over its raw change log (latest version, exact SCD2 history, the incremental
+    delta and high-water-mark helpers, money), by file name: package data under bankflow/templates/dbt/macros/.
+    `init` writes them to the project's macros/bankflow/; banking_dbt carries the same files."""
+    from importlib.resources import files
+
+    folder = files(MACROS_PACKAGE).joinpath(MACROS_DIR)
+    return {entry.name: entry.read_text(encoding="utf-8") for entry in sorted(folder.iterdir(), key=lambda e: e.name)
+            if entry.name.endswith(".sql")}
+
+
 def render_project(project: Project) -> dict[str, str]:
     """Every file of the project, by path relative to the project directory."""
     spec = render_spec(project)
@@ -172,4 +187,6 @@ def render_project(project: Project) -> dict[str, str]:
     }
     for table in tables:
         files[f"{DBT_DIR}/models/staging/{models[table.name]}.sql"] = staging_sql(table)
+    for name, text in shipped_macros().items():
+        files[f"{DBT_DIR}/macros/bankflow/{name}"] = text
     return files
