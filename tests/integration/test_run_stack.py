@@ -32,7 +32,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def stack_spec(tmp_path: Path, pg_server: EmbeddedPostgres, tansu_broker: TansuBroker,
                kafka_connect: KafkaConnectWorker, s3_server: S3Server) -> Iterator[tuple[ResolvedSpec, Stack]]:
-    for resolved, _sql in fresh_stack(tmp_path, pg_server, tansu_broker, kafka_connect, s3_server, "runstack"):
+    with fresh_stack(tmp_path, pg_server, tansu_broker, kafka_connect, s3_server, "runstack") as (resolved, _sql):
         # a short cadence and small files, so the test sees several loads and transforms in seconds
         text = yaml.safe_load(resolved.path.read_text(encoding="utf-8"))
         text["run"] = {"transform": {"every": "3s"}, "metrics": {"port": None}}
@@ -64,6 +64,12 @@ def test_run_on_stack_with_two_workers_keeps_raw_and_marts_current(
     runner = threading.Thread(target=run, name="test-run", daemon=True)
     runner.start()
     try:
+        deadline = time.monotonic() + 180
+        while not _run_state(resolved).get("last_successful_load_at"):  # the snapshot is in raw
+            assert runner.is_alive(), f"run ended early: {outcome.get('run')}"
+            assert time.monotonic() < deadline, f"no load within 180 s: {_run_state(resolved)}"
+            time.sleep(0.5)
+        first_loads = _run_state(resolved)["last_successful_load_at"]
         pipeline.generate(rate=10, duration=8, progress=False)  # changes while the run streams
         written_until = dt.datetime.now(dt.timezone.utc)
         deadline = time.monotonic() + 240
@@ -83,6 +89,7 @@ def test_run_on_stack_with_two_workers_keeps_raw_and_marts_current(
     assert result.ok, result.to_dict()
     assert result.cdc is not None and result.cdc.get("workers") == 2
     assert result.loads > 1 and result.transforms >= 1
+    assert _run_state(resolved)["last_successful_load_at"] > first_loads
     assert_raw_matches_source(stack, resolved)
     report = pipeline.verify()
     assert report.ok, report.format()
