@@ -34,7 +34,7 @@ class DuckDBAdapter(WarehouseAdapter):
             self.con = self._open_read_only()
             return  # a read-only connection loads nothing: no lake filesystem
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.con = connect_waiting(path, what="writing the warehouse", wait=wait_seconds(resolved))
+        self.con = connect_waiting(path, what="load", wait=wait_seconds(resolved))
         self.con.execute("SET TimeZone = 'UTC'")
         if resolved.spec.lake.scheme == "s3":
             # httpfs cannot be downloaded here (and needs no network on a laptop either): read s3:// via s3fs.
@@ -50,7 +50,7 @@ class DuckDBAdapter(WarehouseAdapter):
         import duckdb
 
         try:
-            con = connect_waiting(self.path, read_only=True, what="reading the warehouse",
+            con = connect_waiting(self.path, read_only=True, what="read",
                                   wait=wait_seconds(self.resolved))
         except duckdb.ConnectionException:
             # This process holds the file read-write already (a load, or dbt-duckdb's connection after a

@@ -34,9 +34,8 @@ _LOCK_TEXT = "could not set lock on file"
 _HOLDER_RE = re.compile(r"Conflicting lock is held in (?P<exe>.+?) \(PID (?P<pid>\d+)\)(?: by user (?P<user>\S+?))?"
                         r"(?:\.\s|\.?$)")
 
-HOW_TO_READ = ("to read the warehouse while bankflow runs, open short read-only connections "
-               "(duckdb.connect(path, read_only=True), closed after each query, or `duckdb -readonly` for a "
-               "moment) instead of keeping a session open")
+HOW_TO_READ = ("To read the warehouse while bankflow runs, use short read-only connections: "
+               "duckdb.connect(path, read_only=True), closed after each query, rather than a session kept open.")
 
 T = TypeVar("T")
 
@@ -85,11 +84,11 @@ def retry_locked(attempt: Callable[[], T], path: Path | str, *, what: str,
             if left <= 0:
                 raise StageError(
                     f"{what}: the DuckDB warehouse {path} is held by {who}"
-                    f"{f' and was still held after {wait:g} s' if wait > 0 else ''}; "
-                    f"close that session and run again ({HOW_TO_READ})") from None
+                    f"{f', still after {wait:g} s' if wait > 0 else ''}; close that session and run again. "
+                    f"{HOW_TO_READ}") from None
             if warned != who:
-                log.warning("%s: waiting for the DuckDB warehouse %s, held by %s (up to %g s; %s)",
-                            what, path, who, wait, HOW_TO_READ)
+                log.warning("%s: the DuckDB warehouse %s is held by %s; waiting up to %g s for it",
+                            what, path, who, wait)
                 warned = who
             sleep(min(pause, left))
             pause = min(pause * 2, LONGEST_PAUSE)
