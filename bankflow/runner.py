@@ -25,6 +25,8 @@ import os
 import threading
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -180,6 +182,36 @@ class TransformCadence:
 
 # ---------------------------------------------------------------- the loop
 
+RUN_LOCK = "run.lock"
+
+
+@contextmanager
+def one_run_at_a_time(resolved: ResolvedSpec) -> Iterator[None]:
+    """An exclusive lock on `<state_dir>/run.lock` for the process's life: a second `run` of the same pipeline
+    (an orchestrator starting one while the last still stops) refuses at once instead of fighting over the slot
+    and the warehouse. The kernel drops the lock with the process, kill -9 included."""
+    import fcntl
+
+    path = resolved.state_dir / RUN_LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = path.open("a+", encoding="utf-8")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise BankflowError(f"another bankflow run of this pipeline is running (pid {holder}); stop it first, "
+                                f"or wait for it to finish stopping (lock: {path})") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        handle.close()
+
+
 @dataclass
 class RunOutcome:
     """What a `run` did, for its exit code and `--json`."""
@@ -255,7 +287,7 @@ class PipelineRunner:
 
         dead = DeadLetters(self.resolved)
         dead_before = dead.keys()
-        with stop_on_signals(self.stop):
+        with one_run_at_a_time(self.resolved), stop_on_signals(self.stop):
             try:
                 self._start_metrics()
                 self._source()
