@@ -91,8 +91,19 @@ def _contract(resolved: ResolvedSpec, conn: Any) -> dict[str, Any]:
                              "where": f.where} for f in findings]}
 
 
-def _lake_status(resolved: ResolvedSpec) -> dict[str, Any]:
+class _Scan:
+    """What status reads on the way that the document does not show: each lake file's oldest commit time and
+    the ledger's keys, to tell which changes raw lacks and since when. None where it could not be read."""
+
+    def __init__(self) -> None:
+        self.lake: dict[str, dict[str, dt.datetime | None]] | None = {}
+        self.ledger: dict[str, set[str]] | None = {}
+
+
+def _lake_status(resolved: ResolvedSpec, scan: _Scan | None = None) -> dict[str, Any]:
     from bankflow.stages.load import lake_files
+
+    scan = scan or _Scan()
 
     info: dict[str, Any] = {"url": resolved.spec.lake.url, "tables": {}}
     try:
@@ -106,11 +117,15 @@ def _lake_status(resolved: ResolvedSpec) -> dict[str, Any]:
             keys = lake_files(resolved, table)
             rows = 0
             newest: dt.datetime | None = None
+            oldest: dict[str, dt.datetime | None] = {}
             for key in keys:
                 with fs.open(f"{root.rstrip('/')}/{key}", "rb") as handle:
                     metadata = pq.ParquetFile(handle).metadata
                 rows += metadata.num_rows
-                newest = _later(newest, newest_commit(metadata))
+                oldest[key], file_newest = commit_range(metadata)
+                newest = _later(newest, file_newest)
+            if scan.lake is not None:
+                scan.lake[table.name] = oldest
             info["tables"][table.name] = {"files": len(keys), "rows": rows, "newest_commit": _iso(newest)}
             lake_newest = _later(lake_newest, newest)
         info["newest_commit"] = _iso(lake_newest)
@@ -119,6 +134,7 @@ def _lake_status(resolved: ResolvedSpec) -> dict[str, Any]:
         info["dead_letters"] = {t: p.to_dict() for t, p in sorted(DeadLetters(resolved).pending().items())}
     except Exception as exc:
         info["error"] = _error(resolved, exc)
+        scan.lake = None
     return info
 
 
@@ -142,38 +158,46 @@ def parse_time(value: Any) -> dt.datetime | None:
     return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
 
 
-def newest_commit(metadata: Any) -> dt.datetime | None:
-    """The newest `_source_ts` (source commit time) in a Parquet footer's row-group statistics: no data read."""
+def commit_range(metadata: Any) -> tuple[dt.datetime | None, dt.datetime | None]:
+    """The oldest and newest `_source_ts` (source commit time) in a Parquet footer's row-group statistics: no
+    data is read."""
     names = metadata.schema.names
     if "_source_ts" not in names:
-        return None
+        return None, None
     index = names.index("_source_ts")
-    newest = None
+    oldest = newest = None
     for group in range(metadata.num_row_groups):
         stats = metadata.row_group(group).column(index).statistics
         if stats is not None and stats.has_min_max:
-            newest = _later(newest, parse_time(stats.max))
-    return newest
+            low, high = parse_time(stats.min), parse_time(stats.max)
+            oldest = low if oldest is None or (low is not None and low < oldest) else oldest
+            newest = _later(newest, high)
+    return oldest, newest
 
 
-def _warehouse_status(resolved: ResolvedSpec) -> dict[str, Any]:
+def _warehouse_status(resolved: ResolvedSpec, scan: _Scan | None = None) -> dict[str, Any]:
     from bankflow.render.warehouse import qualified_raw_table
     from bankflow.warehouses import connect_warehouse
 
+    scan = scan or _Scan()
     info: dict[str, Any] = {"type": resolved.spec.warehouse.type, "tables": {}}
     try:
         adapter = connect_warehouse(resolved)
     except Exception as exc:
         info["error"] = _error(resolved, exc)
+        scan.ledger = None
         return info
     try:
         for table in resolved.spec.tables:
             try:
                 rows = adapter.query(f"SELECT count(*) FROM {qualified_raw_table(resolved, table)}")[0][0]
-                files = len(adapter.ledger_keys(table))
+                keys = adapter.ledger_keys(table)
             except Exception:
-                rows, files = None, 0
-            info["tables"][table.raw_name] = {"rows": rows, "files_loaded": files}
+                rows, keys = None, set()
+                scan.ledger = None
+            if scan.ledger is not None:
+                scan.ledger[table.name] = keys
+            info["tables"][table.raw_name] = {"rows": rows, "files_loaded": len(keys)}
         try:  # the ledger's newest entry: when a load last brought files in (apply users have no run_state.json)
             info["last_loaded_at"] = _iso(parse_time(
                 adapter.query(f"SELECT max(loaded_at) FROM {adapter.dialect.ledger_table()}")[0][0]))
@@ -250,9 +274,16 @@ def _stage_ok_at(run: dict[str, Any] | None, stage: str) -> dt.datetime | None:
     return parse_time(((run or {}).get("stage_started_at") or {}).get(stage)) if info.get("ok") else None
 
 
-def _freshness(resolved: ResolvedSpec, status: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
-    """Raw age, mart age and lag in seconds, each from every place that knows: `run`'s state file, the last
-    apply's report and the warehouse ledger (the newest of them counts)."""
+def _freshness(status: dict[str, Any], scan: _Scan, now: dt.datetime) -> dict[str, Any]:
+    """Lag, raw age and mart age in seconds.
+
+    lag: now - the newest commit in the lake while the slot has WAL the lake has not read (0 when it has none).
+    raw age: how long raw has lacked a change. 0 when it lacks none (every lake file loaded, no lag), so an idle
+    source is not stale; else since the last successful load or, when later, since the oldest change raw lacks
+    was committed (the oldest commit in a lake file not loaded yet; the lake's newest when only the slot has it).
+    The last successful load is the newest that `run`'s state file, the last apply and the ledger know of.
+    mart age: since the last successful transform (state file or last apply).
+    """
     state = status.get("run") or {}
     if state.get("error"):
         state = {}
@@ -262,8 +293,7 @@ def _freshness(resolved: ResolvedSpec, status: dict[str, Any], now: dt.datetime)
     transformed = max(filter(None, (parse_time(state.get("last_successful_transform_at")),
                                     _stage_ok_at(run, "transform"))), default=None)
     lake_newest = _later(parse_time(status["lake"].get("newest_commit")), parse_time(state.get("lake_newest_commit")))
-    slot = status["source"].get("slot") or {}
-    lag_bytes = slot.get("lag_bytes")
+    lag_bytes = (status["source"].get("slot") or {}).get("lag_bytes")
     if lag_bytes is not None and lag_bytes <= 0:  # nothing the lake lacks: not behind, however old its data
         lag: float | None = 0.0
     elif lag_bytes is None or lake_newest is None:
@@ -271,12 +301,30 @@ def _freshness(resolved: ResolvedSpec, status: dict[str, Any], now: dt.datetime)
     else:  # an upper bound: the oldest change not yet read committed after the lake's newest one
         lag = max((now - lake_newest).total_seconds(), 0.0)
 
+    pending: int | None = None
+    lacking_since: dt.datetime | None = None  # the oldest commit raw lacks, when known
+    if scan.lake is not None and scan.ledger is not None:
+        waiting = [oldest for table, files in scan.lake.items() for key, oldest in files.items()
+                   if key not in scan.ledger.get(table, set())]
+        pending = len(waiting)
+        commits = [c for c in waiting if c is not None]
+        if commits:
+            lacking_since = min(commits)
+        elif not waiting and lag and lake_newest is not None:
+            lacking_since = lake_newest
+    behind_since = loaded if lacking_since is None else _later(loaded, lacking_since)
+    if pending == 0 and lag == 0:
+        raw_age: float | None = 0.0  # raw has every change there is
+    else:
+        raw_age = None if behind_since is None else max((now - behind_since).total_seconds(), 0.0)
+
     def age(ts: dt.datetime | None) -> float | None:
         return None if ts is None else round(max((now - ts).total_seconds(), 0.0), 3)
 
-    return {"last_successful_load_at": _iso(loaded), "raw_age_seconds": age(loaded),
-            "last_successful_transform_at": _iso(transformed), "mart_age_seconds": age(transformed),
-            "lake_newest_commit": _iso(lake_newest), "lag_seconds": None if lag is None else round(lag, 3),
+    return {"last_successful_load_at": _iso(loaded), "raw_age_seconds": None if raw_age is None else round(raw_age, 3),
+            "lake_files_not_loaded": pending, "last_successful_transform_at": _iso(transformed),
+            "mart_age_seconds": age(transformed), "lake_newest_commit": _iso(lake_newest),
+            "lag_seconds": None if lag is None else round(lag, 3),
             "raw_newest_commit": state.get("raw_newest_commit") or {}, "marts_as_of": state.get("marts_as_of")}
 
 
@@ -284,18 +332,19 @@ def collect_status(resolved: ResolvedSpec) -> dict[str, Any]:
     """The status document (`status --json` prints it): every part says what it could not reach, nothing raises.
     `attention` lists what needs a person; `status` exits non-zero when it is not empty."""
     engine = resolved.spec.cdc.engine_for(resolved)
+    scan = _Scan()
     status = {
         "pipeline": resolved.spec.name,
         "env": resolved.env,
         "engine": resolved.spec.cdc.engine,
         "source": _source_status(resolved),
         **engine.status(),
-        "lake": _lake_status(resolved),
-        "warehouse": _warehouse_status(resolved),
+        "lake": _lake_status(resolved, scan),
+        "warehouse": _warehouse_status(resolved, scan),
         "last_run": _last_run(resolved),
         "run": _run_state(resolved),
     }
-    status["freshness"] = _freshness(resolved, status, dt.datetime.now(dt.timezone.utc))
+    status["freshness"] = _freshness(status, scan, dt.datetime.now(dt.timezone.utc))
     status["attention"] = _attention(resolved, status) + engine.needs_attention(status)
     status["warnings"] = _warnings(status)
     return status
@@ -316,12 +365,15 @@ def _thresholds(resolved: ResolvedSpec, status: dict[str, Any]) -> list[str]:
                      f" while the slot has unread WAL), over monitor.max_lag_seconds {monitor.max_lag_seconds:g}")
     raw_age = fresh.get("raw_age_seconds")
     if monitor.max_raw_age_seconds is not None:
+        waiting = fresh.get("lake_files_not_loaded")
         if raw_age is None:
             found.append(f"raw was never loaded successfully (monitor.max_raw_age_seconds "
                          f"{monitor.max_raw_age_seconds:g})")
         elif raw_age > monitor.max_raw_age_seconds:
-            found.append(f"raw was last loaded {_seconds(raw_age)} ago ({fresh['last_successful_load_at']}), over "
-                         f"monitor.max_raw_age_seconds {monitor.max_raw_age_seconds:g}")
+            found.append(f"raw is {_seconds(raw_age)} behind (last successful load "
+                         f"{fresh['last_successful_load_at'] or 'never'}"
+                         + (f"; {waiting:,} lake file(s) not loaded yet" if waiting else "")
+                         + f"), over monitor.max_raw_age_seconds {monitor.max_raw_age_seconds:g}")
     mart_age = fresh.get("mart_age_seconds")
     if monitor.max_mart_age_seconds is not None and resolved.spec.transform is not None:
         if mart_age is None:
@@ -512,10 +564,12 @@ def _live_run_lines(state: dict[str, Any] | None) -> list[str]:
 def _freshness_lines(fresh: dict[str, Any] | None) -> list[str]:
     if not fresh:
         return []
-    parts = []
-    for label, key in (("raw loaded", "raw_age_seconds"), ("marts built", "mart_age_seconds")):
-        value = fresh.get(key)
-        parts.append(f"{label} {'never' if value is None else _seconds(value) + ' ago'}")
+    raw = fresh.get("raw_age_seconds")
+    parts = ["raw " + ("unknown" if raw is None else "current" if raw == 0 else f"{_seconds(raw)} behind")
+             + (f" ({fresh['lake_files_not_loaded']:,} lake file(s) not loaded)"
+                if fresh.get("lake_files_not_loaded") else "")]
+    marts = fresh.get("mart_age_seconds")
+    parts.append(f"marts built {'never' if marts is None else _seconds(marts) + ' ago'}")
     lag = fresh.get("lag_seconds")
     parts.append(f"lag {'unknown' if lag is None else _seconds(lag)}"
                  + (f" (lake's newest commit {fresh['lake_newest_commit']})" if fresh.get("lake_newest_commit")

@@ -3,7 +3,8 @@
 A real local pipeline (built-in CDC from the session's PostgreSQL into a file:// lake and a DuckDB raw), its
 status read through the CLI: within thresholds it exits 0; lag seconds, raw age, mart age and dead letters each
 breach on their own and are named with the value measured, the threshold and the spec field. Mart age comes from
-the state file `bankflow run` writes (`run_state.json`), raw age from the ledger and the last apply.
+the state file `bankflow run` writes (`run_state.json`), raw age from the ledger, the last apply and the lake
+files raw lacks (an idle source is no breach).
 """
 
 from __future__ import annotations
@@ -125,7 +126,8 @@ def test_status_exits_4_on_each_monitor_threshold(project: Any, capsys: pytest.C
     assert document["run"]["running"] is True
     fresh = document["freshness"]
     assert fresh["mart_age_seconds"] == pytest.approx(60, abs=30)
-    assert fresh["raw_age_seconds"] < 60 and fresh["lake_newest_commit"] is not None
+    assert fresh["lake_newest_commit"] is not None and fresh["lake_files_not_loaded"] == 0
+    assert fresh["raw_age_seconds"] == 0 if fresh["lag_seconds"] == 0 else fresh["raw_age_seconds"] < 60
     assert document["source"]["slot"]["wal_status"] == "reserved"
     assert document["source"]["slot"]["retained_bytes"] >= document["source"]["slot"]["lag_bytes"] >= 0
     probed = probe_slot(load_spec(write()))  # what `run` exports as metrics: the same slot, the same fields
@@ -134,7 +136,7 @@ def test_status_exits_4_on_each_monitor_threshold(project: Any, capsys: pytest.C
                                                                         "reserved", False)
     assert main(["status", write()]) == 0
     text = capsys.readouterr().out
-    assert "  run        running (pid" in text and "  freshness  raw loaded" in text, text
+    assert "  run        running (pid" in text and "  freshness  raw " in text, text
     assert "needs attention: nothing" in text
 
     # dead letters: 1 pending is within max_dead_letters 5, over 0
@@ -159,23 +161,43 @@ def test_status_exits_4_on_each_monitor_threshold(project: Any, capsys: pytest.C
     only_attention(document, "over monitor.max_lag_seconds 1")
     assert document["freshness"]["lag_seconds"] > 1
 
-    # raw age without a run: the ledger's and the last apply's time count, not a stale run's
+    # raw age without a run (no run_state.json): the ledger's and the last apply's time
     (root / "state" / "run_state.json").unlink()
     assert main(["apply", write(), *STAGES]) == 0  # reads row 5
     code, document = status(write(), capsys)
     assert document["run"] is None and code == 4
     # no run_state.json and no transform in the last apply: the marts were never built
     only_attention(document, "the marts were never built successfully (monitor.max_mart_age_seconds 3600)")
+
+    # an idle source is not stale raw: every lake file is loaded and the slot has nothing unread, so a last
+    # load long ago (a stopped run's, 2 h) is no breach
     write_run_state(root, os.getpid(), transform_ago=60, load_ago=7200, stopped=True)
+    time.sleep(1.5)  # the ledger's and the last apply's load are over a second old too
+    assert main(["apply", write(), "--stages", "source,cdc", "-q"]) == 0  # nothing new: the slot is read up
+    code, document = status(write(max_raw_age_seconds=1), capsys)
+    assert document["run"]["running"] is False and document["warnings"] == []  # stopped cleanly
+    fresh = document["freshness"]
+    assert fresh["lake_files_not_loaded"] == 0, fresh
+    if fresh["lag_seconds"] == 0:
+        assert fresh["raw_age_seconds"] == 0 and code == 0, document["attention"]
+    else:  # the server wrote WAL of its own since (a standby snapshot record): raw is behind at most that much
+        assert fresh["raw_age_seconds"] <= fresh["lag_seconds"], fresh
+
+    # a change in the lake that raw lacks (the stream ran, the load did not): raw is behind since its commit
+    sql("INSERT INTO shop.items VALUES (6, 'six', 6.00)")
+    assert main(["apply", write(), "--stages", "source,cdc", "-q"]) == 0
     code, document = status(write(max_raw_age_seconds=30), capsys)
     assert code == 0, document["attention"]
-    assert document["freshness"]["raw_age_seconds"] < 30
-    assert document["run"]["running"] is False  # stopped cleanly: no warning
-    assert document["warnings"] == []
+    assert document["freshness"]["lake_files_not_loaded"] == 1 and document["freshness"]["raw_age_seconds"] < 30
     time.sleep(1.5)
     code, document = status(write(max_raw_age_seconds=1), capsys)
     assert code == 4
-    only_attention(document, "over monitor.max_raw_age_seconds 1")
+    item = only_attention(document, "over monitor.max_raw_age_seconds 1")
+    assert item.startswith("raw is ") and "1 lake file(s) not loaded yet" in item, item
+    assert main(["apply", write(), *STAGES]) == 0
+    code, document = status(write(max_raw_age_seconds=1), capsys)
+    assert document["freshness"]["lake_files_not_loaded"] == 0
+    assert code == 0 or document["freshness"]["lag_seconds"], document["attention"]
 
 
 def test_a_run_that_died_is_a_warning(project: Any, capsys: pytest.CaptureFixture[str]) -> None:
