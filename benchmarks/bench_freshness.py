@@ -25,7 +25,9 @@ A poller opens a short read-only DuckDB connection every `--poll-ms` (closed at 
 moment that poll started to open the file (an upper bound on when the row became visible, within one poll).
 While `run` loads or transforms it holds the file and the poll is refused (counted: "people query the DuckDB
 warehouse while run runs"); the other way round a poll's connection makes the run's open wait (DuckDB has no
-shared-with-writer mode), which shows as load/transform retries or failures in the run's own figures.
+shared-with-writer mode), which shows as load/transform retries or failures in the run's own figures. For raw
+the table also gives, with no reader in the way, when the load that brought each row began (the ledger's
+`loaded_at`, read after the run stopped; a lower bound, the rows become visible when that load commits).
 
 Only rows committed after the pipeline delivered its first workload row into the mart (so its start-up, first
 full transform and that backlog are behind it) plus `--warmup` seconds count. Targets (issue 15): raw p50 < 2 s;
@@ -278,6 +280,7 @@ class Result:
     measured: int = 0
     rate: float = 0.0
     raw: list[float] = field(default_factory=list)
+    raw_loaded: list[float] = field(default_factory=list)  # commit → its load's transaction began (the ledger)
     mart: list[float] = field(default_factory=list)
     missing_raw: int = 0
     missing_mart: int = 0
@@ -300,6 +303,7 @@ class Result:
     def to_dict(self) -> dict[str, Any]:
         return {"env": self.env, "note": self.note, "committed": self.committed, "measured": self.measured,
                 "commits_per_s": round(self.rate, 1), "raw_seconds": self.figures(self.raw),
+                "raw_load_began_seconds": self.figures(self.raw_loaded),
                 "mart_seconds": self.figures(self.mart), "missing_raw": self.missing_raw,
                 "missing_mart": self.missing_mart, "first_mart_seconds": round(self.first_mart_seconds, 1),
                 "snapshot_seconds": round(self.snapshot_seconds, 1),
@@ -413,6 +417,8 @@ def measure(name: str, spec: Path, env: str | None, directory: Path, args: argpa
         result.rate = len(rows) / args.seconds
         result.raw = [poller.seen_raw[i] - t for i, t in rows if i in poller.seen_raw]
         result.mart = [poller.seen_mart[i] - t for i, t in rows if i in poller.seen_mart]
+        loaded = loaded_at(warehouse, floor)
+        result.raw_loaded = [loaded[i] - t for i, t in rows if i in loaded]
         result.missing_raw = sum(i not in poller.seen_raw for i in ids)
         result.missing_mart = sum(i not in poller.seen_mart for i in ids)
         for item in poller.transforms.values():
@@ -434,6 +440,24 @@ def measure(name: str, spec: Path, env: str | None, directory: Path, args: argpa
     if writer.error is not None:
         raise SystemExit(f"[{name}] the workload failed: {writer.error!r}")
     return result
+
+
+def loaded_at(warehouse: Path, floor: int) -> dict[int, float]:
+    """Per workload row in raw: when the load that brought it began (the ledger's loaded_at, DuckDB's
+    current_timestamp of the load's transaction), read after the run stopped: raw's freshness with no reader
+    in the way, a lower bound (the rows become visible when that transaction commits)."""
+    import duckdb
+
+    con = duckdb.connect(str(warehouse), read_only=True)
+    try:
+        rows = con.execute(f"select t.id, l.loaded_at from {RAW} t join raw._bankflow_loaded_files l "
+                           "on l.raw_file = t._file where t.id > ?", [floor]).fetchall()
+    except duckdb.Error as exc:
+        print(f"could not read the load ledger: {exc}", file=sys.stderr)
+        return {}
+    finally:
+        con.close()
+    return {int(row_id): stamp.timestamp() for row_id, stamp in rows}
 
 
 def _epoch(stamp: str) -> float:
@@ -595,12 +619,15 @@ def print_table(results: list[Result], args: argparse.Namespace) -> None:
         ("commits measured (of committed)", lambda r: f"{r.measured:,} ({r.committed:,})"),
         ("achieved commits/s", lambda r: f"{r.rate:.1f}"),
         ("commit → raw p50 / p90 / max, s", lambda r: _triple(r.figures(r.raw))),
+        ("  (its load began, ledger), s", lambda r: _triple(r.figures(r.raw_loaded))),
         ("commit → mart p50 / p90 / max, s", lambda r: _triple(r.figures(r.mart))),
         ("missing in raw / mart", lambda r: f"{r.missing_raw} / {r.missing_mart}"),
         ("target raw p50 < 2 s", lambda r: _met(r.figures(r.raw), 2.0, strict=True)),
         (f"target mart p50 ≤ {every:g} s (one cycle)", lambda r: _met(r.figures(r.mart), every, strict=False)),
         ("transform p50 / max, s (n, failed)", lambda r: f"{_pair(r.figures(r.transform_seconds))} "
                                                          f"({len(r.transform_seconds)}, {r.transform_failed})"),
+        ("share of the window spent transforming",
+         lambda r: f"{sum(r.transform_seconds) / args.seconds:.0%}"),
         ("run loads (failed) / transforms (failed)", _run_counts),
         ("polls (refused: file held by run)", lambda r: f"{r.poll.polls:,} ({r.poll.refused:,})"),
         ("poll holds the file p50 / max, ms", lambda r: _pair(r.figures(r.poll.hold_ms))),
