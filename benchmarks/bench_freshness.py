@@ -15,10 +15,12 @@ and one table compares them:
 Each uses the banking pipeline (pipelines/banking.yaml's tables, dbt project and tests) in a spec written into a
 temp dir: absolute project_dir and workload, lake flush `max_seconds` `--flush-seconds`, `run.load.max_seconds`
 `--load-seconds`, `run.transform.every` `--every`, metrics on a free port. `bankflow generate` writes the first
-day of the bank (customers, accounts, transactions) once; then `python -m bankflow run SPEC --metrics-port 0 -q
---json` runs as a subprocess while a writer thread here commits `--rate` single-row transactions per second on
-one connection: one DEPOSIT into a random open account plus the matching balance update, in one commit, so the
-books balance and dbt's tests keep passing. The wall time each COMMIT returned is recorded per transaction id.
+day of the bank (customers, accounts, transactions) once; then `python -m bankflow run SPEC --metrics-port 0
+--json` runs as a subprocess (not -q: --json already silences the progress lines, and -q would hide the warnings
+that count how often the run waited for a reader's lock) while a writer thread here commits `--rate` single-row
+transactions per second on one connection: one DEPOSIT into a random open account plus the matching balance
+update, in one commit, so the books balance and dbt's tests keep passing. The wall time each COMMIT returned is
+recorded per transaction id.
 
 A poller opens a short read-only DuckDB connection every `--poll-ms` (closed at once) and reads the new ids of
 `raw.transactions` and `analytics.fact_transactions`; a row is queryable when a poll first sees it, timed at the
@@ -290,6 +292,7 @@ class Result:
     transform_failed: int = 0
     outcome: dict[str, Any] = field(default_factory=dict)
     exit_code: int | None = None
+    lock_waits: int = 0  # the run's opens of the warehouse that had to wait for a reader
     stop_seconds: float = 0.0
     poll: PollStats = field(default_factory=PollStats)
     load: str = ""
@@ -308,19 +311,20 @@ class Result:
                 "missing_mart": self.missing_mart, "first_mart_seconds": round(self.first_mart_seconds, 1),
                 "snapshot_seconds": round(self.snapshot_seconds, 1),
                 "transform_seconds": self.figures(self.transform_seconds), "transform_failed": self.transform_failed,
-                "run_exit_code": self.exit_code, "stop_seconds": round(self.stop_seconds, 1),
+                "run_exit_code": self.exit_code, "run_lock_waits": self.lock_waits,
+                "stop_seconds": round(self.stop_seconds, 1),
                 "polls": self.poll.polls, "polls_refused": self.poll.refused, "poll_errors": self.poll.errors,
                 "poll_first_error": self.poll.first_error,
                 "poll_hold_ms": self.figures(self.poll.hold_ms), "run": self.outcome, "load_avg": self.load}
 
 
 class Run:
-    """`python -m bankflow run SPEC [--env E] --metrics-port 0 -q --json` in a subprocess of its own session."""
+    """`python -m bankflow run SPEC [--env E] --metrics-port 0 --json` in a subprocess of its own session."""
 
     def __init__(self, spec: Path, env: str | None, directory: Path) -> None:
         self.log = directory / "run.log"
         self.out = directory / "run.json"
-        command = [sys.executable, "-m", "bankflow", "run", str(spec), "--metrics-port", "0", "-q", "--json"]
+        command = [sys.executable, "-m", "bankflow", "run", str(spec), "--metrics-port", "0", "--json"]
         if env is not None:
             command[4:4] = ["--env", env]
         environ = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO),
@@ -354,6 +358,14 @@ class Run:
         except (OSError, ValueError):
             return {}
         return data
+
+    def lock_waits(self) -> int:
+        """How often the run waited for another process's hold on the warehouse (lock.py warns once a wait)."""
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return 0
+        return sum("the DuckDB warehouse" in line and "is held by" in line for line in text.splitlines())
 
     def tail(self, lines: int = 30) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
@@ -407,6 +419,7 @@ def measure(name: str, spec: Path, env: str | None, directory: Path, args: argpa
         exit_code, result.stop_seconds = run.stop()
         result.exit_code = exit_code
         result.outcome = run.outcome()
+        result.lock_waits = run.lock_waits()
         if exit_code != 0:
             result.note = f"bankflow run exited with {exit_code}"
             print(f"[{name}] bankflow run exited with {exit_code}:\n{run.tail()}", file=sys.stderr, flush=True)
@@ -630,6 +643,7 @@ def print_table(results: list[Result], args: argparse.Namespace) -> None:
          lambda r: f"{sum(r.transform_seconds) / args.seconds:.0%}"),
         ("run loads (failed) / transforms (failed)", _run_counts),
         ("polls (refused: file held by run)", lambda r: f"{r.poll.polls:,} ({r.poll.refused:,})"),
+        ("run waited for a poll's hold (times)", lambda r: f"{r.lock_waits:,}"),
         ("poll holds the file p50 / max, ms", lambda r: _pair(r.figures(r.poll.hold_ms))),
         ("run start → snapshot in raw / 1st row in mart, s",
          lambda r: f"{r.snapshot_seconds:.1f} / {r.first_mart_seconds:.1f}"),
