@@ -1,4 +1,4 @@
--- Exact SCD2 of customers from the change log: one row per committed version (see macros/change_log.sql).
+-- Exact SCD2 of customers from the change log: one row per committed version (see macros/bankflow/change_log.sql).
 {{ change_log_history(
     source('raw', 'customers'),
     key='id',
