@@ -17,6 +17,8 @@ BENCHMARKS = [
      ["bench_backfill.py"]),
     ("commit → raw and commit → mart under bankflow run, local and stack (200 commits/s, 120 s)",
      ["bench_freshness.py"]),
+    ("the same small delta transformed on 0, 1M and 5M transactions of history; dbt's fixed cost per cycle",
+     ["bench_transform_scaling.py"]),
 ]
 
 
