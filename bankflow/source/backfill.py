@@ -193,3 +193,30 @@ def coverage_status(resolved: ResolvedSpec) -> dict[str, dict[str, Any]]:
                                   "where": record.get("where"), "chunks": record.get("chunks", 0),
                                   "rows": record.get("rows", 0)}
     return result
+
+
+# ---------------------------------------------------------------- the lake's live keys (the deletes' sweep)
+
+def live_keys(fs: Any, directory: str, primary_key: list[str], *, as_key: Any = None,
+              own: Any = None) -> tuple[set[tuple[Any, ...]], set[tuple[Any, ...]]]:
+    """Keys whose latest version in a table's lake files (by `_lsn`, then file key, then row) is not a delete,
+    and the keys of the files `own(path)` accepts (a backfill's own files). `as_key` turns each key value into
+    the form the caller compares with (the built-in engine's chunks carry text; default: the value itself)."""
+    import pyarrow.parquet as pq
+
+    latest: dict[tuple[Any, ...], tuple[int, str, str]] = {}
+    owned: set[tuple[Any, ...]] = set()
+    for path in sorted(fs.glob(f"{directory}/*.parquet")):
+        with fs.open(path, "rb") as handle:
+            part = pq.read_table(handle, columns=[*primary_key, "_op", "_lsn"])
+        columns = [part.column(k).to_pylist() for k in primary_key]
+        if as_key is not None:
+            columns = [[as_key(v) for v in column] for column in columns]
+        keys = list(zip(*columns, strict=True))
+        if own is not None and own(path):
+            owned.update(keys)
+        for key, op, lsn in zip(keys, part.column("_op").to_pylist(), part.column("_lsn").to_pylist(), strict=True):
+            seen = latest.get(key)
+            if seen is None or (lsn, path) >= seen[:2]:
+                latest[key] = (lsn, path, op)
+    return {key for key, (_lsn, _path, op) in latest.items() if op != "d"}, owned

@@ -598,7 +598,9 @@ class Monitor(StrictModel):
     max_lag_seconds: float | None = Field(None, gt=0, description="source commit time of the newest change in "
                                                                   "the lake vs now, while the source has changes "
                                                                   "the lake has not")
-    max_raw_age_seconds: float | None = Field(None, gt=0, description="time since the last successful load")
+    max_raw_age_seconds: float | None = Field(None, gt=0, description="how long raw has lacked what the lake or "
+                                                                      "the source has (0 while nothing is "
+                                                                      "pending: an idle source is no breach)")
     max_mart_age_seconds: float | None = Field(None, gt=0, description="time since the last successful transform")
     max_dead_letters: int | None = Field(None, ge=0, description="pending dead letters allowed (status already "
                                                                  "exits 4 on any; this raises that bar)")

@@ -242,33 +242,21 @@ class Backfiller:
     def _live_keys(self, table: Table, since: int | None) -> tuple[set[tuple[Any, ...]], set[tuple[Any, ...]]]:
         """Keys whose latest version in the lake is not a delete (as text, like the chunks' keys), and the keys
         of this backfill's own files so far (from its first chunk at `since` on)."""
-        import pyarrow.parquet as pq
-
         from bankflow.lake.filesystem import lake_filesystem
         from bankflow.lake.writer import LakeWriter
+        from bankflow.source.backfill import live_keys
 
         spec = self.resolved.spec
         fs, root = lake_filesystem(self.resolved)
         writer = LakeWriter(fs, root, spec.lake)
         directory = writer.directory(table=table.name, schema=self.schema, topic=spec.topic_for(table))
-        keys = list(table.primary_key)
-        latest: dict[tuple[Any, ...], tuple[int, str, str]] = {}
-        ours: set[tuple[Any, ...]] = set()
-        for path in fs.glob(f"{directory}/*.parquet"):
-            with fs.open(path, "rb") as handle:
-                part = pq.read_table(handle, columns=[*keys, "_op", "_lsn"])
-            columns = [part.column(k).to_pylist() for k in keys]
+
+        def own(path: str) -> bool:
             parsed = parse_file_name(path.rsplit("/", 1)[-1])
-            if (since is not None and parsed is not None and parsed[0] == backfill_stream(table)
-                    and parsed[1].commit >= since):
-                ours.update(tuple(_key_text(c[i]) for c in columns) for i in range(part.num_rows))
-            for i, (op, lsn) in enumerate(zip(part.column("_op").to_pylist(), part.column("_lsn").to_pylist(),
-                                              strict=True)):
-                key = tuple(_key_text(c[i]) for c in columns)
-                seen = latest.get(key)
-                if seen is None or (lsn, path) > seen[:2]:
-                    latest[key] = (lsn, path, op)
-        return {key for key, (_lsn, _path, op) in latest.items() if op != "d"}, ours
+            return (since is not None and parsed is not None and parsed[0] == backfill_stream(table)
+                    and parsed[1].commit >= since)
+
+        return live_keys(fs, directory, list(table.primary_key), as_key=_key_text, own=own)
 
     def _emit(self, conn: Any, backfill: str, number: int, mark: str) -> None:
         with conn.cursor() as cur:

@@ -41,7 +41,7 @@ from bankflow.errors import BankflowError, StageError
 from bankflow.lake.filesystem import lake_filesystem
 from bankflow.lake.positions import LsnPosition
 from bankflow.render.sql import quote_pg
-from bankflow.source.backfill import Coverage, checked_where, covered
+from bankflow.source.backfill import Coverage, checked_where, covered, live_keys
 from bankflow.source.backfill import plan as shared_plan
 from bankflow.source.ddl import SIGNAL_TABLE, qualified
 from bankflow.spec.loader import ResolvedSpec
@@ -301,7 +301,8 @@ def _sweep(resolved: ResolvedSpec, connect_kwargs: dict[str, Any], writer: Any, 
 
     spec = resolved.spec
     topic = spec.topic_for(table)
-    live = live_keys(writer, table, spec.source.schema_name, topic)
+    live, _ = live_keys(writer.fs, writer.directory(table=table.name, schema=spec.source.schema_name, topic=topic),
+                        list(table.primary_key))
     if not live:
         return 0
     conn = psycopg2.connect(**connect_kwargs)
@@ -333,27 +334,6 @@ def _sweep(resolved: ResolvedSpec, connect_kwargs: dict[str, Any], writer: Any, 
     log.info("backfill of %s: %d key(s) the lake had live are gone from the source: written as deletes",
              table.name, len(gone))
     return len(gone)
-
-
-def live_keys(writer: Any, table: Table, schema: str, topic: str) -> set[tuple[Any, ...]]:
-    """Keys whose latest version in the lake (by `_lsn`, then file key) is not a delete."""
-    import pyarrow.parquet as pq
-
-    fs = writer.fs
-    directory = writer.directory(table=table.name, schema=schema, topic=topic)
-    keys = list(table.primary_key)
-    latest: dict[tuple[Any, ...], tuple[int, str, str]] = {}
-    for path in sorted(fs.glob(f"{directory}/*.parquet")):
-        with fs.open(path, "rb") as handle:
-            part = pq.read_table(handle, columns=[*keys, "_op", "_lsn"])
-        columns = [part.column(k).to_pylist() for k in keys]
-        for i, (op, lsn) in enumerate(zip(part.column("_op").to_pylist(), part.column("_lsn").to_pylist(),
-                                          strict=True)):
-            key = tuple(c[i] for c in columns)
-            seen = latest.get(key)
-            if seen is None or (lsn, path) >= seen[:2]:
-                latest[key] = (lsn, path, op)
-    return {key for key, (_lsn, _path, op) in latest.items() if op != "d"}
 
 
 def _absent(cur: Any, resolved: ResolvedSpec, table: Table, keys: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:

@@ -181,13 +181,20 @@ class _Consumer:
         when it lags."""
         return offset < 0 or self._log_message(topic, partition, offset, timeout) is not _MISSING
 
+    def _probe_consumer(self) -> Any:
+        """A throwaway consumer for reading a log at given offsets: assigned, never subscribed, commits nothing
+        (its own group id, so it never joins the pipeline's group)."""
+        from confluent_kafka import Consumer
+
+        config = {**consumer_config(self.resolved), "group.id": f"{self.resolved.spec.kafka.group}.probe"}
+        return Consumer(config, logger=log)
+
     def _log_message(self, topic: str, partition: int, offset: int, timeout: float = 5.0) -> Any:
         """The value of the message at `offset` (None for a tombstone), read with a throwaway consumer that
         commits nothing; `_MISSING` when the log does not have that offset."""
-        from confluent_kafka import Consumer, KafkaError, TopicPartition
+        from confluent_kafka import KafkaError, TopicPartition
 
-        config = {**consumer_config(self.resolved), "group.id": f"{self.resolved.spec.kafka.group}.probe"}
-        probe = Consumer(config, logger=log)
+        probe = self._probe_consumer()
         try:
             probe.assign([TopicPartition(topic, partition, offset)])
             deadline = time.monotonic() + timeout
@@ -390,13 +397,12 @@ class _Consumer:
     def _more_in_logs(self, timeout: float = 1.5) -> bool:
         """Whether any owned partition's log has a message at the position the consumer is at: the watermark
         says caught up, but Tansu's lags behind its log by a produce batch at times."""
-        from confluent_kafka import Consumer, TopicPartition
+        from confluent_kafka import TopicPartition
 
         states = [s for s in self.partitions.states.values() if s.frozen_at is None]
         if not states:
             return False
-        config = {**consumer_config(self.resolved), "group.id": f"{self.resolved.spec.kafka.group}.probe"}
-        probe = Consumer(config, logger=log)
+        probe = self._probe_consumer()
         try:
             probe.assign([TopicPartition(s.topic, s.partition, s.next_offset) for s in states])
             deadline = time.monotonic() + timeout

@@ -86,11 +86,12 @@ class DebeziumEngine(CdcEngine):
     def _start_backfills(self, ctx: RunContext) -> list[dict[str, Any]]:
         """The backfills this run carries out (tables new to the spec or added back, requests), signalled."""
         from bankflow.engines.debezium.backfill import coverage_of, plan, send_signal
+        from bankflow.lake.filesystem import lake_filesystem
         from bankflow.lake.writer import LakeWriter
 
         resolved = self.resolved
         coverage = coverage_of(resolved)
-        writer = LakeWriter(coverage.fs, coverage.dir.rsplit("/_bankflow/", 1)[0], self.spec.lake)
+        writer = LakeWriter(*lake_filesystem(resolved), self.spec.lake)
 
         def has_files(table: Any) -> bool:
             directory = writer.directory(table=table.name, schema=self.spec.source.schema_name,
