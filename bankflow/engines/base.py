@@ -91,13 +91,30 @@ class CdcEngine(ABC):
         return None, None
 
     def status(self) -> dict[str, Any]:
-        """This engine's part of `bankflow status` (merged into the status document)."""
-        return {}
+        """This engine's part of `bankflow status` (merged into the status document): at least, per table,
+        whether the stream covers it (since when, how) or a backfill is running (`bankflow.source.backfill`)."""
+        from bankflow.source.backfill import coverage_status
+
+        try:
+            return {"coverage": coverage_status(self.resolved)}
+        except Exception as exc:  # an unreadable lake: the lake part of status says so
+            return {"coverage": {"error": self.resolved.redact(str(exc))}}
 
     @staticmethod
     def format_status(status: dict[str, Any]) -> list[str]:
         """Lines for `bankflow status` from this engine's part of the document."""
-        return []
+        lines = []
+        for table, info in (status.get("coverage") or {}).items():
+            if table == "error":
+                lines.append(f"  coverage   {info}")
+            elif info.get("state") == "covered":
+                lines.append(f"  coverage   {table}: covered since {info.get('since_lsn')} ({info.get('how')})")
+            elif info.get("state") == "backfilling":
+                lines.append(f"  coverage   {table}: backfilling ({info.get('reason')}), {info.get('rows', 0):,} "
+                             f"row(s) in {info.get('chunks', 0)} chunk(s) so far")
+            else:
+                lines.append(f"  coverage   {table}: not yet (the next run backfills it)")
+        return lines
 
     @staticmethod
     def needs_attention(status: dict[str, Any]) -> list[str]:

@@ -34,30 +34,6 @@ class BuiltinEngine(CdcEngine):
         return EngineRun(events=events, files=len(files) if isinstance(files, list) else int(files),
                          details=summary)
 
-    def status(self) -> dict[str, Any]:
-        """Per table: whether the slot's stream covers it (since when, how) or a backfill is running."""
-        from bankflow.source.backfill import coverage_status
-
-        try:
-            return {"coverage": coverage_status(self.resolved)}
-        except Exception as exc:  # an unreadable lake: the lake part of status says so
-            return {"coverage": {"error": self.resolved.redact(str(exc))}}
-
-    @staticmethod
-    def format_status(status: dict[str, Any]) -> list[str]:
-        lines = []
-        for table, info in (status.get("coverage") or {}).items():
-            if table == "error":
-                lines.append(f"  coverage   {info}")
-            elif info.get("state") == "covered":
-                lines.append(f"  coverage   {table}: covered since {info.get('since_lsn')} ({info.get('how')})")
-            elif info.get("state") == "backfilling":
-                lines.append(f"  coverage   {table}: backfilling ({info.get('reason')}), {info.get('rows', 0):,} "
-                             f"row(s) in {info.get('chunks', 0)} chunk(s) so far")
-            else:
-                lines.append(f"  coverage   {table}: not yet (the next run backfills it)")
-        return lines
-
     def request_backfill(self, table: str, where: str | None, source_kwargs: dict[str, Any]) -> dict[str, Any]:
         """Record an on-demand backfill of `table` (the next stream run, or a running follow, carries it out).
 

@@ -179,7 +179,7 @@ class DebeziumEngine(CdcEngine):
     # ------------------------------------------------------------ status
 
     def status(self) -> dict[str, Any]:
-        return {"connector": self._connector_status(), "consumer": self._consumer_status()}
+        return {"connector": self._connector_status(), "consumer": self._consumer_status(), **super().status()}
 
     @staticmethod
     def needs_attention(status: dict[str, Any]) -> list[str]:
@@ -270,7 +270,7 @@ class DebeziumEngine(CdcEngine):
                 else:
                     lines.append(f"  consumer   {topic}: committed {info['committed']:,} of {info['end']:,}, "
                                  f"lag {info['lag']:,} ({info['partitions']} partition(s))")
-        return lines
+        return lines + CdcEngine.format_status(status)
 
     def consume(self, *, workers: int, follow: bool, progress: bool) -> dict[str, Any]:
         from bankflow.engines.debezium.workers import run_workers
