@@ -290,6 +290,7 @@ class Result:
     first_mart_seconds: float = 0.0  # from the run's start to the first workload row in the mart
     transform_seconds: list[float] = field(default_factory=list)
     transform_failed: int = 0
+    transform_errors: list[str] = field(default_factory=list)  # distinct, as run_state.json gave them
     outcome: dict[str, Any] = field(default_factory=dict)
     exit_code: int | None = None
     lock_waits: int = 0  # the run's opens of the warehouse that had to wait for a reader
@@ -311,6 +312,7 @@ class Result:
                 "missing_mart": self.missing_mart, "first_mart_seconds": round(self.first_mart_seconds, 1),
                 "snapshot_seconds": round(self.snapshot_seconds, 1),
                 "transform_seconds": self.figures(self.transform_seconds), "transform_failed": self.transform_failed,
+                "transform_errors": self.transform_errors,
                 "run_exit_code": self.exit_code, "run_lock_waits": self.lock_waits,
                 "stop_seconds": round(self.stop_seconds, 1),
                 "polls": self.poll.polls, "polls_refused": self.poll.refused, "poll_errors": self.poll.errors,
@@ -365,7 +367,9 @@ class Run:
             text = self.log.read_text(errors="replace")
         except OSError:
             return 0
-        return sum("the DuckDB warehouse" in line and "is held by" in line for line in text.splitlines())
+        # each record also shows up as "WARNING:bankflow…:" when a library configured the root logger: once
+        return sum("the DuckDB warehouse" in line and "is held by" in line and not line.startswith("WARNING:")
+                   for line in text.splitlines())
 
     def tail(self, lines: int = 30) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
@@ -439,6 +443,8 @@ def measure(name: str, spec: Path, env: str | None, directory: Path, args: argpa
             if window_from <= at <= window_to:
                 result.transform_seconds.append(float(item.get("seconds") or 0.0))
                 result.transform_failed += not item.get("ok")
+                if item.get("error") and item["error"] not in result.transform_errors:
+                    result.transform_errors.append(str(item["error"]))
         result.poll = poller.stats
     finally:
         writer.halt.set()
@@ -658,6 +664,8 @@ def print_table(results: list[Result], args: argparse.Namespace) -> None:
     for r in results:
         if r.note:
             print(f"  {r.env}: {r.note}")
+        for error in r.transform_errors:
+            print(f"  {r.env}: a transform failed: {error[:400]}")
         if r.poll.errors:
             print(f"  {r.env}: {r.poll.errors} poll(s) failed, first: {r.poll.first_error}")
 
