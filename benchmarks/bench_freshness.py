@@ -33,7 +33,8 @@ the table also gives, with no reader in the way, when the load that brought each
 
 Only rows committed after the pipeline delivered its first workload row into the mart (so its start-up, first
 full transform and that backlog are behind it) plus `--warmup` seconds count. Targets (issue 15): raw p50 < 2 s;
-mart p50 within one transform cycle of the configured cadence (p50 ≤ `--every`).
+mart p50 within one transform cycle of the configured cadence, read strictly as p50 ≤ `--every` (the looser reading,
+p50 ≤ `--every` + the transform's own p50 duration, is printed too).
 
 Afterwards: SIGTERM the run (its exit code is printed), delete the connector, drop the slots, stop the servers and
 remove the temp dir (BENCH_KEEP=1 keeps it). The machine may be shared: the load average is printed.
@@ -643,6 +644,8 @@ def print_table(results: list[Result], args: argparse.Namespace) -> None:
         ("missing in raw / mart", lambda r: f"{r.missing_raw} / {r.missing_mart}"),
         ("target raw p50 < 2 s", lambda r: _met(r.figures(r.raw), 2.0, strict=True)),
         (f"target mart p50 ≤ {every:g} s (one cycle)", lambda r: _met(r.figures(r.mart), every, strict=False)),
+        ("  looser: ≤ every + transform p50", lambda r: _met(r.figures(r.mart), every + _p50(r.transform_seconds),
+                                                             strict=False)),
         ("transform p50 / max, s (n, failed)", lambda r: f"{_pair(r.figures(r.transform_seconds))} "
                                                          f"({len(r.transform_seconds)}, {r.transform_failed})"),
         ("share of the window spent transforming",
@@ -668,6 +671,10 @@ def print_table(results: list[Result], args: argparse.Namespace) -> None:
             print(f"  {r.env}: a transform failed: {error[:400]}")
         if r.poll.errors:
             print(f"  {r.env}: {r.poll.errors} poll(s) failed, first: {r.poll.first_error}")
+
+
+def _p50(values: list[float]) -> float:
+    return statistics.median(values) if values else 0.0
 
 
 def _triple(figures: dict[str, float] | None) -> str:
