@@ -108,16 +108,22 @@
 {%- endmacro %}
 
 
-{#- The distinct keys of the raw rows loaded in ledger files with load_seq in (mark, position]. -#}
+{#-
+  The distinct keys of the raw rows loaded in ledger files with load_seq in (mark, position]. Var
+  `bankflow_load_seq_lookback` (default 0) re-reads that many load numbers below the mark: for several loaders
+  writing one ledger at once (two chunks may then take the same number and commit on either side of a run's
+  read); re-reading is idempotent, it only costs the recompute of those keys.
+-#}
 {% macro bankflow_raw_delta_keys(raw_relation, key, mark, position) -%}
 {%- set keys = key_columns(key) -%}
+{%- set since = mark - (var('bankflow_load_seq_lookback', 0) | int) -%}
 select distinct {{ keys | join(', ') }}
 from {{ raw_relation }}
 where _file in (
     select raw_file
     from {{ bankflow_ledger(raw_relation) }}
     where lower(raw_table) = lower({{ bankflow_string(raw_relation.identifier) }})
-      and load_seq > {{ mark }}
+      and load_seq > {{ since }}
       and load_seq <= {{ position }}
 )
 {%- endmacro %}
