@@ -133,13 +133,22 @@ class LakeWatch:
             self._known.pop(info.key, None)
 
 
-def ledger_keys(resolved: ResolvedSpec) -> dict[str, set[str]]:
-    """Per table: the files the warehouse's ledger lists (what earlier runs and applies loaded)."""
+def ledger_keys(resolved: ResolvedSpec, newest: dict[str, str] | None = None) -> dict[str, set[str]]:
+    """Per table: the files the warehouse's ledger lists (what earlier runs and applies loaded). With `newest`,
+    also fill in each raw table's newest source commit time (ISO), where raw has one."""
     from bankflow.warehouses import connect_warehouse
 
     adapter = connect_warehouse(resolved)
     try:
         adapter.setup()
+        if newest is not None:
+            column = adapter.dialect.quote_name("_source_ts")
+            for table in resolved.spec.tables:
+                row = adapter.query(f"SELECT max({column}) FROM {adapter.dialect.raw_table(table)}")
+                value = row[0][0] if row else None
+                if isinstance(value, dt.datetime):
+                    value = value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+                    newest[table.raw_name] = value.astimezone(dt.timezone.utc).isoformat()
         return {table.name: adapter.ledger_keys(table) for table in resolved.spec.tables}
     finally:
         adapter.close()
@@ -279,6 +288,7 @@ class PipelineRunner:
         self._cdc_thread: threading.Thread | None = None
         self._cdc_done = threading.Event()
         self._metrics: Any = _NoMetrics()
+        self._transform_everything = True
 
     # ---- the whole run
 
@@ -292,7 +302,8 @@ class PipelineRunner:
             try:
                 self._start_metrics()
                 self._source()
-                watch = LakeWatch(self.resolved, ledger_keys(self.resolved))
+                watch = LakeWatch(self.resolved, ledger_keys(self.resolved, self.state["raw_newest_commit"]))
+                self._seed_freshness()
                 self._start_cdc()
                 self._loop(watch)
             finally:
@@ -327,6 +338,15 @@ class PipelineRunner:
         self._metrics.stage_finished("source", result.ok, result.seconds)
         if not result.ok:
             raise BankflowError(result.error or "the source stage failed")
+
+    def _seed_freshness(self) -> None:
+        """What raw holds from before this run counts for freshness from the start (metrics, marts_as_of)."""
+        newest = self.state["raw_newest_commit"]
+        for raw, stamp in newest.items():
+            self._metrics.raw_newest_commit(raw, dt.datetime.fromisoformat(stamp))
+        if newest:
+            self.state["lake_newest_commit"] = max(newest.values())
+            self._metrics.lake_newest_commit(dt.datetime.fromisoformat(self.state["lake_newest_commit"]))
 
     # ---- cdc: a thread streaming into the lake
 
@@ -491,19 +511,22 @@ class PipelineRunner:
         started = time.monotonic()
         as_of = max(self.state["raw_newest_commit"].values(), default=None)
         changed = set(cadence.tables_since)
-        first = self.outcome.transforms == 0 and self.outcome.transforms_skipped == 0
+        # the first transform of a run, and the one after a failure, select everything: what the failed one
+        # selected must not wait for its tables to change again
+        everything = self._transform_everything
         error: str | None = None
         result: StageResult | None = None
         try:
             transformer = self._transformer()
             ctx = RunContext(self.resolved, self.progress)
-            result = transformer.run(ctx, changed_tables=None if first else changed)
+            result = transformer.run(ctx, changed_tables=None if everything else changed)
         except BankflowError as exc:
             error = self.resolved.redact(str(exc))
         except Exception as exc:
             error = self.resolved.redact(f"{type(exc).__name__}: {exc}")
             self._save_traceback("transform")
         cadence.done(started_at)
+        self._transform_everything = error is not None
         seconds = time.monotonic() - started
         skipped = result is not None and bool(result.details.get("skipped"))
         if skipped:
