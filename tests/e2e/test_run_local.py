@@ -179,6 +179,11 @@ def test_run_survives_kill_9_while_the_source_is_written(pipeline: tuple[str, Pa
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert _state(state)["stopped_at"] is not None
+    # SIGTERM loaded what the stream flushed on its way out: no lake file is left outside the ledger
+    from bankflow.spec.loader import load_spec
+    from bankflow.stages.load import pending_files
+
+    assert pending_files(load_spec(spec)) == {"customers": [], "accounts": [], "transactions": []}
     duplicates, counts = _raw_duplicates_and_counts(state)
     assert duplicates == 0
     assert counts["transactions"] > 0
