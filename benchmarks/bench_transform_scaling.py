@@ -1,6 +1,8 @@
 """The same small delta transformed on top of 0, 1M and 5M transactions of history, and dbt's fixed cost per cycle.
 
-    .venv/bin/python benchmarks/bench_transform_scaling.py --sizes 0,1000000,5000000
+    .venv/bin/python benchmarks/bench_transform_scaling.py --sizes 0,1000000,5000000 [--git HEAD]
+
+(`--git HEAD`: banking_dbt as committed, exported into the temp dir, instead of the work tree being edited.)
 
 Per history size, in a temp state dir, with pipelines/banking.yaml (local) and banking_dbt:
 1. the history is written straight into DuckDB's raw tables in SQL (going through CDC would take too long): a
@@ -25,11 +27,14 @@ The machine may be shared: the load average is printed with the figures. BENCH_K
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -227,11 +232,29 @@ def timed(transformer: Transformer, ctx: RunContext, changed: set[str] | None) -
     return time.monotonic() - started, time.process_time() - cpu, result.details
 
 
-def bench_size(size: int, root: Path, repeat: int) -> dict[str, Any]:
+def spec_file(root: Path, revision: str | None) -> Path:
+    """pipelines/banking.yaml, pointing at banking_dbt as it is in the work tree, or as committed in `revision`
+    (exported into `root`: the figures are then those of committed code, whatever is being edited)."""
+    spec = REPO / "pipelines" / "banking.yaml"
+    if revision is None:
+        return spec
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", revision, "banking_dbt"], capture_output=True,
+                             check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(root, filter="data")
+    text = spec.read_text(encoding="utf-8")
+    text = text.replace("project_dir: ../banking_dbt\n", f"project_dir: {json.dumps(str(root / 'banking_dbt'))}\n")
+    text = text.replace("workload: workloads/banking.py",
+                        f"workload: {json.dumps(str(REPO / 'pipelines' / 'workloads' / 'banking.py'))}")
+    copy = root / "banking.yaml"
+    copy.write_text(text, encoding="utf-8")
+    return copy
+
+
+def bench_size(size: int, root: Path, repeat: int, spec: Path) -> dict[str, Any]:
     """One history size's figures (size -1: a warm-up on 1,000 transactions)."""
     state = root / f"history-{size}"
-    resolved = load_spec(REPO / "pipelines" / "banking.yaml", env="local",
-                         environ={"BANKFLOW_STATE_DIR": str(state)})
+    resolved = load_spec(spec, env="local", environ={"BANKFLOW_STATE_DIR": str(state)})
     state.mkdir(parents=True, exist_ok=True)
     raw = Raw(resolved.resolve_path(resolved.spec.warehouse.path))
     started = time.monotonic()
@@ -303,16 +326,21 @@ def main() -> int:
     parser.add_argument("--sizes", default="0,1000000,5000000", help="history sizes (transactions), comma-separated")
     parser.add_argument("--repeat", type=int, default=3, help="cycles per fixed-cost figure (median)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
+    parser.add_argument("--git", metavar="REV", default=None,
+                        help="benchmark banking_dbt as committed in REV (e.g. HEAD), not the work tree")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     root = Path(tempfile.mkdtemp(prefix="bench-transform-"))
     started = time.monotonic()
     results = []
     try:
+        spec = spec_file(root, args.git)
+        print(f"dbt project: {spec.parent if args.git else REPO} banking_dbt"
+              f"{f' (as committed in {args.git})' if args.git else ''}", flush=True)
         print("warm-up (not in the table):", flush=True)
-        bench_size(-1, root, 1)
+        bench_size(-1, root, 1, spec)
         for size in sizes:
-            results.append(bench_size(size, root, args.repeat))
+            results.append(bench_size(size, root, args.repeat, spec))
     finally:
         if os.environ.get("BENCH_KEEP"):
             print(f"kept {root}")
