@@ -109,15 +109,23 @@
 
 
 {#-
-  The distinct keys of the raw rows loaded in ledger files with load_seq in (mark, position]. Var
+  The distinct keys of the raw rows loaded in ledger files with load_seq in (mark, position] (with `columns`: those
+  columns too, one row per raw row). Var
   `bankflow_load_seq_lookback` (default 0) re-reads that many load numbers below the mark: for several loaders
   writing one ledger at once (two chunks may then take the same number and commit on either side of a run's
   read); re-reading is idempotent, it only costs the recompute of those keys.
 -#}
-{% macro bankflow_raw_delta_keys(raw_relation, key, mark, position) -%}
+{% macro bankflow_raw_delta_keys(raw_relation, key, mark, position, columns=[]) -%}
 {%- set keys = key_columns(key) -%}
+select {% if not columns %}distinct {% endif %}{{ (keys + columns) | join(', ') }}
+from ({{ bankflow_raw_delta_rows(raw_relation, mark, position) }}) as delta_rows
+{%- endmacro %}
+
+
+{#- The raw rows loaded in ledger files with load_seq in (mark, position] (see bankflow_raw_delta_keys). -#}
+{% macro bankflow_raw_delta_rows(raw_relation, mark, position) -%}
 {%- set since = mark - (var('bankflow_load_seq_lookback', 0) | int) -%}
-select distinct {{ keys | join(', ') }}
+select *
 from {{ raw_relation }}
 where _file in (
     select raw_file
