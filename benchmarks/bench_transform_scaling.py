@@ -123,7 +123,7 @@ class Raw:
             deposits = f"""
                 select i, 1 + (i * 7919) % {ACCOUNTS} as account_id,
                        cast(((i * 31) % 9000 + 100) * 0.01 as decimal(18,2)) as amount,
-                       {T0} + (i * 1000) * interval 1 microsecond as ts
+                       {T0} + to_microseconds(i * 1000) as ts
                 from range({start}, {stop}) t(i)"""
             self.insert("transactions", f"""
                 select i as id, account_id, 'DEPOSIT' as txn_type, amount,
@@ -164,7 +164,7 @@ class Raw:
         deposits = f"""
             select k, 1 + ((k + {offset}) * 197) % {ACCOUNTS} as account_id,
                    cast((k * 37 % 5000 + 100) * 0.01 as decimal(18,2)) as amount,
-                   {ts_sql} + (k * 1000) * interval 1 microsecond as ts
+                   {ts_sql} + to_microseconds(k * 1000) as ts
             from range(1, 101) t(k)"""
         self.insert("transactions", f"""
             select {txn_id} + k as id, account_id, 'DEPOSIT', amount, cast(null as bigint), 'COMPLETED', ts,
