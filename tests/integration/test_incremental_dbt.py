@@ -273,3 +273,35 @@ def test_the_old_lsn_mark_loses_overlapping_transactions(tmp_path: Path) -> None
     in_raw = {i for (i,) in wh.query("select id from raw.transactions")}  # raw is exact
     early = {e["id"] for e in loaded[3][1]["transactions"]}
     assert in_raw - got == early, "the _lsn mark lost exactly the legs that committed last with lower LSNs"
+
+
+def test_late_events_renumber_and_shrink_a_key_exactly(tmp_path: Path) -> None:
+    """History recomputes a key from shortly before its new events: a late snapshot read between two identical
+    updates makes both no version (rule 3), so the key has FEWER versions than before (the kept extra row is
+    deleted through its tombstone); a key with a long history is renumbered from its cut. Same rows as a full
+    refresh."""
+    from datetime import datetime, timedelta, timezone
+
+    t0 = datetime(2024, 6, 1, 9, 0, 0, 1, tzinfo=timezone.utc)
+
+    def event(key: int, op: str, lsn: int, name: str) -> dict[str, Any]:
+        ts = t0 + timedelta(seconds=lsn)
+        return {"id": key, "first_name": name, "last_name": "L", "email": f"{key}@x.org", "created_at": t0,
+                "updated_at": t0, "_op": op, "_lsn": lsn, "_tx_id": lsn, "_source_ts": ts}
+
+    wh = Warehouse(tmp_path / "wh")
+    long_key = [event(2, "c", 10, "v0")] + [event(2, "u", 20 + i, f"v{i + 1}") for i in range(6)]
+    wh.load({"customers": [event(1, "c", 100, "a"), event(1, "u", 200, "b"), event(1, "u", 400, "b"), *long_key]})
+    step = [["run", "--select", "staging", "history"]]
+    wh.steps(step)
+    assert wh.query(f"select count(*) from {SCHEMA}.customer_history where id = 1") == [(3,)]
+    wh.load({"customers": [event(1, "r", 300, "b"), event(2, "u", 500, "v7")]})
+    wh.steps(step)
+    assert wh.query(f"select version_number, first_name, is_current from {SCHEMA}.customer_history "
+                    "where id = 1 order by 1") == [(1, "a", False), (2, "b", True)]
+    assert wh.query(f"select max(version_number), count(*) from {SCHEMA}.customer_history where id = 2") == [(8, 8)]
+    assert wh.query(f"select count(*) from {SCHEMA}.customer_history where _bankflow_tombstone") == [(0,)]
+    full = wh.copy(tmp_path / "full")
+    full.dbt(["run", "--full-refresh", "--select", "staging", "history"])
+    for model in ("stg_customers", "customer_history"):
+        assert wh.rows(model) == full.rows(model), model
