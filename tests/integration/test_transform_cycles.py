@@ -139,6 +139,32 @@ def test_a_reused_transformer_builds_what_fresh_full_runs_build(tmp_path: Path) 
         transformer.close()
 
 
+def test_partial_parsing_is_kept_for_the_next_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new Transformer (as a new process would make) parses from the state dir's partial-parse file, even
+    when the environment says DBT_PARTIAL_PARSE=false."""
+    resolved = banking(tmp_path / "state")
+    log = raw_banking.RawBankingLog(seed=19)
+    raw_banking.build_initial(log)
+    flush(log, resolved)
+    first = Transformer(resolved)
+    try:
+        first.run(RunContext(resolved, Progress(False)))
+    finally:
+        first.close()
+    assert (resolved.state_dir / "dbt" / "target" / "partial_parse.msgpack").is_file()
+    dbt_log = resolved.state_dir / "dbt" / "logs" / "dbt.log"
+    before = dbt_log.read_text(encoding="utf-8", errors="replace")
+    monkeypatch.setenv("DBT_PARTIAL_PARSE", "false")
+    second = Transformer(resolved)
+    try:
+        assert second.run(RunContext(resolved, Progress(False)), set()).ok  # a first cycle: everything
+    finally:
+        second.close()
+    new_lines = dbt_log.read_text(encoding="utf-8", errors="replace")[len(before):]
+    assert "Partial parsing enabled, no changes found, skipping parsing" in new_lines
+    assert "Unable to do partial parsing" not in new_lines
+
+
 def test_a_cycle_with_nothing_new_runs_no_dbt(tmp_path: Path) -> None:
     resolved = banking(tmp_path / "state")
     log = raw_banking.RawBankingLog(seed=11)
