@@ -45,7 +45,7 @@ sys.path.insert(0, str(REPO))
 
 from bankflow.spec.loader import ResolvedSpec, load_spec  # noqa: E402
 from bankflow.stages.base import Progress, RunContext  # noqa: E402
-from bankflow.stages.transform import Transformer, dbt_args, release_duckdb, write_profile  # noqa: E402
+from bankflow.stages.transform import Transformer, dbt_args, write_profile  # noqa: E402
 from tests.fixtures.raw_banking import COLUMNS, META_COLUMNS, TABLES  # noqa: E402
 
 CUSTOMERS = 10_000
@@ -220,7 +220,7 @@ def old_style_cycle(resolved: ResolvedSpec) -> tuple[float, float]:
         if not outcome.success:
             raise SystemExit(f"dbt {step.label} failed (old style): {outcome.exception}")
     seconds, cpu = time.monotonic() - started, time.process_time() - cpu
-    release_duckdb()
+    resolved.spec.warehouse.release_dbt()
     return seconds, cpu
 
 

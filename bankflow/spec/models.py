@@ -44,8 +44,8 @@ from bankflow.warehouses.snowflake.config import SnowflakeWarehouse
 
 __all__ = [
     "Airflow", "BuiltinCdc", "Column", "DbtStep", "DebeziumCdc", "DuckDBWarehouse", "Flush", "Generate",
-    "Identifier", "Kafka", "Lake", "Monitor", "RunLoop", "PipelineSpec", "PostgresSource", "SnowflakeWarehouse", "SpecValueError", "Table",
-    "Transform", "Verify", "VerifyCheck", "check_identifier",
+    "Identifier", "Kafka", "Lake", "Monitor", "PipelineSpec", "PostgresSource", "RunLoop", "SnowflakeWarehouse",
+    "SpecValueError", "Table", "Transform", "Verify", "VerifyCheck", "check_identifier",
 ]
 
 # dbt's node selection syntax, one selector per item: `[@][N+]method:value[+N]`, joined by commas (intersection).

@@ -169,26 +169,11 @@ class Transformer:
     # ------------------------------------------------------------ the file
     @contextlib.contextmanager
     def _warehouse_held(self, result: StageResult) -> Iterator[None]:
-        """On DuckDB, hold the file for the cycle (waiting for another process's lock), released afterwards."""
-        from bankflow.warehouses.duckdb.config import DuckDBWarehouse
-
-        warehouse = self.resolved.spec.warehouse
-        if not isinstance(warehouse, DuckDBWarehouse):
+        """What the warehouse needs held for a cycle (DuckDB: its file, waiting for another process's lock)."""
+        with self.resolved.spec.warehouse.held_for_transform(self.resolved) as waited:
+            if waited >= 0.5:
+                result.details["lock_wait_seconds"] = round(waited, 2)
             yield
-            return
-        from bankflow.warehouses.duckdb import lock
-
-        path = self.resolved.resolve_path(warehouse.path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        started = time.monotonic()
-        try:
-            with lock.holding(path, what="transform", wait=lock.wait_seconds(self.resolved)):
-                waited = time.monotonic() - started
-                if waited >= 0.5:
-                    result.details["lock_wait_seconds"] = round(waited, 2)
-                yield
-        finally:
-            release_duckdb()
 
     # ------------------------------------------------------------ a cycle
     def run(self, ctx: RunContext, changed_tables: set[str] | None = None) -> StageResult:
@@ -262,22 +247,7 @@ class Transformer:
             self.manifest = None
             self._fingerprint = None
             self._pending = None
-            release_duckdb()
-
-
-def release_duckdb() -> None:
-    """Close dbt-duckdb's database connection, which it keeps open between invocations (`keep_open` defaults to
-    true): while it is open, this process holds the DuckDB file and every other process is locked out."""
-    import sys
-
-    module = sys.modules.get("dbt.adapters.duckdb.connections")
-    if module is None:
-        return  # dbt-duckdb never ran in this process
-    manager = module.DuckDBConnectionManager
-    with manager._LOCK:
-        env = manager._ENV
-        if env is not None:
-            env.close()
+            self.resolved.spec.warehouse.release_dbt()
 
 
 def run(ctx: RunContext) -> StageResult:

@@ -15,9 +15,10 @@ the registry and what to add for a new warehouse.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -214,6 +215,15 @@ class WarehouseConfig(StrictModel):
     def dbt_environment(self, resolved: ResolvedSpec) -> dict[str, str]:
         """Variables the dbt profile refers to that bankflow must export (secrets written in the spec itself)."""
         return {}
+
+    @contextlib.contextmanager
+    def held_for_transform(self, resolved: ResolvedSpec, what: str = "transform") -> Iterator[float]:
+        """Around a dbt cycle: whatever the warehouse needs held (a file lock) for its length, released after;
+        yields the seconds spent waiting for it. Most warehouses need nothing."""
+        yield 0.0
+
+    def release_dbt(self) -> None:
+        """Let go of what dbt's adapter keeps open between invocations (nothing, for most warehouses)."""
 
     def describe(self) -> str:
         """One line for `plan`."""

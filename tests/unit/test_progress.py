@@ -130,7 +130,7 @@ def test_transform_counts_dbt_nodes() -> None:
 
     from bankflow.stages import transform
 
-    assert 'labels={"rows": "dbt nodes"}' in inspect.getsource(transform.run)
+    assert 'labels={"rows": "dbt nodes"}' in inspect.getsource(transform.Transformer)
     assert StageResult("transform", rows=98, labels={"rows": "dbt nodes"}).figures() == ["98 dbt nodes"]
     assert StageResult("x", rows=98).to_dict()["labels"] == {}
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
@@ -49,3 +52,32 @@ class DuckDBWarehouse(WarehouseConfig):
 
     def describe(self) -> str:
         return f"duckdb {self.path}, raw schema {self.raw_schema}"
+
+    @contextlib.contextmanager
+    def held_for_transform(self, resolved: ResolvedSpec, what: str = "transform") -> Iterator[float]:
+        """The file for the whole dbt cycle (waiting politely for another process's lock), so nobody takes it
+        between steps; dbt-duckdb's connection is closed afterwards, so this process holds it no longer."""
+        from bankflow.warehouses.duckdb import lock
+
+        path = resolved.resolve_path(self.path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        try:
+            with lock.holding(path, what=what, wait=lock.wait_seconds(resolved)):
+                yield time.monotonic() - started
+        finally:
+            self.release_dbt()
+
+    def release_dbt(self) -> None:
+        """Close dbt-duckdb's database connection, which it keeps open between invocations (`keep_open` defaults
+        to true): while it is open, this process holds the DuckDB file and every other process is locked out."""
+        import sys
+
+        module = sys.modules.get("dbt.adapters.duckdb.connections")
+        if module is None:
+            return  # dbt-duckdb never ran in this process
+        manager = module.DuckDBConnectionManager
+        with manager._LOCK:
+            env = manager._ENV
+            if env is not None:
+                env.close()
