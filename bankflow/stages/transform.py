@@ -52,7 +52,8 @@ def write_profile(resolved: ResolvedSpec) -> Path:
     return directory
 
 
-def dbt_args(resolved: ResolvedSpec, command: str, select: list[str]) -> list[str]:
+def dbt_args(resolved: ResolvedSpec, command: str, select: list[str],
+             extra_vars: dict[str, str] | None = None) -> list[str]:
     transform = resolved.spec.transform
     assert transform is not None
     state = resolved.state_dir / "dbt"
@@ -63,7 +64,7 @@ def dbt_args(resolved: ResolvedSpec, command: str, select: list[str]) -> list[st
         "--target", resolved.env or "default",
         "--target-path", str(state / "target"),
         "--log-path", str(state / "logs"),
-        "--vars", json.dumps({"raw_schema": resolved.spec.warehouse.raw_schema}),
+        "--vars", json.dumps({"raw_schema": resolved.spec.warehouse.raw_schema, **(extra_vars or {})}),
         NO_TRACKING_ARG,
     ]
     if select:
@@ -129,8 +130,11 @@ class Transformer:
         self._busy = threading.Lock()  # one cycle at a time, whoever calls
 
     # ------------------------------------------------------------ parsing
-    def _dbt_args(self, command: str, select: list[str]) -> list[str]:
-        return [*dbt_args(self.resolved, command, select), "--quiet"]
+    def _dbt_args(self, command: str, select: list[str], *, changed_only: bool = False) -> list[str]:
+        """`changed_only`: a cycle narrowed to what changed, so tests that can (`bankflow_unique`) check only
+        the keys the models' latest builds wrote (var bankflow_tests)."""
+        extra = {"bankflow_tests": "changed"} if changed_only else None
+        return [*dbt_args(self.resolved, command, select, extra_vars=extra), "--quiet"]
 
     def _ensure_manifest(self, result: StageResult) -> None:
         """Parse when there is no manifest yet or a project file changed since the last parse."""
@@ -222,7 +226,7 @@ class Transformer:
                 ctx.progress.update("transform", f"dbt {step.label}", force=True)
                 step_started = time.monotonic()
                 select = step.select if sources is None else narrowed(step, sources)
-                outcome = runner.invoke(self._dbt_args(step.command, select))
+                outcome = runner.invoke(self._dbt_args(step.command, select, changed_only=sources is not None))
                 summary = _summarise(outcome)
                 summary.update({"step": step.label, "seconds": round(time.monotonic() - step_started, 2),
                                 "success": bool(outcome.success)})

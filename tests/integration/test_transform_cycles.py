@@ -249,3 +249,52 @@ def test_a_project_file_edited_between_cycles_is_seen(tmp_path: Path) -> None:
         assert transformer.run(ctx, set()).details.get("skipped")  # parsed, built: idle again
     finally:
         transformer.close()
+
+
+def test_a_narrowed_cycle_checks_uniqueness_on_the_keys_it_wrote(tmp_path: Path) -> None:
+    """`bankflow_unique` in a cycle narrowed to what changed compares the keys the model's latest build wrote
+    with all its rows (a semi-join, not a hash aggregation of 10M keys); a full run compares every row."""
+    from dbt.cli.main import dbtRunner
+
+    resolved = banking(tmp_path / "state")
+    log = raw_banking.RawBankingLog(seed=11)
+    raw_banking.build_initial(log)
+    flush(log, resolved)
+    transformer = Transformer(resolved)
+    ctx = RunContext(resolved, Progress(False))
+    try:
+        transformer.run(ctx, None)
+        one_deposit(log)
+        transformer.run(ctx, flush(log, resolved))
+        transformer.resolved.spec.warehouse.release_dbt()
+
+        def copy_a_row(newest: bool) -> int:
+            con = duckdb.connect(str(database(resolved)))
+            try:
+                order = "desc" if newest else "asc"
+                row = con.execute("select id from analytics.fact_transactions "
+                                  f"order by _bankflow_load_seq {order}, id limit 1").fetchone()
+                con.execute("insert into analytics.fact_transactions select * from analytics.fact_transactions "
+                            "where id = ?", [row[0]])
+                return int(row[0])
+            finally:
+                con.close()
+
+        def unique_test_passes(changed_only: bool) -> bool:
+            runner = dbtRunner(manifest=transformer.manifest)
+            args = transformer._dbt_args("test", ["fact_transactions,test_name:bankflow_unique"],
+                                         changed_only=changed_only)
+            outcome = runner.invoke(args)
+            transformer.resolved.spec.warehouse.release_dbt()
+            statuses = {str(r.status) for r in outcome.result.results}
+            assert statuses, "the selection ran no test"
+            return bool(outcome.success)
+
+        assert unique_test_passes(changed_only=True) and unique_test_passes(changed_only=False)
+        copy_a_row(newest=False)  # a duplicate of a leg the latest build did not write
+        assert unique_test_passes(changed_only=True)  # not the narrowed test's business
+        assert not unique_test_passes(changed_only=False)  # the full one sees it
+        copy_a_row(newest=True)  # a duplicate of a leg the latest build wrote
+        assert not unique_test_passes(changed_only=True)
+    finally:
+        transformer.close()
