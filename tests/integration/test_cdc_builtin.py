@@ -578,3 +578,51 @@ def test_follow_mode_flushes_by_time_and_stops_cleanly(source: Source) -> None:
     finally:
         stop.set()
         source.drop(resolved)
+
+
+def test_snapshot_rows_are_dated_before_every_change_the_stream_carries(source: Source) -> None:
+    """The slot is created while the source is written: each key's versions, in `_lsn` order, have commit times
+    that never go back (the snapshot rows used to take now() of the snapshot's own transaction, which began
+    after the slot existed, so a change streamed right after looked older than the row it follows)."""
+    import threading
+
+    source.sql(ACCOUNTS_DDL)
+    source.sql("INSERT INTO {schema}.accounts SELECT g, 'n' || g, 0, NULL, now(), NULL FROM generate_series(1, 20) g")
+    source.publish("accounts")
+    resolved = source.spec(ACCOUNTS_YAML)
+    stop = threading.Event()
+
+    def write() -> None:
+        conn = connect(source.kwargs)
+        try:
+            with conn.cursor() as cur:
+                while not stop.is_set():
+                    cur.execute(f"UPDATE {source.schema}.accounts SET balance = balance + 1 "
+                                f"WHERE id = {random.randint(1, 20)}")
+        finally:
+            conn.close()
+
+    writers = [threading.Thread(target=write, daemon=True) for _ in range(2)]
+    for writer in writers:
+        writer.start()
+    try:
+        time.sleep(0.3)
+        first = stream_to_lake(resolved, source.kwargs)  # slot, snapshot and what streamed meanwhile
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        for writer in writers:
+            writer.join(10)
+    try:
+        assert first.snapshot_rows == 20
+        stream_to_lake(resolved, source.kwargs)
+        rows = rows_by(read_lake(source.lake, "accounts"), "_lsn", "id")
+        assert any(r["_op"] == "u" for r in rows)
+        last: dict[int, Any] = {}
+        for row in rows:
+            previous = last.get(row["id"])
+            assert previous is None or row["_source_ts"] >= previous, (
+                f"id {row['id']}: a {row['_op']} at {row['_source_ts']} follows a version dated {previous}")
+            last[row["id"]] = row["_source_ts"]
+    finally:
+        source.drop(resolved)

@@ -167,11 +167,26 @@ def _check_publication(conn: Any, publication: str) -> None:
                            f"(CREATE PUBLICATION {quote_pg(publication)} FOR TABLE …)")
 
 
+def _server_time_us(connect_kwargs: dict[str, Any]) -> int:
+    """The source server's clock now, in µs since the epoch."""
+    conn = connect(connect_kwargs)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint")
+            return int(cur.fetchone()[0])
+    finally:
+        conn.close()
+
+
 def _create(resolved: ResolvedSpec, connect_kwargs: dict[str, Any], writer: LakeWriter,
             markers: SnapshotMarkers, progress: Progress | None) -> SlotInfo:
     """Create the slot; with a snapshot mode, take the snapshot while the slot's exported snapshot lives."""
     slot = resolved.spec.cdc.slot
     export = wants_snapshot(resolved)
+    # The snapshot rows' commit time: the server's clock just before the slot exists, so it precedes the commit
+    # of every change the stream carries after the snapshot (now() in the snapshot's own transaction came after
+    # some of them, and a key's history then went back in time).
+    snapshot_ts_us = _server_time_us(connect_kwargs) if export else None
     rconn = replication_connect(connect_kwargs)
     consistent: int | None = None
     try:
@@ -188,7 +203,8 @@ def _create(resolved: ResolvedSpec, connect_kwargs: dict[str, Any], writer: Lake
                                f"stream only (snapshot_mode {resolved.spec.cdc.snapshot_mode})")
         if export:
             markers.write(markers.started, {"slot": slot, "consistent_lsn": consistent})
-            taken = take_snapshot(resolved, connect_kwargs, writer, snapshot_name, consistent, progress)
+            taken = take_snapshot(resolved, connect_kwargs, writer, snapshot_name, consistent, progress,
+                                  ts_us=snapshot_ts_us)
             info = SlotInfo(taken.rows, taken.files, taken.dead_letters, created=True)
             markers.write(markers.complete, {
                 "slot": slot, "consistent_lsn": consistent, "consistent_lsn_text": lsn_text(consistent),

@@ -180,8 +180,9 @@ def _write(writer: LakeWriter, batch: TableBatch) -> WrittenFile:
 
 
 def take_snapshot(resolved: ResolvedSpec, connect_kwargs: dict[str, Any], writer: LakeWriter, snapshot_name: str,
-                  consistent: int, progress: Progress | None = None) -> SnapshotResult:
-    """COPY every spec table inside the exported snapshot `snapshot_name` into op 'r' files at `consistent`."""
+                  consistent: int, progress: Progress | None = None, ts_us: int | None = None) -> SnapshotResult:
+    """COPY every spec table inside the exported snapshot `snapshot_name` into op 'r' files at `consistent`.
+    `ts_us`: the rows' commit time (the caller's clock reading from before the slot existed; default: now())."""
     spec = resolved.spec
     run = _Snapshot(resolved, writer, consistent, progress)
     conn = connect(connect_kwargs, autocommit=False)
@@ -191,7 +192,8 @@ def take_snapshot(resolved: ResolvedSpec, connect_kwargs: dict[str, Any], writer
             cur.execute("SET TRANSACTION SNAPSHOT %s", (snapshot_name,))
             cur.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint, "
                         "(extract(epoch FROM now()) * 1000000)::bigint")
-            run.xid, run.ts_us = cur.fetchone()
+            run.xid, now_us = cur.fetchone()
+            run.ts_us = now_us if ts_us is None else min(ts_us, now_us)
             estimates = estimate_rows(cur, spec.source.schema_name, list(spec.tables))
             run.total = sum(estimates.values())
             log.info("snapshot of %d table(s), about %d rows", len(spec.tables), run.total)
