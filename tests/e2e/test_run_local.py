@@ -158,10 +158,14 @@ def test_run_survives_kill_9_while_the_source_is_written(pipeline: tuple[str, Pa
     proc = _start_run(spec, env, log)
     try:
         def marts_current() -> bool:
+            """A transform that went well, started once this run had loaded what the stopped workload wrote
+            (its start well after the workload ended), over raw as it is at rest."""
             current = _state(state)
-            as_of = current.get("marts_as_of")
-            return (current.get("pid") == proc.pid and as_of is not None
-                    and dt.datetime.fromisoformat(as_of).timestamp() >= written_until - 5)
+            done = current.get("last_successful_transform_at")
+            newest = max((current.get("raw_newest_commit") or {}).values(), default=None)
+            return (current.get("pid") == proc.pid and done is not None and newest is not None
+                    and dt.datetime.fromisoformat(done).timestamp() >= written_until + 4
+                    and current.get("marts_as_of") == newest)
         _wait_for(marts_current, 180, "the marts to catch up with the workload", proc, log)
         samples = _samples(_metrics_text(_state(state)["metrics_port"]))
         loaded = samples[("bankflow_rows_total", (("pipeline", "banking"), ("stage", "load"),
