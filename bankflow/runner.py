@@ -62,9 +62,6 @@ class LakeFileInfo:
     rows: int
     size: int
     newest_commit: dt.datetime | None  # max(_source_ts) from the file's statistics
-    # the commit LSN of the file's last transaction, where the file is named by source positions (the built-in
-    # engine); None where it is named by Kafka offsets
-    commit_lsn: int | None = None
 
 
 def _newest_commit(metadata: Any) -> dt.datetime | None:
@@ -126,11 +123,7 @@ class LakeWatch:
                 metadata = pq.read_metadata(handle)
         except FileNotFoundError:
             return None  # gone between listing and reading (a test cleaning up): the next scan decides
-        from bankflow.lake.positions import LsnPosition, parse_file_name
-
-        parsed = parse_file_name(key.rsplit("/", 1)[-1])
-        commit = parsed[2].commit if parsed is not None and isinstance(parsed[2], LsnPosition) else None
-        info = LakeFileInfo(table.name, key, metadata.num_rows, size, _newest_commit(metadata), commit)
+        info = LakeFileInfo(table.name, key, metadata.num_rows, size, _newest_commit(metadata))
         self._known[key] = info
         return info
 
@@ -290,7 +283,7 @@ class PipelineRunner:
             "pid": os.getpid(), "started_at": self.outcome.started_at, "updated_at": None,
             "last_load": None, "last_successful_load_at": None, "last_transform": None,
             "last_successful_transform_at": None, "raw_newest_commit": {}, "lake_newest_commit": None,
-            "marts_as_of": None, "stopped_at": None, "metrics_port": None,
+            "marts_as_of": None, "stopped_at": None, "metrics_port": None, "pending_files": None,
         }
         self._cdc_thread: threading.Thread | None = None
         self._cdc_done = threading.Event()
@@ -395,6 +388,7 @@ class PipelineRunner:
         while not self.stop.is_set():
             now = time.monotonic()
             pending = watch.pending()
+            self.state["pending_files"] = sum(len(files) for files in pending.values())
             if pending:
                 waiting_since = now if waiting_since is None else waiting_since
                 files = [f for table_files in pending.values() for f in table_files]
@@ -402,10 +396,8 @@ class PipelineRunner:
                 size = sum(f.size for f in files)
                 if (rows >= load_spec.max_rows or size >= load_spec.max_bytes
                         or now - waiting_since >= load_spec.max_seconds):
-                    ready = self._consistent(pending)
-                    if ready:
-                        self._load(watch, ready, cadence)
-                        waiting_since = None
+                    self._load(watch, pending, cadence)
+                    waiting_since = None
             if not self.stop.is_set() and cadence.due(_now()):
                 self._transform(cadence)
             if now - last_probe >= PROBE_EVERY:
@@ -415,30 +407,6 @@ class PipelineRunner:
                 self._write_state()
                 last_state = now
             self.stop.wait(load_spec.check_seconds)
-
-    def _consistent(self, pending: dict[str, list[LakeFileInfo]]) -> dict[str, list[LakeFileInfo]]:
-        """The pending files raw may take now without showing one table ahead of another: on source positions,
-        those whose transactions all end at or before the slot's confirmed position (the engine confirms a
-        position only once every table's events before it are durable), so a transform never sees an account's
-        new balance without the transaction that made it. Files named by Kafka offsets are taken as they come
-        (each topic is its own log). Nothing is taken while the slot cannot be read."""
-        if not any(f.commit_lsn is not None for files in pending.values() for f in files):
-            return pending
-        try:
-            from bankflow.lake.positions import parse_lsn
-            from bankflow.metrics import probe_slot
-
-            slot = probe_slot(self.resolved)
-            confirmed = None if slot is None or not slot.get("confirmed_flush_lsn") else \
-                parse_lsn(slot["confirmed_flush_lsn"])
-        except Exception as exc:
-            log.debug("slot not readable, loading nothing this cycle: %s", exc)
-            return {}
-        if confirmed is None:
-            return {}
-        ready = {table: [f for f in files if f.commit_lsn is None or f.commit_lsn <= confirmed]
-                 for table, files in pending.items()}
-        return {table: files for table, files in ready.items() if files}
 
     def _final(self, watch: LakeWatch | None) -> None:
         """After a stop: let the stream flush and acknowledge, then load what it wrote."""

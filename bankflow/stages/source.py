@@ -224,9 +224,26 @@ def ensure_source(resolved: ResolvedSpec, connect_kwargs: dict[str, Any],
     return details
 
 
+LOCK_ATTEMPTS = 5  # tries of the source stage's transaction when concurrent writes deadlock it
+
+
 def run(ctx: RunContext) -> StageResult:
+    """Prepare the source. Its DDL takes table locks: against an application writing at the same moment it can
+    deadlock (PostgreSQL then cancels one side); the stage's transaction is rolled back and tried again."""
+    import psycopg2.errors
+
     started = time.monotonic()
     ctx.progress.update("source", "preparing the source database", force=True)
-    details = ensure_source(ctx.resolved, ctx.source_connect_kwargs())
+    attempts = LOCK_ATTEMPTS
+    for attempt in range(1, attempts + 1):
+        try:
+            details = ensure_source(ctx.resolved, ctx.source_connect_kwargs())
+            break
+        except (psycopg2.errors.DeadlockDetected, psycopg2.errors.LockNotAvailable) as exc:
+            if attempt == attempts:
+                raise
+            log.warning("preparing the source met concurrent writes (%s); trying again",
+                        str(exc).splitlines()[0])
+            time.sleep(0.2 * attempt)
     return StageResult("source", seconds=time.monotonic() - started, details=details)
 
