@@ -6,15 +6,13 @@ import datetime as dt
 import json
 import os
 import time
-import traceback
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from bankflow.errors import BankflowError, StageError
 from bankflow.spec.loader import ResolvedSpec
-from bankflow.stages.base import STAGE_ORDER, Progress, RunContext, StageResult
+from bankflow.stages.base import STAGE_ORDER, Progress, RunContext, StageResult, save_traceback
 from bankflow.stopping import stop_on_signals
 
 RUNS_DIR = "runs"
@@ -92,7 +90,7 @@ class Pipeline:
                     except Exception as exc:  # an unexpected failure: report it, keep the trace
                         if os.environ.get("BANKFLOW_DEBUG"):
                             raise
-                        log = self._save_traceback(report.run_id, name)
+                        log = save_traceback(self.resolved, f"{report.run_id}-{name}")
                         result = StageResult(name, ok=False, seconds=time.monotonic() - stage_started,
                                              error=self.resolved.redact(f"{type(exc).__name__}: {exc}")
                                              + f" (traceback in {log})")
@@ -149,13 +147,6 @@ class Pipeline:
         from bankflow.deadletters import DeadLetters
 
         return DeadLetters(self.resolved)
-
-    def _save_traceback(self, run_id: str, stage: str) -> Path:
-        directory = self.resolved.state_dir / "logs"
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / f"{run_id}-{stage}.traceback.txt"
-        path.write_text(self.resolved.redact(traceback.format_exc()), encoding="utf-8")
-        return path
 
     def _save_report(self, report: RunReport) -> None:
         directory = self.resolved.state_dir / RUNS_DIR

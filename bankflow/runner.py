@@ -2,15 +2,18 @@
 
     source stage once → cdc in follow mode (its own thread: streams into the lake, acknowledges positions only
     once files are durable, exactly as `apply --follow`) → on the main thread, a loop that loads new lake files
-    into raw on the flush cycle (`run.load`) and transforms on the cadence (`run.transform`)
+    into raw on the flush cycle (`run.load`) → transforms on the cadence (`run.transform`), each in a thread
+    of its own while the loads go on
 
-Loads and transforms take turns on the main thread, so there are never two at once and neither waits for the
-stream; the stream never waits for them. Every load goes through the warehouse's ledger (each file once, rows
-and ledger rows in one transaction on DuckDB), so a `kill -9` at any moment loses nothing and duplicates
-nothing: the next run finds the files the ledger lacks, and the cdc engine replays what the lake lacks.
+There is never more than one transform at once, and neither loads nor transforms wait for the stream, nor the
+stream for them. On DuckDB the loads and dbt share the one database this process opens (DuckDB's transactions
+keep them apart: the loads write raw and the ledger, dbt reads raw from a position it fixes at each model's
+start). Every load goes through the warehouse's ledger (each file once, rows and ledger rows in one transaction
+on DuckDB), so a `kill -9` at any moment loses nothing and duplicates nothing: the next run finds the files the
+ledger lacks, and the cdc engine replays what the lake lacks.
 
-SIGINT/SIGTERM stop cleanly: the stream flushes its batches and acknowledges them, then everything pending is
-loaded, and the process exits. A second signal gives up at once (nothing is lost: see above).
+SIGINT/SIGTERM stop cleanly: the stream flushes its batches and acknowledges them, a running transform
+finishes, then everything pending is loaded, and the process exits. A second signal gives up at once (nothing is lost: see above).
 
 The loop writes `<state_dir>/run_state.json` after every cycle (`bankflow status` reads it) and, unless
 `run.metrics.port` is null, serves Prometheus metrics (`bankflow.metrics`).
@@ -24,14 +27,13 @@ import logging
 import os
 import threading
 import time
-import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from bankflow.errors import BankflowError
-from bankflow.stages.base import Progress, RunContext, StageResult
+from bankflow.stages.base import Progress, RunContext, StageResult, save_traceback
 from bankflow.stopping import stop_on_signals
 
 if TYPE_CHECKING:
@@ -62,24 +64,6 @@ class LakeFileInfo:
     rows: int
     size: int
     newest_commit: dt.datetime | None  # max(_source_ts) from the file's statistics
-
-
-def _newest_commit(metadata: Any) -> dt.datetime | None:
-    """The largest `_source_ts` in a Parquet footer's row-group statistics (None when absent)."""
-    schema = metadata.schema.to_arrow_schema()
-    if "_source_ts" not in schema.names:
-        return None
-    index = schema.names.index("_source_ts")
-    newest = None
-    for group in range(metadata.num_row_groups):
-        stats = metadata.row_group(group).column(index).statistics
-        if stats is None or not stats.has_min_max:
-            continue
-        value = stats.max
-        if isinstance(value, dt.datetime):
-            value = value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
-            newest = value if newest is None or value > newest else newest
-    return newest
 
 
 class LakeWatch:
@@ -116,6 +100,8 @@ class LakeWatch:
     def _read(self, table: Table, key: str) -> LakeFileInfo | None:
         import pyarrow.parquet as pq
 
+        from bankflow.status import commit_range
+
         path = f"{self.root}/{key}"
         try:
             size = int(self.fs.info(path).get("size") or 0)
@@ -123,9 +109,15 @@ class LakeWatch:
                 metadata = pq.read_metadata(handle)
         except FileNotFoundError:
             return None  # gone between listing and reading (a test cleaning up): the next scan decides
-        info = LakeFileInfo(table.name, key, metadata.num_rows, size, _newest_commit(metadata))
+        info = LakeFileInfo(table.name, key, metadata.num_rows, size, commit_range(metadata)[1])
         self._known[key] = info
         return info
+
+    def schema_records(self) -> frozenset[str]:
+        """The lake's schema-history records (bankflow.lake.schema_history), by path: one listing."""
+        from bankflow.lake.schema_history import SCHEMA_DIR
+
+        return frozenset(self.fs.glob(f"{self.root.rstrip('/')}/{SCHEMA_DIR}/*/*.json"))
 
     def mark_loaded(self, files: list[LakeFileInfo]) -> None:
         for info in files:
@@ -176,10 +168,14 @@ class TransformCadence:
             return True
         return now >= self.next_at
 
+    def start(self) -> set[str]:
+        """A transform starts: the tables that got rows since the last one. Rows loaded while it runs count
+        for the next one."""
+        tables, self.tables_since, self.rows_since = self.tables_since, set(), 0
+        return tables
+
     def done(self, started: dt.datetime) -> None:
         """A transform that started at `started` ran (well or not): the next one is one cadence later."""
-        self.rows_since = 0
-        self.tables_since = set()
         cron = self.spec.cron
         if cron is not None:
             import importlib
@@ -287,8 +283,12 @@ class PipelineRunner:
         }
         self._cdc_thread: threading.Thread | None = None
         self._cdc_done = threading.Event()
+        self._transform_thread: threading.Thread | None = None
+        self._transformer: Any = None  # bankflow.stages.transform.Transformer, made at the first transform
+        self._state_lock = threading.Lock()  # the loop and the transform thread both write state and outcome
         self._metrics: Any = _NoMetrics()
         self._transform_everything = True
+        self._schema_records: frozenset[str] | None = None  # the lake's schema history when raw was last set up
 
     # ---- the whole run
 
@@ -299,6 +299,7 @@ class PipelineRunner:
         dead = DeadLetters(self.resolved)
         dead_before = dead.keys()
         with one_run_at_a_time(self.resolved), stop_on_signals(self.stop):
+            watch: LakeWatch | None = None
             try:
                 self._start_metrics()
                 self._source()
@@ -307,7 +308,7 @@ class PipelineRunner:
                 self._start_cdc()
                 self._loop(watch)
             finally:
-                self._final(watch if "watch" in locals() else None)
+                self._final(watch)
                 self.outcome.seconds = time.monotonic() - started
                 try:
                     self.outcome.dead_letters = dead.new_since(dead_before)
@@ -365,7 +366,7 @@ class PipelineRunner:
                 self.outcome.cdc_error = self.resolved.redact(str(exc))
             except Exception as exc:  # reported, with the trace kept, and the run stops
                 self.outcome.cdc_error = self.resolved.redact(f"{type(exc).__name__}: {exc}")
-                self._save_traceback("cdc")
+                save_traceback(self.resolved, self._log_name("cdc"))
             finally:
                 if self.outcome.cdc_error is not None:
                     self._metrics.stage_finished("cdc", False, time.monotonic() - started,
@@ -377,7 +378,7 @@ class PipelineRunner:
         self._cdc_thread = threading.Thread(target=stream, name="bankflow-cdc", daemon=True)
         self._cdc_thread.start()
 
-    # ---- the main loop: loads and transforms, one at a time
+    # ---- the main loop: loads; transforms in a thread of their own, one at a time
 
     def _loop(self, watch: LakeWatch) -> None:
         load_spec = self.spec.run.load
@@ -398,8 +399,8 @@ class PipelineRunner:
                         or now - waiting_since >= load_spec.max_seconds):
                     self._load(watch, pending, cadence)
                     waiting_since = None
-            if not self.stop.is_set() and cadence.due(_now()):
-                self._transform(cadence)
+            if not self.stop.is_set() and not self._transforming() and cadence.due(_now()):
+                self._start_transform(cadence)
             if now - last_probe >= PROBE_EVERY:
                 self._probe()
                 last_probe = now
@@ -409,12 +410,19 @@ class PipelineRunner:
             self.stop.wait(load_spec.check_seconds)
 
     def _final(self, watch: LakeWatch | None) -> None:
-        """After a stop: let the stream flush and acknowledge, then load what it wrote."""
+        """After a stop: let the stream flush and acknowledge and a running transform finish, then load what
+        the stream wrote. (A second signal interrupts the waits: see bankflow.stopping.)"""
         self.stop.set()
         if self._cdc_thread is not None:
             self.progress.update("run", "stopping: the stream flushes its batches", force=True)
             while not self._cdc_done.wait(1.0):
                 pass
+        if self._transforming():
+            self.progress.update("run", "stopping: the running transform finishes", force=True)
+            while self._transform_thread is not None and self._transform_thread.is_alive():
+                self._transform_thread.join(1.0)
+        if self._transformer is not None:
+            self._transformer.close()
         if watch is not None:
             try:
                 pending = watch.pending()
@@ -438,6 +446,7 @@ class PipelineRunner:
             result.error = self.resolved.redact(str(exc) if isinstance(exc, BankflowError)
                                                 else f"{type(exc).__name__}: {exc}")
             log.warning("load failed, retrying next cycle: %s", result.error)
+            self._schema_records = None  # and raw is set up again first
             try:
                 watch.loaded.clear()
                 watch.loaded.update(ledger_keys(self.resolved))
@@ -458,9 +467,16 @@ class PipelineRunner:
         from bankflow.warehouses import connect_warehouse
 
         loaded: list[LakeFileInfo] = []
+        # New columns the schema history accepted reach raw before their rows do: raw is set up again whenever
+        # the history has records it did not have at the last setup (listed after the files, which the stream
+        # writes after their record), not on every cycle.
+        records = watch.schema_records()
         adapter = connect_warehouse(self.resolved)
         try:
-            adapter.setup()  # new columns the schema history accepted reach raw before their rows do
+            if records != self._schema_records:
+                self._schema_records = None
+                adapter.setup()
+                self._schema_records = records
             for table in self.spec.tables:
                 files = pending.get(table.name)
                 if not files:
@@ -478,6 +494,11 @@ class PipelineRunner:
     def _record_load(self, started_at: dt.datetime, result: StageResult, rows_by_table: dict[str, int],
                      loaded: list[LakeFileInfo]) -> None:
         """The outcome, the metrics and run_state.json's load fields (raw's newest commit per table)."""
+        with self._state_lock:
+            self._record_load_locked(started_at, result, rows_by_table, loaded)
+
+    def _record_load_locked(self, started_at: dt.datetime, result: StageResult, rows_by_table: dict[str, int],
+                            loaded: list[LakeFileInfo]) -> None:
         self.outcome.loads += 1
         self.outcome.load_errors += not result.ok
         self.outcome.files_loaded += result.files
@@ -504,56 +525,66 @@ class PipelineRunner:
                 self.state["lake_newest_commit"] = stamp
                 self._metrics.lake_newest_commit(info.newest_commit)
 
-    def _transform(self, cadence: TransformCadence) -> None:
-        if self.spec.transform is None:
-            cadence.done(_now())
-            return
+    def _transforming(self) -> bool:
+        return self._transform_thread is not None and self._transform_thread.is_alive()
+
+    def _start_transform(self, cadence: TransformCadence) -> None:
+        """A transform in its own thread, so loads go on meanwhile (never two transforms at once). What raw held
+        when it started is what it is sure to show: `marts_as_of`."""
         started_at = _now()
+        changed = cadence.start()
+        with self._state_lock:
+            as_of = max(self.state["raw_newest_commit"].values(), default=None)
+        self._transform_thread = threading.Thread(target=self._transform, args=(cadence, started_at, changed, as_of),
+                                                  name="bankflow-transform", daemon=True)
+        self._transform_thread.start()
+
+    def _transform(self, cadence: TransformCadence, started_at: dt.datetime, changed: set[str],
+                   as_of: str | None) -> None:
+        if self.spec.transform is None:
+            cadence.done(started_at)
+            return
         started = time.monotonic()
-        as_of = max(self.state["raw_newest_commit"].values(), default=None)
-        changed = set(cadence.tables_since)
         # the first transform of a run, and the one after a failure, select everything: what the failed one
         # selected must not wait for its tables to change again
         everything = self._transform_everything
         error: str | None = None
         result: StageResult | None = None
         try:
-            transformer = self._transformer()
+            if self._transformer is None:
+                from bankflow.stages.transform import Transformer
+
+                self._transformer = Transformer(self.resolved)
             ctx = RunContext(self.resolved, self.progress)
-            result = transformer.run(ctx, changed_tables=None if everything else changed)
+            result = self._transformer.run(ctx, changed_tables=None if everything else changed)
         except BankflowError as exc:
             error = self.resolved.redact(str(exc))
         except Exception as exc:
             error = self.resolved.redact(f"{type(exc).__name__}: {exc}")
-            self._save_traceback("transform")
+            save_traceback(self.resolved, self._log_name("transform"))
         cadence.done(started_at)
         self._transform_everything = error is not None
         seconds = time.monotonic() - started
-        skipped = result is not None and bool(result.details.get("skipped"))
-        if skipped:
-            self.outcome.transforms_skipped += 1
+        if result is not None and result.details.get("skipped"):
+            with self._state_lock:
+                self.outcome.transforms_skipped += 1
             return
-        self.outcome.transforms += 1
-        self.outcome.transform_errors += error is not None
-        self.outcome.last_transform_ok = error is None
+        with self._state_lock:
+            self.outcome.transforms += 1
+            self.outcome.transform_errors += error is not None
+            self.outcome.last_transform_ok = error is None
+            self.state["last_transform"] = {"at": _iso(started_at), "ok": error is None, "error": error,
+                                            "seconds": round(seconds, 3)}
+            if error is None:
+                self.state["last_successful_transform_at"] = _iso(started_at)
+                self.state["marts_as_of"] = as_of
         self._metrics.stage_finished("transform", error is None, seconds, error=error)
-        self.state["last_transform"] = {"at": _iso(started_at), "ok": error is None, "error": error,
-                                        "seconds": round(seconds, 3)}
         if error is None:
-            self.state["last_successful_transform_at"] = _iso(started_at)
-            self.state["marts_as_of"] = as_of
             self._metrics.marts_as_of(dt.datetime.fromisoformat(as_of) if as_of else None, [])
             self.progress.update("transform", f"done in {seconds:.2f} s", force=True)
         else:
             log.error("transform failed (the next cycle tries again): %s", error)
         self._write_state()
-
-    def _transformer(self) -> Any:
-        if not hasattr(self, "_transformer_instance"):
-            from bankflow.stages.transform import Transformer
-
-            self._transformer_instance = Transformer(self.resolved)
-        return self._transformer_instance
 
     # ---- probes, state, errors
 
@@ -577,19 +608,18 @@ class PipelineRunner:
             log.debug("slot probe failed: %s", exc)
 
     def _write_state(self) -> None:
-        self.state["updated_at"] = _iso(_now())
+        with self._state_lock:
+            self.state["updated_at"] = _iso(_now())
+            text = json.dumps(self.state, indent=2, default=str)
         path = self.resolved.state_dir / RUN_STATE
-        temporary = path.with_name(f".{RUN_STATE}.{os.getpid()}.tmp")
+        temporary = path.with_name(f".{RUN_STATE}.{os.getpid()}.{threading.get_ident()}.tmp")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            temporary.write_text(json.dumps(self.state, indent=2, default=str), encoding="utf-8")
+            temporary.write_text(text, encoding="utf-8")
             os.replace(temporary, path)  # a reader sees the old state or the new one, never half of one
         except OSError as exc:
             log.warning("could not write %s: %s", path, exc)
 
-    def _save_traceback(self, stage: str) -> None:
-        directory = self.resolved.state_dir / "logs"
-        directory.mkdir(parents=True, exist_ok=True)
+    def _log_name(self, stage: str) -> str:
         stamp = self.outcome.started_at.replace(":", "").replace("-", "")[:15]
-        path = directory / f"run-{stamp}-{stage}.traceback.txt"
-        path.write_text(self.resolved.redact(traceback.format_exc()), encoding="utf-8")
+        return f"run-{stamp}-{stage}"

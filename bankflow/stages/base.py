@@ -6,7 +6,9 @@ import shutil
 import sys
 import threading
 import time
+import traceback
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bankflow.log import Console, json_lines, lock
@@ -15,6 +17,16 @@ if TYPE_CHECKING:
     from bankflow.spec.loader import ResolvedSpec
 
 STAGE_ORDER = ("source", "cdc", "load", "transform")
+
+
+def save_traceback(resolved: ResolvedSpec, name: str) -> Path:
+    """The exception being handled, redacted, in `<state_dir>/logs/<name>.traceback.txt`: people see one line,
+    the trace is kept for whoever debugs it."""
+    directory = resolved.state_dir / "logs"
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.traceback.txt"
+    path.write_text(resolved.redact(traceback.format_exc()), encoding="utf-8")
+    return path
 
 
 @dataclass

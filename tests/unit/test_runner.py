@@ -12,8 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from bankflow.errors import BankflowError
-from bankflow.runner import TransformCadence, _newest_commit, one_run_at_a_time
+from bankflow.runner import TransformCadence, one_run_at_a_time
 from bankflow.spec.models import RunTransform
+from bankflow.status import commit_range
 
 UTC = dt.timezone.utc
 T0 = dt.datetime(2026, 12, 1, 12, 1, 30, tzinfo=UTC)
@@ -34,10 +35,12 @@ def test_after_changes_brings_the_transform_forward_and_resets() -> None:
     assert not cadence.due(T0 + dt.timedelta(seconds=1))
     cadence.loaded({"transactions": 400})
     assert cadence.due(T0 + dt.timedelta(seconds=2))
-    assert cadence.tables_since == {"transactions"}  # a table whose load brought no rows did not change
-    cadence.done(T0 + dt.timedelta(seconds=2))
+    assert cadence.start() == {"transactions"}  # a table whose load brought no rows did not change
     assert cadence.rows_since == 0 and not cadence.tables_since
+    cadence.loaded({"accounts": 5})  # loaded while the transform runs: for the next one
+    cadence.done(T0 + dt.timedelta(seconds=2))
     assert not cadence.due(T0 + dt.timedelta(seconds=3))
+    assert cadence.start() == {"accounts"}
 
 
 def test_cron_cadence_fires_on_the_next_matching_minute_in_utc() -> None:
@@ -70,6 +73,7 @@ def test_newest_commit_comes_from_the_footer_statistics(tmp_path: Path) -> None:
     table = pa.table({"id": [1, 2, 3], "_source_ts": pa.array(stamps, pa.timestamp("us", tz="UTC"))})
     path = tmp_path / "f.parquet"
     pq.write_table(table, path, row_group_size=2)
-    assert _newest_commit(pq.read_metadata(path)) == stamps[1]  # microseconds and zone kept, across row groups
+    # microseconds and zone kept, across row groups
+    assert commit_range(pq.read_metadata(path)) == (stamps[2], stamps[1])
     pq.write_table(pa.table({"id": [1]}), path)
-    assert _newest_commit(pq.read_metadata(path)) is None
+    assert commit_range(pq.read_metadata(path)) == (None, None)

@@ -1,0 +1,136 @@
+"""`bankflow run` keeps loading raw while a transform runs, on the embedded `local` environment.
+
+Real parts: the embedded PostgreSQL, the built-in pgoutput reader, Parquet, DuckDB and dbt-duckdb, in one
+process (`Pipeline.run` on a thread, as the CLI runs it on the main one). The first transform's dbt step is held
+at its start, inside the cycle, while this process holds the DuckDB file for dbt: the source is written meanwhile
+and the test waits until a load put those rows into raw, with the transform still held. Then it lets the
+transform go, waits for a transform after that load, stops the run as a signal would, and checks `verify`.
+Before loads had a thread of their own, the load waited for the transform: this test timed out.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("duckdb")
+pytest.importorskip("dbt.adapters.duckdb")
+
+from bankflow.pipeline import Pipeline
+from bankflow.source.embedded import EmbeddedPostgres
+from bankflow.spec.loader import load_spec
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def pipeline(tmp_path: Path) -> Iterator[Pipeline]:
+    """banking.yaml's `local` environment with its state in tmp_path, transforms every 2 s, no metrics port."""
+    state = tmp_path / "state"
+    text = (REPO / "pipelines" / "banking.yaml").read_text(encoding="utf-8")
+    replacements = {
+        "project_dir: ../banking_dbt\n": f"project_dir: {json.dumps(str(REPO / 'banking_dbt'))}\n",
+        "workload: workloads/banking.py": f"workload: {json.dumps(str(REPO / 'pipelines/workloads/banking.py'))}",
+        "transform: {every: 30s, after_changes: 50000}": "transform: {every: 2s}",
+        "metrics: {port: 9464}": "metrics: {port: null}",
+    }
+    for old, new in replacements.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    spec = tmp_path / "banking.yaml"
+    spec.write_text(text, encoding="utf-8")
+    pipe = Pipeline(load_spec(spec, env="local", environ={**os.environ, "BANKFLOW_STATE_DIR": str(state)}))
+    try:
+        yield pipe
+    finally:
+        try:
+            pipe.down(drop_slot=True)
+        finally:
+            EmbeddedPostgres(state / "postgres").destroy()
+
+
+def _state(pipe: Pipeline) -> dict[str, Any]:
+    try:
+        return json.loads((pipe.resolved.state_dir / "run_state.json").read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def _wait(pipe: Pipeline, predicate: Any, timeout: float, what: str, runner: threading.Thread) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert runner.is_alive(), f"the run ended while waiting for {what}"
+        assert time.monotonic() < deadline, f"{what}: not within {timeout:g} s; run state {_state(pipe)}"
+        time.sleep(0.2)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat()
+
+
+def test_loads_go_on_while_a_transform_runs(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dbt.cli.main import dbtRunner
+
+    pipeline.generate(progress=False)  # the first day: the snapshot
+    held, release = threading.Event(), threading.Event()
+    held_at: list[str] = []
+    invoke = dbtRunner.invoke
+
+    def invoke_held_once(self: Any, args: list[str], **kwargs: Any) -> Any:
+        if args and args[0] != "parse" and not held.is_set():
+            held_at.append(_now())
+            held.set()  # inside the cycle: this process holds the DuckDB file for dbt
+            release.wait(180)
+        return invoke(self, args, **kwargs)
+
+    monkeypatch.setattr(dbtRunner, "invoke", invoke_held_once)
+    stop = threading.Event()
+    outcome: dict[str, Any] = {}
+    runner = threading.Thread(target=lambda: outcome.update(run=pipeline.run(progress=False, stop=stop)),
+                              name="test-run", daemon=True)
+    runner.start()
+    try:
+        _wait(pipeline, held.is_set, 180, "the first transform", runner)
+        loads_before = _state(pipeline).get("last_successful_load_at")
+        pipeline.generate(rate=20, duration=2, progress=False)  # written while the transform is held
+
+        def loaded_while_held() -> bool:
+            state = _state(pipeline)
+            last = state.get("last_load") or {}
+            return (bool(last.get("ok")) and (last.get("rows") or 0) > 0 and last.get("at", "") > held_at[0]
+                    and state.get("last_successful_load_at") != loads_before)
+        _wait(pipeline, loaded_while_held, 120, "a load while the transform is held", runner)
+        assert not release.is_set() and _state(pipeline).get("last_successful_transform_at") is None
+        release.set()
+        seen: list[str | None] = []
+
+        def at_rest_and_transformed() -> bool:
+            """The stream's last files loaded (nothing pending, no new load for 3 s) and a transform that went
+            well started after the last load."""
+            state = _state(pipeline)
+            seen.append(state.get("last_successful_load_at"))
+            done = state.get("last_successful_transform_at")
+            return (len(seen) >= 15 and len(set(seen[-15:])) == 1 and state.get("pending_files") == 0
+                    and done is not None and done > (seen[-1] or ""))
+        _wait(pipeline, at_rest_and_transformed, 180, "raw at rest and a transform after its last load", runner)
+    finally:
+        release.set()
+        stop.set()
+        runner.join(180)
+    assert not runner.is_alive()
+    result = outcome["run"]
+    assert result.ok, result.to_dict()
+    assert result.loads >= 2 and result.transforms >= 2
+    report = pipeline.verify()
+    assert report.ok, report.format()
+
