@@ -11,6 +11,7 @@ BANKFLOW_DEBUG=1). Every command takes -v/--verbose (repeatable) and -q/--quiet,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -157,8 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "next run resumes). Exit 1 when the stream failed or the last transform failed; exit 4 when "
                 "events went to the dead-letter store.")
     _add_spec(p)
-    p.add_argument("--workers", type=positive_int, default=1,
-                   help="consumer processes in the spec's group (Kafka environments; default 1)")
+    p.add_argument("--workers", type=positive_int,
+                   help="consumer processes in the spec's group (Kafka environments; default run.workers, 1)")
     metrics = p.add_mutually_exclusive_group()
     metrics.add_argument("--metrics-port", type=int, help="listen on this port instead of run.metrics.port "
                          "(0 = a free port, printed)")
@@ -409,12 +410,19 @@ def cmd_schema(_: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _stdout_for_json(args: argparse.Namespace) -> contextlib.AbstractContextManager[Any]:
+    """With --json, stdout carries the JSON document only: what libraries print meanwhile (dbt's console
+    lines) goes to stderr."""
+    return contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
+
+
 def cmd_apply(args: argparse.Namespace) -> int:
     from bankflow.pipeline import Pipeline
 
     resolved = _load(args)
-    report = Pipeline(resolved).apply(stages=args.stages, follow=args.follow, progress=_progress(args),
-                                      verify=args.verify)
+    with _stdout_for_json(args):
+        report = Pipeline(resolved).apply(stages=args.stages, follow=args.follow, progress=_progress(args),
+                                          verify=args.verify)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2, default=str))
     elif report.verify is not None and (not args.quiet or not report.verify.ok):
@@ -432,7 +440,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     resolved = _load(args)
     port = None if args.no_metrics else (-1 if args.metrics_port is None else args.metrics_port)
-    outcome = Pipeline(resolved).run(workers=args.workers, progress=_progress(args), metrics_port=port)
+    with _stdout_for_json(args):
+        outcome = Pipeline(resolved).run(workers=args.workers, progress=_progress(args), metrics_port=port)
     if args.json:
         print(json.dumps(outcome.to_dict(), indent=2, default=str))
     elif not args.quiet:

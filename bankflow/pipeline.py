@@ -115,13 +115,15 @@ class Pipeline:
 
     # ------------------------------------------------------------ run
 
-    def run(self, *, workers: int = 1, progress: bool = True, metrics_port: int | None = -1,
+    def run(self, *, workers: int | None = None, progress: bool = True, metrics_port: int | None = -1,
             stop: Any = None) -> Any:
         """Keep the pipeline current until SIGINT/SIGTERM or `stop` (a threading.Event) is set: stream, load
-        on the `run.load` cycle, transform on the `run.transform` cadence (bankflow.runner). `metrics_port`:
-        -1 = the spec's `run.metrics.port`, None = no endpoint, 0 = a free port. Returns a RunOutcome."""
+        on the `run.load` cycle, transform on the `run.transform` cadence (bankflow.runner). `workers`: None =
+        the spec's `run.workers`. `metrics_port`: -1 = the spec's `run.metrics.port`, None = no endpoint, 0 = a
+        free port. Returns a RunOutcome."""
         from bankflow.runner import PipelineRunner
 
+        workers = self.resolved.spec.run.workers if workers is None else workers
         return PipelineRunner(self.resolved, workers=workers, progress=progress, metrics_port=metrics_port,
                               stop=stop).run()
 

@@ -13,7 +13,8 @@ on DuckDB), so a `kill -9` at any moment loses nothing and duplicates nothing: t
 ledger lacks, and the cdc engine replays what the lake lacks.
 
 SIGINT/SIGTERM stop cleanly: the stream flushes its batches and acknowledges them, a running transform
-finishes, then everything pending is loaded, and the process exits. A second signal gives up at once (nothing is lost: see above).
+finishes, then everything pending is loaded, and the process exits. A second signal gives up at once
+(nothing is lost: see above).
 
 The loop writes `<state_dir>/run_state.json` after every cycle (`bankflow status` reads it) and, unless
 `run.metrics.port` is null, serves Prometheus metrics (`bankflow.metrics`).
@@ -27,6 +28,7 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -45,6 +47,7 @@ log = logging.getLogger(__name__)
 RUN_STATE = "run_state.json"
 PROBE_EVERY = 10.0  # seconds between slot / dead-letter probes for the metrics
 STATE_EVERY = 1.0  # seconds between writes of run_state.json when nothing happened
+LATENCY_SAMPLES = 10_000
 
 
 def _now() -> dt.datetime:
@@ -64,6 +67,7 @@ class LakeFileInfo:
     rows: int
     size: int
     newest_commit: dt.datetime | None  # max(_source_ts) from the file's statistics
+    seen_at: float = 0.0  # time.time() when this process first listed it
 
 
 class LakeWatch:
@@ -109,7 +113,7 @@ class LakeWatch:
                 metadata = pq.read_metadata(handle)
         except FileNotFoundError:
             return None  # gone between listing and reading (a test cleaning up): the next scan decides
-        info = LakeFileInfo(table.name, key, metadata.num_rows, size, commit_range(metadata)[1])
+        info = LakeFileInfo(table.name, key, metadata.num_rows, size, commit_range(metadata)[1], time.time())
         self._known[key] = info
         return info
 
@@ -239,6 +243,11 @@ class RunOutcome:
     dead_letters: dict[str, int] = field(default_factory=dict)
     metrics_port: int | None = None
     stopped_by: str = "signal"
+    # where the time between a commit and raw goes, per loaded file (the last LATENCY_SAMPLES of each):
+    # its newest commit → this process listed it; listed → its load began; and each load's length
+    commit_to_listed: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
+    listed_to_load: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
+    load_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
 
     @property
     def ok(self) -> bool:
@@ -251,7 +260,19 @@ class RunOutcome:
                 "transforms": self.transforms, "transform_errors": self.transform_errors,
                 "transforms_skipped": self.transforms_skipped, "last_transform_ok": self.last_transform_ok,
                 "cdc": self.cdc, "cdc_error": self.cdc_error, "dead_letters": dict(self.dead_letters),
-                "metrics_port": self.metrics_port, "stopped_by": self.stopped_by}
+                "metrics_port": self.metrics_port, "stopped_by": self.stopped_by,
+                "latency_seconds": {"commit_to_listed": _figures(self.commit_to_listed),
+                                    "listed_to_load": _figures(self.listed_to_load),
+                                    "load": _figures(self.load_seconds)}}
+
+
+def _figures(values: deque[float]) -> dict[str, float] | None:
+    """p50 / p90 / max of the samples, rounded to ms (None without any)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    p50, p90 = (ordered[min(int(q * len(ordered)), len(ordered) - 1)] for q in (0.5, 0.9))
+    return {"p50": round(p50, 3), "p90": round(p90, 3), "max": round(ordered[-1], 3), "n": len(ordered)}
 
 
 class _NoMetrics:
@@ -501,6 +522,12 @@ class PipelineRunner:
                             loaded: list[LakeFileInfo]) -> None:
         self.outcome.loads += 1
         self.outcome.load_errors += not result.ok
+        self.outcome.load_seconds.append(result.seconds)
+        began = started_at.timestamp()
+        for info in loaded:
+            if info.newest_commit is not None:
+                self.outcome.commit_to_listed.append(info.seen_at - info.newest_commit.timestamp())
+            self.outcome.listed_to_load.append(began - info.seen_at)
         self.outcome.files_loaded += result.files
         for table, rows in rows_by_table.items():
             self.outcome.rows_loaded[table] = self.outcome.rows_loaded.get(table, 0) + rows

@@ -640,6 +640,9 @@ def print_table(results: list[Result], args: argparse.Namespace) -> None:
         ("achieved commits/s", lambda r: f"{r.rate:.1f}"),
         ("commit → raw p50 / p90 / max, s", lambda r: _triple(r.figures(r.raw))),
         ("  (its load began, ledger), s", lambda r: _triple(r.figures(r.raw_loaded))),
+        ("  run: file's newest commit → listed, s", lambda r: _triple(_latency(r, "commit_to_listed"))),
+        ("  run: listed → its load began, s", lambda r: _triple(_latency(r, "listed_to_load"))),
+        ("  run: a load's length, s", lambda r: _triple(_latency(r, "load"))),
         ("commit → mart p50 / p90 / max, s", lambda r: _triple(r.figures(r.mart))),
         ("missing in raw / mart", lambda r: f"{r.missing_raw} / {r.missing_mart}"),
         ("target raw p50 < 2 s", lambda r: _met(r.figures(r.raw), 2.0, strict=True)),
@@ -671,6 +674,12 @@ def print_table(results: list[Result], args: argparse.Namespace) -> None:
             print(f"  {r.env}: a transform failed: {error[:400]}")
         if r.poll.errors:
             print(f"  {r.env}: {r.poll.errors} poll(s) failed, first: {r.poll.first_error}")
+
+
+def _latency(result: Result, which: str) -> dict[str, float] | None:
+    """The run's own split of commit → raw (its --json: `latency_seconds`), over the whole run."""
+    figures: dict[str, float] | None = (result.outcome.get("latency_seconds") or {}).get(which)
+    return figures
 
 
 def _p50(values: list[float]) -> float:

@@ -589,6 +589,9 @@ class RunLoop(StrictModel):
     load: RunLoad = Field(default_factory=RunLoad)
     transform: RunTransform = Field(default_factory=RunTransform)
     metrics: RunMetrics = Field(default_factory=RunMetrics)
+    workers: int = Field(1, ge=1, le=64, description="consumer processes in the spec's group on Kafka "
+                                                     "environments (`bankflow run --workers` overrides it; the "
+                                                     "Airflow run task uses this)")
 
 
 class Monitor(StrictModel):
