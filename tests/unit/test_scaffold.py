@@ -172,8 +172,10 @@ def test_rendered_project_validates_in_both_environments(tmp_path: Path) -> None
     stack = load_spec(tmp_path / "pipelines/shop.yaml", env="stack", unset="defer")
     assert stack.spec.source.host == "db.internal" and stack.spec.source.port == 6543
     staging = files["dbt/models/staging/stg_lines.sql"]
-    assert "partition by order_id, seq order by _lsn desc" in staging and "_op <> 'd'" in staging
-    assert "{{ source('raw', 'lines') }}" in staging
+    # incremental over raw through the shipped macro, on the composite key
+    assert "config(materialized='incremental', unique_key=['order_id', 'seq'])" in staging
+    assert "latest_version(\n    source('raw', 'lines'),\n    key=['order_id', 'seq']," in staging
+    assert "macro latest_version(" in files["dbt/macros/bankflow/change_log.sql"]
     dbt_project = files["dbt/dbt_project.yml"]
     assert "send_anonymous_usage_stats: false" in dbt_project and "raw_schema: raw" in dbt_project
     assert "var('raw_schema')" in files["dbt/models/sources.yml"]
