@@ -129,14 +129,18 @@ class LakeWatch:
             self._known.pop(info.key, None)
 
 
-def ledger_keys(resolved: ResolvedSpec, newest: dict[str, str] | None = None) -> dict[str, set[str]]:
+def ledger_keys(resolved: ResolvedSpec, newest: dict[str, str] | None = None,
+                position: list[int] | None = None) -> dict[str, set[str]]:
     """Per table: the files the warehouse's ledger lists (what earlier runs and applies loaded). With `newest`,
-    also fill in each raw table's newest source commit time (ISO), where raw has one."""
+    also fill in each raw table's newest source commit time (ISO), where raw has one; with `position`, append
+    raw's position (the ledger's largest load_seq)."""
     from bankflow.warehouses import connect_warehouse
 
     adapter = connect_warehouse(resolved)
     try:
         adapter.setup()
+        if position is not None:
+            position.append(adapter.raw_position())
         if newest is not None:
             column = adapter.dialect.quote_name("_source_ts")
             for table in resolved.spec.tables:
@@ -148,6 +152,40 @@ def ledger_keys(resolved: ResolvedSpec, newest: dict[str, str] | None = None) ->
         return {table.name: adapter.ledger_keys(table) for table in resolved.spec.tables}
     finally:
         adapter.close()
+
+
+def consistent_files(pending: dict[str, list[LakeFileInfo]], cut: int) -> dict[str, list[LakeFileInfo]]:
+    """The files whose load leaves raw holding every table's changes up to one commit point, and none past it.
+
+    `cut`: every change committed before this LSN is in durable lake files (the built-in engine's
+    acknowledgement target). A file of a table's stream spans commit LSNs [first, last]; the point starts at the
+    cut and comes down to the first commit of any file that reaches it (that file waits, so the other tables
+    must stop where it starts), until no file straddles it; the files wholly below it load. Snapshot and
+    backfill files (other streams) carry the snapshot's or the backfill's own position: they load at or below
+    the cut. Files whose names carry no LSN span load as they come.
+    """
+    from bankflow.lake.positions import LsnPosition, parse_file_name
+
+    spans: list[tuple[LakeFileInfo, LsnPosition, LsnPosition, bool]] = []
+    loadable: dict[str, list[LakeFileInfo]] = {}
+    for table, files in pending.items():
+        for info in files:
+            parsed = parse_file_name(info.key.rsplit("/", 1)[-1])
+            if parsed is None or not isinstance(parsed[2], LsnPosition) or not isinstance(parsed[1], LsnPosition):
+                loadable.setdefault(table, []).append(info)
+            else:
+                spans.append((info, parsed[1], parsed[2], parsed[0] == table))
+    point = cut
+    while True:
+        lowest = min((first.commit for _, first, last, stream in spans if stream and last.commit >= point),
+                     default=point)
+        if lowest >= point:
+            break
+        point = lowest
+    for info, _first, last, stream in spans:
+        if (last.commit < point) if stream else (last.commit <= cut):
+            loadable.setdefault(info.table, []).append(info)
+    return loadable
 
 
 # ---------------------------------------------------------------- when to transform
@@ -310,6 +348,14 @@ class PipelineRunner:
         self._metrics: Any = _NoMetrics()
         self._transform_everything = True
         self._schema_records: frozenset[str] | None = None  # the lake's schema history when raw was last set up
+        # raw's position (ledger load_seq) after the last complete load round: each transform reads raw up to it
+        self._raw_position: int | None = None
+        # The engine's durable cut (built-in engine: a commit LSN through which every change of every table is in
+        # durable lake files), None until it reports one. Where the engine reports it, a load takes only files
+        # below it, so raw holds whole source transactions across tables, and a transform sees each of them
+        # complete: an account's balance with the transaction that changed it.
+        self._cut_applies = bool(self.spec.cdc.engine_for(resolved).reports_durable_position)
+        self._durable: int | None = None
 
     # ---- the whole run
 
@@ -324,7 +370,10 @@ class PipelineRunner:
             try:
                 self._start_metrics()
                 self._source()
-                watch = LakeWatch(self.resolved, ledger_keys(self.resolved, self.state["raw_newest_commit"]))
+                position: list[int] = []
+                watch = LakeWatch(self.resolved, ledger_keys(self.resolved, self.state["raw_newest_commit"],
+                                                             position))
+                self._raw_position = position[0] if position else None
                 self._seed_freshness()
                 self._start_cdc()
                 self._loop(watch)
@@ -375,7 +424,8 @@ class PipelineRunner:
     def _start_cdc(self) -> None:
         from bankflow.stages import cdc
 
-        ctx = RunContext(self.resolved, self.progress, follow=True, stop=self.stop, workers=self.workers)
+        ctx = RunContext(self.resolved, self.progress, follow=True, stop=self.stop, workers=self.workers,
+                         on_durable=self._on_durable)
 
         def stream() -> None:
             started = time.monotonic()
@@ -399,6 +449,21 @@ class PipelineRunner:
         self._cdc_thread = threading.Thread(target=stream, name="bankflow-cdc", daemon=True)
         self._cdc_thread.start()
 
+    def _on_durable(self, lsn: int) -> None:
+        """The cdc thread: every change committed before `lsn` is in durable lake files."""
+        if self._durable is None or lsn > self._durable:
+            self._durable = lsn
+
+    def _loadable(self, pending: dict[str, list[LakeFileInfo]], cut: int | None) -> dict[str, list[LakeFileInfo]]:
+        """The pending files a load may take now: all of them, unless the engine reports a durable cut (read
+        before the lake was listed). Then only the files below the round's consistent point, so raw gains whole
+        source transactions across tables (see consistent_files)."""
+        if not self._cut_applies:
+            return pending
+        if cut is None:
+            return {}
+        return consistent_files(pending, cut)
+
     # ---- the main loop: loads; transforms in a thread of their own, one at a time
 
     def _loop(self, watch: LakeWatch) -> None:
@@ -409,8 +474,10 @@ class PipelineRunner:
         last_state = 0.0
         while not self.stop.is_set():
             now = time.monotonic()
-            pending = watch.pending()
-            self.state["pending_files"] = sum(len(files) for files in pending.values())
+            cut = self._durable  # before listing: a file the listing lacks cannot be below it
+            listed = watch.pending()
+            self.state["pending_files"] = sum(len(files) for files in listed.values())
+            pending = self._loadable(listed, cut)
             if pending:
                 waiting_since = now if waiting_since is None else waiting_since
                 files = [f for table_files in pending.values() for f in table_files]
@@ -508,6 +575,9 @@ class PipelineRunner:
                 rows_by_table[table.raw_name] = outcome.rows
                 result.rows += outcome.rows
                 result.files += outcome.files
+            # the round is complete: a transform from now on reads raw up to here (one that started meanwhile
+            # reads up to the round before, never half of this one)
+            self._raw_position = adapter.raw_position()
         finally:
             adapter.close()
         return loaded
@@ -562,12 +632,13 @@ class PipelineRunner:
         changed = cadence.start()
         with self._state_lock:
             as_of = max(self.state["raw_newest_commit"].values(), default=None)
-        self._transform_thread = threading.Thread(target=self._transform, args=(cadence, started_at, changed, as_of),
-                                                  name="bankflow-transform", daemon=True)
+        self._transform_thread = threading.Thread(
+            target=self._transform, args=(cadence, started_at, changed, as_of, self._raw_position),
+            name="bankflow-transform", daemon=True)
         self._transform_thread.start()
 
     def _transform(self, cadence: TransformCadence, started_at: dt.datetime, changed: set[str],
-                   as_of: str | None) -> None:
+                   as_of: str | None, raw_position: int | None) -> None:
         if self.spec.transform is None:
             cadence.done(started_at)
             return
@@ -583,7 +654,8 @@ class PipelineRunner:
 
                 self._transformer = Transformer(self.resolved)
             ctx = RunContext(self.resolved, self.progress)
-            result = self._transformer.run(ctx, changed_tables=None if everything else changed)
+            result = self._transformer.run(ctx, changed_tables=None if everything else changed,
+                                           raw_position=raw_position)
         except BankflowError as exc:
             error = self.resolved.redact(str(exc))
         except Exception as exc:

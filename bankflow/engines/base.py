@@ -74,6 +74,11 @@ class EngineRun:
 class CdcEngine(ABC):
     """One engine running for one resolved spec."""
 
+    # True when `run` reports, through RunContext.on_durable, the LSN before which every change of every table
+    # is in durable lake files: a consistent cut across tables. The built-in engine knows it (it acknowledges
+    # the slot there); Debezium's topics, one per table, have no common position.
+    reports_durable_position: ClassVar[bool] = False
+
     def __init__(self, resolved: ResolvedSpec):
         self.resolved = resolved
         self.spec = resolved.spec

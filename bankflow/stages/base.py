@@ -7,6 +7,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -150,6 +151,9 @@ class RunContext:
     follow: bool = False
     stop: threading.Event = field(default_factory=threading.Event)
     workers: int = 1  # consumer processes of a follow run on Kafka (`bankflow run --workers N`)
+    # Called by an engine that `reports_durable_position` (the built-in one) with the LSN before which every
+    # change of every table is in durable lake files, whenever it moves (`bankflow run` loads whole transactions)
+    on_durable: Callable[[int], None] | None = None
     _source_kwargs: dict[str, Any] | None = None
 
     def source_connect_kwargs(self) -> dict[str, Any]:

@@ -53,7 +53,7 @@ def write_profile(resolved: ResolvedSpec) -> Path:
 
 
 def dbt_args(resolved: ResolvedSpec, command: str, select: list[str],
-             extra_vars: dict[str, str] | None = None) -> list[str]:
+             extra_vars: dict[str, Any] | None = None) -> list[str]:
     transform = resolved.spec.transform
     assert transform is not None
     state = resolved.state_dir / "dbt"
@@ -130,11 +130,15 @@ class Transformer:
         self._busy = threading.Lock()  # one cycle at a time, whoever calls
 
     # ------------------------------------------------------------ parsing
-    def _dbt_args(self, command: str, select: list[str], *, changed_only: bool = False) -> list[str]:
+    def _dbt_args(self, command: str, select: list[str], *, changed_only: bool = False,
+                  raw_position: int | None = None) -> list[str]:
         """`changed_only`: a cycle narrowed to what changed, so tests that can (`bankflow_unique`) check only
-        the keys the models' latest builds wrote (var bankflow_tests)."""
-        extra = {"bankflow_tests": "changed"} if changed_only else None
-        return [*dbt_args(self.resolved, command, select, extra_vars=extra), "--quiet"]
+        the keys the models' latest builds wrote (var bankflow_tests). `raw_position`: the ledger position every
+        model of the cycle reads raw up to (var bankflow_raw_position, macros/bankflow/incremental.sql)."""
+        extra: dict[str, Any] = {"bankflow_tests": "changed"} if changed_only else {}
+        if raw_position is not None:
+            extra["bankflow_raw_position"] = raw_position
+        return [*dbt_args(self.resolved, command, select, extra_vars=extra or None), "--quiet"]
 
     def _ensure_manifest(self, result: StageResult) -> None:
         """Parse when there is no manifest yet or a project file changed since the last parse."""
@@ -180,11 +184,14 @@ class Transformer:
             yield
 
     # ------------------------------------------------------------ a cycle
-    def run(self, ctx: RunContext, changed_tables: set[str] | None = None) -> StageResult:
+    def run(self, ctx: RunContext, changed_tables: set[str] | None = None,
+            raw_position: int | None = None) -> StageResult:
+        """One cycle. `raw_position` (a ledger load_seq): read raw only up to it, for a caller that loads raw
+        while dbt runs (`bankflow run`); None reads raw as it is at each model's start."""
         with self._busy:
-            return self._run(ctx, changed_tables)
+            return self._run(ctx, changed_tables, raw_position)
 
-    def _run(self, ctx: RunContext, changed_tables: set[str] | None) -> StageResult:
+    def _run(self, ctx: RunContext, changed_tables: set[str] | None, raw_position: int | None) -> StageResult:
         resolved = self.resolved
         transform = resolved.spec.transform
         result = StageResult("transform", labels={"rows": "dbt nodes"})  # rows here: models, snapshots, tests run
@@ -217,6 +224,8 @@ class Transformer:
                 result.details["skipped"] = "no dbt source reads the raw tables that changed"
                 result.seconds = time.monotonic() - started
                 return result
+        if raw_position is not None:
+            result.details["raw_position"] = raw_position
         from dbt.cli.main import dbtRunner
 
         runner = dbtRunner(manifest=self.manifest)
@@ -226,7 +235,8 @@ class Transformer:
                 ctx.progress.update("transform", f"dbt {step.label}", force=True)
                 step_started = time.monotonic()
                 select = step.select if sources is None else narrowed(step, sources)
-                outcome = runner.invoke(self._dbt_args(step.command, select, changed_only=sources is not None))
+                outcome = runner.invoke(self._dbt_args(step.command, select, changed_only=sources is not None,
+                                                       raw_position=raw_position))
                 summary = _summarise(outcome)
                 summary.update({"step": step.label, "seconds": round(time.monotonic() - step_started, 2),
                                 "success": bool(outcome.success)})

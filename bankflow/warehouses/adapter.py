@@ -62,6 +62,13 @@ class WarehouseAdapter(ABC):
     def load_files(self, table: Table, files: Sequence[str]) -> LoadOutcome:
         """Load the given lake files (keys relative to the lake root) and record them in the ledger."""
 
+    def raw_position(self) -> int:
+        """raw's commit position: the ledger's largest load_seq (0 for an empty ledger). dbt's incremental
+        models follow it (macros/bankflow/incremental.sql); `bankflow run` fixes it for each transform."""
+        rows = self.query(f"SELECT max({self.dialect.quote_name('load_seq')}) FROM {self.dialect.ledger_table()}")
+        value = rows[0][0] if rows else None
+        return int(value or 0)
+
     def raw_file_values(self, keys: Sequence[str]) -> dict[str, str]:
         """Per lake key: the `_file` value its rows carry (read from the Parquet footer's statistics).
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -77,3 +78,31 @@ def test_newest_commit_comes_from_the_footer_statistics(tmp_path: Path) -> None:
     assert commit_range(pq.read_metadata(path)) == (stamps[2], stamps[1])
     pq.write_table(pa.table({"id": [1]}), path)
     assert commit_range(pq.read_metadata(path)) == (None, None)
+
+
+def _file(table: str, stream: str, first: int, last: int) -> Any:
+    from bankflow.lake.positions import LsnPosition, format_span
+    from bankflow.runner import LakeFileInfo
+
+    span = format_span(LsnPosition(first, first), LsnPosition(last, last))
+    return LakeFileInfo(table, f"{table}/dt=2026-12-01/{stream}-{span}.parquet", 1, 1, None)
+
+
+def test_a_load_takes_whole_transactions_across_tables() -> None:
+    from bankflow.runner import consistent_files
+
+    accounts_low, accounts_high = _file("accounts", "accounts", 100, 190), _file("accounts", "accounts", 200, 400)
+    transactions = _file("transactions", "transactions", 150, 300)
+    snapshot = _file("customers", "customers-snapshot", 50, 50)
+    pending = {"accounts": [accounts_low, accounts_high], "transactions": [transactions], "customers": [snapshot]}
+    # the cut (1000) is past every file: all load
+    assert consistent_files(pending, 1000) == pending
+    # the cut at 250 falls inside transactions' file (150..300): that file waits, so the point comes down to 150,
+    # and accounts' 200..400 waits too; accounts' 100..190 straddles 150: it waits as well
+    assert consistent_files(pending, 250) == {"customers": [snapshot]}
+    # at 195 nothing straddles: accounts' 100..190 loads, transactions' 150..300 (reaching past) waits
+    only_low = {"accounts": [accounts_low], "transactions": [_file("transactions", "transactions", 195, 300)]}
+    assert consistent_files(only_low, 195) == {"accounts": [accounts_low]}
+    # a snapshot file loads at its own position once the cut reaches it, not before
+    assert consistent_files({"customers": [snapshot]}, 50) == {"customers": [snapshot]}
+    assert consistent_files({"customers": [snapshot]}, 49) == {}

@@ -10,12 +10,17 @@ from bankflow.stages.base import RunContext
 
 
 class BuiltinEngine(CdcEngine):
+    reports_durable_position = True  # the slot's acknowledgement target: every table is durable before it
+
     def run(self, ctx: RunContext) -> EngineRun:
         from bankflow.engines.builtin.reader import stream_to_lake
+        from bankflow.lake.positions import parse_lsn
 
         started = time.monotonic()
 
         def progress(info: dict[str, Any]) -> None:
+            if ctx.on_durable is not None and info.get("acked_lsn"):
+                ctx.on_durable(parse_lsn(str(info["acked_lsn"])))
             events = int(info.get("events", 0))
             rate = events / max(time.monotonic() - started, 1e-6)
             # A phase whose size is known (the initial snapshot, from row estimates) reports done/total/unit.

@@ -259,6 +259,7 @@ class StreamReader:
             target = parse_lsn(cur.fetchone()[0])
         confirmed = idle_slot(conn, spec.cdc.slot).confirmed_flush_lsn or 0
         self._acked = self._ack_target = confirmed
+        self._report()  # the durable position the stream starts from (what a snapshot just wrote is below it)
         self.result.start_lsn = lsn_text(confirmed)
         self.result.end_lsn = lsn_text(target)
         primary_keys = catalog_primary_keys(conn, self.schema, [t.name for t in spec.tables])
@@ -708,6 +709,8 @@ class StreamReader:
             self._cursor.send_feedback(write_lsn=self._ack_target, flush_lsn=self._ack_target, force=True)
             self._acked = self._ack_target
             self._last_ack_time = now
+            if not force:
+                self._report()  # an idle acknowledgement moves the durable position too (a forced one reports)
 
     def _ack_idle(self) -> None:
         """Nothing buffered and no transaction open: everything the server sent is durable, ack its position.
@@ -726,8 +729,12 @@ class StreamReader:
     def _periodic(self, now: float) -> None:
         self._poll_requests(now)
         self._reap()
-        for state in self._states.values():
-            if not state.replaying and not state.batch.empty and state.batch.should_flush(self.flush):
+        # When one table's batch is due, every table's is flushed with it: the files of all tables then end at
+        # the same point of the stream, so a consistent cut across tables (bankflow.runner.consistent_files)
+        # finds whole transactions below it instead of files of different tables straddling each other.
+        ready = [s for s in self._states.values() if not s.replaying and not s.batch.empty]
+        if any(state.batch.should_flush(self.flush) for state in ready):
+            for state in ready:
                 self._flush_state(state)
         self._update_ack()
 

@@ -50,7 +50,7 @@ from (
         -- an event loaded twice has the same (key, _lsn): either copy is the same version
         row_number() over (partition by {{ keys | join(', ') }} order by _lsn desc, _file desc) as _version_rank
     {%- if mark is none %}
-    from {{ relation }} as change_log
+    from {{ bankflow_raw_upto(relation, position) }} as change_log
     {%- else %}
     from (
         select {{ columns | join(', ') }}, _op, _lsn, _tx_id, _source_ts, _file
@@ -122,7 +122,7 @@ cut as (
 
 window_events as (
     select change_log.*, coalesce(c._offset, 0) as _offset
-    from {{ relation }} as change_log
+    from {{ bankflow_raw_upto(relation, position) }} as change_log
     inner join delta as d
         on {{ on_key.format(a='d', b='change_log') }}
     left join cut as c
@@ -152,7 +152,7 @@ events as (
         _source_ts,
         {% if mark is not none %}_offset{% else %}0{% endif %} as _offset,
         row_number() over (partition by {{ by_key }}, _lsn order by _file) as _event_rank
-    from {% if mark is not none %}window_events{% else %}{{ relation }}{% endif %} as change_log
+    from {% if mark is not none %}window_events{% else %}{{ bankflow_raw_upto(relation, position) }}{% endif %} as change_log
 ),
 
 committed as (

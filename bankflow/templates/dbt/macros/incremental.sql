@@ -67,10 +67,18 @@
 {%- endmacro %}
 
 
-{#- raw's position now: the ledger's max(load_seq) (0 while there is no ledger; an incremental run needs one). -#}
+{#-
+  raw's position now: the ledger's max(load_seq) (0 while there is no ledger; an incremental run needs one).
+  Var `bankflow_raw_position` fixes it for a whole cycle instead: `bankflow run` loads raw while dbt runs, and
+  passes the position of its last complete load round, so every model of the cycle reads the same raw (see
+  bankflow_raw_upto), a staging model no newer than the history built after it.
+-#}
 {% macro bankflow_raw_position(raw_relation) -%}
     {%- if not execute -%}
         {{ return(0) }}
+    {%- endif -%}
+    {%- if var('bankflow_raw_position', none) is not none -%}
+        {{ return(var('bankflow_raw_position') | int) }}
     {%- endif -%}
     {%- set ledger = load_relation(bankflow_ledger(raw_relation)) -%}
     {%- if ledger is none -%}
@@ -138,17 +146,41 @@ where _file in (
 
 
 {#-
+  raw as of `position` when var `bankflow_raw_position` fixes the cycle's position (a parenthesised subquery:
+  raw without the rows of files the ledger numbered past it, i.e. loaded while the cycle runs), else raw itself.
+  Rows of ledgers older than load_seq (null) count as loaded before any position.
+-#}
+{% macro bankflow_raw_upto(raw_relation, position) -%}
+{%- if var('bankflow_raw_position', none) is none -%}
+{{ raw_relation }}
+{%- else -%}
+(
+    select *
+    from {{ raw_relation }}
+    where _file not in (
+        select raw_file
+        from {{ bankflow_ledger(raw_relation) }}
+        where lower(raw_table) = lower({{ bankflow_string(raw_relation.identifier) }})
+          and load_seq > {{ position }}
+          and raw_file is not null
+    )
+)
+{%- endif -%}
+{%- endmacro %}
+
+
+{#-
   The raw change events a model recomputes, as a relation or a parenthesised subquery: all of raw in a full
-  build (mark none), else every event of the keys that appear in the delta.
+  build (mark none), else every event of the keys that appear in the delta; both as of `position`.
 -#}
 {% macro bankflow_raw_events(raw_relation, key, mark, position) -%}
 {%- if mark is none -%}
-{{ raw_relation }}
+{{ bankflow_raw_upto(raw_relation, position) }}
 {%- else -%}
 {%- set keys = key_columns(key) -%}
 (
     select change_log.*
-    from {{ raw_relation }} as change_log
+    from {{ bankflow_raw_upto(raw_relation, position) }} as change_log
     inner join (
         {{ bankflow_raw_delta_keys(raw_relation, key, mark, position) | indent(8) }}
     ) as touched
