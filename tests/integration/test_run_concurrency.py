@@ -1,4 +1,5 @@
-"""`bankflow run` keeps loading raw while a transform runs, on the embedded `local` environment.
+"""`bankflow run` keeps loading raw while a transform runs, and every transform sees whole source transactions,
+on the embedded `local` environment.
 
 Real parts: the embedded PostgreSQL, the built-in pgoutput reader, Parquet, DuckDB and dbt-duckdb, in one
 process (`Pipeline.run` on a thread, as the CLI runs it on the main one). The first transform's dbt step is held
@@ -6,6 +7,12 @@ at its start, inside the cycle, while this process holds the DuckDB file for dbt
 and the test waits until a load put those rows into raw, with the transform still held. Then it lets the
 transform go, waits for a transform after that load, stops the run as a signal would, and checks `verify`.
 Before loads had a thread of their own, the load waited for the transform: this test timed out.
+
+The second test writes on four connections at once (transactions held open while others commit; each posts a
+leg and its account's balance in one transaction) while `run` loads and transforms every 2 s, and asserts that
+no transform failed, the balance reconciliation included: a load takes whole transactions across tables (the
+built-in engine's durable cut) and each cycle reads one raw position. Before, a cycle could see a deposit's
+balance without its leg, and the reconciliation failed a cycle in ten or so.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ pytest.importorskip("dbt.adapters.duckdb")
 from bankflow.pipeline import Pipeline
 from bankflow.source.embedded import EmbeddedPostgres
 from bankflow.spec.loader import load_spec
+from tests.integration.test_overlapping_transactions import Writer, connect
 
 pytestmark = pytest.mark.integration
 
@@ -134,3 +142,50 @@ def test_loads_go_on_while_a_transform_runs(pipeline: Pipeline, monkeypatch: pyt
     report = pipeline.verify()
     assert report.ok, report.format()
 
+
+
+def test_every_transform_sees_whole_transactions_while_four_connections_write(pipeline: Pipeline) -> None:
+    state_dir = pipeline.resolved.state_dir
+    pipeline.generate(seed=5, progress=False)
+    conn = connect(state_dir)
+    with conn.cursor() as cur:
+        cur.execute("select id from accounts where status = 'OPEN' order by id")
+        accounts = [a for (a,) in cur.fetchall()]
+    conn.close()
+    stop_run, stop_writers = threading.Event(), threading.Event()
+    outcome: dict[str, Any] = {}
+    runner = threading.Thread(target=lambda: outcome.update(run=pipeline.run(progress=False, stop=stop_run)),
+                              name="test-run", daemon=True)
+    writers = [Writer(state_dir, accounts[i::4], seed=i, stop=stop_writers) for i in range(4)]
+    runner.start()
+    try:
+        _wait(pipeline, lambda: _state(pipeline).get("last_successful_transform_at") is not None, 180,
+              "the first transform", runner)
+        for writer in writers:
+            writer.start()
+        time.sleep(25)  # about a dozen transforms while they write
+        stop_writers.set()
+        for writer in writers:
+            writer.join(60)
+        seen: list[str | None] = []
+
+        def at_rest_and_transformed() -> bool:
+            state = _state(pipeline)
+            seen.append(state.get("last_successful_load_at"))
+            done = state.get("last_successful_transform_at")
+            return (len(seen) >= 15 and len(set(seen[-15:])) == 1 and state.get("pending_files") == 0
+                    and done is not None and done > (seen[-1] or ""))
+        _wait(pipeline, at_rest_and_transformed, 180, "raw at rest and a transform after its last load", runner)
+    finally:
+        stop_writers.set()
+        stop_run.set()
+        runner.join(180)
+    assert all(w.error is None for w in writers), [w.error for w in writers]
+    assert sum(w.committed for w in writers) > 200
+    assert not runner.is_alive()
+    result = outcome["run"]
+    assert result.ok, result.to_dict()
+    assert result.transforms >= 6, result.to_dict()
+    assert result.transform_errors == 0, _state(pipeline).get("last_transform")
+    report = pipeline.verify()
+    assert report.ok, report.format()
