@@ -68,6 +68,7 @@ class LakeFileInfo:
     size: int
     newest_commit: dt.datetime | None  # max(_source_ts) from the file's statistics
     seen_at: float = 0.0  # time.time() when this process first listed it
+    raw_file: str | None = None  # the `_file` value its rows carry (footer statistics), as the ledger records it
 
 
 class LakeWatch:
@@ -105,6 +106,7 @@ class LakeWatch:
         import pyarrow.parquet as pq
 
         from bankflow.status import commit_range
+        from bankflow.warehouses.adapter import single_value
 
         path = f"{self.root}/{key}"
         try:
@@ -113,7 +115,8 @@ class LakeWatch:
                 metadata = pq.read_metadata(handle)
         except FileNotFoundError:
             return None  # gone between listing and reading (a test cleaning up): the next scan decides
-        info = LakeFileInfo(table.name, key, metadata.num_rows, size, commit_range(metadata)[1], time.time())
+        info = LakeFileInfo(table.name, key, metadata.num_rows, size, commit_range(metadata)[1], time.time(),
+                            single_value(metadata, "_file"))
         self._known[key] = info
         return info
 
@@ -569,6 +572,7 @@ class PipelineRunner:
                 files = pending.get(table.name)
                 if not files:
                     continue
+                adapter.note_raw_files({f.key: f.raw_file for f in files if f.raw_file is not None})
                 outcome = adapter.load_files(table, [f.key for f in files])
                 loaded.extend(files)
                 watch.mark_loaded(files)

@@ -69,6 +69,11 @@ class WarehouseAdapter(ABC):
         value = rows[0][0] if rows else None
         return int(value or 0)
 
+    def note_raw_files(self, values: dict[str, str]) -> None:
+        """`_file` values a caller already read from the files' footers (`bankflow run`'s lake watch reads each
+        footer once): `raw_file_values` does not open those files again."""
+        self.__dict__.setdefault("_known_raw_files", {}).update(values)
+
     def raw_file_values(self, keys: Sequence[str]) -> dict[str, str]:
         """Per lake key: the `_file` value its rows carry (read from the Parquet footer's statistics).
 
@@ -81,12 +86,17 @@ class WarehouseAdapter(ABC):
 
         from bankflow.lake.filesystem import lake_filesystem
 
+        known: dict[str, str] = self.__dict__.get("_known_raw_files", {})
+        values: dict[str, str] = {key: known[key] for key in keys if key in known}
+        if len(values) == len(keys):
+            return values
         fs, root = lake_filesystem(self.resolved)
-        values: dict[str, str] = {}
         for key in keys:
+            if key in values:
+                continue
             with fs.open(f"{root}/{key}", "rb") as handle:
                 parquet = pq.ParquetFile(handle)
-                found = _single_value(parquet.metadata, "_file")
+                found = single_value(parquet.metadata, "_file")
                 if found is None:
                     distinct = set(parquet.read(columns=["_file"]).column("_file").to_pylist())
                     if len(distinct) > 1:
@@ -141,7 +151,7 @@ class WarehouseAdapter(ABC):
         return statements
 
 
-def _single_value(metadata: Any, column: str) -> str | None:
+def single_value(metadata: Any, column: str) -> str | None:
     """The one value of a text column according to every row group's statistics, else None."""
     names = metadata.schema.names
     if column not in names:
