@@ -132,27 +132,32 @@ class LakeWatch:
             self._known.pop(info.key, None)
 
 
-def ledger_keys(resolved: ResolvedSpec, newest: dict[str, str] | None = None,
-                position: list[int] | None = None) -> dict[str, set[str]]:
-    """Per table: the files the warehouse's ledger lists (what earlier runs and applies loaded). With `newest`,
-    also fill in each raw table's newest source commit time (ISO), where raw has one; with `position`, append
-    raw's position (the ledger's largest load_seq)."""
+@dataclass
+class LedgerView:
+    """What the warehouse's ledger and raw say when a run starts (and after a failed load)."""
+
+    keys: dict[str, set[str]]  # per table: the files the ledger lists (what earlier runs and applies loaded)
+    newest_commit: dict[str, str]  # per raw table: its newest source commit time (ISO), where raw has one
+    position: int  # raw's position: the ledger's largest load_seq
+
+
+def read_ledger(resolved: ResolvedSpec) -> LedgerView:
+    """The ledger's files, raw's newest commit per table and raw's position, over one connection."""
     from bankflow.warehouses import connect_warehouse
 
     adapter = connect_warehouse(resolved)
     try:
         adapter.setup()
-        if position is not None:
-            position.append(adapter.raw_position())
-        if newest is not None:
-            column = adapter.dialect.quote_name("_source_ts")
-            for table in resolved.spec.tables:
-                row = adapter.query(f"SELECT max({column}) FROM {adapter.dialect.raw_table(table)}")
-                value = row[0][0] if row else None
-                if isinstance(value, dt.datetime):
-                    value = value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
-                    newest[table.raw_name] = value.astimezone(dt.timezone.utc).isoformat()
-        return {table.name: adapter.ledger_keys(table) for table in resolved.spec.tables}
+        newest: dict[str, str] = {}
+        column = adapter.dialect.quote_name("_source_ts")
+        for table in resolved.spec.tables:
+            row = adapter.query(f"SELECT max({column}) FROM {adapter.dialect.raw_table(table)}")
+            value = row[0][0] if row else None
+            if isinstance(value, dt.datetime):
+                value = value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+                newest[table.raw_name] = value.astimezone(dt.timezone.utc).isoformat()
+        return LedgerView({table.name: adapter.ledger_keys(table) for table in resolved.spec.tables}, newest,
+                          adapter.raw_position())
     finally:
         adapter.close()
 
@@ -373,10 +378,10 @@ class PipelineRunner:
             try:
                 self._start_metrics()
                 self._source()
-                position: list[int] = []
-                watch = LakeWatch(self.resolved, ledger_keys(self.resolved, self.state["raw_newest_commit"],
-                                                             position))
-                self._raw_position = position[0] if position else None
+                ledger = read_ledger(self.resolved)
+                self.state["raw_newest_commit"].update(ledger.newest_commit)
+                self._raw_position = ledger.position
+                watch = LakeWatch(self.resolved, ledger.keys)
                 self._seed_freshness()
                 self._start_cdc()
                 self._loop(watch)
@@ -540,7 +545,7 @@ class PipelineRunner:
             self._schema_records = None  # and raw is set up again first
             try:
                 watch.loaded.clear()
-                watch.loaded.update(ledger_keys(self.resolved))
+                watch.loaded.update(read_ledger(self.resolved).keys)
             except Exception:
                 pass
         result.seconds = time.monotonic() - started
@@ -565,7 +570,6 @@ class PipelineRunner:
         adapter = connect_warehouse(self.resolved)
         try:
             if records != self._schema_records:
-                self._schema_records = None
                 adapter.setup()
                 self._schema_records = records
             for table in self.spec.tables:

@@ -21,26 +21,17 @@ from pathlib import Path
 import pytest
 
 from bankflow.cli import main
+from tests.fixtures.banking_spec import banking_spec_text
 
 pytestmark = pytest.mark.e2e
 
-REPO = Path(__file__).resolve().parents[2]
 TRIALS = 4
 
 
 def _spec_text() -> str:
     """pipelines/banking.yaml with absolute paths (it lives in a tmp dir here) and a short transform cadence."""
-    text = (REPO / "pipelines" / "banking.yaml").read_text(encoding="utf-8")
-    replaced = {
-        "project_dir: ../banking_dbt": f"project_dir: {REPO / 'banking_dbt'}",
-        "workload: workloads/banking.py": f"workload: {REPO / 'pipelines' / 'workloads' / 'banking.py'}",
-        "transform: {every: 30s, after_changes: 50000}": "transform: {every: 2s}",
-        "metrics: {port: 9464}": "metrics: {port: 0}",
-    }
-    for old, new in replaced.items():
-        assert old in text, old
-        text = text.replace(old, new)
-    return text
+    return banking_spec_text({"transform: {every: 30s, after_changes: 50000}": "transform: {every: 2s}",
+                              "metrics: {port: 9464}": "metrics: {port: 0}"})
 
 
 @pytest.fixture(scope="module")

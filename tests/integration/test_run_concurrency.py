@@ -34,27 +34,17 @@ pytest.importorskip("dbt.adapters.duckdb")
 from bankflow.pipeline import Pipeline
 from bankflow.source.embedded import EmbeddedPostgres
 from bankflow.spec.loader import load_spec
+from tests.fixtures.banking_spec import banking_spec_text
 from tests.integration.test_overlapping_transactions import Writer, connect
 
 pytestmark = pytest.mark.integration
-
-REPO = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture
 def pipeline(tmp_path: Path) -> Iterator[Pipeline]:
     """banking.yaml's `local` environment with its state in tmp_path, transforms every 2 s, no metrics port."""
     state = tmp_path / "state"
-    text = (REPO / "pipelines" / "banking.yaml").read_text(encoding="utf-8")
-    replacements = {
-        "project_dir: ../banking_dbt\n": f"project_dir: {json.dumps(str(REPO / 'banking_dbt'))}\n",
-        "workload: workloads/banking.py": f"workload: {json.dumps(str(REPO / 'pipelines/workloads/banking.py'))}",
-        "transform: {every: 30s, after_changes: 50000}": "transform: {every: 2s}",
-        "metrics: {port: 9464}": "metrics: {port: null}",
-    }
-    for old, new in replacements.items():
-        assert old in text, old
-        text = text.replace(old, new)
+    text = banking_spec_text({"transform: {every: 30s, after_changes: 50000}": "transform: {every: 2s}",
+                              "metrics: {port: 9464}": "metrics: {port: null}"})
     spec = tmp_path / "banking.yaml"
     spec.write_text(text, encoding="utf-8")
     pipe = Pipeline(load_spec(spec, env="local", environ={**os.environ, "BANKFLOW_STATE_DIR": str(state)}))
@@ -86,6 +76,29 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat()
 
 
+def _start_run(pipe: Pipeline, stop: threading.Event) -> tuple[threading.Thread, dict[str, Any]]:
+    """`Pipeline.run` on a thread (as the CLI runs it on the main one); its RunOutcome lands in the dict."""
+    outcome: dict[str, Any] = {}
+    runner = threading.Thread(target=lambda: outcome.update(run=pipe.run(progress=False, stop=stop)),
+                              name="test-run", daemon=True)
+    runner.start()
+    return runner, outcome
+
+
+def _wait_at_rest_and_transformed(pipe: Pipeline, runner: threading.Thread) -> None:
+    """Until the stream's last files are loaded (nothing pending, no new load for 3 s) and a transform that went
+    well started after the last load."""
+    seen: list[str | None] = []
+
+    def at_rest_and_transformed() -> bool:
+        state = _state(pipe)
+        seen.append(state.get("last_successful_load_at"))
+        done = state.get("last_successful_transform_at")
+        return (len(seen) >= 15 and len(set(seen[-15:])) == 1 and state.get("pending_files") == 0
+                and done is not None and done > (seen[-1] or ""))
+    _wait(pipe, at_rest_and_transformed, 180, "raw at rest and a transform after its last load", runner)
+
+
 def test_loads_go_on_while_a_transform_runs(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
     from dbt.cli.main import dbtRunner
 
@@ -103,10 +116,7 @@ def test_loads_go_on_while_a_transform_runs(pipeline: Pipeline, monkeypatch: pyt
 
     monkeypatch.setattr(dbtRunner, "invoke", invoke_held_once)
     stop = threading.Event()
-    outcome: dict[str, Any] = {}
-    runner = threading.Thread(target=lambda: outcome.update(run=pipeline.run(progress=False, stop=stop)),
-                              name="test-run", daemon=True)
-    runner.start()
+    runner, outcome = _start_run(pipeline, stop)
     try:
         _wait(pipeline, held.is_set, 180, "the first transform", runner)
         loads_before = _state(pipeline).get("last_successful_load_at")
@@ -120,17 +130,7 @@ def test_loads_go_on_while_a_transform_runs(pipeline: Pipeline, monkeypatch: pyt
         _wait(pipeline, loaded_while_held, 120, "a load while the transform is held", runner)
         assert not release.is_set() and _state(pipeline).get("last_successful_transform_at") is None
         release.set()
-        seen: list[str | None] = []
-
-        def at_rest_and_transformed() -> bool:
-            """The stream's last files loaded (nothing pending, no new load for 3 s) and a transform that went
-            well started after the last load."""
-            state = _state(pipeline)
-            seen.append(state.get("last_successful_load_at"))
-            done = state.get("last_successful_transform_at")
-            return (len(seen) >= 15 and len(set(seen[-15:])) == 1 and state.get("pending_files") == 0
-                    and done is not None and done > (seen[-1] or ""))
-        _wait(pipeline, at_rest_and_transformed, 180, "raw at rest and a transform after its last load", runner)
+        _wait_at_rest_and_transformed(pipeline, runner)
     finally:
         release.set()
         stop.set()
@@ -143,7 +143,6 @@ def test_loads_go_on_while_a_transform_runs(pipeline: Pipeline, monkeypatch: pyt
     assert report.ok, report.format()
 
 
-
 def test_every_transform_sees_whole_transactions_while_four_connections_write(pipeline: Pipeline) -> None:
     state_dir = pipeline.resolved.state_dir
     pipeline.generate(seed=5, progress=False)
@@ -153,11 +152,8 @@ def test_every_transform_sees_whole_transactions_while_four_connections_write(pi
         accounts = [a for (a,) in cur.fetchall()]
     conn.close()
     stop_run, stop_writers = threading.Event(), threading.Event()
-    outcome: dict[str, Any] = {}
-    runner = threading.Thread(target=lambda: outcome.update(run=pipeline.run(progress=False, stop=stop_run)),
-                              name="test-run", daemon=True)
     writers = [Writer(state_dir, accounts[i::4], seed=i, stop=stop_writers) for i in range(4)]
-    runner.start()
+    runner, outcome = _start_run(pipeline, stop_run)
     try:
         _wait(pipeline, lambda: _state(pipeline).get("last_successful_transform_at") is not None, 180,
               "the first transform", runner)
@@ -167,15 +163,7 @@ def test_every_transform_sees_whole_transactions_while_four_connections_write(pi
         stop_writers.set()
         for writer in writers:
             writer.join(60)
-        seen: list[str | None] = []
-
-        def at_rest_and_transformed() -> bool:
-            state = _state(pipeline)
-            seen.append(state.get("last_successful_load_at"))
-            done = state.get("last_successful_transform_at")
-            return (len(seen) >= 15 and len(set(seen[-15:])) == 1 and state.get("pending_files") == 0
-                    and done is not None and done > (seen[-1] or ""))
-        _wait(pipeline, at_rest_and_transformed, 180, "raw at rest and a transform after its last load", runner)
+        _wait_at_rest_and_transformed(pipeline, runner)
     finally:
         stop_writers.set()
         stop_run.set()

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from bankflow.stages import transform as transform_stage
 from bankflow.stages.base import Progress, RunContext
 from bankflow.stages.transform import Transformer
 from tests.fixtures import raw_banking
+from tests.fixtures.banking_spec import banking_spec_text
 
 pytestmark = pytest.mark.integration
 
@@ -41,14 +41,9 @@ PROJECT = REPO / "banking_dbt"
 
 def banking(state: Path, project: Path = PROJECT) -> ResolvedSpec:
     """pipelines/banking.yaml (local) with its state in `state` and its dbt project at `project`."""
-    text = (REPO / "pipelines" / "banking.yaml").read_text(encoding="utf-8")
-    assert "project_dir: ../banking_dbt\n" in text
     state.mkdir(parents=True, exist_ok=True)
     spec = state / "banking.yaml"
-    text = text.replace("project_dir: ../banking_dbt\n", f"project_dir: {json.dumps(str(project))}\n")
-    workload = REPO / "pipelines" / "workloads" / "banking.py"
-    spec.write_text(text.replace("workload: workloads/banking.py", f"workload: {json.dumps(str(workload))}"),
-                    encoding="utf-8")
+    spec.write_text(banking_spec_text(project=project), encoding="utf-8")
     return load_spec(spec, env="local", environ={"BANKFLOW_STATE_DIR": str(state)})
 
 
