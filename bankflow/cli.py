@@ -185,6 +185,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_spec(p)
     p.add_argument("--json", action="store_true")
 
+    p = command("query", help="one read-only SELECT on the warehouse, also while run runs",
+                description="Run one read-only SELECT on the spec's warehouse and print its rows. While "
+                "`bankflow run` holds a DuckDB warehouse (which refuses readers in other processes), the run "
+                "answers the query itself from its last committed load or transform. The SQL is checked like "
+                "verify's queries: one SELECT that only reads tables.")
+    _add_spec(p)
+    p.add_argument("sql", metavar="SQL", help="the SELECT; '-' reads it from stdin")
+    p.add_argument("--limit", type=int, default=1000, help="at most this many rows (default 1000; 0: all)")
+    p.add_argument("--json", action="store_true", help="columns, rows (exact values as text) and truncated")
+
     p = command("status", help="services, slot lag, lake and raw counts, last run",
                 description="Show the pipeline's state. Exit 4 when something needs a person: the source "
                 "unreachable, source contract drift, slot lag over cdc.max_lag_bytes, dead letters pending, the "
@@ -486,6 +496,21 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
+def cmd_query(args: argparse.Namespace) -> int:
+    from bankflow.query import query
+
+    resolved = _load(args)
+    sql = sys.stdin.read() if args.sql == "-" else args.sql
+    if args.limit < 0:
+        raise UsageError("--limit must be 0 (all rows) or more")
+    result = query(resolved, sql, limit=args.limit or None)
+    if args.json:
+        _print(json.dumps(result.to_dict(), indent=2), resolved)
+    else:
+        _print(result.format(), resolved)
+    return EXIT_OK
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from bankflow.pipeline import Pipeline
 
@@ -627,7 +652,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "validate": cmd_validate, "plan": cmd_plan, "schema": cmd_schema, "apply": cmd_apply, "run": cmd_run,
-    "generate": cmd_generate, "verify": cmd_verify, "status": cmd_status, "down": cmd_down,
+    "generate": cmd_generate, "verify": cmd_verify, "query": cmd_query, "status": cmd_status, "down": cmd_down,
     "consume": cmd_consume, "init": cmd_init, "deadletters": cmd_deadletters,
     "backfill": cmd_backfill,
 }

@@ -354,6 +354,7 @@ class PipelineRunner:
         self._transformer: Any = None  # bankflow.stages.transform.Transformer, made at the first transform
         self._state_lock = threading.Lock()  # the loop and the transform thread both write state and outcome
         self._metrics: Any = _NoMetrics()
+        self._query_server: Any = None  # bankflow.query.QueryServer where the warehouse needs one
         self._transform_everything = True
         self._schema_records: frozenset[str] | None = None  # the lake's schema history when raw was last set up
         # raw's position (ledger load_seq) after the last complete load round: each transform reads raw up to it
@@ -377,6 +378,7 @@ class PipelineRunner:
             watch: LakeWatch | None = None
             try:
                 self._start_metrics()
+                self._start_query_server()
                 self._source()
                 ledger = read_ledger(self.resolved)
                 self.state["raw_newest_commit"].update(ledger.newest_commit)
@@ -395,7 +397,31 @@ class PipelineRunner:
                 self.state["stopped_at"] = _iso(_now())
                 self._write_state()
                 self._metrics.close()
+                if self._query_server is not None:
+                    self._query_server.close()
         return self.outcome
+
+    def _start_query_server(self) -> None:
+        """Where only one process may have the warehouse open while it writes (DuckDB), this one answers
+        `bankflow query` so people can read while it loads and transforms (bankflow.query)."""
+        if not self.resolved.spec.warehouse.capabilities.one_process_at_a_time:
+            return
+        from bankflow.query import QueryServer
+
+        self._query_server = QueryServer(self.resolved, self._select)
+        port = self._query_server.start()
+        log.info("queries answered on 127.0.0.1:%d (bankflow query)", port)
+
+    def _select(self, statement: str, limit: int | None) -> tuple[list[str], list[tuple[Any, ...]], bool]:
+        """A query endpoint's thread: opened in this process, the warehouse is the database a load or a
+        transform has open at that moment (or this query's alone, briefly), read in a READ ONLY transaction."""
+        from bankflow.warehouses import connect_warehouse
+
+        adapter = connect_warehouse(self.resolved)
+        try:
+            return adapter.select(statement, limit)
+        finally:
+            adapter.close()
 
     def _start_metrics(self) -> None:
         if self.metrics_port is None:

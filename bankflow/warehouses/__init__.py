@@ -12,7 +12,7 @@ To support a new warehouse `acme`, add a folder `bankflow/warehouses/acme/` with
 - `dialect.py`: `AcmeDialect(Dialect)`: `quote`, `type_map` (every kind of `bankflow.spec.types.KINDS`), `raw_table`,
   `ledger_table`, `ledger_ddl`, `setup_statements`, `load_statement`; `string_literal` if it is not standard SQL.
 - `templates/`: `raw_table.sql.j2`, `add_column.sql.j2` and whatever its load statement renders (package data).
-- `adapter.py`: `AcmeAdapter(WarehouseAdapter)`: `execute`, `query`, `close`, `table_columns`, `ledger_keys`,
+- `adapter.py`: `AcmeAdapter(WarehouseAdapter)`: `execute`, `query`, `select`, `close`, `table_columns`, `ledger_keys`,
   `load_files` (honouring the capabilities it declares: rows and ledger in one transaction if `atomic_ledger`).
 
 Then add `AcmeWarehouse` to `WarehouseSpec` below; `tests/unit/test_registry.py` checks that every registered

@@ -48,6 +48,10 @@ class WarehouseAdapter(ABC):
         yield self.query(sql)
 
     @abstractmethod
+    def select(self, sql: str, limit: int | None) -> tuple[list[str], list[tuple[Any, ...]], bool]:
+        """One checked SELECT (`bankflow query`): column names, at most `limit` rows, whether there were more."""
+
+    @abstractmethod
     def close(self) -> None: ...
 
     @abstractmethod

@@ -47,6 +47,9 @@ class WarehouseCapabilities:
     lake_schemes: frozenset[str]
     # At most this many files per load statement (Snowflake's FILES = (…) limit).
     files_per_statement: int = 1000
+    # One process at a time has the warehouse open while it writes (DuckDB's file lock): `bankflow run` answers
+    # `bankflow query` itself, so people can read while it loads and transforms (bankflow.query).
+    one_process_at_a_time: bool = False
 
     def exactly_once(self) -> str:
         """How this warehouse loads each file once, in words (the load stage reports it)."""

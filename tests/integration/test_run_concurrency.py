@@ -6,7 +6,8 @@ process (`Pipeline.run` on a thread, as the CLI runs it on the main one). The fi
 at its start, inside the cycle, while this process holds the DuckDB file for dbt: the source is written meanwhile
 and the test waits until a load put those rows into raw, with the transform still held. Then it lets the
 transform go, waits for a transform after that load, stops the run as a signal would, and checks `verify`.
-Before loads had a thread of their own, the load waited for the transform: this test timed out.
+Before loads had a thread of their own, the load waited for the transform: this test timed out. While the
+transform is held, another process cannot open the DuckDB file, and `bankflow query` in one is answered by the run.
 
 The second test writes on four connections at once (transactions held open while others commit; each posts a
 leg and its account's balance in one transaction) while `run` loads and transforms every 2 s, and asserts that
@@ -20,9 +21,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +36,7 @@ pytest.importorskip("duckdb")
 pytest.importorskip("dbt.adapters.duckdb")
 
 from bankflow.pipeline import Pipeline
+from bankflow.query import query
 from bankflow.source.embedded import EmbeddedPostgres
 from bankflow.spec.loader import load_spec
 from tests.fixtures.banking_spec import banking_spec_text
@@ -119,6 +124,8 @@ def test_loads_go_on_while_a_transform_runs(pipeline: Pipeline, monkeypatch: pyt
     runner, outcome = _start_run(pipeline, stop)
     try:
         _wait(pipeline, held.is_set, 180, "the first transform", runner)
+        snapshot_rows = query(pipeline.resolved, "select count(*) from raw.transactions").rows[0][0]
+        assert snapshot_rows > 0
         loads_before = _state(pipeline).get("last_successful_load_at")
         pipeline.generate(rate=20, duration=2, progress=False)  # written while the transform is held
 
@@ -129,6 +136,7 @@ def test_loads_go_on_while_a_transform_runs(pipeline: Pipeline, monkeypatch: pyt
                     and state.get("last_successful_load_at") != loads_before)
         _wait(pipeline, loaded_while_held, 120, "a load while the transform is held", runner)
         assert not release.is_set() and _state(pipeline).get("last_successful_transform_at") is None
+        _query_while_the_run_holds_the_file(pipeline, snapshot_rows)
         release.set()
         _wait_at_rest_and_transformed(pipeline, runner)
     finally:
@@ -141,6 +149,35 @@ def test_loads_go_on_while_a_transform_runs(pipeline: Pipeline, monkeypatch: pyt
     assert result.loads >= 2 and result.transforms >= 2
     report = pipeline.verify()
     assert report.ok, report.format()
+    # the run is gone, and so is its endpoint: a query opens the warehouse read-only itself
+    assert not (pipeline.resolved.state_dir / "query_endpoint.json").exists()
+    after = query(pipeline.resolved, "select count(*) from raw.transactions")
+    assert after.served_by == "warehouse" and after.rows[0][0] > snapshot_rows
+
+
+def _query_while_the_run_holds_the_file(pipe: Pipeline, snapshot_rows: int) -> None:
+    """Another process cannot open the DuckDB file now; `bankflow query` in one is answered by the run, with the
+    rows loaded while the transform is held. A write is refused before anything runs."""
+    env = {**os.environ, "BANKFLOW_STATE_DIR": str(pipe.resolved.state_dir)}
+    spec = str(pipe.resolved.path)
+    direct = subprocess.run([sys.executable, "-c", "import duckdb, sys; duckdb.connect(sys.argv[1], read_only=True)",
+                             str(pipe.resolved.resolve_path(pipe.spec.warehouse.path))],
+                            capture_output=True, text=True, timeout=60)
+    assert direct.returncode != 0 and "lock" in direct.stderr.lower(), direct.stderr
+    asked = subprocess.run([sys.executable, "-m", "bankflow", "query", spec, "--env", "local", "--json",
+                            "select count(*) as n, sum(amount) as total from raw.transactions"],
+                           capture_output=True, text=True, timeout=60, env=env)
+    assert asked.returncode == 0, asked.stderr
+    answer = json.loads(asked.stdout)
+    assert answer["served_by"] == "run" and answer["columns"] == ["n", "total"]
+    count, total = answer["rows"][0]
+    assert count > snapshot_rows
+    assert isinstance(total, str) and Decimal(total) == Decimal(total).quantize(Decimal("0.01"))  # exact money
+    refused = subprocess.run([sys.executable, "-m", "bankflow", "query", spec, "--env", "local",
+                              "delete from raw.transactions"], capture_output=True, text=True, timeout=60, env=env)
+    assert refused.returncode == 2 and "query refused" in refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert query(pipe.resolved, "select count(*) from raw.transactions").rows[0][0] >= count
 
 
 def test_every_transform_sees_whole_transactions_while_four_connections_write(pipeline: Pipeline) -> None:

@@ -103,6 +103,14 @@ class DuckDBAdapter(WarehouseAdapter):
         finally:
             cursor.close()
 
+    def select(self, sql: str, limit: int | None) -> tuple[list[str], list[tuple[Any, ...]], bool]:
+        """In a READ ONLY transaction however the file was opened: `bankflow run` answers queries on its own
+        read-write database (bankflow.query)."""
+        from bankflow.query import fetch
+
+        with self._reading() as cursor:
+            return fetch(cursor.execute(sql), limit)
+
     def close(self) -> None:
         self.con.close()
 

@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 
 class DuckDBWarehouse(WarehouseConfig):
     capabilities: ClassVar[WarehouseCapabilities] = WarehouseCapabilities(
-        atomic_ledger=True, load_metadata_days=0, lake_schemes=frozenset({"file", "s3"}))
+        atomic_ledger=True, load_metadata_days=0, lake_schemes=frozenset({"file", "s3"}),
+        one_process_at_a_time=True)
 
     type: Literal["duckdb"] = "duckdb"
     path: str = Field(".bankflow/warehouse.duckdb", description="relative paths: from the spec's directory")

@@ -116,6 +116,16 @@ class SnowflakeAdapter(WarehouseAdapter):
         finally:
             cursor.close()
 
+    def select(self, sql: str, limit: int | None) -> tuple[list[str], list[tuple[Any, ...]], bool]:
+        from bankflow.query import fetch
+
+        cursor = self.con.cursor()
+        try:
+            cursor.execute(sql)
+            return fetch(cursor, limit)
+        finally:
+            cursor.close()
+
     def close(self) -> None:
         self.con.close()
 
