@@ -22,14 +22,15 @@ transactions per second on one connection: one DEPOSIT into a random open accoun
 update, in one commit, so the books balance and dbt's tests keep passing. The wall time each COMMIT returned is
 recorded per transaction id.
 
-A poller opens a short read-only DuckDB connection every `--poll-ms` (closed at once) and reads the new ids of
-`raw.transactions` and `analytics.fact_transactions`; a row is queryable when a poll first sees it, timed at the
-moment that poll started to open the file (an upper bound on when the row became visible, within one poll).
-While `run` loads or transforms it holds the file and the poll is refused (counted: "people query the DuckDB
-warehouse while run runs"); the other way round a poll's connection makes the run's open wait (DuckDB has no
-shared-with-writer mode), which shows as load/transform retries or failures in the run's own figures. For raw
-the table also gives, with no reader in the way, when the load that brought each row began (the ledger's
-`loaded_at`, read after the run stopped; a lower bound, the rows become visible when that load commits).
+A poller reads the new ids of `raw.transactions` and `analytics.fact_transactions` every `--poll-ms` through
+`bankflow query` (`--read query`, the default): the run answers from the database it has open, so a poll is never
+refused by DuckDB's file lock and never makes the run wait. A row is queryable when a poll first sees it, timed at
+the moment that poll started (an upper bound on when the row became visible, within one poll). `--read direct`
+opens a short read-only DuckDB connection per poll instead: while `run` loads or transforms it holds the file and
+the poll is refused (counted), and the other way round a poll's connection makes the run's open wait (DuckDB has no
+shared-with-writer mode), which shows as load/transform retries in the run's own figures. For raw the table also
+gives, with no reader in the way, when the load that brought each row began (the ledger's `loaded_at`, read after
+the run stopped; a lower bound, the rows become visible when that load commits).
 
 Only rows committed after the pipeline delivered its first workload row into the mart (so its start-up, first
 full transform and that backlog are behind it) plus `--warmup` seconds count. Targets (issue 15): raw p50 < 2 s;
@@ -194,15 +195,18 @@ class PollStats:
     errors: int = 0
     first_error: str | None = None
     hold_ms: list[float] = field(default_factory=list)  # how long each successful poll held the file
+    served: dict[str, int] = field(default_factory=dict)  # through `bankflow query`: queries answered by whom
 
 
 class Poller(threading.Thread):
     """Every `interval`: a read-only DuckDB connection, the ids past the lowest unseen one in raw and in the
     mart, closed at once. Also samples run_state.json for the transforms' durations."""
 
-    def __init__(self, warehouse: Path, state_file: Path, writer: Writer, floor: int, interval: float) -> None:
+    def __init__(self, warehouse: Path, state_file: Path, writer: Writer, floor: int, interval: float,
+                 resolved: Any = None) -> None:
         super().__init__(daemon=True, name="bench-poller")
         self.warehouse = warehouse
+        self.resolved = resolved  # set: read through `bankflow query` (the run answers), else DuckDB directly
         self.state_file = state_file
         self.writer = writer
         self.floor = floor  # the largest transaction id before the workload
@@ -223,6 +227,9 @@ class Poller(threading.Thread):
         return committed[index - 1][0] if index else self.floor - 1  # the floor row: the snapshot is in
 
     def poll(self) -> None:
+        if self.resolved is not None:
+            self.poll_through_the_run()
+            return
         import duckdb
 
         started = time.time()
@@ -251,6 +258,32 @@ class Poller(threading.Thread):
         finally:
             con.close()
             self.stats.hold_ms.append((time.time() - started) * 1000)
+
+    def poll_through_the_run(self) -> None:
+        """`bankflow query`: the run answers from its open database (the file is never opened here)."""
+        from bankflow.errors import BankflowError
+        from bankflow.query import query
+
+        started = time.time()
+        self.stats.polls += 1
+        for which, table, seen in (("raw", RAW, self.seen_raw), ("mart", MART, self.seen_mart)):
+            try:
+                result = query(self.resolved, f"select id from {table} where id > {self._since(which, seen)}",
+                               limit=None)
+            except BankflowError as exc:
+                text = str(exc).lower()
+                if "catalog" in text or "does not exist" in text:
+                    self.stats.missing += 1
+                elif "lock" in text:
+                    self.stats.refused += 1
+                else:
+                    self.stats.errors += 1
+                    self.stats.first_error = self.stats.first_error or str(exc)[:300]
+                continue
+            self.stats.served[result.served_by] = self.stats.served.get(result.served_by, 0) + 1
+            for (row_id,) in result.rows:
+                seen.setdefault(int(row_id), started)
+        self.stats.hold_ms.append((time.time() - started) * 1000)
 
     def sample_state(self) -> None:
         try:
@@ -390,7 +423,8 @@ def measure(name: str, spec: Path, env: str | None, directory: Path, args: argpa
     floor = int(_source_value(kwargs, f'SELECT coalesce(max(id), 0) FROM "{schema}".transactions'))
     warehouse = resolved.resolve_path(str(resolved.spec.warehouse.path))  # type: ignore[union-attr]
     writer = Writer(kwargs, schema, args.rate)
-    poller = Poller(warehouse, resolved.state_dir / "run_state.json", writer, floor, args.poll_ms / 1000)
+    poller = Poller(warehouse, resolved.state_dir / "run_state.json", writer, floor, args.poll_ms / 1000,
+                    resolved if args.read == "query" else None)
     run: Run | None = None
     writer.start()
     try:
@@ -634,7 +668,8 @@ def print_table(results: list[Result], args: argparse.Namespace) -> None:
           f"for {args.seconds:g} s after a {args.warmup:g} s warm-up")
     print(f"cadence: lake flush max_seconds {args.flush_seconds:g}, run.load.max_seconds {args.load_seconds:g}, "
           f"run.transform.every {args.every}; raw and {MART} polled every {args.poll_ms:g} ms "
-          f"(read-only DuckDB, closed at once)")
+          + ("(bankflow query, answered by the run)" if args.read == "query"
+             else "(read-only DuckDB, closed at once)"))
     cells: list[tuple[str, Callable[[Result], str]]] = [
         ("commits measured (of committed)", lambda r: f"{r.measured:,} ({r.committed:,})"),
         ("achieved commits/s", lambda r: f"{r.rate:.1f}"),
@@ -655,8 +690,10 @@ def print_table(results: list[Result], args: argparse.Namespace) -> None:
          lambda r: f"{sum(r.transform_seconds) / args.seconds:.0%}"),
         ("run loads (failed) / transforms (failed)", _run_counts),
         ("polls (refused: file held by run)", lambda r: f"{r.poll.polls:,} ({r.poll.refused:,})"),
+        ("  queries answered by the run / directly",
+         lambda r: f"{r.poll.served.get('run', 0):,} / {r.poll.served.get('warehouse', 0):,}"),
         ("run waited for a poll's hold (times)", lambda r: f"{r.lock_waits:,}"),
-        ("poll holds the file p50 / max, ms", lambda r: _pair(r.figures(r.poll.hold_ms))),
+        ("a poll's length p50 / max, ms", lambda r: _pair(r.figures(r.poll.hold_ms))),
         ("run start → snapshot in raw / 1st row in mart, s",
          lambda r: f"{r.snapshot_seconds:.1f} / {r.first_mart_seconds:.1f}"),
         ("run exit code (SIGTERM → exit, s)", lambda r: f"{r.exit_code} ({r.stop_seconds:.1f})"),
@@ -720,6 +757,9 @@ def main() -> int:
     parser.add_argument("--flush-seconds", type=float, default=0.5, help="the lake flush policy's max_seconds")
     parser.add_argument("--load-seconds", type=float, default=1.0, help="run.load.max_seconds")
     parser.add_argument("--poll-ms", type=float, default=200.0, help="how often raw and the mart are read")
+    parser.add_argument("--read", choices=("query", "direct"), default="query",
+                        help="query: through `bankflow query`, which the run answers (the supported way to read "
+                             "DuckDB while run runs); direct: a short read-only DuckDB connection per poll")
     parser.add_argument("--timeout", type=float, default=600.0, help="wait this long for the first row in the mart")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
     args = parser.parse_args()

@@ -34,8 +34,9 @@ _LOCK_TEXT = "could not set lock on file"
 _HOLDER_RE = re.compile(r"Conflicting lock is held in (?P<exe>.+?) \(PID (?P<pid>\d+)\)(?: by user (?P<user>\S+?))?"
                         r"(?:\.\s|\.?$)")
 
-HOW_TO_READ = ("To read the warehouse while bankflow runs, use short read-only connections: "
-               "duckdb.connect(path, read_only=True), closed after each query, rather than a session kept open.")
+HOW_TO_READ = ("To read the warehouse while bankflow runs, use `bankflow query SPEC SQL` (a running `bankflow run` "
+               "answers it) or short read-only connections: duckdb.connect(path, read_only=True), closed after "
+               "each query, rather than a session kept open.")
 
 T = TypeVar("T")
 
