@@ -512,16 +512,18 @@ class PipelineRunner:
             listed = watch.pending()
             self.state["pending_files"] = sum(len(files) for files in listed.values())
             pending = self._loadable(listed, cut)
+            # a transform about to start takes what the lake has: its files load first, whatever the batch size
+            transform_due = not self.stop.is_set() and not self._transforming() and cadence.due(_now())
             if pending:
                 waiting_since = now if waiting_since is None else waiting_since
                 files = [f for table_files in pending.values() for f in table_files]
                 rows = sum(f.rows for f in files)
                 size = sum(f.size for f in files)
-                if (rows >= load_spec.max_rows or size >= load_spec.max_bytes
+                if (transform_due or rows >= load_spec.max_rows or size >= load_spec.max_bytes
                         or now - waiting_since >= load_spec.max_seconds):
                     self._load(watch, pending, cadence)
                     waiting_since = None
-            if not self.stop.is_set() and not self._transforming() and cadence.due(_now()):
+            if transform_due and not self.stop.is_set():
                 self._start_transform(cadence)
             if now - last_probe >= PROBE_EVERY:
                 self._probe()
