@@ -127,3 +127,24 @@ def test_the_command_refuses_a_write_without_a_traceback(resolved: ResolvedSpec,
     assert done.returncode == 2 and "query refused" in done.stderr and "Traceback" not in done.stderr
     helped = subprocess.run([sys.executable, "-m", "bankflow", "query", "--help"], capture_output=True, text=True)
     assert helped.returncode == 0 and "read-only SELECT" in helped.stdout
+
+
+def test_two_readers_at_once_in_one_process(resolved: ResolvedSpec) -> None:
+    """A second read-only open while the first is still open shares its locked-down database (it used to fail:
+    the configuration was locked by the first)."""
+    duckdb = pytest.importorskip("duckdb")
+    path = resolved.resolve_path(resolved.spec.warehouse.path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(str(path))
+    con.execute("create schema raw; create table raw.transactions as select 1 as id")
+    con.close()
+    first = resolved.spec.warehouse.connect(resolved, read_only=True)
+    assert first is not None
+    try:
+        assert query(resolved, "select count(*) from raw.transactions").rows == [[1]]
+        second = resolved.spec.warehouse.connect(resolved, read_only=True)
+        assert second is not None
+        assert second.query("SELECT current_setting('enable_external_access')") == [(False,)]
+        second.close()
+    finally:
+        first.close()

@@ -52,6 +52,10 @@ class DuckDBAdapter(WarehouseAdapter):
             # `verify` refuses file-reading functions before it runs a query (bankflow.sqlguard).
             self.shared = True
             return duckdb.connect(str(self.path))
+        external, locked = con.execute("SELECT current_setting('enable_external_access'), "
+                                       "current_setting('lock_configuration')").fetchone()
+        if external is False and locked is True:
+            return con  # another read-only adapter of this process configured this database already
         con.execute("SET enable_external_access = false")  # no file, URL or extension, whatever the query says
         con.execute("SET lock_configuration = true")  # and no query can SET it back
         return con
