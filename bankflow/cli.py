@@ -497,13 +497,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    from bankflow.query import query
+    from bankflow.pipeline import Pipeline
 
     resolved = _load(args)
     sql = sys.stdin.read() if args.sql == "-" else args.sql
     if args.limit < 0:
         raise UsageError("--limit must be 0 (all rows) or more")
-    result = query(resolved, sql, limit=args.limit or None)
+    result = Pipeline(resolved).query(sql, limit=args.limit or None)
     if args.json:
         _print(json.dumps(result.to_dict(), indent=2), resolved)
     else:

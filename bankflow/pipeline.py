@@ -217,6 +217,13 @@ class Pipeline:
         # Compared with the source as it is now: each table in the shape its stream has (spec + accepted changes).
         return verify(evolved_spec(self.resolved), source_server(self.resolved).reader_kwargs(start=True))
 
+    def query(self, sql: str, *, limit: int | None = 1000) -> Any:
+        """One read-only SELECT on the warehouse (a bankflow.query.QueryResult): answered by a live `run` that
+        holds a DuckDB warehouse, else on a read-only connection opened here."""
+        from bankflow.query import query
+
+        return query(self.resolved, sql, limit=limit)
+
     def status(self) -> dict[str, Any]:
         from bankflow.status import collect_status
 
