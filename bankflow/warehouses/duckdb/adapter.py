@@ -20,6 +20,10 @@ if TYPE_CHECKING:
     from bankflow.warehouses.duckdb.config import DuckDBWarehouse
 
 
+# At most this many bytes of an s3:// lake's files are copied to local disk for one load statement.
+SCRATCH_BYTES = 512 * 1024**2
+
+
 class DuckDBAdapter(WarehouseAdapter):
     """`read_only`: opened read-only with file access off and the configuration locked, so a query can neither
     write nor read a file (what `verify` and `plan` need); every query also runs in a READ ONLY transaction."""
@@ -155,12 +159,33 @@ class DuckDBAdapter(WarehouseAdapter):
             fs.get([f"{root}/{key}" for key in keys], local)
             yield local
 
+    def _chunks(self, files: Sequence[str]) -> Iterator[list[str]]:
+        """The files in load statements of at most `files_per_statement`; on an s3:// lake also of at most
+        `SCRATCH_BYTES` (what one chunk's local copies may take; a larger file goes alone)."""
+        if self.resolved.spec.lake.scheme != "s3":
+            yield from (list(keys) for keys in chunked(files, self.capabilities.files_per_statement))
+            return
+        from bankflow.lake.filesystem import lake_filesystem
+
+        fs, root = lake_filesystem(self.resolved)
+        sizes = fs.sizes([f"{root}/{key}" for key in files])
+        chunk: list[str] = []
+        total = 0
+        for key, size in zip(files, sizes, strict=True):
+            if chunk and (len(chunk) >= self.capabilities.files_per_statement or total + size > SCRATCH_BYTES):
+                yield chunk
+                chunk, total = [], 0
+            chunk.append(key)
+            total += int(size or 0)
+        if chunk:
+            yield chunk
+
     def load_files(self, table: Table, files: Sequence[str]) -> LoadOutcome:
         """One transaction per chunk: the rows and their ledger entries commit together or not at all; the
         chunk's ledger rows carry one `load_seq` (max + 1) and each file's `_file` value (`raw_file`)."""
         self._writable()
         outcome = LoadOutcome()
-        for keys in chunked(files, self.capabilities.files_per_statement):
+        for keys in self._chunks(files):
             raw_files = self.raw_file_values(keys)
             with self._readable(keys) as paths:
                 outcome.rows += self._load_chunk(table, keys, paths, raw_files)
