@@ -178,8 +178,8 @@ def level_for(verbose: int, quiet: bool) -> int:
     return {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
 
 
-# (logger level, LEVEL_ENV, FORMAT_ENV, format) before configure(), for reset()
-_saved: list[tuple[int, str | None, str | None, str]] = []
+# (logger level, propagate, LEVEL_ENV, FORMAT_ENV, format) before configure(), for reset()
+_saved: list[tuple[int, bool, str | None, str | None, str]] = []
 
 
 def configure(verbose: int = 0, quiet: bool = False, *, prefix: str = "", fmt: str = "text",
@@ -195,13 +195,17 @@ def configure(verbose: int = 0, quiet: bool = False, *, prefix: str = "", fmt: s
     level = level_for(verbose, quiet)
     logger = logging.getLogger(LOGGER)
     if not any(isinstance(h, _Handler) for h in logger.handlers):
-        _saved.append((logger.level, os.environ.get(LEVEL_ENV), os.environ.get(FORMAT_ENV), _format))
+        _saved.append((logger.level, logger.propagate, os.environ.get(LEVEL_ENV), os.environ.get(FORMAT_ENV),
+                       _format))
     _remove_handlers(logger)
     handler = _Handler()
     handler.setFormatter(_JsonFormatter(worker) if fmt == "json"
                          else _Formatter(timestamps=level <= logging.INFO, prefix=prefix))
     logger.addHandler(handler)
     logger.setLevel(level)
+    # bankflow's handler writes each record once: a root handler a library installed (logging.basicConfig in
+    # dbt, Airflow, a notebook) would print it a second time, in another format
+    logger.propagate = False
     _format = fmt
     os.environ[LEVEL_ENV] = logging.getLevelName(level)
     os.environ[FORMAT_ENV] = fmt
@@ -222,9 +226,10 @@ def reset() -> None:
     _secrets.clear()
     Console.status_line_open = False
     if _saved:
-        level, level_env, format_env, _format = _saved.pop()
+        level, propagate, level_env, format_env, _format = _saved.pop()
         _saved.clear()
         logger.setLevel(level)
+        logger.propagate = propagate
         for name, value in ((LEVEL_ENV, level_env), (FORMAT_ENV, format_env)):
             if value is None:
                 os.environ.pop(name, None)

@@ -155,3 +155,20 @@ def test_quiet_apply_shows_no_progress(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert seen["progress"] is False
     assert main(["apply", str(MINIMAL), "--stages", "load,transform"]) == 130
     assert seen["progress"] is True and seen["stages"] == ["load", "transform"]
+
+
+def test_a_root_handler_a_library_installed_does_not_print_records_twice(
+        chatty: None, capsys: pytest.CaptureFixture[str]) -> None:
+    """dbt, Airflow or a notebook may call logging.basicConfig: the CLI's records still appear once."""
+    import io
+
+    seen = io.StringIO()
+    root_handler = logging.StreamHandler(seen)
+    logging.getLogger().addHandler(root_handler)
+    try:
+        assert main(["validate", str(MINIMAL)]) == 0
+    finally:
+        logging.getLogger().removeHandler(root_handler)
+    assert "a warning record" in capsys.readouterr().err
+    assert seen.getvalue() == ""
+    assert logging.getLogger("bankflow").propagate  # a library user's own logging sees bankflow's records again
