@@ -683,7 +683,9 @@ def _internal_error(command: str, exc: BaseException, verbose: int) -> int:
     path = _write_trace(command)
     resolved = _Session.resolved
     message = resolved.redact(str(exc)) if resolved is not None else bankflow_log.redact(str(exc))
-    if verbose:
+    if verbose and bankflow_log.json_lines():
+        log.error("traceback of the internal error", exc_info=True)  # one JSON line, the trace in "exc"
+    elif verbose:
         sys.stderr.write(bankflow_log.redact(traceback.format_exc()))
     where = f"; full trace written to {path}" if path else ""
     bankflow_log.error_line(f"bankflow {command}: internal error: {type(exc).__name__}: {_one_line(message)} "

@@ -330,6 +330,17 @@ def test_internal_error_traceback_with_verbose(broken_validate: None, workdir: P
     assert err.splitlines()[-1].startswith("bankflow validate: internal error: RuntimeError")
 
 
+def test_internal_error_traceback_with_verbose_in_json_lines(broken_validate: None, workdir: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """With --log-format json every stderr line stays one JSON object: the trace goes in the record's "exc"."""
+    import json
+
+    assert main(["validate", "-v", "--log-format", "json", "spec.yaml"]) == 1
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert any("Traceback (most recent call last)" in line.get("exc", "") for line in lines)
+    assert lines[-1]["level"] == "error" and "internal error: RuntimeError" in lines[-1]["message"]
+
+
 def test_internal_error_raises_with_bankflow_debug(broken_validate: None, workdir: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BANKFLOW_DEBUG", "1")
