@@ -145,8 +145,10 @@ def _ask(endpoint: dict[str, Any], sql: str, limit: int | None, timeout: float) 
                                               "Authorization": f"Bearer {endpoint['token']}"})
         response = conn.getresponse()
         payload = json.loads(response.read() or b"{}")
+    except TimeoutError:
+        raise BankflowError(f"the running pipeline did not answer the query within {timeout:g} s") from None
     except (OSError, ValueError) as exc:
-        raise ConnectionError(str(exc)) from None
+        raise ConnectionError(str(exc)) from None  # no run listening (it just stopped): read directly
     finally:
         conn.close()
     if response.status != 200:

@@ -148,3 +148,24 @@ def test_two_readers_at_once_in_one_process(resolved: ResolvedSpec) -> None:
         second.close()
     finally:
         first.close()
+
+
+def test_a_query_the_run_does_not_answer_in_time_fails_instead_of_reading_again(resolved: ResolvedSpec) -> None:
+    import threading
+
+    from bankflow.errors import BankflowError
+
+    release = threading.Event()
+
+    def slow(statement: str, limit: int | None) -> tuple[list[str], list[tuple[Any, ...]], bool]:
+        release.wait(10)
+        return ["n"], [(1,)], False
+
+    server = QueryServer(resolved, slow)
+    server.start()
+    try:
+        with pytest.raises(BankflowError, match=r"did not answer the query within 0\.5 s"):
+            query(resolved, "select 1", timeout=0.5)
+    finally:
+        release.set()
+        server.close()
