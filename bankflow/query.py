@@ -107,7 +107,7 @@ def query(resolved: ResolvedSpec, sql: str, *, limit: int | None = DEFAULT_LIMIT
     """One read-only SELECT on the spec's warehouse: asked of the live `bankflow run` when one serves queries,
     else run on a read-only connection opened here. `limit` None returns every row."""
     if limit is not None and limit < 0:
-        raise UsageError("--limit must be 0 or more")
+        raise UsageError(f"limit {limit}: give a count of 0 or more, or None for every row")
     statement = checked(resolved, sql)
     endpoint = live_endpoint(resolved)
     if endpoint is not None:

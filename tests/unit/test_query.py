@@ -118,6 +118,8 @@ def test_without_a_run_the_warehouse_is_read_directly(resolved: ResolvedSpec) ->
         query(resolved, "delete from raw.transactions")
     with pytest.raises(UsageError, match="query refused"):
         query(resolved, "select 1; delete from raw.transactions")
+    with pytest.raises(UsageError, match="limit -1: give a count of 0 or more"):
+        query(resolved, "select id from raw.transactions", limit=-1)
 
 
 def test_the_command_refuses_a_write_without_a_traceback(resolved: ResolvedSpec, tmp_path: Path) -> None:
